@@ -1,0 +1,111 @@
+"""The backend protocol: what every storage backend offers, synchronously.
+
+Keys are "/"-separated strings relative to the backend's root.  A key ending in "/" is a directory
+marker (a zero-byte object on S3, a real directory on disk).  All methods block; async code goes
+through `fsdriver.backend.aio.AsyncBackend`, which runs them in worker threads.
+
+Errors are always one of `fsdriver.errors` (NotFound, PreconditionFailed, PermissionDenied,
+Unavailable, InvalidRequest) — never OSError or botocore exceptions.
+"""
+
+import abc
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Union
+
+# Multipart/parallel transfer defaults, shared by the backends and the mount.
+PART_SIZE = 8 * 1024 * 1024
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a HEAD tells about one object."""
+
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+    etag: str  # changes whenever the content changes; opaque
+
+
+@dataclass(frozen=True)
+class CommonPrefix:
+    """A "directory" in a delimited listing: every key below starts with ``key`` (ends in "/")."""
+
+    key: str
+
+
+ListEntry = Union[ObjectInfo, CommonPrefix]
+PathLike = Union[str, os.PathLike]
+
+
+class Backend(abc.ABC):
+    """One storage backend.  Implementations must be safe to call from several threads."""
+
+    url: str
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Verify the backend is usable (bucket exists, credentials accepted); raise otherwise."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size, mtime and etag of ``key``; NotFound if it does not exist."""
+
+    @abc.abstractmethod
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of ``key``; ``end`` past EOF (or None) is clipped to EOF.
+
+        A range starting at or past EOF gives ``b""`` (the object must still exist).
+        """
+
+    @abc.abstractmethod
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the whole object in chunks.  NotFound is raised before the first chunk."""
+
+    def get_to_file(self, key: str, fileobj: BinaryIO) -> int:
+        """Copy the whole object into an open binary file; returns the byte count."""
+        n = 0
+        for chunk in self.read_stream(key):
+            fileobj.write(chunk)
+            n += len(chunk)
+        return n
+
+    @abc.abstractmethod
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> ObjectInfo:
+        """Store ``data`` at ``key`` atomically.
+
+        ``if_match``: only if the current etag equals it (else PreconditionFailed, also when the
+        object is missing).  ``if_none_match``: only if the key does not exist yet.
+        """
+
+    @abc.abstractmethod
+    def put_file(
+        self, key: str, path: PathLike, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> ObjectInfo:
+        """Store the content of the local file ``path`` at ``key``, same rules as put_bytes."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListEntry]:
+        """Every key starting with ``prefix``, in UTF-8 byte order, paginated internally.
+
+        With ``delimiter="/"``, keys with a further "/" after the prefix are rolled up into one
+        CommonPrefix each.  Entries carry size/mtime/etag: no per-object HEAD is ever needed.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``.  Deleting a missing key is not an error (as on S3)."""
+
+    @abc.abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix``; returns how many objects were deleted."""
+
+    @abc.abstractmethod
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """Copy object ``src`` to ``dst`` inside the backend (no download)."""
+
+    def close(self) -> None:
+        """Release connections and threads."""

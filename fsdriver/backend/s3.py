@@ -1,0 +1,326 @@
+"""The S3 backend (boto3).  All botocore knowledge of stashfs lives in this module.
+
+- One client, created up front and shared by every thread (boto3 clients are thread-safe), with a
+  connection pool sized to the concurrency, standard retries and bounded connect/read timeouts,
+  so an unreachable endpoint fails within a bounded time instead of hanging.
+- Endpoint: the explicit ``endpoint_url`` option, else boto3's own ``AWS_ENDPOINT_URL_S3`` /
+  ``AWS_ENDPOINT_URL`` convention; a custom endpoint uses path-style addressing.
+  Credentials come from the standard AWS chain.
+- Large puts use multipart uploads whose parts are uploaded in parallel; conditional writes use
+  S3's ``If-Match`` / ``If-None-Match`` on PutObject and CompleteMultipartUpload.
+- botocore errors become `fsdriver.errors` exceptions in `_s3_errors`.
+"""
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from ..errors import (
+    BackendError,
+    BucketNotFound,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
+from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_DENIED = {
+    "AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "ExpiredToken", "InvalidToken", "AllAccessDisabled",
+}
+_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
+
+
+@contextmanager
+def _s3_errors(key: str | None, bucket: str):
+    what = key if key is not None else f"bucket {bucket}"
+    try:
+        yield
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = err.get("Message") or code
+        if code == "NoSuchBucket":
+            raise BucketNotFound(f"bucket {bucket!r} does not exist", key) from None
+        if code in _NOT_FOUND or status == 404:
+            raise NotFound(f"{what}: no such object", key) from None
+        if code in _PRECONDITION or status == 412:
+            raise PreconditionFailed(f"{what}: precondition failed ({code})", key) from None
+        if code in _DENIED or status == 403:
+            raise PermissionDenied(f"{what}: access denied by S3 ({code}: {msg})", key) from None
+        if code in _UNAVAILABLE or status >= 500:
+            raise Unavailable(f"{what}: S3 unavailable ({code}: {msg})", key) from None
+        raise InvalidRequest(f"{what}: S3 refused the request ({code}: {msg})", key) from None
+    except (NoCredentialsError, PartialCredentialsError) as e:
+        raise PermissionDenied(f"{what}: no usable AWS credentials ({e})", key) from None
+    except BotoConnectionError as e:
+        raise Unavailable(f"{what}: cannot reach S3 ({e})", key) from None
+    except BotoCoreError as e:
+        raise Unavailable(f"{what}: S3 request failed ({e})", key) from None
+
+
+def _quote(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def _info(key: str, size: int, last_modified, etag: str) -> ObjectInfo:
+    return ObjectInfo(key=key, size=size, mtime=last_modified.timestamp(), etag=etag.strip('"'))
+
+
+class S3Backend(Backend):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_connections: int = 32,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 4,
+        part_size: int = PART_SIZE,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        transfer_workers: int = 4,
+    ):
+        if not bucket:
+            raise ValueError("an s3:// backend URL needs a bucket name")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.transfer_workers = transfer_workers
+        session = boto3.session.Session()
+        custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL"
+        )
+        config = Config(
+            max_pool_connections=max_connections,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            s3={"addressing_style": "path"} if custom_endpoint else None,
+        )
+        self.endpoint_url = custom_endpoint
+        self.client = session.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or session.region_name or "us-east-1",
+            config=config,
+        )
+        self._pool = ThreadPoolExecutor(transfer_workers, thread_name_prefix="s3-part")
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
+
+    def _errors(self, key: str | None):
+        return _s3_errors(key, self.bucket)
+
+    @contextmanager
+    def _put_errors(self, key: str, cond: dict):
+        """S3 answers a put with If-Match on a missing key with 404; the protocol says 412."""
+        try:
+            with self._errors(key):
+                yield
+        except NotFound as e:
+            if "IfMatch" in cond and not isinstance(e, BucketNotFound):
+                raise PreconditionFailed(f"{key}: does not exist (if_match)", key) from None
+            raise
+
+    def check(self) -> None:
+        with self._errors(None):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors(key):
+            r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"])
+
+    def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
+        if start < 0 or (end is not None and end < start):
+            raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
+        if end == start:
+            self.head(key)  # an empty range still requires the object to exist
+            return b""
+        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        extra = {"IfMatch": _quote(if_match)} if if_match else {}
+        try:
+            with self._errors(key):
+                r = self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng, **extra)
+                return r["Body"].read()
+        except InvalidRequest:
+            # 416 InvalidRange: the object exists but the range starts at or past its end.
+            return b""
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self._errors(key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+
+        def chunks():
+            try:
+                with self._errors(key):
+                    yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+        return chunks()
+
+    def get_to_file(self, key: str, fileobj: BinaryIO) -> int:
+        """Large objects come down as parallel ranged GETs pinned to one etag."""
+        info = self.head(key)
+        if info.size <= self.multipart_threshold:
+            return super().get_to_file(key, fileobj)
+        ranges = [(o, min(o + self.part_size, info.size)) for o in range(0, info.size, self.part_size)]
+        window = self.transfer_workers
+        for i in range(0, len(ranges), window):
+            futures = [
+                self._pool.submit(self.get_range, key, s, e, if_match=info.etag)
+                for s, e in ranges[i : i + window]
+            ]
+            for f in futures:
+                fileobj.write(f.result())
+        return info.size
+
+    def _conditions(self, if_match, if_none_match) -> dict:
+        cond = {}
+        if if_match is not None:
+            cond["IfMatch"] = _quote(if_match)
+        if if_none_match:
+            cond["IfNoneMatch"] = "*"
+        return cond
+
+    def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
+        cond = self._conditions(if_match, if_none_match)
+        if len(data) > self.multipart_threshold:
+            view = memoryview(data)
+            return self._multipart(key, len(data), lambda s, e: bytes(view[s:e]), cond)
+        with self._put_errors(key, cond):
+            r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond)
+        return ObjectInfo(key, len(data), time.time(), r["ETag"].strip('"'))
+
+    def put_file(self, key, path, *, if_match=None, if_none_match=False) -> ObjectInfo:
+        cond = self._conditions(if_match, if_none_match)
+        with open(path, "rb") as f:  # a problem with the local file is the caller's OSError
+            size = os.fstat(f.fileno()).st_size
+            if size > self.multipart_threshold:
+                fd = f.fileno()
+                return self._multipart(key, size, lambda s, e: os.pread(fd, e - s, s), cond)
+            with self._put_errors(key, cond):
+                r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=f, **cond)
+        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+
+    def _multipart(self, key: str, size: int, read_part, cond: dict) -> ObjectInfo:
+        """Upload ``size`` bytes as parallel parts; ``read_part(start, end)`` gives each part."""
+        k = self._k(key)
+        with self._errors(key):
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k)["UploadId"]
+
+        def upload(number: int, start: int) -> dict:
+            body = read_part(start, min(start + self.part_size, size))
+            with self._errors(key):
+                r = self.client.upload_part(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=number, Body=body
+                )
+            return {"PartNumber": number, "ETag": r["ETag"]}
+
+        futures = []
+        try:
+            for n, start in enumerate(range(0, size, self.part_size), start=1):
+                futures.append(self._pool.submit(upload, n, start))
+            parts = [f.result() for f in futures]
+            with self._put_errors(key, cond):
+                r = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts}, **cond,
+                )
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
+            except (ClientError, BotoCoreError):
+                pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
+            raise
+        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+
+    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListEntry]:
+        params = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        cut = len(self.prefix)
+
+        def entries():
+            pages = self.client.get_paginator("list_objects_v2").paginate(**params)
+            with self._errors(prefix):
+                for page in pages:
+                    batch: list[ListEntry] = [
+                        _info(o["Key"][cut:], o["Size"], o["LastModified"], o["ETag"])
+                        for o in page.get("Contents", ())
+                    ]
+                    batch += [CommonPrefix(p["Prefix"][cut:]) for p in page.get("CommonPrefixes", ())]
+                    batch.sort(key=lambda e: e.key.encode("utf-8"))
+                    yield from batch
+
+        return entries()
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        count = 0
+        batch: list[str] = []
+
+        def flush():
+            with self._errors(prefix):
+                r = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self._k(k)} for k in batch], "Quiet": True},
+                )
+            if r.get("Errors"):
+                e = r["Errors"][0]
+                raise BackendError(
+                    f"{prefix}: {len(r['Errors'])} deletes failed, first {e.get('Key')}: {e.get('Code')}",
+                    prefix,
+                )
+            batch.clear()
+
+        for entry in self.list(prefix):
+            batch.append(entry.key)
+            count += not entry.key.endswith("/")
+            if len(batch) == 1000:
+                flush()
+        if batch:
+            flush()
+        return count
+
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        with self._errors(src):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
+                Config=TransferConfig(multipart_threshold=5 * 1024**3, max_concurrency=self.transfer_workers),
+            )
+        return self.head(dst)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()

@@ -1,0 +1,222 @@
+"""The Python data API: ``pipeline`` and ``user`` object stores.
+
+Pipeline code reads and writes the same objects the mount shows, with no mount needed::
+
+    from fsdriver.data import pipeline, user
+    pipeline.puts("stage1/out.csv", b"a,b\\n1,2\\n")     # id from $STASHFS_PIPELINE_ID
+    user("alice").gets("model.bin", byte_range=[0, 1024])
+
+``pipeline`` and ``user`` can be used directly (the namespace comes from the environment) or
+called to bind arguments: ``pipeline(id="p1", backend="s3://bucket")``.  Semantics are the same on
+every backend:
+
+- names are relative paths validated by `fsdriver.layout` (``ValueError`` for a bad one);
+- a missing object raises ``FileNotFoundError``;
+- ``gets(name, byte_range=[begin, end])`` is half-open, ``end`` past EOF is clipped, ``begin < 0``
+  or ``end < begin`` is a ``ValueError``; ``end`` may be ``None`` (to EOF);
+- ``list(prefix)`` gives every object at or below ``prefix`` taken as a path ("a/b" lists "a/b"
+  and "a/b/...", never "a/bc"), names relative to the store root, sorted;
+- ``delete(name, recursive=True)`` removes ``name`` and everything below ``name/``, never
+  ``namefoo``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tempfile
+import threading
+from typing import Sequence
+
+from . import layout
+from .backend import Backend, ObjectInfo, open_backend
+from .errors import InvalidRequest, NotFound
+
+
+_backends: dict[str, Backend] = {}
+_backends_lock = threading.Lock()
+
+
+def shared_backend(url: str | None = None) -> Backend:
+    """One backend per URL for the whole process (an S3 client is costly to create)."""
+    from .backend import resolve_url
+
+    url = resolve_url(url)
+    with _backends_lock:
+        if url not in _backends:
+            _backends[url] = open_backend(url)
+        return _backends[url]
+
+
+def current_user() -> str:
+    return os.environ.get("STASHFS_USER") or getpass.getuser()
+
+
+class ObjectStore:
+    """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``."""
+
+    def __init__(self, tree: str, name: str, backend: Backend | str | None = None):
+        self.tree = tree
+        self.name = name
+        self.root = layout.root_prefix(tree, name)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+
+    def __repr__(self) -> str:
+        return f"<{self.tree} store {self.name!r} on {self.backend.url}>"
+
+    def _key(self, name: str) -> str:
+        return self.root + "/".join(layout.split_path(name))
+
+    def _not_found(self, name: str) -> FileNotFoundError:
+        return FileNotFoundError(2, f"no object {name!r} in {self.tree} {self.name!r}", name)
+
+    def _head(self, name: str) -> ObjectInfo:
+        try:
+            return self.backend.head(self._key(name))
+        except NotFound:
+            raise self._not_found(name) from None
+
+    def put(self, name: str, file: str | os.PathLike) -> None:
+        """Store the local file ``file`` at ``name``."""
+        self._put(name, lambda key: self.backend.put_file(key, file))
+
+    def puts(self, name: str, data: bytes) -> None:
+        """Store ``data`` at ``name``."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"puts() takes bytes, not {type(data).__name__}")
+        self._put(name, lambda key: self.backend.put_bytes(key, bytes(data)))
+
+    def _put(self, name: str, do_put) -> None:
+        key = self._key(name)
+        try:
+            do_put(key)
+        except InvalidRequest as e:
+            raise NotADirectoryError(20, str(e), name) from None
+
+    def get(self, name: str, file: str | os.PathLike) -> None:
+        """Store object ``name`` into the local file ``file`` (replaced atomically)."""
+        key = self._key(name)
+        directory = os.path.dirname(os.path.abspath(file))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-get-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    self.backend.get_to_file(key, f)
+                except NotFound:
+                    raise self._not_found(name) from None
+            os.replace(tmp, file)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def gets(self, name: str, *, byte_range: Sequence[int | None] | None = None) -> bytes:
+        """Return object ``name``, or the half-open ``byte_range=[begin, end)`` of it."""
+        key = self._key(name)
+        begin, end = 0, None
+        if byte_range is not None:
+            if len(byte_range) != 2:
+                raise ValueError(f"byte_range must be [begin, end), got {byte_range!r}")
+            begin, end = byte_range
+            if not isinstance(begin, int) or (end is not None and not isinstance(end, int)):
+                raise ValueError(f"byte_range must hold integers, got {byte_range!r}")
+            if begin < 0:
+                raise ValueError(f"byte_range begin {begin} is negative")
+            if end is not None and end < begin:
+                raise ValueError(f"byte_range end {end} is before begin {begin}")
+        try:
+            return self.backend.get_range(key, begin, end)
+        except NotFound:
+            raise self._not_found(name) from None
+
+    def size(self, name: str) -> int:
+        """The size of object ``name`` in bytes."""
+        return self._head(name).size
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._head(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stat(self, name: str) -> ObjectInfo:
+        """Size, mtime and etag of object ``name`` (``key`` relative to the store)."""
+        info = self._head(name)
+        return ObjectInfo(name, info.size, info.mtime, info.etag)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names of the objects at or below ``prefix`` (as a path), sorted."""
+        return [info.key for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Like `list`, with size, mtime and etag (from the listing, no per-object HEAD)."""
+        segments = layout.split_path(prefix, allow_empty=True)
+        base = self.root + "".join(s + "/" for s in segments)
+        cut = len(self.root)
+        found = [
+            ObjectInfo(e.key[cut:], e.size, e.mtime, e.etag)
+            for e in self.backend.list(base)
+            if isinstance(e, ObjectInfo) and not e.key.endswith("/")
+        ]
+        if segments:
+            try:
+                info = self.backend.head(base[:-1])
+                found.append(ObjectInfo(info.key[cut:], info.size, info.mtime, info.etag))
+            except NotFound:
+                pass
+        found.sort(key=lambda i: i.key.encode("utf-8"))
+        return found
+
+    def delete(self, name: str, recursive: bool = False) -> None:
+        """Delete object ``name``; with ``recursive``, also everything below ``name/``."""
+        key = self._key(name)
+        exists = True
+        try:
+            self.backend.head(key)
+        except NotFound:
+            exists = False
+        if exists:
+            self.backend.delete(key)
+        removed = self.backend.delete_prefix(key + "/") if recursive else 0
+        if not exists and not removed:
+            raise self._not_found(name)
+
+
+class _StoreFactory:
+    """``pipeline`` / ``user``: call to bind arguments, or use the methods directly."""
+
+    def __init__(self, tree: str):
+        self._tree = tree
+
+    def __call__(self, name: str | None = None, *, backend: Backend | str | None = None, **kw) -> ObjectStore:
+        name = name or kw.pop(f"{'id' if self._tree == 'pipeline' else 'name'}", None)
+        if kw:
+            raise TypeError(f"unexpected arguments: {', '.join(kw)}")
+        if name is None:
+            name = self._default_name()
+        return ObjectStore(self._tree, name, backend)
+
+    def _default_name(self) -> str:
+        if self._tree == "pipeline":
+            pid = os.environ.get("STASHFS_PIPELINE_ID")
+            if not pid:
+                raise RuntimeError(
+                    "no pipeline id: pass pipeline(id=...) or set STASHFS_PIPELINE_ID"
+                )
+            return pid
+        return current_user()
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self(), attr)
+
+    def __repr__(self) -> str:
+        return f"<stashfs {self._tree} stores>"
+
+
+pipeline = _StoreFactory("pipeline")
+user = _StoreFactory("user")

@@ -1,0 +1,42 @@
+"""The exceptions the storage backends raise.
+
+Every backend turns its own failures (OSError, botocore errors) into these, so that callers —
+the Python API, the CLI and the filesystem's errno boundary — know one vocabulary.  The messages
+name the key and the reason; they never contain object data.
+"""
+
+
+class BackendError(Exception):
+    """Base class: something went wrong talking to the storage backend."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class NotFound(BackendError):
+    """The object (or bucket) does not exist."""
+
+
+class BucketNotFound(NotFound):
+    """The S3 bucket itself does not exist."""
+
+
+class PreconditionFailed(BackendError):
+    """A conditional write lost: the object's etag is not the expected one, or it already exists."""
+
+
+class PermissionDenied(BackendError):
+    """The backend refused the credentials or the operation."""
+
+
+class Unavailable(BackendError):
+    """The backend could not be reached or kept failing after retries."""
+
+
+class InvalidRequest(BackendError):
+    """The backend rejected the request as malformed (bad key, bad range, object vs prefix clash)."""
+
+
+class InvalidName(ValueError):
+    """A pipeline id, user name, store name or path segment that stashfs refuses."""

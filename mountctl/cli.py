@@ -1,0 +1,65 @@
+"""mountctl: the control CLI.  Each subcommand group lives in its own module and registers itself.
+
+Errors end as one line on stderr (``mountctl: <reason>``) and a non-zero exit status:
+1 for an operation that failed, 2 for bad usage or input.
+"""
+
+import argparse
+import logging
+import sys
+
+from fsdriver.errors import BackendError, InvalidName
+
+from . import data_cmd
+
+GROUPS = [data_cmd]
+
+
+class CLIError(Exception):
+    """A failure to report as one line; ``status`` is the exit code."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mountctl", description="Control stashfs mounts, data and secrets."
+    )
+    parser.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="mountctl: %(message)s")
+    try:
+        return args.func(args) or 0
+    except CLIError as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return e.status
+    except InvalidName as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"mountctl: {e.strerror or e}: {e.filename}" if e.filename else f"mountctl: {e}", file=sys.stderr)
+        return 1
+    except BackendError as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

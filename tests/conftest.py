@@ -1,0 +1,62 @@
+import itertools
+import os
+
+import boto3
+import pytest
+
+from fsdriver.backend.disk import DiskBackend
+from fsdriver.backend.s3 import S3Backend
+
+from .servers import TEST_ENV, MotoServer
+
+BUCKET = "stashfs-test"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_test_env():
+    """Tests never use real credentials or depend on the machine's AWS settings."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.startswith("STASHFS_")}
+    for k in saved:
+        del os.environ[k]
+    os.environ.update(TEST_ENV)
+    yield
+    for k in list(os.environ):
+        if k.startswith("AWS_") or k.startswith("STASHFS_"):
+            del os.environ[k]
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory, _aws_test_env):
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server.start()
+    client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(moto_server):
+    """A fresh, empty S3 backend URL (its own prefix in the test bucket)."""
+    return f"s3://{BUCKET}/t{next(_counter)}"
+
+
+@pytest.fixture
+def s3_backend(moto_server, s3_url):
+    b = S3Backend(BUCKET, s3_url.split("/", 3)[3], endpoint_url=moto_server.url,
+                  multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def disk_backend(tmp_path):
+    return DiskBackend(tmp_path / "store")
+
+
+@pytest.fixture(params=["disk", "s3"])
+def backend(request):
+    """The same test body against each backend."""
+    return request.getfixturevalue(f"{request.param}_backend")

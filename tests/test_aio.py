@@ -1,0 +1,70 @@
+"""AsyncBackend: blocking backend calls run in threads, never on the trio thread."""
+
+import threading
+
+import trio
+import trio.testing
+
+from fsdriver.backend.aio import AsyncBackend
+from fsdriver.backend.disk import DiskBackend
+
+
+class GatedDisk(DiskBackend):
+    """head() blocks until the trio side opens the gate: it deadlocks if run on the trio thread."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gate = threading.Event()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def head(self, key):
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            assert self.gate.wait(10), "gate never opened: the call blocked the event loop"
+            return super().head(key)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_calls_do_not_block_the_event_loop(tmp_path):
+    backend = GatedDisk(tmp_path)
+    backend.put_bytes("k", b"abc")
+    ab = AsyncBackend(backend, max_concurrency=2)
+
+    async def main():
+        results = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(lambda: _head(ab, results))
+            await trio.testing.wait_all_tasks_blocked()
+            backend.gate.set()  # only reachable because the heads wait in threads
+        return results
+
+    results = trio.run(main)
+    assert [r.size for r in results] == [3] * 5
+    assert backend.max_in_flight <= 2  # the CapacityLimiter bounds requests in flight
+
+
+async def _head(ab, results):
+    results.append(await ab.head("k"))
+
+
+def test_async_round_trip(tmp_path):
+    ab = AsyncBackend(DiskBackend(tmp_path))
+
+    async def main():
+        await ab.put_bytes("d/a", b"1")
+        await ab.put_bytes("d/b", b"22")
+        listing = await ab.list("d/", "/")
+        data = await ab.get_range("d/b", 1)
+        await ab.delete("d/a")
+        return [e.key for e in listing], data, await ab.list("d/")
+
+    keys, data, after = trio.run(main)
+    assert keys == ["d/", "d/a", "d/b"] and data == b"2"
+    assert [e.key for e in after] == ["d/", "d/b"]
