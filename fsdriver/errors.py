@@ -40,3 +40,7 @@ class InvalidRequest(BackendError):
 
 class InvalidName(ValueError):
     """A pipeline id, user name, store name or path segment that stashfs refuses."""
+
+
+class NameTooLong(InvalidName):
+    """A path segment over 255 bytes (ENAMETOOLONG at the filesystem)."""

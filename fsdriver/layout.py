@@ -13,7 +13,7 @@ Everything here is pure and synchronous; nothing touches a backend.
 
 import re
 
-from .errors import InvalidName
+from .errors import InvalidName, NameTooLong
 
 TREES = ("pipeline", "user", "kv")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -52,7 +52,7 @@ def check_segment(segment: str) -> str:
     except UnicodeEncodeError:
         raise InvalidName(f"invalid path segment {segment!r}: not valid UTF-8") from None
     if size > MAX_SEGMENT_BYTES:
-        raise InvalidName(
+        raise NameTooLong(
             f"invalid path segment {segment[:32]!r}...: {size} bytes, at most {MAX_SEGMENT_BYTES}"
         )
     return segment

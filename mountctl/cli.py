@@ -10,11 +10,6 @@ import sys
 
 from fsdriver.errors import BackendError, InvalidName
 
-from . import data_cmd
-
-GROUPS = [data_cmd]
-
-
 class CLIError(Exception):
     """A failure to report as one line; ``status`` is the exit code."""
 
@@ -24,12 +19,14 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import data_cmd, mount_cmd
+
+
     parser = argparse.ArgumentParser(
         prog="mountctl", description="Control stashfs mounts, data and secrets."
     )
-    parser.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in GROUPS:
+    for group in (mount_cmd, data_cmd):
         group.register(sub)
     return parser
 
@@ -37,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="mountctl: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="mountctl: %(message)s")
     try:
         return args.func(args) or 0
     except CLIError as e:

@@ -7,6 +7,7 @@ import pytest
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.backend.s3 import S3Backend
 
+from .mounting import force_unmount, make_mount, require_fuse
 from .servers import TEST_ENV, MotoServer
 
 BUCKET = "stashfs-test"
@@ -60,3 +61,29 @@ def disk_backend(tmp_path):
 def backend(request):
     """The same test body against each backend."""
     return request.getfixturevalue(f"{request.param}_backend")
+
+
+def backend_env(kind: str, request, tmp_path):
+    """(url, env) of a fresh backend of ``kind`` for a daemon or CLI process."""
+    env = dict(os.environ)
+    if kind == "disk":
+        return str(tmp_path / "backend"), env
+    server = request.getfixturevalue("moto_server")
+    env["AWS_ENDPOINT_URL"] = server.url
+    return request.getfixturevalue("s3_url"), env
+
+
+@pytest.fixture(params=["disk", "s3"])
+def mount(request, tmp_path):
+    """A real stashfs mount through the kernel, on disk or S3; unmounted even if the test fails."""
+    require_fuse()
+    url, env = backend_env(request.param, request, tmp_path)
+    m = make_mount(tmp_path, url, env, extra=getattr(request, "param_extra", ()))
+    m.kind = request.param
+    m.mount()
+    yield m
+    if m.mounted:
+        m.umount()
+    force_unmount(m.path)
+    log = m.log()
+    assert "Traceback" not in log, f"the daemon logged a traceback:\n{log[-5000:]}"

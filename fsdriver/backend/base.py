@@ -53,10 +53,11 @@ class Backend(abc.ABC):
         """Size, mtime and etag of ``key``; NotFound if it does not exist."""
 
     @abc.abstractmethod
-    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+    def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``key``; ``end`` past EOF (or None) is clipped to EOF.
 
         A range starting at or past EOF gives ``b""`` (the object must still exist).
+        ``if_match``: PreconditionFailed unless the object still has this etag.
         """
 
     @abc.abstractmethod
@@ -88,8 +89,10 @@ class Backend(abc.ABC):
         """Store the content of the local file ``path`` at ``key``, same rules as put_bytes."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListEntry]:
+    def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         """Every key starting with ``prefix``, in UTF-8 byte order, paginated internally.
+
+        ``max_keys`` stops after that many entries (one small request on S3).
 
         With ``delimiter="/"``, keys with a further "/" after the prefix are rolled up into one
         CommonPrefix each.  Entries carry size/mtime/etag: no per-object HEAD is ever needed.
@@ -106,6 +109,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def copy(self, src: str, dst: str) -> ObjectInfo:
         """Copy object ``src`` to ``dst`` inside the backend (no download)."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move object ``src`` to ``dst`` (keys ending in "/": a whole directory).
+
+        The default copies then deletes, object by object: not atomic (S3).  Backends that can do
+        better (disk: one rename(2)) override it.
+        """
+        if not src.endswith("/"):
+            self.copy(src, dst)
+            self.delete(src)
+            return
+        entries = [e for e in self.list(src) if isinstance(e, ObjectInfo)]
+        if not entries:
+            raise NotFound(f"{src}: no such directory", src)
+        for e in entries:
+            self.copy(e.key, dst + e.key[len(src):])
+        for e in entries:
+            self.delete(e.key)
+
+    def local_path(self, key: str):
+        """A local file holding object ``key`` to read directly, or None (remote backends)."""
+        return None
 
     def close(self) -> None:
         """Release connections and threads."""

@@ -13,6 +13,7 @@
 
 import errno
 import fcntl
+import itertools
 import os
 import shutil
 import stat
@@ -29,13 +30,13 @@ INTERNAL = ".stashfs"
 LOCK_STRIPES = 64
 
 
-def _etag(st: os.stat_result) -> str:
+def etag_of(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
-    return ObjectInfo(key=key, size=size, mtime=st.st_mtime, etag=_etag(st))
+    return ObjectInfo(key=key, size=size, mtime=st.st_mtime, etag=etag_of(st))
 
 
 @contextmanager
@@ -102,7 +103,7 @@ class DiskBackend(Backend):
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return None if stat.S_ISDIR(st.st_mode) else _etag(st)
+        return None if stat.S_ISDIR(st.st_mode) else etag_of(st)
 
     def _commit(self, key: str, tmp: str, if_match: str | None, if_none_match: bool) -> ObjectInfo:
         """Rename the fsynced temp file ``tmp`` into place under the key's lock."""
@@ -154,7 +155,7 @@ class DiskBackend(Backend):
             raise NotFound(f"{key}: no such object", key)
         return _info(key, st)
 
-    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+    def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         if start < 0 or (end is not None and end < start):
             raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
         path = self._path(key)
@@ -162,7 +163,10 @@ class DiskBackend(Backend):
             fd = os.open(path, os.O_RDONLY)
         try:
             with _os_errors(key):
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if if_match is not None and etag_of(st) != if_match:
+                    raise PreconditionFailed(f"{key}: changed since it was opened", key)
+                size = st.st_size
                 end = size if end is None else min(end, size)
                 if start >= end:
                     return b""
@@ -238,7 +242,7 @@ class DiskBackend(Backend):
             raise InvalidRequest(f"{key}: exists as an object, not a prefix", key) from None
         return self.head(key)
 
-    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListEntry]:
+    def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         if delimiter not in (None, "/"):
             raise InvalidRequest(f"unsupported delimiter {delimiter!r}")
         dir_part, _, name_part = prefix.rpartition("/")
@@ -247,7 +251,8 @@ class DiskBackend(Backend):
         except InvalidRequest:
             return iter(())
         dir_key = dir_part + "/" if dir_part else ""
-        return self._walk(base, dir_key, name_part, delimiter, emit_self=bool(dir_part) and not name_part)
+        entries = self._walk(base, dir_key, name_part, delimiter, emit_self=bool(dir_part) and not name_part)
+        return itertools.islice(entries, max_keys) if max_keys else entries
 
     def _walk(self, base: Path, dir_key: str, name_part: str, delimiter, emit_self: bool):
         try:
@@ -308,6 +313,22 @@ class DiskBackend(Backend):
         for d in reversed(dirs):  # deepest first: list() yields parents before children
             self.delete(d)
         return count
+
+    def rename(self, src: str, dst: str) -> None:
+        """One atomic rename(2); a directory (keys ending in "/") moves with everything below."""
+        src_path, dst_path = self._path(src), self._path(dst)
+        if not src_path.exists():
+            raise NotFound(f"{src}: no such object", src)
+        self._make_parents(dst, dst_path)
+        with self._lock(dst.rstrip("/")), _os_errors(src):
+            os.rename(src_path, dst_path)
+        self._fsync_dir(dst_path.parent)
+        if src_path.parent != dst_path.parent:
+            self._fsync_dir(src_path.parent)
+
+    def local_path(self, key: str) -> Path:
+        """Where object ``key`` lives on this machine (disk reads go straight to the file)."""
+        return self._path(key)
 
     def copy(self, src: str, dst: str) -> ObjectInfo:
         self.head(src)  # NotFound for a missing source or a prefix

@@ -262,10 +262,12 @@ class S3Backend(Backend):
             raise
         return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
 
-    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListEntry]:
+    def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         params = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
         if delimiter:
             params["Delimiter"] = delimiter
+        if max_keys:
+            params["PaginationConfig"] = {"MaxItems": max_keys, "PageSize": max_keys}
         cut = len(self.prefix)
 
         def entries():
@@ -314,6 +316,8 @@ class S3Backend(Backend):
         return count
 
     def copy(self, src: str, dst: str) -> ObjectInfo:
+        if src.endswith("/"):  # a directory marker: copy_object would work, but a put is cheaper
+            return self.put_bytes(dst, b"")
         with self._errors(src):
             self.client.copy(
                 {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),

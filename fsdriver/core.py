@@ -1,0 +1,598 @@
+"""The filesystem core: the stashfs tree over a backend, without the kernel.
+
+`Filesystem` implements every operation on inodes and handles with plain Python types; the pyfuse3
+adapter (`fuse_ops`) only converts arguments and results.  Tests drive this class directly.
+
+The tree::
+
+    /                       pipeline/, user/, kv/ and the hidden control file
+    /pipeline/<id>/...      backend keys pipeline/<id>/...
+    /user/<name>/...        backend keys user/<name>/...
+    /kv/                    key/value stores (served by fsdriver.kv; empty until then)
+
+Depth 0 and 1 are fixed; depth 2 holds namespaces (created by mkdir with a valid name); files and
+directories live at depth 3 and below.  See docs/semantics.md for what each operation does.
+"""
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import trio
+
+from . import layout
+from .backend import Backend, CommonPrefix, ObjectInfo
+from .backend.aio import AsyncBackend
+from .backend.disk import etag_of
+from .errors import InvalidName, NameTooLong, NotFound
+from .fserrors import FSError
+from .handles import Handle, LocalReader
+from .inodes import CONTROL_INO, CONTROL_NAME, ROOT_INO, InodeTable, Listing, Node
+from .memory import MemoryBudget
+from .prefetch import Prefetcher
+from .staging import Cache, StagedFile
+from .stats import Stats
+from .uploads import Uploader
+
+log = logging.getLogger("stashfs.fs")
+
+WRITABLE_TREES = ("pipeline", "user")
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass
+class Attr:
+    ino: int
+    is_dir: bool
+    size: int
+    mtime: float
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass
+class Options:
+    metadata_ttl: float = 1.0  # kernel entry/attr timeout and our own listing/HEAD cache
+    memory_limit: int = 512 << 20
+    max_prefetch: int = 64 << 20
+    part_size: int = 8 << 20
+    read_only: bool = False
+    uid: int = os.getuid()
+    gid: int = os.getgid()
+    max_requests: int = 32  # backend calls in flight
+
+
+class Filesystem:
+    def __init__(self, backend: Backend, cache: Cache, options: Options = Options(), stats: Optional[Stats] = None):
+        self.options = options
+        self.stats = stats or Stats()
+        self.sync_backend = backend
+        self.backend = AsyncBackend(backend, options.max_requests, self.stats)
+        self.is_local = backend.local_path("probe") is not None
+        self.cache = cache
+        self.inodes = InodeTable()
+        self.budget = MemoryBudget(options.memory_limit)
+        self.uploader = Uploader(self.backend, cache, self.stats)
+        self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
+        self._next_fh = 1
+        self.nursery: Optional[trio.Nursery] = None  # owner of background work (prefetch, retries)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background work: prefetch parts and upload retries live in this nursery."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.uploader.retry_forever)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def attr(self, node: Node) -> Attr:
+        if node.ino == CONTROL_INO:
+            return Attr(CONTROL_INO, False, 0, self.stats.started, stat.S_IFREG | 0o600, self.options.uid, self.options.gid)
+        if node.is_dir:
+            writable = node.depth >= 1 and node.path[0] in WRITABLE_TREES and not self.options.read_only
+            mode = stat.S_IFDIR | (0o755 if writable else 0o555)
+        else:
+            mode = stat.S_IFREG | (0o444 if self.options.read_only else 0o644)
+        size = node.staged.size if node.staged is not None else node.size
+        return Attr(node.ino, node.is_dir, size, node.mtime or self.stats.started, mode, self.options.uid, self.options.gid)
+
+    def _fresh(self, t: float) -> bool:
+        return time.monotonic() - t < self.options.metadata_ttl
+
+    def _set_info(self, node: Node, info: ObjectInfo, when: float) -> None:
+        if node.staged is None:
+            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
+
+    async def _refresh(self, node: Node) -> None:
+        """Re-read a file's attributes from the backend when they are older than the TTL."""
+        if node.is_dir or node.staged is not None or self._fresh(node.attr_time):
+            return
+        when = time.monotonic()
+        try:
+            info = await self.backend.head(node.key)
+        except NotFound:
+            raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
+        self._set_info(node, info, when)
+
+    async def getattr(self, ino: int) -> Attr:
+        node = self._node(ino)
+        await self._refresh(node)
+        return self.attr(node)
+
+    def _node(self, ino: int) -> Node:
+        if ino == CONTROL_INO:
+            return self.control_node
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FSError(errno.ENOENT, f"inode {ino} is not known (forgotten)")
+        return node
+
+    @property
+    def control_node(self) -> Node:
+        return Node(CONTROL_INO, (CONTROL_NAME,), False)
+
+    # -- names and lookups ------------------------------------------------------------------
+
+    def _child_path(self, parent: Node, name: str, creating: bool = False) -> tuple:
+        """Validate ``name`` as a child of ``parent``; refuse places where nothing can be created."""
+        if not parent.is_dir:
+            raise FSError(errno.ENOTDIR, f"{parent.display} is not a directory")
+        if creating:
+            if self.options.read_only:
+                raise FSError(errno.EROFS, "mounted read-only")
+            if parent.depth == 0:
+                raise FSError(errno.EPERM, f"/{name}: only pipeline/, user/ and kv/ exist at the top", logging.INFO)
+            if parent.path[0] not in WRITABLE_TREES:
+                raise FSError(errno.EPERM, f"{parent.display}/{name}: /kv is not served by this version", logging.INFO)
+        if parent.depth == 1:
+            what = {"pipeline": "pipeline id", "user": "user name", "kv": "store name"}[parent.path[0]]
+            layout.check_name(name, what)
+        else:
+            layout.check_segment(name)
+        return parent.path + (name,)
+
+    async def _listing(self, node: Node) -> dict:
+        """``name -> (is_dir, info or None)`` for a directory, from the cache when fresh."""
+        if node.listing is not None and self._fresh(node.listing.time):
+            return node.listing.entries
+        when = time.monotonic()
+        entries: dict = {}
+        if node.depth == 0:
+            entries = {t: (True, None) for t in layout.TREES}
+        elif node.depth == 1:
+            if node.path[0] in WRITABLE_TREES:
+                for e in await self.backend.list(node.prefix, "/"):
+                    name = e.key[len(node.prefix):].rstrip("/")
+                    if isinstance(e, CommonPrefix) and layout.NAME_RE.match(name):
+                        entries[name] = (True, None)
+        else:
+            node.has_marker = False
+            for e in await self.backend.list(node.prefix, "/"):
+                if e.key == node.prefix:
+                    node.has_marker = True
+                    continue
+                is_dir = isinstance(e, CommonPrefix)
+                name = e.key[len(node.prefix):].rstrip("/") if is_dir else e.key[len(node.prefix):]
+                try:
+                    layout.check_segment(name)
+                except InvalidName:
+                    log.debug("%s: skipping key %r, not a valid file name", node.display, e.key)
+                    continue
+                if is_dir or name not in entries:  # a directory shadows a file of the same name
+                    entries[name] = (is_dir, None if is_dir else e)
+        node.listing = Listing(entries, when)
+        return entries
+
+    async def _resolve(self, parent: Node, name: str) -> Optional[Node]:
+        """The node for ``parent/name`` if it exists (in this mount or in the backend), else None."""
+        path = parent.path + (name,)
+        known = self.inodes.at(path)
+        if known is not None and (known.staged is not None or known.depth <= 1):
+            return known
+        if parent.depth == 0:
+            return self.inodes.node_for(path, True) if name in layout.TREES else None
+        if parent.listing is not None and self._fresh(parent.listing.time):
+            entry = parent.listing.entries.get(name)
+            if entry is None:
+                return None
+            is_dir, info = entry
+            node = self.inodes.node_for(path, is_dir)
+            if info is not None:
+                self._set_info(node, info, parent.listing.time)
+            return node
+        when = time.monotonic()
+        key = "/".join(path)
+        if parent.depth == 1:
+            if parent.path[0] not in WRITABLE_TREES:
+                return None
+            found_dir = await self.backend.first(key + "/") is not None
+            return self.inodes.node_for(path, True) if found_dir else None
+        info = found_dir = None
+
+        async def head():
+            nonlocal info
+            try:
+                info = await self.backend.head(key)
+            except NotFound:
+                pass
+
+        async def first():
+            nonlocal found_dir
+            found_dir = await self.backend.first(key + "/") is not None
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head)
+            nursery.start_soon(first)
+        if found_dir:
+            return self.inodes.node_for(path, True)
+        if info is not None:
+            node = self.inodes.node_for(path, False)
+            self._set_info(node, info, when)
+            return node
+        return None
+
+    async def lookup(self, parent_ino: int, name: str) -> Attr:
+        parent = self._node(parent_ino)
+        if parent_ino == ROOT_INO and name == CONTROL_NAME:
+            return self.attr(self.control_node)
+        try:
+            self._child_path(parent, name)
+        except NameTooLong:
+            raise
+        except InvalidName as e:
+            raise FSError(errno.ENOENT, str(e)) from None
+        node = await self._resolve(parent, name)
+        if node is None:
+            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
+        node.lookups += 1
+        return self.attr(node)
+
+    def forget(self, items) -> None:
+        for ino, n in items:
+            self.inodes.forget(ino, n)
+
+    # -- directories -------------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        node = self._node(ino)
+        if not node.is_dir:
+            raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
+        fh = self._new_fh()
+        self.dir_handles[fh] = (node, None)
+        return fh
+
+    async def readdir(self, fh: int) -> list:
+        """The handle's snapshot of ``(name, Attr)`` pairs, listed once at the first call."""
+        node, snapshot = self.dir_handles[fh]
+        if snapshot is not None:
+            return snapshot
+        listing = await self._listing(node)
+        when = node.listing.time
+        entries = {}
+        for name, (is_dir, info) in listing.items():
+            child = self.inodes.node_for(node.path + (name,), is_dir)
+            if info is not None:
+                self._set_info(child, info, when)
+            entries[name] = child
+        for child in self.inodes.children(node):  # files created here and not uploaded yet
+            if child.staged is not None and not child.unlinked:
+                entries.setdefault(child.path[-1], child)
+        snapshot = [(name, entries[name]) for name in sorted(entries)]
+        self.dir_handles[fh] = (node, snapshot)
+        return snapshot
+
+    def releasedir(self, fh: int) -> None:
+        _, snapshot = self.dir_handles.pop(fh, (None, None))
+        for _, child in snapshot or ():
+            self.inodes.release_unreferenced(child)
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+        parent = self._node(parent_ino)
+        path = self._child_path(parent, name, creating=True)
+        if await self._resolve(parent, name) is not None:
+            raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
+        prefix = "/".join(path) + "/"
+        await self.backend.put_bytes(prefix, b"")
+        node = self.inodes.node_for(path, True)
+        node.has_marker, node.mtime = True, time.time()
+        node.listing = Listing({})
+        self._listed(parent, name, (True, None))
+        node.lookups += 1
+        return self.attr(node)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self._node(parent_ino)
+        self._child_path(parent, name, creating=True)
+        node = await self._resolve(parent, name)
+        if node is None:
+            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such directory")
+        if not node.is_dir:
+            raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
+        await self._check_empty(node)
+        await self.backend.delete(node.prefix)
+        self.inodes.remove(node)
+        self._listed(parent, name, None)
+        await self._keep_parent(parent)
+
+    async def _check_empty(self, node: Node) -> None:
+        if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):
+            raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+        for e in await self.backend.run(lambda: list(self.sync_backend.list(node.prefix, "/", max_keys=2))):
+            if e.key != node.prefix:
+                raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+
+    async def _keep_parent(self, parent: Node) -> None:
+        """On S3 a directory whose last entry went away would vanish: give it a marker."""
+        if self.is_local or parent.depth < 2 or parent.has_marker:
+            return
+        await self.backend.put_bytes(parent.prefix, b"")
+        parent.has_marker = True
+
+    def _listed(self, parent: Node, name: str, entry) -> None:
+        """Keep a directory's cached listing in step with a change made through this mount."""
+        if parent.listing is not None:
+            if entry is None:
+                parent.listing.entries.pop(name, None)
+            else:
+                parent.listing.entries[name] = entry
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _stage(self, node: Node, truncate: bool) -> StagedFile:
+        if truncate:
+            staged = StagedFile(self.cache)
+            staged.dirty = True
+        else:
+            key, etag = node.key, node.etag
+
+            async def fetch(lo: int, hi: int) -> bytes:
+                return await self.backend.get_range(key, lo, hi, if_match=etag)
+
+            staged = StagedFile(self.cache, node.size, node.size, fetch)
+        node.staged = staged
+        return staged
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file; returns (fh, keep_cache)."""
+        node = self._node(ino)
+        if node.is_dir:
+            raise FSError(errno.EISDIR, f"{node.display} is a directory")
+        if ino == CONTROL_INO:
+            raise FSError(errno.EPERM, "the control file answers xattrs only")
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        truncate = bool(flags & os.O_TRUNC) and writable
+        if writable and self.options.read_only:
+            raise FSError(errno.EROFS, "mounted read-only")
+        await self._refresh(node)  # close-to-open: see another node's change once the TTL passed
+        handle = Handle(node, writable, bool(flags & os.O_APPEND))
+        if writable:
+            if node.staged is None:
+                self._stage(node, truncate)
+            elif truncate:
+                await node.staged.truncate(0)
+            if truncate:
+                node.mtime = time.time()
+        elif node.staged is None and self.is_local:
+            handle.reader = await LocalReader.open(
+                self.sync_backend.local_path(node.key), node.etag, self.cache.io_limiter, etag_of
+            )
+        keep_cache = node.staged is None and node.etag is not None and node.cache_etag == node.etag
+        node.cache_etag = node.etag if node.staged is None else None
+        self.stats.page_cache_kept += keep_cache
+        return self._register(handle), keep_cache
+
+    def _register(self, handle: Handle) -> int:
+        fh = self._new_fh()
+        self.handles[fh] = handle
+        handle.node.open_count += 1
+        return fh
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr]:
+        parent = self._node(parent_ino)
+        path = self._child_path(parent, name, creating=True)
+        if parent.depth < 2:
+            raise FSError(errno.EPERM, f"{parent.display}/{name}: files live inside a namespace (mkdir one first)", logging.INFO)
+        existing = await self._resolve(parent, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise FSError(errno.EEXIST, f"{existing.display} exists")
+            if existing.is_dir:
+                raise FSError(errno.EISDIR, f"{existing.display} is a directory")
+        node = self.inodes.node_for(path, False)
+        if node.staged is None:
+            self._stage(node, truncate=True)
+        else:
+            await node.staged.truncate(0)
+        node.size, node.mtime = 0, time.time()
+        if existing is None:
+            node.etag = None
+        self._listed(parent, name, (False, None))
+        node.lookups += 1
+        fh = self._register(Handle(node, True, bool(flags & os.O_APPEND)))
+        return fh, self.attr(node)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        node = handle.node
+        if node.staged is not None:
+            return await node.staged.read(off, size)
+        if handle.reader is None:
+            handle.reader = Prefetcher(
+                self.backend, self.budget, self.nursery, lambda: node.key, node.size, node.etag,
+                self.stats, self.options.max_prefetch, self.options.part_size,
+            )
+        return await handle.reader.read(off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        handle = self.handles[fh]
+        if not handle.writable:
+            raise FSError(errno.EBADF, f"{handle.node.display}: not open for writing")
+        node = handle.node
+        staged = node.staged
+        if handle.append:
+            off = staged.size
+        await self.budget.acquire(len(data))
+        try:
+            n = await staged.write(off, data)
+        finally:
+            self.budget.release(len(data))
+        handle.wrote = True
+        node.mtime = time.time()
+        return n
+
+    async def flush(self, fh: int) -> None:
+        """close(): a file written through this handle is durable in the backend on return."""
+        handle = self.handles[fh]
+        if handle.writable:
+            await self.uploader.upload(handle.node)
+
+    async def fsync(self, fh: int) -> None:
+        await self.uploader.upload(self.handles[fh].node)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        handle.close()
+        node = handle.node
+        try:
+            if handle.writable and node.staged is not None and node.staged.dirty:
+                await self.uploader.upload(node)  # normally flush() did this already
+        finally:
+            node.open_count -= 1
+            self._drop_staged(node)
+            self.inodes.release_unreferenced(node)
+
+    def _drop_staged(self, node: Node) -> None:
+        """Forget a file's local content once nobody has it open and it is safely uploaded."""
+        staged = node.staged
+        if staged is None or node.open_count > 0:
+            return
+        if not node.unlinked and (staged.dirty or staged.pending):
+            return  # a pending upload: the retry loop owns it now
+        staged.remove()
+        node.staged = None
+        self.uploader.pending.discard(node)
+
+    async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None) -> Attr:
+        node = self._node(ino)
+        if ino == CONTROL_INO:
+            raise FSError(errno.EPERM, "the control file cannot be changed")
+        if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(self.attr(node).mode) or (
+            uid is not None and uid != self.options.uid) or (gid is not None and gid != self.options.gid):
+            raise FSError(errno.EPERM, f"{node.display}: permissions and ownership are fixed (see docs/semantics.md)", logging.INFO)
+        if size is not None:
+            if node.is_dir:
+                raise FSError(errno.EISDIR, f"{node.display} is a directory")
+            if self.options.read_only:
+                raise FSError(errno.EROFS, "mounted read-only")
+            await self._refresh(node)
+            if node.staged is None:
+                self._stage(node, truncate=(size == 0))
+            await node.staged.truncate(size)
+            node.mtime = time.time()
+            if fh is None or not self.handles[fh].writable:
+                # truncate(2) on a path has no close() to wait for: make it durable now.
+                try:
+                    await self.uploader.upload(node)
+                finally:
+                    self._drop_staged(node)
+        if mtime is not None and not node.is_dir:
+            node.mtime = mtime
+            if self.is_local and node.staged is None:
+                path = self.sync_backend.local_path(node.key)
+                await trio.to_thread.run_sync(os.utime, path, (mtime, mtime))
+                node.attr_time = 0  # the etag includes the mtime: read it again
+        return self.attr(node)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self._node(parent_ino)
+        self._child_path(parent, name, creating=True)
+        node = await self._resolve(parent, name)
+        if node is None:
+            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file")
+        if node.is_dir:
+            raise FSError(errno.EISDIR, f"{node.display} is a directory")
+        if node.etag is not None or node.staged is None:
+            await self.backend.delete(node.key)
+        self.inodes.remove(node)
+        self._drop_staged(node)
+        self._listed(parent, name, None)
+        await self._keep_parent(parent)
+
+    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise FSError(errno.EINVAL, "RENAME_EXCHANGE is not supported", logging.INFO)
+        old_parent, new_parent = self._node(old_parent_ino), self._node(new_parent_ino)
+        self._child_path(old_parent, old_name, creating=True)
+        new_path = self._child_path(new_parent, new_name, creating=True)
+        if old_parent.depth < 2 or new_parent.depth < 2:
+            raise FSError(errno.EPERM, f"{old_parent.display}/{old_name}: namespaces cannot be renamed", logging.INFO)
+        node = await self._resolve(old_parent, old_name)
+        if node is None:
+            raise FSError(errno.ENOENT, f"{old_parent.display}/{old_name}: no such file or directory")
+        if new_path[: node.depth] == node.path and node.is_dir and new_path != node.path:
+            raise FSError(errno.EINVAL, f"cannot move {node.display} into itself")
+        target = await self._resolve(new_parent, new_name)
+        if target is node:
+            return
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FSError(errno.EEXIST, f"{target.display} exists")
+            if target.is_dir and not node.is_dir:
+                raise FSError(errno.EISDIR, f"{target.display} is a directory")
+            if node.is_dir and not target.is_dir:
+                raise FSError(errno.ENOTDIR, f"{target.display} is not a directory")
+            if target.is_dir:
+                await self._check_empty(target)
+                await self.backend.delete(target.prefix)
+        if node.is_dir:
+            for child in self.inodes.below(node):  # local data must be in the backend to move
+                if child.staged is not None and (child.staged.dirty or child.staged.pending):
+                    await self.uploader.upload(child)
+            await self.backend.rename(node.prefix, "/".join(new_path) + "/")
+        else:
+            if node.staged is not None and (node.staged.dirty or node.staged.pending):
+                await self.uploader.upload(node)
+            await self.backend.rename(node.key, "/".join(new_path))
+        if target is not None:
+            self.inodes.remove(target)
+        self.inodes.move(node, new_path)
+        self._listed(old_parent, old_name, None)
+        self._listed(new_parent, new_name, (node.is_dir, None))
+        new_parent.listing = None if node.is_dir else new_parent.listing
+        await self._keep_parent(old_parent)
+
+    async def statfs(self) -> dict:
+        if self.is_local:
+            st = await trio.to_thread.run_sync(os.statvfs, self.sync_backend.local_path(""))
+            return {"bsize": st.f_bsize, "frsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
+                    "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree, "namemax": 255}
+        big = 1 << 40  # object stores have no fixed size: report a large, constant capacity
+        return {"bsize": 4096, "frsize": 4096, "blocks": big, "bfree": big, "bavail": big,
+                "files": big, "ffree": big, "namemax": 255}
+
+    # -- control -----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "backend": self.sync_backend.url,
+            "cache_dir": str(self.cache.root),
+            **self.stats.as_dict(),
+            "open_files": len(self.handles),
+            "pending_uploads": self.uploader.describe_pending(),
+            "memory": {"limit": self.budget.limit, "in_use": self.budget.used, "peak": self.budget.peak},
+        }

@@ -1,0 +1,175 @@
+"""The stashfs daemon: ``python -m fsdriver MOUNTPOINT [options]``.
+
+Order of events: open and check the backend, lock the cache dir, upload what a previous run left
+pending, mount, report readiness (``--ready-fd`` for mountctl, ``$NOTIFY_SOCKET`` for systemd),
+serve until unmounted or signalled.  SIGTERM/SIGINT upload what is pending and unmount.
+Exit status: 0 after a clean unmount, 1 when the mount could not be made or served.
+"""
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .backend import open_backend, resolve_url
+from .core import Filesystem, Options
+from .errors import BackendError
+from .fuse_ops import Operations
+from .staging import Cache, CacheLocked
+
+log = logging.getLogger("stashfs.daemon")
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 512M, 2G)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def default_cache_dir(backend_url: str, mountpoint: str) -> Path:
+    """Stable per (backend, mount point), so a remount finds what a crash left pending."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    digest = hashlib.sha256(f"{backend_url}\0{os.path.abspath(mountpoint)}".encode()).hexdigest()[:16]
+    return Path(base) / "stashfs" / digest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fsdriver", description="stashfs FUSE daemon")
+    p.add_argument("mountpoint")
+    p.add_argument("--backend", help="backend URL (default: $STASHFS_BACKEND or local disk)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--cache-dir", type=Path, help="staged writes and pending uploads")
+    p.add_argument("--memory-limit", type=parse_size, default=parse_size("512M"))
+    p.add_argument("--max-prefetch", type=parse_size, default=parse_size("64M"))
+    p.add_argument("--metadata-ttl", type=float, default=1.0, help="seconds; must be > 0")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--log-file", type=Path)
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+class Readiness:
+    """Tell whoever started us (mountctl through a pipe, systemd through NOTIFY_SOCKET) the outcome."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def _send(self, line: str) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, (line.replace("\n", " ") + "\n").encode())
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+    def ok(self) -> None:
+        self._send("ready")
+        addr = os.environ.get("NOTIFY_SOCKET")
+        if addr:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.connect("\0" + addr[1:] if addr.startswith("@") else addr)
+                s.sendall(f"READY=1\nMAINPID={os.getpid()}".encode())
+
+    def fail(self, message: str) -> None:
+        log.error("%s", message)
+        self._send("error: " + message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("stashfs").setLevel(args.log_level.upper())
+    ready = Readiness(args.ready_fd)
+    if args.metadata_ttl <= 0:
+        ready.fail("--metadata-ttl must be positive (zero causes a lookup storm)")
+        return 1
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    url = resolve_url(args.backend)
+    try:
+        options = {}
+        if url.startswith("s3://"):
+            options = {"endpoint_url": args.endpoint_url, "connect_timeout": 3.0,
+                       "read_timeout": 20.0, "max_attempts": 3}
+        backend = open_backend(url, **options)
+        backend.check()
+    except (BackendError, ValueError, OSError) as e:
+        ready.fail(f"backend {url}: {e}")
+        return 1
+    try:
+        cache = Cache(args.cache_dir or default_cache_dir(backend.url, mountpoint))
+    except (CacheLocked, OSError) as e:
+        ready.fail(str(e))
+        return 1
+    fs = Filesystem(backend, cache, Options(
+        metadata_ttl=args.metadata_ttl, memory_limit=args.memory_limit,
+        max_prefetch=args.max_prefetch, read_only=args.read_only,
+    ))
+    try:
+        return trio.run(_serve, fs, mountpoint, args, ready)
+    finally:
+        backend.close()
+        cache.close()
+
+
+async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int:
+    await fs.uploader.recover()
+    opts = set(pyfuse3.default_options) | {"fsname=stashfs", "subtype=stashfs"}
+    if args.allow_other:
+        opts.add("allow_other")
+    if args.read_only:
+        opts.add("ro")
+    try:
+        pyfuse3.init(Operations(fs, mountpoint), mountpoint, opts)
+    except RuntimeError as e:
+        ready.fail(f"cannot mount on {mountpoint}: {e} (see the daemon log)")
+        return 1
+    log.info("mounted %s on %s (pid %d)", fs.sync_backend.url, mountpoint, os.getpid())
+    unmount = True
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            nursery.start_soon(_on_signals, fs)
+            ready.ok()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    except BaseException:
+        unmount = False
+        raise
+    finally:
+        pyfuse3.close(unmount=unmount)
+    left = fs.uploader.describe_pending()
+    if left:
+        log.error("%d uploads still pending; they stay in %s and are uploaded at the next mount",
+                  len(left), fs.cache.root)
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+async def _on_signals(fs: Filesystem) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                continue
+            log.info("signal %d: uploading what is pending, then unmounting", sig)
+            await fs.uploader.flush_all()
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,244 @@
+"""The pyfuse3 adapter: converts FUSE requests to `core.Filesystem` calls and back.
+
+Every handler goes through `_boundary`, the one place where exceptions become errno values
+(`fserrors.errno_for`): only `FUSEError` leaves a handler, so no request can take the mount down.
+Names arrive as bytes and must be UTF-8 (EINVAL otherwise, as they could not be S3 keys).
+"""
+
+import errno
+import functools
+import json
+import logging
+import stat
+
+import pyfuse3
+
+from .core import Attr, Filesystem
+from .fserrors import FSError, errno_for
+from .inodes import CONTROL_INO
+
+log = logging.getLogger("stashfs.fuse")
+
+XATTR_STATUS = b"user.stashfs.status"
+XATTR_FLUSH = b"user.stashfs.flush"
+XATTR_LOGLEVEL = b"user.stashfs.loglevel"
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FSError(errno.EINVAL, f"name {raw!r} is not valid UTF-8", logging.INFO) from None
+
+
+def _boundary(describe):
+    """Count the request, run it, and turn any failure into a FUSEError with one log line."""
+
+    def decorate(fn):
+        op = fn.__name__
+
+        @functools.wraps(fn)
+        async def handler(self, *args):
+            self.fs.stats.requests[op] += 1
+            try:
+                return await fn(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as e:  # trio.Cancelled is a BaseException and passes through
+                raise pyfuse3.FUSEError(errno_for(e, op, self._describe(describe, args))) from None
+
+        return handler
+
+    return decorate
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, mountpoint: str):
+        super().__init__()
+        self.fs = fs
+        self.mountpoint = mountpoint
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _describe(self, how: str, args) -> str:
+        try:
+            if how == "ino":
+                node = self.fs.inodes.get(args[0])
+                return node.display if node else f"inode {args[0]}"
+            if how == "parent":
+                node = self.fs.inodes.get(args[0])
+                return f"{node.display if node else args[0]}/{args[1].decode('utf-8', 'replace')}"
+            if how == "fh":
+                handle = self.fs.handles.get(args[0])
+                return handle.node.display if handle else f"handle {args[0]}"
+        except Exception:  # describing must never fail the request
+            pass
+        return "-"
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.st_mode = a.mode
+        e.st_nlink = 2 if a.is_dir else 1
+        e.st_uid, e.st_gid = a.uid, a.gid
+        e.st_rdev = 0
+        e.st_size = a.size
+        e.st_blksize = 128 * 1024
+        e.st_blocks = (a.size + 511) // 512
+        ns = int(a.mtime * 1e9)
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = ns
+        ttl = self.fs.options.metadata_ttl
+        e.entry_timeout = e.attr_timeout = ttl
+        return e
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @_boundary("parent")
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(await self.fs.lookup(parent_inode, _name(name)))
+
+    async def forget(self, inode_list):
+        try:
+            self.fs.forget(inode_list)
+        except Exception:  # forget must never raise
+            log.exception("forget failed")
+
+    @_boundary("ino")
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self.fs.getattr(inode))
+
+    @_boundary("ino")
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        a = await self.fs.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            fh=fh,
+        )
+        return self._entry(a)
+
+    @_boundary("ino")
+    async def statfs(self, ctx):
+        s = await self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize, out.f_frsize = s["bsize"], s["frsize"]
+        out.f_blocks, out.f_bfree, out.f_bavail = s["blocks"], s["bfree"], s["bavail"]
+        out.f_files, out.f_ffree, out.f_favail = s["files"], s["ffree"], s["ffree"]
+        out.f_namemax = s["namemax"]
+        return out
+
+    # -- directories -------------------------------------------------------------------------
+
+    @_boundary("ino")
+    async def opendir(self, inode, ctx):
+        return await self.fs.opendir(inode)
+
+    @_boundary("fh")
+    async def readdir(self, fh, start_id, token):
+        entries = await self.fs.readdir(fh)
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._entry(self.fs.attr(node)), i + 1):
+                break
+            node.lookups += 1
+
+    @_boundary("fh")
+    async def releasedir(self, fh):
+        self.fs.releasedir(fh)
+
+    @_boundary("parent")
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(await self.fs.mkdir(parent_inode, _name(name)))
+
+    @_boundary("parent")
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, _name(name))
+
+    @_boundary("parent")
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, _name(name))
+
+    @_boundary("parent")
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+
+    # -- refused, with a clear errno ---------------------------------------------------------
+
+    @_boundary("ino")
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise FSError(errno.EPERM, "hard links are not supported", logging.INFO)
+
+    @_boundary("parent")
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise FSError(errno.EPERM, "symbolic links are not supported", logging.INFO)
+
+    @_boundary("parent")
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise FSError(errno.EPERM, "only regular files and directories are supported", logging.INFO)
+
+    # -- files -------------------------------------------------------------------------------
+
+    @_boundary("ino")
+    async def open(self, inode, flags, ctx):
+        fh, keep_cache = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    @_boundary("parent")
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise FSError(errno.EPERM, "only regular files can be created", logging.INFO)
+        fh, attr = await self.fs.create(parent_inode, _name(name), flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._entry(attr)
+
+    @_boundary("fh")
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_boundary("fh")
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_boundary("fh")
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    @_boundary("fh")
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh)
+
+    @_boundary("fh")
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    # -- xattrs: the control file ------------------------------------------------------------
+
+    @_boundary("ino")
+    async def getxattr(self, inode, name, ctx):
+        if inode == CONTROL_INO and name == XATTR_STATUS:
+            status = self.fs.status() | {"mountpoint": self.mountpoint}
+            return json.dumps(status).encode()
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    @_boundary("ino")
+    async def listxattr(self, inode, ctx):
+        return [XATTR_STATUS] if inode == CONTROL_INO else []
+
+    @_boundary("ino")
+    async def setxattr(self, inode, name, value, ctx):
+        if inode != CONTROL_INO:
+            raise FSError(errno.ENOTSUP, "extended attributes are not stored", logging.DEBUG)
+        if name == XATTR_FLUSH:
+            remaining = await self.fs.uploader.flush_all()
+            if remaining:
+                raise FSError(errno.EIO, f"{len(remaining)} uploads still pending", logging.WARNING)
+        elif name == XATTR_LOGLEVEL:
+            logging.getLogger("stashfs").setLevel(value.decode().upper())
+        else:
+            raise FSError(errno.EINVAL, f"unknown control command {name!r}", logging.INFO)

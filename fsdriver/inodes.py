@@ -1,0 +1,140 @@
+"""The inode table: which inode number names which path, and what we know about it.
+
+Paths are tuples of names from the mount root: ``()`` is the root, ``("pipeline",)`` a tree,
+``("pipeline", "p1")`` a namespace, deeper paths are files and directories inside it.
+The kernel's lookup count is kept per node (lookup, create, mkdir and every accepted readdir entry
+add one; forget subtracts); a node is dropped when the kernel has forgotten it and no handle has it
+open.  Everything here runs on the trio thread and never awaits, so each method is atomic.
+"""
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROOT_INO = 1  # FUSE's root inode number
+CONTROL_INO = ROOT_INO + 1
+CONTROL_NAME = ".stashfs-control"
+
+
+@dataclass
+class Listing:
+    """A directory's children as last listed: name -> (is_dir, size, mtime, etag)."""
+
+    entries: dict
+    time: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    path: tuple
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+    etag: Optional[str] = None
+    attr_time: float = 0.0  # monotonic time the attributes were last fetched (0: never)
+    lookups: int = 0
+    open_count: int = 0
+    staged: object = None  # staging.StagedFile while the file has local data
+    cache_etag: Optional[str] = None  # etag of the content the kernel page cache holds
+    has_marker: Optional[bool] = None  # directories: a marker object is known to exist
+    listing: Optional[Listing] = None  # directories: last listing, for lookups
+    unlinked: bool = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+    @property
+    def key(self) -> str:
+        return "/".join(self.path)
+
+    @property
+    def prefix(self) -> str:
+        return "/".join(self.path) + "/" if self.path else ""
+
+    @property
+    def display(self) -> str:
+        return "/" + "/".join(self.path)
+
+
+class InodeTable:
+    def __init__(self):
+        self._next = itertools.count(CONTROL_INO + 1)
+        root = Node(ROOT_INO, (), True, mtime=time.time())
+        root.lookups = 1  # never forgotten
+        self.by_ino: dict[int, Node] = {ROOT_INO: root}
+        self.by_path: dict[tuple, Node] = {(): root}
+
+    def __getitem__(self, ino: int) -> Node:
+        return self.by_ino[ino]
+
+    def get(self, ino: int) -> Optional[Node]:
+        return self.by_ino.get(ino)
+
+    def at(self, path: tuple) -> Optional[Node]:
+        return self.by_path.get(path)
+
+    def node_for(self, path: tuple, is_dir: bool) -> Node:
+        """The node at ``path``, created if needed; a type change gets a new inode number."""
+        node = self.by_path.get(path)
+        if node is not None and node.is_dir == is_dir:
+            return node
+        if node is not None:
+            self._detach(node)
+        node = Node(next(self._next), path, is_dir)
+        self.by_ino[node.ino] = node
+        self.by_path[path] = node
+        return node
+
+    def _detach(self, node: Node) -> None:
+        """The path no longer names this node; the inode lives on until forgotten and closed."""
+        if self.by_path.get(node.path) is node:
+            del self.by_path[node.path]
+        self._maybe_drop(node)
+
+    def remove(self, node: Node) -> None:
+        node.unlinked = True
+        self._detach(node)
+
+    def move(self, node: Node, new_path: tuple) -> None:
+        """Rename ``node`` (and, for a directory, every known node below it) to ``new_path``."""
+        old = node.path
+        moved = [n for p, n in self.by_path.items() if p[: len(old)] == old]
+        for n in moved:
+            if self.by_path.get(n.path) is n:
+                del self.by_path[n.path]
+        for n in moved:
+            n.path = new_path + n.path[len(old):]
+            displaced = self.by_path.get(n.path)
+            if displaced is not None and displaced is not n:
+                displaced.unlinked = True
+                self._detach(displaced)
+            self.by_path[n.path] = n
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        node = self.by_ino.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.lookups -= nlookup
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.staged is not None:
+            return
+        self.by_ino.pop(node.ino, None)
+        if self.by_path.get(node.path) is node:
+            del self.by_path[node.path]
+
+    def release_unreferenced(self, node: Node) -> None:
+        """Drop a node that was created for a listing but never handed to the kernel."""
+        self._maybe_drop(node)
+
+    def children(self, parent: Node) -> list[Node]:
+        n = len(parent.path) + 1
+        return [c for p, c in self.by_path.items() if len(p) == n and p[:-1] == parent.path]
+
+    def below(self, parent: Node) -> list[Node]:
+        n = len(parent.path)
+        return [c for p, c in self.by_path.items() if len(p) > n and p[:n] == parent.path]

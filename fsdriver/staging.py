@@ -1,0 +1,200 @@
+"""The cache directory: staged writes and the journal of pending uploads.
+
+Layout of ``--cache-dir`` (one daemon at a time, enforced by an flock on ``lock``)::
+
+    staged/<id>          the local content of a file being written
+    pending/<id>.json    {"key": ..., "staged": "<id>"}: staged/<id> must reach the backend
+
+A staged file becomes *pending* when an upload of it starts (close, fsync, flush) and stops being
+pending when that upload succeeded.  After a crash the next daemon uploads every pending file before
+serving; a staged file without a journal entry was never closed and is discarded.  See
+docs/concurrency.md for the crash states.
+
+A `StagedFile` of an existing object starts empty and sparse: the blocks of the object that a
+partial write or a read needs are fetched on demand (pinned to the etag the file was opened at),
+and the rest only when the file is uploaded.
+"""
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable, Optional
+
+import trio
+
+log = logging.getLogger("stashfs.staging")
+
+BLOCK = 1 << 20
+
+
+class CacheLocked(Exception):
+    pass
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.staged_dir = self.root / "staged"
+        self.pending_dir = self.root / "pending"
+        for d in (self.staged_dir, self.pending_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise CacheLocked(f"cache dir {self.root} is in use by another stashfs daemon") from None
+        # Local file I/O is quick but may block (slow disk, ENOSPC): it never runs on the trio thread.
+        self.io_limiter = trio.CapacityLimiter(8)
+
+    def close(self) -> None:
+        os.close(self._lock_fd)
+
+    def new_path(self) -> Path:
+        return self.staged_dir / uuid.uuid4().hex
+
+    def journal(self, staged: "StagedFile", key: str) -> None:
+        """Record that ``staged`` must reach ``key`` (written atomically, fsynced)."""
+        entry = self.pending_dir / (staged.path.name + ".json")
+        tmp = entry.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "staged": staged.path.name}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, entry)
+        dir_fd = os.open(self.pending_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def unjournal(self, staged: "StagedFile") -> None:
+        try:
+            os.unlink(self.pending_dir / (staged.path.name + ".json"))
+        except FileNotFoundError:
+            pass
+
+    def pending(self) -> list[tuple[str, Path, Path]]:
+        """(key, staged path, journal path) of every pending upload, oldest first."""
+        out = []
+        entries = sorted(self.pending_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for entry in entries:
+            try:
+                meta = json.loads(entry.read_text())
+                out.append((meta["key"], self.staged_dir / meta["staged"], entry))
+            except (ValueError, KeyError, OSError) as e:
+                log.error("pending upload %s is unreadable (%s); left in place", entry, e)
+        return out
+
+    def discard_unjournaled(self, keep: set[Path]) -> int:
+        """Remove staged files that no journal entry refers to (never closed before a crash)."""
+        n = 0
+        for p in self.staged_dir.iterdir():
+            if p not in keep:
+                p.unlink()
+                n += 1
+        for p in self.pending_dir.glob("*.tmp"):
+            p.unlink()
+        return n
+
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+
+
+class StagedFile:
+    """The local content of one file being written: a sparse file plus which blocks are present."""
+
+    def __init__(self, cache: Cache, size: int = 0, origin_size: int = 0, fetch: Optional[Fetch] = None):
+        self.cache = cache
+        self.path = cache.new_path()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.size = size
+        # Bytes [0, origin_size) come from the object the file was opened on, fetched lazily.
+        self.origin_size = origin_size if fetch else 0
+        self.fetch = fetch
+        self.present: set[int] = set()  # block numbers already in the staged file
+        self.dirty = False
+        self.pending = False  # an upload started and has not succeeded yet
+        self.error: Optional[str] = None  # why the last upload failed
+        self._lock = trio.Lock()
+        if size:
+            os.ftruncate(self.fd, size)
+
+    async def _io(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.cache.io_limiter)
+
+    def _missing(self, start: int, end: int) -> list[int]:
+        end = min(end, self.origin_size)
+        if start >= end:
+            return []
+        return [b for b in range(start // BLOCK, (end - 1) // BLOCK + 1) if b not in self.present]
+
+    async def ensure(self, start: int, end: int) -> None:
+        """Make bytes [start, end) of the origin present in the staged file."""
+        if self._missing(start, end):
+            async with self._lock:
+                await self._ensure_locked(start, end)
+
+    async def _ensure_locked(self, start: int, end: int) -> None:
+        # Every change of the staged file happens under self._lock, so a fetched block can never
+        # land on top of bytes written meanwhile.
+        for b in self._missing(start, end):
+            lo, hi = b * BLOCK, min((b + 1) * BLOCK, self.origin_size)
+            data = await self.fetch(lo, hi)
+            await self._io(os.pwrite, self.fd, data[: hi - lo], lo)
+            self.present.add(b)
+
+    async def read(self, off: int, size: int) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        await self.ensure(off, end)
+        return await self._io(os.pread, self.fd, end - off, off)
+
+    async def write(self, off: int, data: bytes) -> int:
+        end = off + len(data)
+        async with self._lock:
+            # Only partial blocks at the edges need the origin's bytes first.
+            if off % BLOCK:
+                await self._ensure_locked((off // BLOCK) * BLOCK, off)
+            if end % BLOCK:
+                await self._ensure_locked(end, (end // BLOCK + 1) * BLOCK)
+            try:
+                n = await self._io(os.pwrite, self.fd, data, off)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    log.error("cache disk full while staging a write (%s)", self.cache.root)
+                raise
+            self.present.update(range(off // BLOCK, (end - 1) // BLOCK + 1))
+            self.size = max(self.size, end)
+            self.dirty = True
+            return n
+
+    async def truncate(self, size: int) -> None:
+        async with self._lock:
+            if size < self.origin_size:
+                if size % BLOCK:
+                    await self._ensure_locked((size // BLOCK) * BLOCK, size)
+                self.origin_size = size
+            await self._io(os.ftruncate, self.fd, size)
+            self.size = size
+            self.dirty = True
+
+    async def complete(self) -> None:
+        """Fetch every block still missing, so the staged file holds the whole content."""
+        async with self._lock:
+            await self._ensure_locked(0, self.size)
+            self.origin_size = 0
+            self.fetch = None
+
+    def remove(self) -> None:
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.cache.unjournal(self)

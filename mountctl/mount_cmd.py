@@ -1,0 +1,231 @@
+"""``mountctl mount | umount | status | flush``: start, stop and inspect stashfs daemons."""
+
+import errno
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+from . import mounts
+from .cli import CLIError
+
+READY_TIMEOUT = 60.0
+EXIT_TIMEOUT = 60.0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT")
+    p.add_argument("mountpoint")
+    p.add_argument("--backend", metavar="URL", help="s3://bucket[/prefix], file:///path or a path")
+    p.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    p.add_argument("--cache-dir", metavar="DIR", help="staged writes and pending uploads")
+    p.add_argument("--memory-limit", metavar="SIZE", default="512M", help="prefetch and transfer buffers (default 512M)")
+    p.add_argument("--max-prefetch", metavar="SIZE", help="largest read-ahead window per file (default 64M)")
+    p.add_argument("--metadata-ttl", metavar="SECONDS", help="how long attributes and listings are cached (default 1)")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    p.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
+    p.add_argument("--log-file", metavar="FILE")
+    p.add_argument("--log-level", dest="daemon_log_level", metavar="LEVEL", default="INFO")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("status", help="every stashfs mount on this machine")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("flush", help="upload everything pending now")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_flush)
+
+
+def preflight(mountpoint: str) -> str:
+    """Check what can be checked before starting a daemon; returns the absolute mount point."""
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+        os.close(fd)
+    except OSError as e:
+        raise CLIError(f"no usable /dev/fuse ({e.strerror}): FUSE is not available here")
+    if shutil.which("fusermount3") is None:
+        raise CLIError("fusermount3 not found: install the fuse3 package")
+    mp = os.path.abspath(mountpoint)
+    if mounts.find(mp) is not None and os.path.ismount(mp):
+        raise CLIError(f"{mp} is already mounted")
+    if not os.path.exists(mp):
+        raise CLIError(f"mount point {mp} does not exist")
+    if not os.path.isdir(mp):
+        raise CLIError(f"mount point {mp} is not a directory")
+    return mp
+
+
+def daemon_command(args, mp: str) -> list[str]:
+    cmd = [sys.executable, "-m", "fsdriver", mp, "--log-level", args.daemon_log_level,
+           "--memory-limit", args.memory_limit]
+    for opt in ("backend", "endpoint_url", "cache_dir", "max_prefetch", "metadata_ttl", "log_file"):
+        value = getattr(args, opt)
+        if value:
+            cmd += ["--" + opt.replace("_", "-"), str(value)]
+    if args.read_only:
+        cmd.append("--read-only")
+    if args.allow_other:
+        cmd.append("--allow-other")
+    return cmd
+
+
+def cmd_mount(args) -> int:
+    mp = preflight(args.mountpoint)
+    cmd = daemon_command(args, mp)
+    if args.foreground:
+        os.execv(sys.executable, cmd)
+    read_fd, write_fd = os.pipe()
+    log_target = subprocess.DEVNULL
+    if args.log_file:
+        log_target = open(args.log_file, "ab")
+    try:
+        proc = subprocess.Popen(
+            cmd + ["--ready-fd", str(write_fd)], pass_fds=(write_fd,), start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log_target, stderr=log_target,
+        )
+    finally:
+        os.close(write_fd)
+        if log_target is not subprocess.DEVNULL:
+            log_target.close()
+    line = _read_line(read_fd, READY_TIMEOUT)
+    if line == "ready":
+        return 0
+    if line.startswith("error: "):
+        raise CLIError(line[len("error: "):])
+    code = proc.poll()
+    if code is None:
+        proc.kill()
+        raise CLIError(f"the daemon did not become ready within {READY_TIMEOUT:.0f}s; stopped it")
+    raise CLIError(f"the daemon exited with status {code} before mounting" +
+                   (f"; see {args.log_file}" if args.log_file else "; use --log-file to see why"))
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _require_stashfs(mountpoint: str) -> str:
+    mp = os.path.abspath(mountpoint)
+    entry = mounts.find(mp)
+    if entry is None or entry.fstype != mounts.FSTYPE:
+        raise CLIError(f"{mp} is not a stashfs mount")
+    return mp
+
+
+def cmd_umount(args) -> int:
+    mp = _require_stashfs(args.mountpoint)
+    pid = None
+    failed = []
+    try:
+        st = mounts.status(mp)
+        pid = st["pid"]
+        mounts.flush(mp)
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
+    try:
+        failed = mounts.status(mp)["pending_uploads"]
+    except OSError:
+        pass
+    p = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise CLIError(f"cannot unmount {mp}: {p.stderr.strip() or 'fusermount3 failed'}")
+    if pid is not None:
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for another process to exit: there is no event to wait on
+    if failed:
+        for item in failed:
+            print(f"mountctl: not uploaded: {item['key']} ({item['bytes']} bytes): {item['error']}", file=sys.stderr)
+        raise CLIError(f"unmounted {mp}, but {len(failed)} uploads are still pending in the cache dir; "
+                       "they are uploaded at the next mount with the same cache dir")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cmd_status(args) -> int:
+    out = []
+    for entry in mounts.stashfs_mounts():
+        try:
+            st = mounts.status(entry.mountpoint)
+        except OSError as e:
+            st = {"mountpoint": entry.mountpoint, "error": f"daemon does not answer: {e.strerror}"}
+        st["mountpoint"] = entry.mountpoint
+        out.append(st)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not out:
+        print("no stashfs mounts")
+        return 0
+    for st in out:
+        if "error" in st:
+            print(f"{st['mountpoint']}: {st['error']}")
+            continue
+        req = st["requests"]
+        print(f"{st['mountpoint']}: {st['backend']} pid {st['pid']} up {_duration(st['uptime'])}")
+        print(f"  requests {sum(req.values())} ({', '.join(f'{k} {v}' for k, v in sorted(req.items()))})")
+        print(f"  backend requests {sum(st['backend_requests'].values())}, "
+              f"down {_bytes(st['bytes_down'])}, up {_bytes(st['bytes_up'])}, "
+              f"prefetch hits {_bytes(st['prefetch_hit_bytes'])}")
+        print(f"  memory {_bytes(st['memory']['in_use'])} of {_bytes(st['memory']['limit'])} "
+              f"(peak {_bytes(st['memory']['peak'])}), open files {st['open_files']}, "
+              f"pending uploads {len(st['pending_uploads'])}")
+        for item in st["pending_uploads"]:
+            print(f"    pending: {item['key']} ({_bytes(item['bytes'])}): {item['error']}")
+    return 0
+
+
+def cmd_flush(args) -> int:
+    mp = _require_stashfs(args.mountpoint)
+    try:
+        mounts.flush(mp)
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
+        left = mounts.status(mp)["pending_uploads"]
+        raise CLIError(f"{len(left)} uploads are still pending: " +
+                       "; ".join(f"{i['key']}: {i['error']}" for i in left))
+    return 0
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"

@@ -1,0 +1,59 @@
+"""Finding stashfs mounts and talking to their daemons through the control file."""
+
+import json
+import os
+from dataclasses import dataclass
+
+CONTROL = ".stashfs-control"
+FSTYPE = "fuse.stashfs"
+
+
+@dataclass
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) >= 5 and len(rfields) >= 2:
+                entries.append(MountEntry(_unescape(fields[4]), rfields[0], _unescape(rfields[1])))
+    return entries
+
+
+def find(mountpoint: str) -> MountEntry | None:
+    mp = os.path.realpath(mountpoint) if os.path.exists(mountpoint) else os.path.abspath(mountpoint)
+    for entry in reversed(mounts()):  # the last mount on a path is the visible one
+        if entry.mountpoint == mp:
+            return entry
+    return None
+
+
+def stashfs_mounts() -> list[MountEntry]:
+    return [m for m in mounts() if m.fstype == FSTYPE]
+
+
+def status(mountpoint: str) -> dict:
+    return json.loads(os.getxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.status"))
+
+
+def flush(mountpoint: str) -> None:
+    os.setxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.flush", b"1")

@@ -1,0 +1,93 @@
+"""Mounting stashfs for tests: through `mountctl`, always unmounted in teardown."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fsdriver.backend import open_backend
+
+
+def fuse_unusable_reason() -> str | None:
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse is not usable: {e.strerror}"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+def require_fuse() -> None:
+    reason = fuse_unusable_reason()
+    if reason:
+        if os.environ.get("STASHFS_REQUIRE_FUSE") == "1":
+            pytest.fail(f"STASHFS_REQUIRE_FUSE=1 but {reason}")
+        pytest.skip(reason)
+
+
+def mountctl(*args, env=None, check=True, timeout=120) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "mountctl", *args], env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"mountctl {' '.join(args)} -> {p.returncode}: {p.stderr}")
+    return p
+
+
+@dataclass
+class Mount:
+    path: Path
+    url: str
+    env: dict
+    cache_dir: Path
+    log_file: Path
+    extra: list = field(default_factory=list)
+    mounted: bool = False
+
+    @property
+    def backend(self):
+        return open_backend(self.url, **({"endpoint_url": self.env["AWS_ENDPOINT_URL"]}
+                                          if self.url.startswith("s3://") else {}))
+
+    def mount(self) -> None:
+        mountctl("mount", str(self.path), "--backend", self.url, "--cache-dir", str(self.cache_dir),
+                 "--log-file", str(self.log_file), "--log-level", "DEBUG", *self.extra, env=self.env)
+        self.mounted = True
+
+    def status(self) -> dict:
+        import json
+
+        return json.loads(os.getxattr(self.path / ".stashfs-control", "user.stashfs.status"))
+
+    def umount(self) -> subprocess.CompletedProcess:
+        p = mountctl("umount", str(self.path), env=self.env, check=False)
+        self.mounted = False
+        return p
+
+    def kill9(self) -> None:
+        pid = self.status()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a process to exit
+        force_unmount(self.path)
+        self.mounted = False
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+
+def force_unmount(path: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
+
+
+def make_mount(tmp_path: Path, url: str, env: dict, name: str = "mnt", extra=()) -> Mount:
+    path = tmp_path / name
+    path.mkdir()
+    return Mount(path, url, env, tmp_path / f"{name}-cache", tmp_path / f"{name}.log", list(extra))

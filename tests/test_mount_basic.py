@@ -1,0 +1,183 @@
+"""Everyday file operations through a real mount, checked on the backend."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def test_tree_and_namespaces(mount):
+    root = mount.path
+    assert sorted(os.listdir(root)) == ["kv", "pipeline", "user"]
+    os.mkdir(root / "pipeline" / "p1")
+    os.mkdir(root / "user" / "alice")
+    assert os.listdir(root / "pipeline") == ["p1"]
+    assert os.listdir(root / "kv") == []
+    with pytest.raises(OSError) as e:
+        os.mkdir(root / "pipeline" / "bad id")
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        open(root / "pipeline" / "file-at-tree-level", "w")
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.mkdir(root / "other")
+    assert e.value.errno == errno.EPERM
+    assert mount.backend.head("pipeline/p1/").size == 0  # the namespace marker
+
+
+def test_shell_tools(mount):
+    d = mount.path / "pipeline" / "p1"
+    env = dict(os.environ)
+    run = lambda cmd: subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, cwd=mount.path, env=env, timeout=60)
+    run("mkdir -p pipeline/p1/a/b && echo hello > pipeline/p1/a/b/f.txt")
+    assert run("cat pipeline/p1/a/b/f.txt").stdout == "hello\n"
+    run("cp pipeline/p1/a/b/f.txt pipeline/p1/copy.txt && mv pipeline/p1/copy.txt pipeline/p1/moved.txt")
+    assert sorted(os.listdir(d)) == ["a", "moved.txt"]
+    listing = run("ls -l pipeline/p1/a/b").stdout
+    assert "f.txt" in listing and " 6 " in listing
+    run("rm pipeline/p1/moved.txt && rm -r pipeline/p1/a")
+    assert os.listdir(d) == []
+    assert [e.key for e in mount.backend.list("pipeline/p1/") if not e.key.endswith("/")] == []
+    run("rmdir pipeline/p1")
+    assert os.listdir(mount.path / "pipeline") == []
+
+
+def test_write_close_is_durable(mount):
+    d = mount.path / "user" / "alice"
+    d.mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with open(d / "blob", "wb") as f:
+        f.write(data)
+    # close() returned: the object is in the backend, complete.
+    assert mount.backend.get_range("user/alice/blob", 0) == data
+    assert (d / "blob").read_bytes() == data
+    assert os.stat(d / "blob").st_size == len(data)
+
+
+def test_fsync_is_durable_before_close(mount):
+    d = mount.path / "pipeline" / "p"
+    d.mkdir()
+    with open(d / "log", "wb") as f:
+        f.write(b"first")
+        f.flush()
+        os.fsync(f.fileno())
+        assert mount.backend.get_range("pipeline/p/log", 0) == b"first"
+        f.write(b" second")
+    assert mount.backend.get_range("pipeline/p/log", 0) == b"first second"
+
+
+def test_append_truncate_overwrite(mount):
+    d = mount.path / "pipeline" / "p"
+    d.mkdir()
+    f = d / "f"
+    f.write_bytes(b"0123456789")
+    with open(f, "ab") as h:
+        h.write(b"abc")
+    assert f.read_bytes() == b"0123456789abc"
+    with open(f, "r+b") as h:
+        h.seek(3)
+        h.write(b"XY")
+    assert f.read_bytes() == b"012XY56789abc"
+    os.truncate(f, 5)
+    assert mount.backend.get_range("pipeline/p/f", 0) == b"012XY"
+    os.truncate(f, 8)
+    assert f.read_bytes() == b"012XY\0\0\0"
+    with open(f, "r+b") as h:
+        h.truncate(2)
+    assert mount.backend.get_range("pipeline/p/f", 0) == b"01"
+    with open(f, "wb") as h:
+        h.write(b"new")
+    assert mount.backend.get_range("pipeline/p/f", 0) == b"new"
+
+
+def test_overwrite_middle_of_large_object(mount):
+    """Only the blocks a write touches are fetched; the rest is filled in at upload."""
+    size = 5 * 1024 * 1024 + 123
+    data = bytearray(os.urandom(size))
+    mount.backend.put_bytes("pipeline/p/big", bytes(data))
+    f = mount.path / "pipeline" / "p" / "big"
+    with open(f, "r+b") as h:
+        h.seek(2 * 1024 * 1024 - 2)
+        h.write(b"HELLO")
+    data[2 * 1024 * 1024 - 2 : 2 * 1024 * 1024 + 3] = b"HELLO"
+    assert mount.backend.get_range("pipeline/p/big", 0) == bytes(data)
+    assert f.read_bytes() == bytes(data)
+
+
+def test_rename_file_and_directory(mount):
+    d = mount.path / "pipeline" / "p"
+    (d / "dir" / "sub").mkdir(parents=True)
+    (d / "dir" / "a").write_bytes(b"A")
+    (d / "dir" / "sub" / "b").write_bytes(b"B")
+    os.rename(d / "dir" / "a", d / "a2")
+    assert (d / "a2").read_bytes() == b"A"
+    os.rename(d / "dir", d / "moved")
+    assert sorted(os.listdir(d)) == ["a2", "moved"]
+    assert (d / "moved" / "sub" / "b").read_bytes() == b"B"
+    keys = sorted(e.key for e in mount.backend.list("pipeline/p/") if not e.key.endswith("/"))
+    assert keys == ["pipeline/p/a2", "pipeline/p/moved/sub/b"]
+    (d / "x").write_bytes(b"x")
+    os.replace(d / "x", d / "a2")  # over an existing file
+    assert (d / "a2").read_bytes() == b"x" and not (d / "x").exists()
+    with pytest.raises(OSError) as e:
+        os.rename(d / "a2", d / "moved")
+    assert e.value.errno == errno.EISDIR
+    with pytest.raises(OSError) as e:
+        os.rename(d / "moved", d / "moved" / "sub" / "inside")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_directory_errors(mount):
+    d = mount.path / "pipeline" / "p"
+    (d / "full").mkdir(parents=True)
+    (d / "full" / "f").write_bytes(b"1")
+    with pytest.raises(OSError) as e:
+        os.rmdir(d / "full")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        os.mkdir(d / "full")
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as e:
+        os.unlink(d / "full")
+    assert e.value.errno in (errno.EISDIR, errno.EPERM)
+    os.unlink(d / "full" / "f")
+    assert os.listdir(d / "full") == []  # an emptied directory stays
+    os.rmdir(d / "full")
+    with pytest.raises(FileNotFoundError):
+        os.stat(d / "full")
+
+
+def test_refused_operations(mount):
+    d = mount.path / "pipeline" / "p"
+    d.mkdir()
+    (d / "f").write_bytes(b"1")
+    for call, code in [
+        (lambda: os.link(d / "f", d / "g"), errno.EPERM),
+        (lambda: os.symlink("f", d / "s"), errno.EPERM),
+        (lambda: os.mkfifo(d / "fifo"), errno.EPERM),
+        (lambda: open(d / ("x" * 256), "w"), errno.ENAMETOOLONG),
+        (lambda: os.chmod(d / "f", 0o600), errno.EPERM),
+    ]:
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == code, call
+    assert "hard links are not supported" in mount.log()
+
+
+def test_statfs(mount):
+    st = os.statvfs(mount.path)
+    assert st.f_namemax == 255 and st.f_bavail > 0
+
+
+def test_listing_has_attributes(mount):
+    d = mount.path / "pipeline" / "p"
+    for i in range(30):  # written behind the mount's back, before it looks
+        mount.backend.put_bytes(f"pipeline/p/f{i:02d}", b"x" * i)
+    before = mount.status()["backend_requests"]
+    sizes = {e.name: e.stat().st_size for e in os.scandir(d)}
+    after = mount.status()["backend_requests"]
+    assert sizes == {f"f{i:02d}": i for i in range(30)}
+    assert after.get("head", 0) == before.get("head", 0)  # attributes came from the listing
+    assert after.get("list", 0) - before.get("list", 0) <= 2
