@@ -25,7 +25,8 @@ def free_port() -> int:
 class MotoServer:
     """``moto_server`` in its own process; `stop()`/`start()` simulate an outage on one port."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, extra_env: dict | None = None):
+        self.extra_env = extra_env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / "moto.log"
@@ -33,7 +34,7 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> None:
         exe = Path(sys.executable).with_name("moto_server")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | TEST_ENV
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | TEST_ENV | self.extra_env
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],

@@ -293,7 +293,9 @@ def test_s3_errors_are_mapped(moto_server):
     from fsdriver.errors import Unavailable
 
     missing = S3Backend("no-such-bucket-here", endpoint_url=moto_server.url)
-    with pytest.raises(NotFound, match="no-such-bucket-here"):
+    from fsdriver.errors import BucketNotFound
+
+    with pytest.raises(BucketNotFound, match="bucket 'no-such-bucket-here' does not exist"):
         missing.check()
     dead = S3Backend("b", endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=1)
     with pytest.raises(Unavailable):

@@ -147,8 +147,11 @@ class S3Backend(Backend):
             raise
 
     def check(self) -> None:
-        with self._errors(None):
-            self.client.head_bucket(Bucket=self.bucket)
+        try:
+            with self._errors(None):
+                self.client.head_bucket(Bucket=self.bucket)
+        except NotFound:  # HEAD answers a bare 404, without the NoSuchBucket code
+            raise BucketNotFound(f"bucket {self.bucket!r} does not exist") from None
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):

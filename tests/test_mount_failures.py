@@ -1,0 +1,166 @@
+"""Failures: a backend outage, a killed daemon, and mountctl's refusals."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .servers import MotoServer
+
+BUCKET = "outage-bucket"
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A moto server this test may stop and start (its state is lost on restart)."""
+    server = MotoServer(tmp_path)
+    server.start()
+    server.create_bucket = lambda: boto3.client(
+        "s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    server.create_bucket()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_mount(own_server, tmp_path):
+    require_fuse()
+    env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url)
+    m = make_mount(tmp_path, f"s3://{BUCKET}", env)
+    m.mount()
+    yield m
+    if m.mounted:
+        m.umount()
+    force_unmount(m.path)
+
+
+def _client(server):
+    return boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
+
+
+def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
+    d = s3_mount.path / "pipeline" / "p"
+    d.mkdir()
+    own_server.stop()
+    f = open(d / "precious", "wb")
+    f.write(b"do not lose me")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EIO
+    log = s3_mount.log()
+    assert "/pipeline/p/precious" in log and "pending upload" in log
+    pending = s3_mount.status()["pending_uploads"]
+    assert [p["key"] for p in pending] == ["pipeline/p/precious"]
+    assert (d / "precious").read_bytes() == b"do not lose me"  # still readable locally
+    p = mountctl("status", env=s3_mount.env)
+    assert "pending: pipeline/p/precious" in p.stdout
+    own_server.start()
+    own_server.create_bucket()
+    mountctl("flush", str(s3_mount.path), env=s3_mount.env)
+    body = _client(own_server).get_object(Bucket=BUCKET, Key="pipeline/p/precious")["Body"].read()
+    assert body == b"do not lose me"
+    assert s3_mount.status()["pending_uploads"] == []
+
+
+def test_pending_upload_survives_kill9(s3_mount, own_server):
+    d = s3_mount.path / "pipeline" / "p"
+    d.mkdir()
+    own_server.stop()
+    with pytest.raises(OSError):
+        with open(d / "kept", "wb") as f:
+            f.write(b"journaled")
+    s3_mount.kill9()
+    own_server.start()
+    own_server.create_bucket()
+    s3_mount.mount()  # same cache dir: uploads what is pending before serving
+    body = _client(own_server).get_object(Bucket=BUCKET, Key="pipeline/p/kept")["Body"].read()
+    assert body == b"journaled"
+    assert (d / "kept").read_bytes() == b"journaled"
+
+
+def test_umount_reports_what_it_could_not_upload(s3_mount, own_server):
+    d = s3_mount.path / "pipeline" / "p"
+    d.mkdir()
+    own_server.stop()
+    with pytest.raises(OSError):
+        with open(d / "stuck", "wb") as f:
+            f.write(b"x")
+    p = s3_mount.umount()
+    assert p.returncode == 1
+    assert "pipeline/p/stuck" in p.stderr and "still pending" in p.stderr
+    assert not os.path.ismount(s3_mount.path)
+    staged = list((s3_mount.cache_dir / "pending").glob("*.json"))
+    assert [json.loads(j.read_text())["key"] for j in staged] == ["pipeline/p/stuck"]
+
+
+def test_fsync_then_kill9(mount):
+    d = mount.path / "pipeline" / "p"
+    d.mkdir()
+    fd = os.open(d / "synced", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"acknowledged")
+    os.fsync(fd)
+    mount.kill9()  # with the file still open: fsync's answer is all that counts
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    assert mount.backend.get_range("pipeline/p/synced", 0) == b"acknowledged"
+    mount.mount()
+    assert (d / "synced").read_bytes() == b"acknowledged"
+
+
+@pytest.fixture
+def ctl_env(tmp_path):
+    require_fuse()
+    return dict(os.environ)
+
+
+def test_mountctl_refusals(tmp_path, ctl_env, moto_server):
+    def fails(*args, env=ctl_env):
+        p = mountctl(*args, env=env, check=False)
+        assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
+        return p.stderr
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mp").mkdir()
+    assert "does not exist" in fails("mount", str(tmp_path / "missing"))
+    assert "not a directory" in fails("mount", str(tmp_path / "file"))
+    s3env = dict(ctl_env, AWS_ENDPOINT_URL=moto_server.url)
+    assert "bucket 'no-such-bucket' does not exist" in fails(
+        "mount", str(tmp_path / "mp"), "--backend", "s3://no-such-bucket", env=s3env)
+    assert "cannot reach S3" in fails(
+        "mount", str(tmp_path / "mp"), "--backend", "s3://b", "--endpoint-url", "http://127.0.0.1:9", env=s3env)
+    assert "fusermount3 not found" in fails(
+        "mount", str(tmp_path / "mp"), env=dict(ctl_env, PATH="/nonexistent"))
+    assert "is not a stashfs mount" in fails("umount", str(tmp_path / "mp"))
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+def test_mountctl_rejected_credentials(tmp_path, ctl_env):
+    server = MotoServer(tmp_path, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # moto then checks keys
+    server.start()
+    try:
+        (tmp_path / "mp").mkdir()
+        env = dict(ctl_env, AWS_ENDPOINT_URL=server.url)
+        p = mountctl("mount", str(tmp_path / "mp"), "--backend", "s3://any-bucket", env=env, check=False)
+        assert p.returncode == 1 and "access denied" in p.stderr, p.stderr
+    finally:
+        server.stop()
+
+
+def test_already_mounted(mount):
+    p = mountctl("mount", str(mount.path), "--backend", mount.url, env=mount.env, check=False)
+    assert p.returncode == 1 and "already mounted" in p.stderr
+
+
+def test_status_json(mount):
+    (mount.path / "pipeline" / "s").mkdir()
+    out = json.loads(mountctl("status", "--json", env=mount.env).stdout)
+    mine = [m for m in out if m["mountpoint"] == str(mount.path)]
+    assert len(mine) == 1
+    assert mine[0]["requests"]["mkdir"] == 1 and mine[0]["pid"] > 0
+    assert mine[0]["backend"].startswith("s3://" if mount.kind == "s3" else "file://")
