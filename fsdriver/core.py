@@ -480,7 +480,7 @@ class Filesystem:
         staged = node.staged
         if staged is None or node.open_count > 0:
             return
-        if not node.unlinked and (staged.dirty or staged.pending):
+        if not node.unlinked and staged.broken is None and (staged.dirty or staged.pending):
             return  # a pending upload: the retry loop owns it now
         staged.remove()
         node.staged = None

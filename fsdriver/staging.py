@@ -120,6 +120,7 @@ class StagedFile:
         self.dirty = False
         self.pending = False  # an upload started and has not succeeded yet
         self.error: Optional[str] = None  # why the last upload failed
+        self.broken: Optional[OSError] = None  # a staging write failed: never upload this content
         self._lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)
@@ -166,6 +167,8 @@ class StagedFile:
             try:
                 n = await self._io(os.pwrite, self.fd, data, off)
             except OSError as e:
+                # The staged content is now incomplete: it must never replace the object.
+                self.broken = e
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     log.error("cache disk full while staging a write (%s)", self.cache.root)
                 raise
@@ -181,6 +184,8 @@ class StagedFile:
                     await self._ensure_locked((size // BLOCK) * BLOCK, size)
                 self.origin_size = size
             await self._io(os.ftruncate, self.fd, size)
+            if size == 0:
+                self.broken = None  # nothing of the failed write is left
             self.size = size
             self.dirty = True
 

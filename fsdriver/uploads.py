@@ -39,6 +39,13 @@ class Uploader:
         async with staged._lock:
             if not (staged.dirty or staged.pending) or node.unlinked:
                 return
+            if staged.broken is not None:
+                raise FSError(
+                    staged.broken.errno or errno.EIO,
+                    f"not uploaded: an earlier write failed ({staged.broken.strerror}); "
+                    "the previous content is unchanged",
+                    logging.ERROR,
+                )
             await staged._ensure_locked(0, staged.size)
             staged.origin_size, staged.fetch = 0, None
             key = node.key

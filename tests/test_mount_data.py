@@ -138,4 +138,6 @@ def test_memory_stays_within_budget(mount, big_object):
         t.join(300)
     assert results == [True] * 3
     mem = mount.status()["memory"]
-    assert 0 < mem["peak"] <= mem["limit"]
+    assert mem["peak"] <= mem["limit"]
+    if mount.kind == "s3":
+        assert mem["peak"] > 0  # prefetch was accounted (disk reads go straight to the file)

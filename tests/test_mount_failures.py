@@ -164,3 +164,49 @@ def test_status_json(mount):
     assert len(mine) == 1
     assert mine[0]["requests"]["mkdir"] == 1 and mine[0]["pid"] > 0
     assert mine[0]["backend"].startswith("s3://" if mount.kind == "s3" else "file://")
+
+
+def test_full_cache_disk_gives_enospc_and_keeps_old_object(tmp_path):
+    require_fuse()
+    cache = tmp_path / "small-cache"
+    cache.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for the cache dir: {p.stderr.strip()}")
+    try:
+        m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+        m.cache_dir = cache
+        m.mount()
+        try:
+            d = m.path / "pipeline" / "p"
+            d.mkdir()
+            (d / "f").write_bytes(b"old content")
+            f = open(d / "f", "wb")
+            with pytest.raises(OSError) as e:
+                for _ in range(8):
+                    f.write(os.urandom(1 << 20))
+                    f.flush()
+            assert e.value.errno == errno.ENOSPC
+            with pytest.raises(OSError) as e:
+                f.close()
+            assert e.value.errno == errno.ENOSPC
+            assert m.backend.get_range("pipeline/p/f", 0) == b"old content"
+            assert "cache disk full" in m.log()
+            (d / "g").write_bytes(b"small files still work")  # the failed file's space is freed
+            assert m.backend.get_range("pipeline/p/g", 0) == b"small files still work"
+        finally:
+            m.umount()
+            force_unmount(m.path)
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
+def test_reads_fail_with_eio_when_s3_is_down(s3_mount, own_server):
+    d = s3_mount.path / "pipeline" / "p"
+    d.mkdir()
+    (d / "f").write_bytes(b"remote bytes")
+    own_server.stop()
+    with pytest.raises(OSError) as e:
+        (d / "f").read_bytes()  # never read before: not in the page cache
+    assert e.value.errno == errno.EIO
+    assert "cannot reach S3" in s3_mount.log()

@@ -1,0 +1,187 @@
+"""The benchmark's environment: temp dirs, the moto server, the counting proxy, boto3 clients, mounts.
+
+Everything lives under one temp dir in /tmp and is torn down by `Env.close()`: every mount is
+unmounted (``mountctl umount``, then ``fusermount3 -u -z`` in a finally block), the proxy and the
+moto server are stopped, and the temp dir is removed.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+from .proxy import CountingProxy
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # tests.servers is part of the repository, not of the package
+    sys.path.insert(0, str(REPO))
+
+from tests.servers import TEST_ENV, MotoServer  # noqa: E402
+
+BUCKET = "stashfs-bench"
+MiB = 1 << 20
+
+
+def clean_env() -> dict:
+    """The environment for everything the benchmark starts: test credentials, no AWS_CA_BUNDLE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STASHFS_"))}
+    env.update(TEST_ENV)
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(k, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def s3_client(endpoint: str, pool: int = 16):
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        config=Config(max_pool_connections=pool, s3={"addressing_style": "path"},
+                      retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
+def drop_caches() -> bool:
+    """Drop the kernel page cache (root only); False when not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status(pid: int) -> dict:
+    """VmRSS / VmHWM of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+class Mount:
+    """One stashfs mount made with ``mountctl``; a context manager that always unmounts."""
+
+    def __init__(self, env: "Env", name: str, backend: str, *, s3: bool, extra: tuple = ()):
+        self.env = env
+        self.name = name
+        self.path = env.root / f"mnt-{name}"
+        self.cache_dir = env.root / f"cache-{name}"
+        self.log_file = env.root / f"{name}.log"
+        self.backend = backend
+        self.s3 = s3
+        self.extra = list(extra)
+        self.mounted = False
+
+    def _mountctl(self, *args, check=True):
+        p = subprocess.run([sys.executable, "-m", "mountctl", *args], env=self.env.child_env,
+                           capture_output=True, text=True, timeout=180)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"mountctl {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}"
+                               f"\n--- daemon log ---\n{self.log()[-3000:]}")
+        return p
+
+    def __enter__(self) -> "Mount":
+        self.path.mkdir(exist_ok=True)
+        args = ["mount", str(self.path), "--backend", self.backend, "--cache-dir", str(self.cache_dir),
+                "--log-file", str(self.log_file), *self.extra]
+        if self.s3:
+            args += ["--endpoint-url", self.env.proxy.url]
+        self.env.mounts.append(self)
+        self._mountctl(*args)
+        self.mounted = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.umount()
+
+    def umount(self) -> None:
+        try:
+            if self.mounted:
+                p = self._mountctl("umount", str(self.path), check=False)
+                if p.returncode != 0:
+                    print(f"bench: mountctl umount {self.path}: {p.stderr.strip()}", file=sys.stderr)
+        finally:
+            self.mounted = False
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=30)
+
+    def status(self) -> dict:
+        return json.loads(os.getxattr(self.path / ".stashfs-control", "user.stashfs.status"))
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class Env:
+    """Temp dir, moto server, counting proxy and boto3 clients for one benchmark run."""
+
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        self.root = Path(tempfile.mkdtemp(prefix="stashfs-bench-", dir="/tmp"))
+        self.child_env = clean_env()
+        self.mounts: list[Mount] = []
+        self.moto: MotoServer | None = None
+        self.proxy: CountingProxy | None = None
+
+    def start(self) -> "Env":
+        # boto3 in this process reads the same variables as the processes it starts.
+        for k in [k for k in os.environ if k.startswith("AWS_")]:
+            del os.environ[k]
+        os.environ.update(TEST_ENV)
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+        self.moto = MotoServer(self.root)
+        self.moto.start()
+        self.proxy = CountingProxy(self.moto.url).start()
+        self.direct = s3_client(self.moto.url, pool=32)  # set-up only: not counted
+        self.raw = s3_client(self.proxy.url, pool=32)  # the references: counted by the proxy
+        self.direct.create_bucket(Bucket=BUCKET)
+        return self
+
+    def mount_s3(self, name: str, *extra) -> Mount:
+        return Mount(self, name, f"s3://{BUCKET}", s3=True, extra=extra)
+
+    def mount_disk(self, name: str, store: Path, *extra) -> Mount:
+        return Mount(self, name, str(store), s3=False, extra=extra)
+
+    def close(self) -> list[str]:
+        """Tear everything down; returns the daemon logs' tracebacks (for the report)."""
+        problems = []
+        for m in self.mounts:
+            try:
+                m.umount()
+            except Exception as e:  # keep tearing down the rest
+                print(f"bench: unmounting {m.path}: {e}", file=sys.stderr)
+            if "Traceback" in m.log():
+                problems.append(f"daemon log {m.log_file.name} contains a traceback")
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.moto is not None:
+            self.moto.stop()
+        still = [m.path for m in self.mounts if os.path.ismount(m.path)]
+        if still:  # never delete through a mount that is still there
+            problems.append(f"still mounted, temp dir {self.root} left in place: {still}")
+        elif not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return problems
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

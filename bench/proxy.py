@@ -1,0 +1,232 @@
+"""A counting HTTP proxy between S3 clients and the local moto server.
+
+Both the mount and the raw boto3 references use the proxy as their endpoint, so requests and bytes
+are counted the same way for both.  Every request is forwarded unchanged (method, path and query,
+headers, body) over a kept-alive connection to the upstream server, and the response is streamed
+back with its Content-Length.  Requests are classified by S3 operation:
+
+    GET range   GET of an object with a Range header
+    GET         GET of a whole object
+    LIST        GET on a bucket with list-type=2 (ListObjectsV2)
+    GET bucket  any other GET on a bucket (location, ...)
+    HEAD        HEAD of an object
+    HEAD bucket HEAD of a bucket (the mount's start-up check)
+    PUT part    PUT with partNumber (UploadPart)
+    PUT         any other PUT (PutObject, CreateBucket)
+    POST        POST (CreateMultipartUpload, CompleteMultipartUpload, DeleteObjects)
+    DELETE      DELETE
+
+``bytes`` counts response-body bytes sent to clients.  The server listens on 127.0.0.1 only, on a
+free port, in daemon threads, and is shut down by `stop()` (or the context manager).
+"""
+
+import http.client
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+CHUNK = 256 * 1024
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+}
+
+
+def classify(method: str, target: str, headers) -> str:
+    """The S3 operation kind of one path-style request (see the module docstring)."""
+    parts = urlsplit(target)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    path = parts.path.lstrip("/")
+    on_bucket = "/" not in path or path.endswith("/") and path.count("/") == 1
+    if method == "GET":
+        if on_bucket:
+            return "LIST" if query.get("list-type") == ["2"] else "GET bucket"
+        return "GET range" if headers.get("Range") else "GET"
+    if method == "HEAD":
+        return "HEAD bucket" if on_bucket else "HEAD"
+    if method == "PUT":
+        return "PUT part" if "partNumber" in query else "PUT"
+    return method  # POST, DELETE, anything else
+
+
+class Counts:
+    """Thread-safe request and byte counters."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: Counter = Counter()
+        self.bytes = 0
+
+    def add(self, kind: str, nbytes: int) -> None:
+        with self._lock:
+            self.requests[kind] += 1
+            self.bytes += nbytes
+
+    def add_bytes(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes += nbytes
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"requests": dict(self.requests), "bytes": self.bytes}
+
+    @staticmethod
+    def delta(before: dict, after: dict) -> dict:
+        req = {k: after["requests"].get(k, 0) - before["requests"].get(k, 0) for k in after["requests"]}
+        return {"requests": {k: v for k, v in sorted(req.items()) if v},
+                "total": sum(req.values()), "bytes": after["bytes"] - before["bytes"]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as boto3's connection pool expects
+    server: "_Server"
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet: no line per request
+        pass
+
+    def _upstream(self, fresh: bool = False) -> http.client.HTTPConnection:
+        conn = getattr(self, "_conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            conn = http.client.HTTPConnection(self.server.upstream_host, self.server.upstream_port, timeout=120)
+            self._conn = conn
+        return conn
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(out)
+                out.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _forward(self):
+        body = self._read_body()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if body or self.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        kind = classify(self.command, self.path, self.headers)
+        reused = getattr(self, "_conn", None) is not None
+        try:
+            conn = self._upstream()
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+        except (ConnectionError, http.client.HTTPException, OSError):
+            if not reused:
+                raise
+            conn = self._upstream(fresh=True)  # the kept-alive upstream connection went away
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+        self.send_response_only(resp.status, resp.reason)
+        out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
+        length = resp.getheader("Content-Length")
+        no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
+        if no_body:
+            for k, v in out_headers:
+                self.send_header(k, v)
+            self.end_headers()
+            resp.read()
+            self.server.counts.add(kind, 0)
+            return
+        if length is None:  # chunked or close-delimited upstream: buffer it to give a length
+            data = resp.read()
+            out_headers.append(("Content-Length", str(len(data))))
+            for k, v in out_headers:
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+            self.server.counts.add(kind, len(data))
+            return
+        for k, v in out_headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.server.counts.add(kind, 0)
+        left = int(length)
+        while left > 0:
+            chunk = resp.read(min(CHUNK, left))
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            self.server.counts.add_bytes(len(chunk))
+            left -= len(chunk)
+        if left:  # the upstream response was cut short: the client cannot be given a valid reply
+            self.close_connection = True
+            self._upstream(fresh=True)
+
+    def _handle(self):
+        try:
+            self._forward()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away
+        except Exception as e:  # upstream unreachable: answer 502 rather than hang the client
+            self.close_connection = True
+            msg = f"bench proxy: upstream error: {e}".encode()
+            try:
+                self.send_response(502)
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                self.wfile.write(msg)
+            except OSError:
+                pass
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class CountingProxy:
+    """``with CountingProxy("http://127.0.0.1:5000") as proxy: ... proxy.url, proxy.counts``"""
+
+    def __init__(self, upstream_url: str):
+        up = urlsplit(upstream_url)
+        if up.scheme != "http" or up.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"the bench proxy only forwards to a loopback http server, not {upstream_url}")
+        self.counts = Counts()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.upstream_host = up.hostname
+        self._server.upstream_port = up.port or 80
+        self._server.counts = self.counts
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "CountingProxy":
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="bench-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(10)
+            self._thread = None
+        self._server.server_close()
+
+    def snapshot(self) -> dict:
+        return self.counts.snapshot()
+
+    def __enter__(self) -> "CountingProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

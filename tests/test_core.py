@@ -1,0 +1,268 @@
+"""The filesystem core without the kernel: prefetcher, memory budget, staging, inodes, operations."""
+
+import errno
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from fsdriver.backend.aio import AsyncBackend
+from fsdriver.backend.disk import DiskBackend
+from fsdriver.core import Filesystem, Options
+from fsdriver.errors import InvalidName, NameTooLong, NotFound, Unavailable
+from fsdriver.fserrors import FSError, errno_for
+from fsdriver.inodes import ROOT_INO, InodeTable
+from fsdriver.memory import MemoryBudget
+from fsdriver.prefetch import INITIAL_WINDOW, Prefetcher
+from fsdriver.staging import BLOCK, Cache, StagedFile
+from fsdriver.stats import Stats
+
+MiB = 1 << 20
+
+
+class RecordingBackend(DiskBackend):
+    """A real disk backend that records every ranged read it serves."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.ranges = []
+
+    def get_range(self, key, start, end=None, **kw):
+        self.ranges.append((start, end))
+        return super().get_range(key, start, end, **kw)
+
+
+@pytest.fixture
+def rec(tmp_path):
+    return RecordingBackend(tmp_path / "be")
+
+
+def run_with_nursery(fn):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            result = await fn(nursery)
+            nursery.cancel_scope.cancel()
+        return result
+
+    return trio.run(main)
+
+
+def _prefetcher(rec, nursery, data, budget=None, **kw):
+    rec.put_bytes("obj", data)
+    info = rec.head("obj")
+    stats = Stats()
+    return Prefetcher(AsyncBackend(rec), budget or MemoryBudget(512 * MiB), nursery, lambda: "obj",
+                      len(data), info.etag, stats, **kw), stats
+
+
+def test_random_reads_fetch_only_what_is_asked(rec):
+    data = os.urandom(16 * MiB)
+
+    async def body(nursery):
+        p, stats = _prefetcher(rec, nursery, data)
+        for off in (5 * MiB + 3, 100, 9 * MiB, 2 * MiB):
+            assert await p.read(off, 4096) == data[off : off + 4096]
+        return stats
+
+    stats = run_with_nursery(body)
+    assert rec.ranges == [(5 * MiB + 3, 5 * MiB + 4099), (100, 4196), (9 * MiB, 9 * MiB + 4096), (2 * MiB, 2 * MiB + 4096)]
+    assert stats.random_reads == 4
+
+
+def test_sequential_window_doubles_and_seek_resets(rec):
+    data = os.urandom(40 * MiB)
+
+    async def body(nursery):
+        p, stats = _prefetcher(rec, nursery, data, part_size=4 * MiB, max_window=16 * MiB)
+        out = bytearray()
+        for off in range(0, 20 * MiB, 128 * 1024):
+            out += await p.read(off, 128 * 1024)
+        assert bytes(out) == data[: 20 * MiB]
+        sizes = [e - s for s, e in rec.ranges]
+        assert sizes[0] == INITIAL_WINDOW  # just above the kernel's readahead
+        assert max(sizes) == 4 * MiB  # the window grew into parallel parts of part_size
+        assert len(rec.ranges) < 15
+        assert p.window == 16 * MiB
+        rec.ranges.clear()
+        assert await p.read(2 * MiB, 1000) == data[2 * MiB : 2 * MiB + 1000]  # a seek back
+        assert p.window == INITIAL_WINDOW and rec.ranges == [(2 * MiB, 2 * MiB + 1000)]
+        p.close()
+
+    run_with_nursery(body)
+
+
+def test_prefetch_respects_memory_budget(rec):
+    data = os.urandom(24 * MiB)
+
+    async def body(nursery):
+        budget = MemoryBudget(3 * MiB)
+        p, _ = _prefetcher(rec, nursery, data, budget=budget, part_size=2 * MiB)
+        out = bytearray()
+        for off in range(0, len(data), 256 * 1024):
+            out += await p.read(off, 256 * 1024)
+            assert budget.used <= budget.limit
+        assert bytes(out) == data
+        p.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 0
+        return budget.peak
+
+    assert run_with_nursery(body) <= 3 * MiB
+
+
+def test_memory_budget_waits_and_reclaims():
+    async def main():
+        budget = MemoryBudget(100)
+        assert budget.try_acquire(80)
+        assert not budget.try_acquire(30)
+        got = []
+
+        async def taker():
+            await budget.acquire(50)
+            got.append(50)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(taker)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # waits instead of growing
+            budget.release(80)
+        assert got == [50] and budget.used == 50
+
+        reclaimed = []
+
+        def reclaim():
+            reclaimed.append(1)
+            budget.release(50)
+
+        budget.add_reclaimer(reclaim)
+        await budget.acquire(90)  # the reclaimer frees speculative memory first
+        assert reclaimed == [1] and budget.used == 90
+        budget.remove_reclaimer(reclaim)
+        budget.release(90)
+        await budget.acquire(500)  # larger than the whole budget: let through alone
+        assert budget.used == 500
+
+    trio.run(main)
+
+
+def test_staged_file_fetches_only_edges(tmp_path, rec):
+    origin = os.urandom(5 * BLOCK + 10)
+    rec.put_bytes("o", origin)
+    etag = rec.head("o").etag
+    ab = AsyncBackend(rec)
+
+    async def main():
+        cache = Cache(tmp_path / "cache")
+        fetch = lambda lo, hi: ab.get_range("o", lo, hi, if_match=etag)
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        await s.write(BLOCK + 5, b"abc")  # inside block 1
+        assert rec.ranges == [(BLOCK, 2 * BLOCK)]
+        await s.write(2 * BLOCK, b"x" * BLOCK)  # exactly block 2: nothing to fetch
+        assert len(rec.ranges) == 1
+        await s.truncate(4 * BLOCK + 7)
+        assert rec.ranges[-1] == (4 * BLOCK, 5 * BLOCK)
+        await s.complete()
+        want = bytearray(origin[: 4 * BLOCK + 7])
+        want[BLOCK + 5 : BLOCK + 8] = b"abc"
+        want[2 * BLOCK : 3 * BLOCK] = b"x" * BLOCK
+        assert open(s.path, "rb").read() == bytes(want)
+        assert sorted(r[0] // BLOCK for r in rec.ranges) == [0, 1, 3, 4]  # block 2 never fetched
+        s.remove()
+        cache.close()
+
+    trio.run(main)
+
+
+def test_inode_table_move_and_forget():
+    t = InodeTable()
+    a = t.node_for(("pipeline", "p", "a"), True)
+    b = t.node_for(("pipeline", "p", "a", "b"), False)
+    a.lookups = b.lookups = 1
+    t.move(a, ("pipeline", "p", "z"))
+    assert t.at(("pipeline", "p", "z", "b")) is b and t.at(("pipeline", "p", "a")) is None
+    t.forget(b.ino, 1)
+    assert t.get(b.ino) is None
+    t.forget(ROOT_INO, 100)
+    assert t.get(ROOT_INO) is not None
+    again = t.node_for(("pipeline", "p", "z"), False)  # became a file: a new inode
+    assert again.ino != a.ino
+
+
+def test_core_operations_on_disk(tmp_path):
+    backend = DiskBackend(tmp_path / "be")
+
+    async def body(nursery):
+        fs = Filesystem(backend, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        await nursery.start(fs.run)
+        tree = (await fs.lookup(ROOT_INO, "pipeline")).ino
+        ns = (await fs.mkdir(tree, "p1")).ino
+        fh, attr = await fs.create(ns, "f.txt", os.O_WRONLY | os.O_CREAT)
+        assert await fs.write(fh, 0, b"hello") == 5
+        assert backend.list("pipeline/p1/f.txt", max_keys=1) is not None
+        await fs.flush(fh)
+        assert backend.get_range("pipeline/p1/f.txt", 0) == b"hello"
+        await fs.release(fh)
+        fh, keep = await fs.open(attr.ino, os.O_RDONLY)
+        assert await fs.read(fh, 1, 3) == b"ell"
+        await fs.release(fh)
+        dfh = await fs.opendir(ns)
+        assert [n for n, _ in await fs.readdir(dfh)] == ["f.txt"]
+        fs.releasedir(dfh)
+        await fs.rename(ns, "f.txt", ns, "g.txt", 0)
+        assert backend.get_range("pipeline/p1/g.txt", 0) == b"hello"
+        with pytest.raises(FSError) as e:
+            await fs.rmdir(tree, "p1")
+        assert e.value.errno == errno.ENOTEMPTY
+        with pytest.raises(InvalidName) as e:
+            await fs.mkdir(tree, "bad/name")
+        assert errno_for(e.value, "mkdir", "/pipeline/bad/name") == errno.EINVAL
+        await fs.unlink(ns, "g.txt")
+        await fs.rmdir(tree, "p1")
+        assert [e.key for e in backend.list("pipeline/")] == ["pipeline/"]  # the tree dir itself
+        assert fs.status()["pending_uploads"] == []
+
+    run_with_nursery(body)
+
+
+def test_recovery_uploads_journaled_and_drops_unclosed(tmp_path):
+    backend = DiskBackend(tmp_path / "be")
+
+    async def main():
+        cache = Cache(tmp_path / "cache")
+        journaled = StagedFile(cache)
+        os.pwrite(journaled.fd, b"closed but not uploaded", 0)
+        cache.journal(journaled, "pipeline/p/pending")
+        unclosed = StagedFile(cache)
+        os.pwrite(unclosed.fd, b"never closed", 0)
+        cache.close()  # the daemon "crashed"
+
+        cache = Cache(tmp_path / "cache")
+        fs = Filesystem(backend, cache)
+        await fs.uploader.recover()
+        assert backend.get_range("pipeline/p/pending", 0) == b"closed but not uploaded"
+        assert list(cache.staged_dir.iterdir()) == [] and list(cache.pending_dir.iterdir()) == []
+        cache.close()
+
+    trio.run(main)
+
+
+def test_cache_dir_is_exclusive(tmp_path):
+    from fsdriver.staging import CacheLocked
+
+    first = Cache(tmp_path / "c")
+    with pytest.raises(CacheLocked, match="in use"):
+        Cache(tmp_path / "c")
+    first.close()
+
+
+@pytest.mark.parametrize("exc,code", [
+    (NameTooLong("x"), errno.ENAMETOOLONG), (InvalidName("x"), errno.EINVAL),
+    (NotFound("x"), errno.ENOENT), (Unavailable("x"), errno.EIO),
+    (FSError(errno.EXDEV, "x"), errno.EXDEV), (OSError(errno.ENOSPC, "full"), errno.ENOSPC),
+    (RuntimeError("bug"), errno.EIO),
+])
+def test_errno_boundary(exc, code, caplog):
+    assert errno_for(exc, "op", "/some/path") == code
+    if isinstance(exc, RuntimeError):
+        assert "unexpected error" in caplog.text and "RuntimeError: bug" in caplog.text
