@@ -22,6 +22,7 @@ free port, in daemon threads, and is shut down by `stop()` (or the context manag
 
 import http.client
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 CHUNK = 256 * 1024
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "expect",
 }
 
 
@@ -57,6 +58,21 @@ class Counts:
         self._lock = threading.Lock()
         self.requests: Counter = Counter()
         self.bytes = 0
+        self.trace: list | None = None  # (start, end, kind, Range header, body bytes) while tracing
+
+    def record(self, start: float, kind: str, rng: str | None, nbytes: int) -> None:
+        with self._lock:
+            if self.trace is not None:
+                self.trace.append((start, time.perf_counter(), kind, rng, nbytes))
+
+    def start_trace(self) -> None:
+        with self._lock:
+            self.trace = []
+
+    def stop_trace(self) -> list:
+        with self._lock:
+            out, self.trace = self.trace or [], None
+            return out
 
     def add(self, kind: str, nbytes: int) -> None:
         with self._lock:
@@ -117,6 +133,15 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _forward(self):
+        start = time.perf_counter()
+        try:
+            self._forward_one()
+        finally:
+            self.server.counts.record(start, classify(self.command, self.path, self.headers),
+                                      self.headers.get("Range"), getattr(self, "_sent", 0))
+
+    def _forward_one(self):
+        self._sent = 0
         body = self._read_body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
@@ -152,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             self.server.counts.add(kind, len(data))
+            self._sent = len(data)
             return
         for k, v in out_headers:
             self.send_header(k, v)
@@ -164,6 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             self.wfile.write(chunk)
             self.server.counts.add_bytes(len(chunk))
+            self._sent += len(chunk)
             left -= len(chunk)
         if left:  # the upstream response was cut short: the client cannot be given a valid reply
             self.close_connection = True
