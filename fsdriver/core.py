@@ -19,16 +19,18 @@ import logging
 import os
 import stat
 import time
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Optional
 
 import trio
 
-from . import layout
+from . import kv, kvnames, layout
 from .backend import Backend, CommonPrefix, ObjectInfo
 from .backend.aio import AsyncBackend
 from .backend.disk import etag_of
-from .errors import InvalidName, NameTooLong, NotFound
+from .errors import InvalidName, NameTooLong, NotFound, PreconditionFailed
 from .fserrors import FSError
 from .handles import Handle, LocalReader
 from .inodes import CONTROL_INO, CONTROL_NAME, ROOT_INO, InodeTable, Listing, Node
@@ -36,11 +38,10 @@ from .memory import MemoryBudget
 from .prefetch import Prefetcher
 from .staging import Cache, StagedFile
 from .stats import Stats
-from .uploads import Uploader
+from .uploads import Uploader, record_content
 
 log = logging.getLogger("stashfs.fs")
 
-WRITABLE_TREES = ("pipeline", "user")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -83,6 +84,8 @@ class Filesystem:
         self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
         self._next_fh = 1
         self.nursery: Optional[trio.Nursery] = None  # owner of background work (prefetch, retries)
+        # Tells the kernel to drop a cached name (set by the FUSE adapter; a no-op without kernel).
+        self.invalidate_entry = lambda parent_ino, name: None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work: prefetch parts and upload retries live in this nursery."""
@@ -98,7 +101,7 @@ class Filesystem:
         if node.ino == CONTROL_INO:
             return Attr(CONTROL_INO, False, 0, self.stats.started, stat.S_IFREG | 0o600, self.options.uid, self.options.gid)
         if node.is_dir:
-            writable = node.depth >= 1 and node.path[0] in WRITABLE_TREES and not self.options.read_only
+            writable = node.depth >= 1 and not self.options.read_only
             mode = stat.S_IFDIR | (0o755 if writable else 0o555)
         else:
             mode = stat.S_IFREG | (0o444 if self.options.read_only else 0o644)
@@ -108,23 +111,26 @@ class Filesystem:
     def _fresh(self, t: float) -> bool:
         return time.monotonic() - t < self.options.metadata_ttl
 
-    def _set_info(self, node: Node, info: ObjectInfo, when: float) -> None:
-        if node.staged is None:
+    def _set_info(self, node: Node, info: ObjectInfo, when: float, generation: Optional[int] = None) -> None:
+        """Take attributes from the backend, unless this mount wrote the file since they were read."""
+        if node.staged is None and (generation is None or generation == node.generation):
             node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
 
     async def _refresh(self, node: Node) -> None:
         """Re-read a file's attributes from the backend when they are older than the TTL."""
         if node.is_dir or node.staged is not None or self._fresh(node.attr_time):
             return
-        when = time.monotonic()
+        when, generation = time.monotonic(), node.generation
         try:
             info = await self.backend.head(node.key)
         except NotFound:
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
-        self._set_info(node, info, when)
+        self._set_info(node, info, when, generation)
 
     async def getattr(self, ino: int) -> Attr:
         node = self._node(ino)
+        if node.unlinked and node.open_count == 0:
+            raise FSError(errno.ENOENT, f"{node.display} was removed")  # the kernel's dentry is older
         await self._refresh(node)
         return self.attr(node)
 
@@ -151,14 +157,18 @@ class Filesystem:
                 raise FSError(errno.EROFS, "mounted read-only")
             if parent.depth == 0:
                 raise FSError(errno.EPERM, f"/{name}: only pipeline/, user/ and kv/ exist at the top", logging.INFO)
-            if parent.path[0] not in WRITABLE_TREES:
-                raise FSError(errno.EPERM, f"{parent.display}/{name}: /kv is not served by this version", logging.INFO)
         if parent.depth == 1:
             what = {"pipeline": "pipeline id", "user": "user name", "kv": "store name"}[parent.path[0]]
             layout.check_name(name, what)
         else:
             layout.check_segment(name)
+            if self._is_store(parent) and not kvnames.is_scratch(name):
+                kvnames.key_of(name)  # InvalidName for a .json name that is not a canonical encoding
         return parent.path + (name,)
+
+    @staticmethod
+    def _is_store(node: Node) -> bool:
+        return node.depth == 2 and node.path[0] == "kv"
 
     async def _listing(self, node: Node) -> dict:
         """``name -> (is_dir, info or None)`` for a directory, from the cache when fresh."""
@@ -169,11 +179,12 @@ class Filesystem:
         if node.depth == 0:
             entries = {t: (True, None) for t in layout.TREES}
         elif node.depth == 1:
-            if node.path[0] in WRITABLE_TREES:
-                for e in await self.backend.list(node.prefix, "/"):
-                    name = e.key[len(node.prefix):].rstrip("/")
-                    if isinstance(e, CommonPrefix) and layout.NAME_RE.match(name):
-                        entries[name] = (True, None)
+            for e in await self.backend.list(node.prefix, "/"):
+                name = e.key[len(node.prefix):].rstrip("/")
+                if isinstance(e, CommonPrefix) and layout.NAME_RE.match(name):
+                    entries[name] = (True, None)
+        elif self._is_store(node):
+            entries = await self._store_listing(node)
         else:
             node.has_marker = False
             for e in await self.backend.list(node.prefix, "/"):
@@ -189,8 +200,63 @@ class Filesystem:
                     continue
                 if is_dir or name not in entries:  # a directory shadows a file of the same name
                     entries[name] = (is_dir, None if is_dir else e)
+        if node.listing is not None:
+            for name in node.listing.entries.keys() - entries.keys():
+                self._gone(node, name)  # removed elsewhere: the kernel may still have it cached
         node.listing = Listing(entries, when)
         return entries
+
+    async def _store_listing(self, node: Node) -> dict:
+        """The live records of a store: ``<key>.json`` objects, without expired ones."""
+        entries = {}
+        node.has_marker = False
+        for e in await self.backend.list(node.prefix, "/"):
+            if e.key == node.prefix:
+                node.has_marker = True
+            elif isinstance(e, ObjectInfo):
+                name = e.key[len(node.prefix):]
+                try:
+                    kvnames.key_of(name)
+                except InvalidName:
+                    continue  # not a record: a stray object under the store's prefix
+                entries[name] = (False, e)
+        expiries = await self.backend.run(kv.store_expiries, self.sync_backend, node.prefix)
+        now = time.time()
+        for name, markers in expiries.items():
+            entry = entries.get(name)
+            if entry is not None and kv.is_expired(entry[1].etag, markers, now):
+                del entries[name]
+                self._expire(node, name, markers)
+        return entries
+
+    def _expire(self, store: Node, name: str, markers: list) -> None:
+        """An expired record reads as missing at once and is removed in the background."""
+        self._gone(store, name)
+        self.nursery.start_soon(self.backend.run, kv.expire_record, self.sync_backend, store.prefix, name, markers)
+
+    def _gone(self, parent: Node, name: str) -> None:
+        """The backend no longer has ``parent/name``: forget it here and in the kernel's caches."""
+        node = self.inodes.at(parent.path + (name,))
+        if node is not None and node.staged is None:
+            self.inodes.remove(node)
+        self.invalidate_entry(parent.ino, name)
+
+    async def _resolve_record(self, parent: Node, name: str) -> Optional[Node]:
+        path = parent.path + (name,)
+        if kvnames.is_scratch(name):
+            return None  # scratch files exist only in this daemon (found in the table above)
+        when = time.monotonic()
+        try:
+            info = await self.backend.head("/".join(path))
+        except NotFound:
+            return None
+        markers = (await self.backend.run(kv.store_expiries, self.sync_backend, parent.prefix, name)).get(name)
+        if markers and kv.is_expired(info.etag, markers, time.time()):
+            self._expire(parent, name, markers)
+            return None
+        node = self.inodes.node_for(path, False)
+        self._set_info(node, info, when)
+        return node
 
     async def _resolve(self, parent: Node, name: str) -> Optional[Node]:
         """The node for ``parent/name`` if it exists (in this mount or in the backend), else None."""
@@ -202,6 +268,8 @@ class Filesystem:
             return self.inodes.node_for(path, True) if name in layout.TREES else None
         if parent.listing is not None and self._fresh(parent.listing.time):
             entry = parent.listing.entries.get(name)
+            if entry is None and self._is_store(parent):
+                return await self._resolve_record(parent, name)  # a record written just now counts
             if entry is None:
                 return None
             is_dir, info = entry
@@ -209,14 +277,15 @@ class Filesystem:
             if info is not None:
                 self._set_info(node, info, parent.listing.time)
             return node
+        if self._is_store(parent):
+            return await self._resolve_record(parent, name)
         when = time.monotonic()
         key = "/".join(path)
         if parent.depth == 1:
-            if parent.path[0] not in WRITABLE_TREES:
-                return None
             found_dir = await self.backend.first(key + "/") is not None
             return self.inodes.node_for(path, True) if found_dir else None
         info = found_dir = None
+        errors = []
 
         async def head():
             nonlocal info
@@ -224,14 +293,21 @@ class Filesystem:
                 info = await self.backend.head(key)
             except NotFound:
                 pass
+            except Exception as e:  # re-raised below as itself, not as an exception group
+                errors.append(e)
 
         async def first():
             nonlocal found_dir
-            found_dir = await self.backend.first(key + "/") is not None
+            try:
+                found_dir = await self.backend.first(key + "/") is not None
+            except Exception as e:
+                errors.append(e)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(head)
             nursery.start_soon(first)
+        if errors:
+            raise errors[0]
         if found_dir:
             return self.inodes.node_for(path, True)
         if info is not None:
@@ -287,21 +363,29 @@ class Filesystem:
             if child.staged is not None and not child.unlinked:
                 entries.setdefault(child.path[-1], child)
         snapshot = [(name, entries[name]) for name in sorted(entries)]
+        for _, child in snapshot:
+            child.pins += 1  # kept until releasedir, so no entry names a dropped inode
         self.dir_handles[fh] = (node, snapshot)
         return snapshot
 
     def releasedir(self, fh: int) -> None:
         _, snapshot = self.dir_handles.pop(fh, (None, None))
         for _, child in snapshot or ():
+            child.pins -= 1
             self.inodes.release_unreferenced(child)
 
     async def mkdir(self, parent_ino: int, name: str) -> Attr:
         parent = self._node(parent_ino)
+        if self._is_store(parent):
+            raise FSError(errno.EPERM, f"{parent.display}/{name}: a store holds records (<key>.json files), not directories", logging.INFO)
         path = self._child_path(parent, name, creating=True)
         if await self._resolve(parent, name) is not None:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
         prefix = "/".join(path) + "/"
-        await self.backend.put_bytes(prefix, b"")
+        try:
+            await self.backend.put_bytes(prefix, b"", if_none_match=True)
+        except PreconditionFailed:
+            raise FSError(errno.EEXIST, f"{parent.display}/{name} was created meanwhile") from None
         node = self.inodes.node_for(path, True)
         node.has_marker, node.mtime = True, time.time()
         node.listing = Listing({})
@@ -318,6 +402,8 @@ class Filesystem:
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
         await self._check_empty(node)
+        if self._is_store(node):
+            await self.backend.delete_prefix(node.prefix + kvnames.EXPIRES)
         await self.backend.delete(node.prefix)
         self.inodes.remove(node)
         self._listed(parent, name, None)
@@ -326,8 +412,9 @@ class Filesystem:
     async def _check_empty(self, node: Node) -> None:
         if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):
             raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
-        for e in await self.backend.run(lambda: list(self.sync_backend.list(node.prefix, "/", max_keys=2))):
-            if e.key != node.prefix:
+        ignore = {node.prefix, node.prefix + kvnames.EXPIRES} if self._is_store(node) else {node.prefix}
+        for e in await self.backend.run(lambda: list(self.sync_backend.list(node.prefix, "/", max_keys=3))):
+            if e.key not in ignore:
                 raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
 
     async def _keep_parent(self, parent: Node) -> None:
@@ -352,22 +439,38 @@ class Filesystem:
         self._next_fh += 1
         return fh
 
-    def _stage(self, node: Node, truncate: bool) -> StagedFile:
+    def _new_staged(self, node: Node, truncate: bool) -> StagedFile:
+        """Local content for writing ``node``: empty, or built lazily on its current version."""
         if truncate:
             staged = StagedFile(self.cache)
             staged.dirty = True
-        else:
-            key, etag = node.key, node.etag
+            return staged
+        key, etag = node.key, node.etag
 
-            async def fetch(lo: int, hi: int) -> bytes:
-                return await self.backend.get_range(key, lo, hi, if_match=etag)
+        async def fetch(lo: int, hi: int) -> bytes:
+            return await self.backend.get_range(key, lo, hi, if_match=etag)
 
-            staged = StagedFile(self.cache, node.size, node.size, fetch)
-        node.staged = staged
+        staged = StagedFile(self.cache, node.size, node.size, fetch)
+        if node.is_record:
+            staged.conditions = {"if_match": etag}  # read-modify-write: commit only if unchanged
         return staged
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file; returns (fh, keep_cache)."""
+    async def _writable_staged(self, node: Node, truncate: bool) -> StagedFile:
+        """The staged file a new writing handle uses.
+
+        Files share one per node, so every descriptor sees the others' writes.  Each writing handle
+        of a record gets its own, so its commit is conditional on the version *it* read.
+        """
+        if node.is_record:
+            return self._new_staged(node, truncate)
+        if node.staged is None:
+            node.staged = self._new_staged(node, truncate)
+        elif truncate:
+            await node.staged.truncate(0)
+        return node.staged
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        """Open a file; returns (fh, keep_cache, direct_io)."""
         node = self._node(ino)
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
@@ -377,23 +480,36 @@ class Filesystem:
         truncate = bool(flags & os.O_TRUNC) and writable
         if writable and self.options.read_only:
             raise FSError(errno.EROFS, "mounted read-only")
+        if writable and node.is_record:
+            node.attr_time = 0  # a record's write is conditional on the version read: get it fresh
         await self._refresh(node)  # close-to-open: see another node's change once the TTL passed
         handle = Handle(node, writable, bool(flags & os.O_APPEND))
         if writable:
-            if node.staged is None:
-                self._stage(node, truncate)
-            elif truncate:
-                await node.staged.truncate(0)
+            handle.staged = await self._writable_staged(node, truncate)
             if truncate:
                 node.mtime = time.time()
-        elif node.staged is None and self.is_local:
-            handle.reader = await LocalReader.open(
-                self.sync_backend.local_path(node.key), node.etag, self.cache.io_limiter, etag_of
-            )
+        elif node.staged is None:
+            handle.reader = await self._reader(node)
         keep_cache = node.staged is None and node.etag is not None and node.cache_etag == node.etag
         node.cache_etag = node.etag if node.staged is None else None
         self.stats.page_cache_kept += keep_cache
-        return self._register(handle), keep_cache
+        # A record handle's content is its own until it commits (and may be refused): it must not
+        # pass through the page cache that every other open of the record reads.
+        direct_io = node.is_record and writable
+        return self._register(handle), keep_cache, direct_io
+
+    async def _reader(self, node: Node):
+        """A reader pinned to the version of the object that exists now."""
+        if self.is_local:
+            reader, st = await LocalReader.open(self.sync_backend.local_path(node.key), self.cache.io_limiter)
+            if node.staged is None and etag_of(st) != node.etag:  # changed within the TTL: show it
+                node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
+                node.attr_time = time.monotonic()
+            return reader
+        return Prefetcher(
+            self.backend, self.budget, self.nursery, lambda: node.key, node.size, node.etag,
+            self.stats, self.options.max_prefetch, self.options.part_size,
+        )
 
     def _register(self, handle: Handle) -> int:
         fh = self._new_fh()
@@ -401,7 +517,7 @@ class Filesystem:
         handle.node.open_count += 1
         return fh
 
-    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr]:
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr, bool]:
         parent = self._node(parent_ino)
         path = self._child_path(parent, name, creating=True)
         if parent.depth < 2:
@@ -413,36 +529,33 @@ class Filesystem:
             if existing.is_dir:
                 raise FSError(errno.EISDIR, f"{existing.display} is a directory")
         node = self.inodes.node_for(path, False)
-        if node.staged is None:
-            self._stage(node, truncate=True)
-        else:
-            await node.staged.truncate(0)
-        node.size, node.mtime = 0, time.time()
+        staged = await self._writable_staged(node, truncate=True)
+        if node.is_record and flags & os.O_EXCL:
+            staged.conditions = {"if_none_match": True}
+        node.mtime = time.time()
         if existing is None:
-            node.etag = None
-        self._listed(parent, name, (False, None))
+            node.size, node.etag = 0, None
+        if not node.is_record:  # a new record appears when it is closed
+            self._listed(parent, name, (False, None))
         node.lookups += 1
-        fh = self._register(Handle(node, True, bool(flags & os.O_APPEND)))
-        return fh, self.attr(node)
+        handle = Handle(node, True, bool(flags & os.O_APPEND))
+        handle.staged = staged
+        return self._register(handle), self.attr(node), node.is_record
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
-        node = handle.node
-        if node.staged is not None:
-            return await node.staged.read(off, size)
-        if handle.reader is None:
-            handle.reader = Prefetcher(
-                self.backend, self.budget, self.nursery, lambda: node.key, node.size, node.etag,
-                self.stats, self.options.max_prefetch, self.options.part_size,
-            )
+        staged = handle.staged or handle.node.staged
+        if staged is not None:
+            return await staged.read(off, size)
+        if handle.reader is None:  # the file was being written when this handle opened it
+            handle.reader = await self._reader(handle.node)
         return await handle.reader.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         handle = self.handles[fh]
         if not handle.writable:
             raise FSError(errno.EBADF, f"{handle.node.display}: not open for writing")
-        node = handle.node
-        staged = node.staged
+        staged = handle.staged
         if handle.append:
             off = staged.size
         await self.budget.acquire(len(data))
@@ -450,41 +563,60 @@ class Filesystem:
             n = await staged.write(off, data)
         finally:
             self.budget.release(len(data))
-        handle.wrote = True
-        node.mtime = time.time()
+        handle.node.mtime = time.time()
         return n
 
     async def flush(self, fh: int) -> None:
         """close(): a file written through this handle is durable in the backend on return."""
         handle = self.handles[fh]
         if handle.writable:
-            await self.uploader.upload(handle.node)
+            await self._upload(handle.node, handle.staged)
 
     async def fsync(self, fh: int) -> None:
-        await self.uploader.upload(self.handles[fh].node)
+        handle = self.handles[fh]
+        await self._upload(handle.node, handle.staged or handle.node.staged)
+
+    async def _upload(self, node: Node, staged: Optional[StagedFile]) -> None:
+        await self.uploader.upload(node, staged)
+        if node.mtime_wanted is not None and self.is_local and not (staged and staged.dirty):
+            path = self.sync_backend.local_path(node.key)
+            await trio.to_thread.run_sync(os.utime, path, (node.mtime_wanted, node.mtime_wanted))
+            node.mtime, node.mtime_wanted, node.attr_time = node.mtime_wanted, None, 0
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
         handle.close()
         node = handle.node
         try:
-            if handle.writable and node.staged is not None and node.staged.dirty:
-                await self.uploader.upload(node)  # normally flush() did this already
+            staged = handle.staged
+            if handle.writable and staged.dirty and not staged.pending and staged not in self.uploader.pending:
+                await self._upload(node, staged)  # written after the last flush (mmap): upload now
         finally:
             node.open_count -= 1
+            if handle.staged is not None and handle.staged is not node.staged:
+                self._discard(handle.staged)  # a record handle's own content
             self._drop_staged(node)
             self.inodes.release_unreferenced(node)
 
-    def _drop_staged(self, node: Node) -> None:
-        """Forget a file's local content once nobody has it open and it is safely uploaded."""
-        staged = node.staged
-        if staged is None or node.open_count > 0:
+    def _discard(self, staged: StagedFile) -> None:
+        """Forget staged content, unless it is a pending upload the retry loop still owns."""
+        if staged.broken is None and staged.rejected is None and (staged.dirty or staged.pending):
             return
-        if not node.unlinked and staged.broken is None and (staged.dirty or staged.pending):
+        staged.remove()
+        self.uploader.pending.pop(staged, None)
+
+    def _drop_staged(self, node: Node) -> None:
+        """Forget a file's shared local content once nobody has it open and it is uploaded."""
+        staged = node.staged
+        if staged is None or node.open_count > 0 or (node.is_scratch and not node.unlinked):
+            return
+        if not node.unlinked and staged.broken is None and staged.rejected is None and (staged.dirty or staged.pending):
             return  # a pending upload: the retry loop owns it now
+        if staged._lock.locked():
+            return  # an upload (from the retry loop) is using it; dropped at the next chance
         staged.remove()
         node.staged = None
-        self.uploader.pending.discard(node)
+        self.uploader.pending.pop(staged, None)
 
     async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None) -> Attr:
         node = self._node(ino)
@@ -498,23 +630,32 @@ class Filesystem:
                 raise FSError(errno.EISDIR, f"{node.display} is a directory")
             if self.options.read_only:
                 raise FSError(errno.EROFS, "mounted read-only")
-            await self._refresh(node)
-            if node.staged is None:
-                self._stage(node, truncate=(size == 0))
-            await node.staged.truncate(size)
-            node.mtime = time.time()
-            if fh is None or not self.handles[fh].writable:
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is not None and handle.writable:
+                await handle.staged.truncate(size)  # uploaded at close
+            else:
                 # truncate(2) on a path has no close() to wait for: make it durable now.
+                if node.is_record:
+                    node.attr_time = 0
+                await self._refresh(node)
+                staged = await self._writable_staged(node, truncate=(size == 0))
+                await staged.truncate(size)
                 try:
-                    await self.uploader.upload(node)
+                    await self._upload(node, staged)
                 finally:
+                    if staged is not node.staged:
+                        self._discard(staged)
                     self._drop_staged(node)
+            node.mtime = time.time()
         if mtime is not None and not node.is_dir:
             node.mtime = mtime
-            if self.is_local and node.staged is None:
-                path = self.sync_backend.local_path(node.key)
-                await trio.to_thread.run_sync(os.utime, path, (mtime, mtime))
-                node.attr_time = 0  # the etag includes the mtime: read it again
+            if self.is_local:
+                if node.staged is None and not any(h.node is node and h.writable for h in self.handles.values()):
+                    path = self.sync_backend.local_path(node.key)
+                    await trio.to_thread.run_sync(os.utime, path, (mtime, mtime))
+                    node.attr_time = 0  # the etag includes the mtime: read it again
+                else:
+                    node.mtime_wanted = mtime  # applied once the content is uploaded
         return self.attr(node)
 
     async def unlink(self, parent_ino: int, name: str) -> None:
@@ -525,12 +666,25 @@ class Filesystem:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file")
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
-        if node.etag is not None or node.staged is None:
-            await self.backend.delete(node.key)
+        staged = node.staged
+        async with staged._lock if staged is not None else _nothing():
+            # Under the lock no upload of this file is half done: it either landed (etag set, and
+            # deleted now) or will see the node unlinked and not start.
+            node.unlinked = True
+            if node.etag is not None or staged is None:
+                await self.backend.delete(node.key)
+            self.uploader.supersede(node.key)
+        if node.is_record:
+            await self.backend.run(self._drop_expiry_markers, parent.prefix, name)
         self.inodes.remove(node)
         self._drop_staged(node)
         self._listed(parent, name, None)
         await self._keep_parent(parent)
+
+    def _drop_expiry_markers(self, store_prefix: str, name: str) -> None:
+        for markers in kv.store_expiries(self.sync_backend, store_prefix, name).values():
+            for _, _, marker in markers:
+                self.sync_backend.delete(marker)
 
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int) -> None:
         if flags & RENAME_EXCHANGE:
@@ -540,6 +694,8 @@ class Filesystem:
         new_path = self._child_path(new_parent, new_name, creating=True)
         if old_parent.depth < 2 or new_parent.depth < 2:
             raise FSError(errno.EPERM, f"{old_parent.display}/{old_name}: namespaces cannot be renamed", logging.INFO)
+        if (old_parent.path[0] == "kv") != (new_parent.path[0] == "kv"):
+            raise FSError(errno.EXDEV, "records and files live in different trees: copy instead", logging.INFO)
         node = await self._resolve(old_parent, old_name)
         if node is None:
             raise FSError(errno.ENOENT, f"{old_parent.display}/{old_name}: no such file or directory")
@@ -558,22 +714,68 @@ class Filesystem:
             if target.is_dir:
                 await self._check_empty(target)
                 await self.backend.delete(target.prefix)
-        if node.is_dir:
-            for child in self.inodes.below(node):  # local data must be in the backend to move
-                if child.staged is not None and (child.staged.dirty or child.staged.pending):
-                    await self.uploader.upload(child)
-            await self.backend.rename(node.prefix, "/".join(new_path) + "/")
-        else:
-            if node.staged is not None and (node.staged.dirty or node.staged.pending):
-                await self.uploader.upload(node)
-            await self.backend.rename(node.key, "/".join(new_path))
-        if target is not None:
-            self.inodes.remove(target)
-        self.inodes.move(node, new_path)
+        # Every file that moves has its local content uploaded first, and keeps its staged file
+        # locked until the table says where it lives now: a close() racing the rename can neither
+        # upload to the old key after the copy nor be deleted with the old key.
+        moving = [node] + (self.inodes.below(node) if node.is_dir else [])
+        async with AsyncExitStack() as locks:
+            for n in sorted((n for n in moving if n.staged is not None), key=lambda n: n.ino):
+                await locks.enter_async_context(n.staged._lock)
+            if node.in_store:
+                await self._rename_in_store(node, new_parent, new_path)
+            else:
+                for n in moving:
+                    if n.staged is not None and (n.staged.dirty or n.staged.pending):
+                        await self.uploader.upload_locked(n, n.staged)
+                if node.is_dir:
+                    await self.backend.rename(node.prefix, "/".join(new_path) + "/")
+                else:
+                    await self.backend.rename(node.key, "/".join(new_path))
+            if target is not None:
+                self.uploader.supersede(target.key)
+                self.inodes.remove(target)
+                self._drop_staged(target)
+            self.inodes.move(node, new_path)
         self._listed(old_parent, old_name, None)
         self._listed(new_parent, new_name, (node.is_dir, None))
         new_parent.listing = None if node.is_dir else new_parent.listing
         await self._keep_parent(old_parent)
+
+    async def _rename_in_store(self, node: Node, new_parent: Node, new_path: tuple) -> None:
+        """Renames in a store; they turn scratch files into records and back (temp-file-then-rename).
+
+        The caller holds the lock of ``node.staged`` if there is one.
+        """
+        old_name, new_name = node.path[-1], new_path[-1]
+        to_record = not kvnames.is_scratch(new_name)
+        if node.is_scratch and to_record:
+            staged = node.staged
+            await staged._ensure_locked(0, staged.size)
+            data = await record_content(staged)  # EINVAL leaves the scratch file as it was
+            info = await self.backend.put_bytes("/".join(new_path), data)
+            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, time.monotonic()
+            staged.dirty, staged.size = False, len(data)  # kept for handles still open; dropped at release
+        elif node.is_record and not to_record:
+            staged = self._new_staged(node, truncate=False)
+            await staged.complete()  # the content becomes local before the record goes
+            await self.backend.delete(node.key)
+            await self.backend.run(self._drop_expiry_markers, new_parent.prefix, old_name)
+            staged.conditions, staged.dirty, node.etag = {}, True, None
+            node.staged = staged
+        elif node.is_record:
+            await self.backend.rename(node.key, "/".join(new_path))
+            await self.backend.run(self._drop_expiry_markers, new_parent.prefix, old_name)
+
+    async def xattrs(self, ino: int) -> dict:
+        """What a file exposes as read-only xattrs: its etag and last-modified time."""
+        node = self._node(ino)
+        if node.is_dir or ino == CONTROL_INO:
+            return {}
+        await self._refresh(node)
+        if node.etag is None:  # not in the backend yet (being written, or a scratch file)
+            return {}
+        when = datetime.fromtimestamp(node.mtime, timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"user.stashfs.etag": node.etag, "user.stashfs.mtime": when}
 
     async def statfs(self) -> dict:
         if self.is_local:
@@ -596,3 +798,8 @@ class Filesystem:
             "pending_uploads": self.uploader.describe_pending(),
             "memory": {"limit": self.budget.limit, "in_use": self.budget.used, "peak": self.budget.peak},
         }
+
+
+@asynccontextmanager
+async def _nothing():
+    yield

@@ -76,6 +76,14 @@ class Readiness:
                 pass
             self.fd = None
 
+    def progress(self, message: str) -> None:
+        """Still working (e.g. uploading what a crash left): keeps mountctl waiting."""
+        if self.fd is not None:
+            try:
+                os.write(self.fd, ("progress: " + message.replace("\n", " ") + "\n").encode())
+            except OSError:
+                pass
+
     def ok(self) -> None:
         self._send("ready")
         addr = os.environ.get("NOTIFY_SOCKET")
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int:
-    await fs.uploader.recover()
+    await fs.uploader.recover(ready.progress)
     opts = set(pyfuse3.default_options) | {"fsname=stashfs", "subtype=stashfs"}
     if args.allow_other:
         opts.add("allow_other")

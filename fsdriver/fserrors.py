@@ -42,6 +42,8 @@ _MAP = [
 
 def errno_for(exc: BaseException, op: str, what: str) -> int:
     """The errno for ``exc`` raised by operation ``op`` on ``what`` (a path); logs the reason."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # one failure from a nursery of concurrent backend calls
     if isinstance(exc, FSError):
         log.log(exc.level, "%s %s: %s", op, what, exc)
         return exc.errno

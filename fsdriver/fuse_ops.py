@@ -60,6 +60,12 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.mountpoint = mountpoint
+        fs.invalidate_entry = self._invalidate_entry
+
+    @staticmethod
+    def _invalidate_entry(parent_ino: int, name: str) -> None:
+        # The async variant: calling the kernel from inside a request could deadlock.
+        pyfuse3.invalidate_entry_async(parent_ino, name.encode("utf-8"), ignore_enoent=True)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -187,15 +193,15 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("ino")
     async def open(self, inode, flags, ctx):
-        fh, keep_cache = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        fh, keep_cache, direct_io = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_boundary("parent")
     async def create(self, parent_inode, name, mode, flags, ctx):
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FSError(errno.EPERM, "only regular files can be created", logging.INFO)
-        fh, attr = await self.fs.create(parent_inode, _name(name), flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._entry(attr)
+        fh, attr, direct_io = await self.fs.create(parent_inode, _name(name), flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct_io), self._entry(attr)
 
     @_boundary("fh")
     async def read(self, fh, off, size):
@@ -224,11 +230,16 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO and name == XATTR_STATUS:
             status = self.fs.status() | {"mountpoint": self.mountpoint}
             return json.dumps(status).encode()
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        value = (await self.fs.xattrs(inode)).get(name.decode("utf-8", "replace"))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value.encode()
 
     @_boundary("ino")
     async def listxattr(self, inode, ctx):
-        return [XATTR_STATUS] if inode == CONTROL_INO else []
+        if inode == CONTROL_INO:
+            return [XATTR_STATUS]
+        return [n.encode() for n in await self.fs.xattrs(inode)]
 
     @_boundary("ino")
     async def setxattr(self, inode, name, value, ctx):

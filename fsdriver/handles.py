@@ -6,14 +6,11 @@ backend, through a `Prefetcher` on remote backends.  Both readers are pinned to 
 was opened at.
 """
 
-import errno
 import os
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import trio
 
-from .fserrors import FSError
 from .inodes import Node
 
 
@@ -24,15 +21,15 @@ class LocalReader:
         self.fd, self.limiter = fd, limiter
 
     @classmethod
-    async def open(cls, path, etag: Optional[str], limiter: trio.CapacityLimiter, etag_of) -> "LocalReader":
+    async def open(cls, path, limiter: trio.CapacityLimiter) -> tuple["LocalReader", os.stat_result]:
+        """Open the backing file as it is now; returns the reader and the file's stat."""
+
         def do_open():
             fd = os.open(path, os.O_RDONLY)
-            if etag is not None and etag_of(os.fstat(fd)) != etag:
-                os.close(fd)
-                raise FSError(errno.ESTALE, f"{path} changed since it was looked up")
-            return fd
+            return fd, os.fstat(fd)
 
-        return cls(await trio.to_thread.run_sync(do_open, limiter=limiter), limiter)
+        fd, st = await trio.to_thread.run_sync(do_open, limiter=limiter)
+        return cls(fd, limiter), st
 
     async def read(self, off: int, size: int) -> bytes:
         return await trio.to_thread.run_sync(os.pread, self.fd, size, off, limiter=self.limiter)
@@ -47,7 +44,7 @@ class Handle:
     writable: bool
     append: bool
     reader: object = None  # LocalReader | Prefetcher, for handles of files without staged data
-    wrote: bool = field(default=False)
+    staged: object = None  # the StagedFile a writing handle writes (see core._writable_staged)
 
     def close(self) -> None:
         if self.reader is not None:

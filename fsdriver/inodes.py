@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import kvnames
+
 ROOT_INO = 1  # FUSE's root inode number
 CONTROL_INO = ROOT_INO + 1
 CONTROL_NAME = ".stashfs-control"
@@ -41,10 +43,27 @@ class Node:
     has_marker: Optional[bool] = None  # directories: a marker object is known to exist
     listing: Optional[Listing] = None  # directories: last listing, for lookups
     unlinked: bool = False
+    generation: int = 0  # bumped by every upload from this mount: a HEAD older than that is stale
+    pins: int = 0  # directory handles whose snapshot lists this node (not yet sent to the kernel)
+    mtime_wanted: Optional[float] = None  # utimens on a file being written: applied after upload
 
     @property
     def depth(self) -> int:
         return len(self.path)
+
+    @property
+    def in_store(self) -> bool:
+        """A file directly inside a key/value store (/kv/<store>/<name>)."""
+        return len(self.path) == 3 and self.path[0] == "kv" and not self.is_dir
+
+    @property
+    def is_scratch(self) -> bool:
+        """A file in a store that is not a record: kept by this daemon only, never uploaded."""
+        return self.in_store and kvnames.is_scratch(self.path[-1])
+
+    @property
+    def is_record(self) -> bool:
+        return self.in_store and not kvnames.is_scratch(self.path[-1])
 
     @property
     def key(self) -> str:
@@ -121,14 +140,15 @@ class InodeTable:
         self._maybe_drop(node)
 
     def _maybe_drop(self, node: Node) -> None:
-        if node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.staged is not None:
+        if (node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.pins > 0
+                or node.staged is not None):
             return
         self.by_ino.pop(node.ino, None)
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
 
     def release_unreferenced(self, node: Node) -> None:
-        """Drop a node that was created for a listing but never handed to the kernel."""
+        """Drop a node nobody refers to any more (not the kernel, a handle or a listing)."""
         self._maybe_drop(node)
 
     def children(self, parent: Node) -> list[Node]:

@@ -1,10 +1,11 @@
 """One global memory budget for prefetched data and transfer buffers.
 
 Speculative work (prefetch beyond what a reader asked for) only takes memory that is free
-(`try_acquire`).  Work a request is waiting for takes it with `acquire`, which first asks the
-registered reclaimers (prefetchers) to drop data nobody asked for yet and otherwise waits: I/O
-slows down instead of the daemon growing.  A single request larger than the whole budget is let
-through alone, so nothing can wait forever.
+(`try_acquire`).  Work a request is waiting for takes it with `acquire`, which asks the registered
+reclaimers (prefetchers) to drop everything no read in progress needs, and otherwise waits until
+memory is released: I/O slows down instead of the daemon growing.  Prefetchers also give their
+memory back at the end of a read while anyone is waiting, so idle open files never hold memory
+others need.  A single request larger than the whole budget is let through alone.
 """
 
 from typing import Callable
@@ -19,6 +20,7 @@ class MemoryBudget:
         self.peak = 0
         self._freed = trio.Event()
         self._reclaimers: set[Callable[[], int]] = set()
+        self.waiting = 0  # tasks blocked in acquire: idle holders should give memory back
 
     def add_reclaimer(self, fn: Callable[[], int]) -> None:
         self._reclaimers.add(fn)
@@ -37,13 +39,17 @@ class MemoryBudget:
         return True
 
     async def acquire(self, n: int) -> None:
-        if self.used + n > self.limit:
+        while self.used + n > self.limit and self.used > 0:
             for reclaim in list(self._reclaimers):
                 reclaim()
                 if self.used + n <= self.limit:
                     break
-        while self.used + n > self.limit and self.used > 0:
-            await self._freed.wait()
+            else:
+                self.waiting += 1
+                try:
+                    await self._freed.wait()
+                finally:
+                    self.waiting -= 1
         self._take(n)
 
     def release(self, n: int) -> None:

@@ -58,6 +58,7 @@ class Prefetcher:
         self.next_fetch = 0  # where the next prefetched part starts
         self.last_end = 0  # end of the previous read: a read starting here is sequential
         self._lock = trio.Lock()
+        self._active_end = 0  # end of the read in progress (what reclaim must keep)
         budget.add_reclaimer(self.reclaim)
 
     def close(self) -> None:
@@ -91,6 +92,9 @@ class Prefetcher:
             while self.parts and self.parts[0].end <= off:
                 self._drop(self.parts.popleft())
                 self.window = min(self.window * 2, self.max_window)
+            self._active_end = end
+            if not self.parts:
+                self.next_fetch = off  # everything was reclaimed: continue from here
             await self._schedule(off, end)
             out = []
             for part in list(self.parts):
@@ -104,7 +108,9 @@ class Prefetcher:
             self.last_end = end
             data = b"".join(out)
             self.stats.prefetch_hit_bytes += len(data)
-            return data
+        if self.budget.waiting:
+            self.reclaim()  # someone waits for memory: an idle file must not sit on its parts
+        return data
 
     async def _schedule(self, off: int, needed_end: int) -> None:
         """Fetch parts up to the window ahead of ``off``; parts below ``needed_end`` are required."""
@@ -113,7 +119,11 @@ class Prefetcher:
             start = self.next_fetch
             end = min(start + min(self.part_size, self.window), self.size)
             if start < needed_end:
+                self._active_end = needed_end
                 await self.budget.acquire(end - start)
+                if self.next_fetch != start:  # a reclaim moved the stream meanwhile: plan again
+                    self.budget.release(end - start)
+                    continue
             elif not self.budget.try_acquire(end - start):
                 break  # no free memory to read ahead: fetch on demand later
             part = _Part(start, end)
@@ -144,11 +154,18 @@ class Prefetcher:
         self.next_fetch = off
 
     def reclaim(self) -> int:
-        """Drop parts fetched ahead that no read has reached yet; returns the bytes dropped."""
+        """Drop every part no read in progress needs; returns the bytes dropped.
+
+        With no read in progress that is all of them (the next read fetches what it needs again);
+        during a read, the parts beyond what it asked for.
+        """
+        keep_below = self._active_end if self._lock.locked() else 0
         freed = 0
-        while self.parts and self.parts[-1].start >= self.last_end and len(self.parts) > 1:
+        while self.parts and self.parts[-1].start >= keep_below:
             part = self.parts.pop()
             freed += part.end - part.start
             self._drop(part)
             self.next_fetch = part.start
+        if not self.parts:
+            self.next_fetch = self.last_end
         return freed

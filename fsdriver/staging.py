@@ -21,10 +21,13 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Optional
 
 import trio
+
+from .errors import PreconditionFailed
 
 log = logging.getLogger("stashfs.staging")
 
@@ -33,6 +36,16 @@ BLOCK = 1 << 20
 
 class CacheLocked(Exception):
     pass
+
+
+@dataclass
+class Pending:
+    """A journaled upload found in the cache dir at start-up."""
+
+    key: str
+    path: Path
+    journal: Path
+    conditions: dict
 
 
 class Cache:
@@ -62,7 +75,7 @@ class Cache:
         entry = self.pending_dir / (staged.path.name + ".json")
         tmp = entry.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"key": key, "staged": staged.path.name}, f)
+            json.dump({"key": key, "staged": staged.path.name, "conditions": staged.conditions}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, entry)
@@ -78,14 +91,15 @@ class Cache:
         except FileNotFoundError:
             pass
 
-    def pending(self) -> list[tuple[str, Path, Path]]:
-        """(key, staged path, journal path) of every pending upload, oldest first."""
+    def pending(self) -> list["Pending"]:
+        """Every pending upload, oldest first."""
         out = []
         entries = sorted(self.pending_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for entry in entries:
             try:
                 meta = json.loads(entry.read_text())
-                out.append((meta["key"], self.staged_dir / meta["staged"], entry))
+                out.append(Pending(meta["key"], self.staged_dir / meta["staged"], entry,
+                                   meta.get("conditions", {})))
             except (ValueError, KeyError, OSError) as e:
                 log.error("pending upload %s is unreadable (%s); left in place", entry, e)
         return out
@@ -121,6 +135,10 @@ class StagedFile:
         self.pending = False  # an upload started and has not succeeded yet
         self.error: Optional[str] = None  # why the last upload failed
         self.broken: Optional[OSError] = None  # a staging write failed: never upload this content
+        self.rejected: Optional[Exception] = None  # the backend or validation refused it: never retry
+        # Conditions of the next upload (key/value records): {"if_match": etag} when this content
+        # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
+        self.conditions: dict = {}
         self._lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)
@@ -146,7 +164,9 @@ class StagedFile:
         for b in self._missing(start, end):
             lo, hi = b * BLOCK, min((b + 1) * BLOCK, self.origin_size)
             data = await self.fetch(lo, hi)
-            await self._io(os.pwrite, self.fd, data[: hi - lo], lo)
+            if len(data) != hi - lo:  # the object is shorter than when it was opened
+                raise PreconditionFailed(f"fetched {len(data)} bytes of [{lo}, {hi}): the object changed")
+            await self._io(os.pwrite, self.fd, data, lo)
             self.present.add(b)
 
     async def read(self, off: int, size: int) -> bytes:

@@ -1,122 +1,211 @@
 """Getting staged data into the backend: uploads, pending uploads, retries and crash recovery.
 
 The rule this module keeps: when an upload returns, the object is durable in the backend; when it
-fails, the staged data stays in the cache dir, journaled as pending, and is retried with backoff
-(and by the next daemon after a crash) until it succeeds.  Nothing acknowledged is ever lost and
-nothing unacknowledged is reported as saved.
+fails for a reason that may pass (the backend is unreachable), the staged data stays in the cache
+dir, journaled as pending, and is retried with backoff (and by the next daemon after a crash)
+until it succeeds.  An upload the backend *refuses* for good — a conditional write that lost, a
+key/value record that is not JSON — is reported to the writer and never retried.
 """
 
 import errno
+import json
 import logging
+import os
 import time
 
 import trio
 
 from .backend.aio import AsyncBackend
-from .errors import BackendError
+from .errors import BackendError, PreconditionFailed
 from .fserrors import FSError
 from .inodes import Node
-from .staging import Cache, StagedFile
+from .staging import Cache, Pending, StagedFile
 from .stats import Stats
 
 log = logging.getLogger("stashfs.uploads")
 
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
+MAX_RECORD_BYTES = 16 << 20
+
+
+async def record_content(staged: StagedFile) -> bytes:
+    """A record's bytes, checked: an empty file stores "", anything not JSON is refused (EINVAL)."""
+    if staged.size > MAX_RECORD_BYTES:
+        raise FSError(errno.EFBIG, f"record is {staged.size} bytes, at most {MAX_RECORD_BYTES}", logging.WARNING)
+    if staged.size == 0:
+        return b'""'
+    data = await staged._io(os.pread, staged.fd, staged.size, 0)
+    try:
+        json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FSError(
+            errno.EINVAL, f"not saved, the record is not valid JSON ({e}); the previous value is unchanged",
+            logging.ERROR) from None
+    return data
 
 
 class Uploader:
     def __init__(self, backend: AsyncBackend, cache: Cache, stats: Stats):
         self.backend, self.cache, self.stats = backend, cache, stats
-        self.pending: set[Node] = set()  # nodes whose last upload failed
-        self.orphans: list[tuple[str, "trio.Path", "trio.Path"]] = []  # recovered, not yet uploaded
+        self.pending: dict[StagedFile, Node] = {}  # uploads that failed and are retried
+        self.orphans: list[Pending] = []  # journaled by a previous daemon, not yet uploaded
         self._wake = trio.Event()
 
-    async def upload(self, node: Node) -> None:
-        """Make ``node``'s staged content durable at its current key, or raise EIO."""
-        staged: StagedFile = node.staged
-        if staged is None:
+    async def upload(self, node: Node, staged: StagedFile | None = None) -> None:
+        """Make ``staged`` (by default the node's shared staged file) durable at the node's key."""
+        staged = staged if staged is not None else node.staged
+        if staged is None or node.is_scratch:
             return
         async with staged._lock:
-            if not (staged.dirty or staged.pending) or node.unlinked:
-                return
-            if staged.broken is not None:
-                raise FSError(
-                    staged.broken.errno or errno.EIO,
-                    f"not uploaded: an earlier write failed ({staged.broken.strerror}); "
-                    "the previous content is unchanged",
-                    logging.ERROR,
-                )
-            await staged._ensure_locked(0, staged.size)
-            staged.origin_size, staged.fetch = 0, None
-            key = node.key
+            await self.upload_locked(node, staged)
+
+    async def upload_locked(self, node: Node, staged: StagedFile) -> None:
+        """`upload` for a caller that holds ``staged._lock`` (a rename, an unlink)."""
+        if staged.rejected is not None:
+            raise staged.rejected
+        if not (staged.dirty or staged.pending) or node.unlinked or node.is_scratch:
+            return
+        if staged.broken is not None:
+            raise FSError(
+                staged.broken.errno or errno.EIO,
+                f"not uploaded: an earlier write failed ({staged.broken.strerror}); "
+                "the previous content is unchanged",
+                logging.ERROR,
+            )
+        try:
+            await staged._ensure_locked(0, staged.size)  # the parts never read or written
+        except PreconditionFailed:
+            self._reject(node, staged, FSError(
+                errno.ESTALE, "not uploaded: the object changed since it was opened, so the parts "
+                "this file did not write cannot be filled in; the other writer's version stays",
+                logging.WARNING))
+            raise staged.rejected from None
+        except BackendError as e:
+            self._failed(node, staged, e)
+        staged.origin_size, staged.fetch = 0, None
+        if node.is_record:
+            await self._prepare_record(node, staged)
+        key = node.key
+        try:
             await trio.to_thread.run_sync(self.cache.journal, staged, key, limiter=self.cache.io_limiter)
-            staged.pending, staged.dirty = True, False
-            try:
-                info = await self.backend.put_file(key, staged.path)
-            except BackendError as e:
-                staged.dirty = True
-                staged.error = str(e)
-                self.stats.upload_failures += 1
-                if node not in self.pending:  # a retry that fails again must not spin the loop
-                    self.pending.add(node)
-                    self._wake.set()
-                raise FSError(
-                    errno.EIO,
-                    f"upload failed, kept as a pending upload ({staged.path}): {e}",
-                    logging.ERROR,
-                ) from e
-            staged.pending, staged.error = False, None
-            self.cache.unjournal(staged)
-            self.pending.discard(node)
-            node.size, node.mtime, node.etag = info.size, info.mtime, info.etag
-            node.attr_time = time.monotonic()
+        except OSError as e:  # the upload can still succeed; only a crash before it would lose it
+            log.error("%s: cannot journal the pending upload in %s: %s", node.display, self.cache.root, e)
+        staged.pending, staged.dirty = True, False
+        try:
+            info = await self.backend.put_file(key, staged.path, **staged.conditions)
+        except PreconditionFailed as e:
+            self._reject(node, staged, FSError(
+                errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
+                "not written: the record changed since it was read (another writer's value stays)"
+                if "if_match" in staged.conditions else "not written: the record was created meanwhile",
+                logging.WARNING,
+            ))
+            raise staged.rejected from e
+        except (BackendError, OSError) as e:
+            self._failed(node, staged, e)
+        staged.pending, staged.error = False, None
+        if staged.conditions:  # later writes through this handle build on what we just wrote
+            staged.conditions = {"if_match": info.etag}
+        self.cache.unjournal(staged)
+        self.pending.pop(staged, None)
+        self.supersede(key)
+        node.generation += 1
+        node.size, node.mtime, node.etag = info.size, info.mtime, info.etag
+        node.attr_time = time.monotonic()
+
+    def _failed(self, node: Node, staged: StagedFile, e: Exception):
+        """An upload that may succeed later: keep the data, retry in the background, answer EIO."""
+        staged.dirty = True
+        staged.error = str(e)
+        self.stats.upload_failures += 1
+        if staged not in self.pending:  # a retry that fails again must not spin the loop
+            self.pending[staged] = node
+            self._wake.set()
+        raise FSError(
+            errno.EIO, f"upload failed, kept as a pending upload ({staged.path}): {e}", logging.ERROR
+        ) from e
+
+    def supersede(self, key: str) -> None:
+        """A newer write or a delete of ``key`` happened here: older leftovers must not follow it."""
+        for p in [p for p in self.orphans if p.key == key]:
+            log.warning("dropping the pending upload of %s from a previous run: superseded", key)
+            self.orphans.remove(p)
+            p.path.unlink(missing_ok=True)
+            p.journal.unlink(missing_ok=True)
+
+    async def _prepare_record(self, node: Node, staged: StagedFile) -> None:
+        try:
+            data = await record_content(staged)
+        except FSError as e:
+            self._reject(node, staged, e)
+            raise
+        if staged.size == 0:
+            await staged._io(os.pwrite, staged.fd, data, 0)
+            staged.size = len(data)
+
+    def _reject(self, node: Node, staged: StagedFile, error: FSError) -> None:
+        staged.rejected = error
+        staged.dirty = staged.pending = False
+        self.cache.unjournal(staged)
+        self.pending.pop(staged, None)
+        node.attr_time = 0  # read the backend's version again
 
     def describe_pending(self) -> list[dict]:
-        out = [{"path": n.display, "key": n.key, "bytes": n.staged.size, "error": n.staged.error}
-               for n in self.pending if n.staged is not None]
-        out += [{"path": None, "key": key, "bytes": path.stat().st_size if path.exists() else 0,
-                 "error": "recovered after a restart"} for key, path, _ in self.orphans]
+        out = [{"path": n.display, "key": n.key, "bytes": st.size, "error": st.error}
+               for st, n in self.pending.items()]
+        out += [{"path": None, "key": p.key, "bytes": p.path.stat().st_size if p.path.exists() else 0,
+                 "error": "recovered after a restart"} for p in self.orphans]
         return out
 
     async def flush_all(self) -> list[dict]:
         """Try every pending upload now; returns what still failed."""
-        for node in list(self.pending):
+        for staged, node in list(self.pending.items()):
             try:
-                await self.upload(node)
+                await self.upload(node, staged)
             except FSError:
                 pass
+            except Exception:  # never let one bad upload end the retry loop (and the mount)
+                log.exception("%s: retrying the upload failed unexpectedly; still pending", node.display)
         await self._upload_orphans()
         return self.describe_pending()
 
-    async def recover(self) -> None:
+    async def recover(self, progress=lambda message: None) -> None:
         """Before serving: upload what a previous daemon journaled, drop what it never closed."""
         entries = self.cache.pending()
-        keep = {path for _, path, _ in entries} | {j for _, _, j in entries}
-        dropped = self.cache.discard_unjournaled(keep)
+        dropped = self.cache.discard_unjournaled({p.path for p in entries} | {p.journal for p in entries})
         if dropped:
             log.warning("discarded %d staged files that were never closed before a restart", dropped)
-        self.orphans = [e for e in entries if e[1].exists()]
-        for key, path, journal in entries:
-            if not path.exists():
-                log.error("pending upload of %s lost its staged file %s; dropping the entry", key, path)
-                journal.unlink()
+        self.orphans = []
+        for p in entries:
+            if p.path.exists():
+                self.orphans.append(p)
+            else:
+                log.error("pending upload of %s lost its staged file %s; dropping the entry", p.key, p.path)
+                p.journal.unlink()
         if self.orphans:
             log.warning("uploading %d pending uploads from a previous run", len(self.orphans))
-            await self._upload_orphans()
+            await self._upload_orphans(progress)
 
-    async def _upload_orphans(self) -> None:
+    async def _upload_orphans(self, progress=lambda message: None) -> None:
         remaining = []
-        for key, path, journal in self.orphans:
+        for p in list(self.orphans):
+            if p not in self.orphans:
+                continue  # superseded meanwhile
+            progress(f"uploading {p.key} left pending by a previous run")
             try:
-                await self.backend.put_file(key, path)
-            except BackendError as e:
-                log.error("pending upload of %s failed again: %s", key, e)
-                remaining.append((key, path, journal))
+                await self.backend.put_file(p.key, p.path, **p.conditions)
+            except PreconditionFailed:
+                log.error("pending upload of %s from a previous run lost a conditional write "
+                          "(the record changed meanwhile); dropped", p.key)
+            except (BackendError, OSError) as e:
+                log.error("pending upload of %s failed again: %s", p.key, e)
+                remaining.append(p)
                 continue
-            log.warning("uploaded pending %s from a previous run", key)
-            path.unlink()
-            journal.unlink()
-        self.orphans = remaining
+            else:
+                log.warning("uploaded pending %s from a previous run", p.key)
+            p.path.unlink(missing_ok=True)
+            p.journal.unlink(missing_ok=True)
+        self.orphans = [p for p in self.orphans if p in remaining]
 
     async def retry_forever(self) -> None:
         """Background task: retry failed uploads with exponential backoff."""

@@ -6,6 +6,7 @@ Errors end as one line on stderr (``mountctl: <reason>``) and a non-zero exit st
 
 import argparse
 import logging
+import os
 import sys
 
 from fsdriver.errors import BackendError, InvalidName
@@ -19,14 +20,14 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data_cmd, mount_cmd
+    from . import data_cmd, kv_cmd, mount_cmd
 
 
     parser = argparse.ArgumentParser(
         prog="mountctl", description="Control stashfs mounts, data and secrets."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (mount_cmd, data_cmd):
+    for group in (mount_cmd, data_cmd, kv_cmd):
         group.register(sub)
     return parser
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug: still one line, with the traceback on request
+        if os.environ.get("STASHFS_DEBUG"):
+            raise
+        print(f"mountctl: internal error: {type(e).__name__}: {e} (STASHFS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -110,20 +110,27 @@ def cmd_mount(args) -> int:
 
 
 def _read_line(fd: int, timeout: float) -> str:
+    """The daemon's verdict; each "progress:" line (recovery at work) restarts the timeout."""
     deadline = time.monotonic() + timeout
     data = b""
     try:
-        while b"\n" not in data:
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if not text.startswith("progress:"):
+                    return text
+                print(f"mountctl: {text[len('progress:'):].strip()}", file=sys.stderr)
+                deadline = time.monotonic() + timeout
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
+                return ""
             chunk = os.read(fd, 4096)
             if not chunk:
-                break
+                return data.decode(errors="replace").strip()
             data += chunk
     finally:
         os.close(fd)
-    return data.decode(errors="replace").strip()
 
 
 def _require_stashfs(mountpoint: str) -> str:

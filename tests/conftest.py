@@ -40,13 +40,17 @@ def moto_server(tmp_path_factory, _aws_test_env):
 
 @pytest.fixture
 def s3_url(moto_server):
-    """A fresh, empty S3 backend URL (its own prefix in the test bucket)."""
-    return f"s3://{BUCKET}/t{next(_counter)}"
+    """A fresh, empty S3 backend URL: its own bucket (moto scans a whole bucket on every LIST),
+    with a prefix, so the prefix handling is exercised too."""
+    bucket = f"{BUCKET}-{next(_counter)}"
+    boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/data"
 
 
 @pytest.fixture
 def s3_backend(moto_server, s3_url):
-    b = S3Backend(BUCKET, s3_url.split("/", 3)[3], endpoint_url=moto_server.url,
+    bucket = s3_url.split("/")[2]
+    b = S3Backend(bucket, "data", endpoint_url=moto_server.url,
                   multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024)
     yield b
     b.close()

@@ -1,5 +1,6 @@
 """Mounting stashfs for tests: through `mountctl`, always unmounted in teardown."""
 
+import functools
 import os
 import shutil
 import signal
@@ -50,8 +51,9 @@ class Mount:
     extra: list = field(default_factory=list)
     mounted: bool = False
 
-    @property
+    @functools.cached_property
     def backend(self):
+        """The mount's backend, opened directly (to check and change objects behind its back)."""
         return open_backend(self.url, **({"endpoint_url": self.env["AWS_ENDPOINT_URL"]}
                                           if self.url.startswith("s3://") else {}))
 

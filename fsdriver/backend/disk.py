@@ -2,8 +2,10 @@
 
 - Every put writes a temp file under ``<root>/.stashfs/tmp`` (same filesystem), fsyncs it and
   renames it into place, so a reader sees the old object or the new one, never half of one.
-- The etag is derived from (inode, mtime_ns, size): a put always renames a new inode into place,
-  so the etag changes whenever the content does.
+- The etag is derived from (inode, mtime_ns, size).  A put renames a new inode into place and
+  stamps it with a strictly increasing nanosecond mtime of its own (the filesystem's own timestamps
+  are only as fine as the kernel tick, and inode numbers are reused), so two versions never share
+  an etag.
 - Conditional puts are race-free between threads and processes: the check of the current etag
   and the rename happen under an flock on one of a fixed set of lock files picked by key hash.
   Unconditional puts take the same lock so they cannot slip in between a check and its rename.
@@ -18,6 +20,8 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +32,18 @@ from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
 
 INTERNAL = ".stashfs"
 LOCK_STRIPES = 64
+
+
+_last_ns = 0
+_ns_lock = threading.Lock()
+
+
+def _unique_ns() -> int:
+    """A nanosecond time stamp never handed out twice by this process."""
+    global _last_ns
+    with _ns_lock:
+        _last_ns = max(_last_ns + 1, time.time_ns())
+        return _last_ns
 
 
 def etag_of(st: os.stat_result) -> str:
@@ -108,6 +124,7 @@ class DiskBackend(Backend):
     def _commit(self, key: str, tmp: str, if_match: str | None, if_none_match: bool) -> ObjectInfo:
         """Rename the fsynced temp file ``tmp`` into place under the key's lock."""
         path = self._path(key)
+        os.utime(tmp, ns=(_unique_ns(), _unique_ns()))
         try:
             with self._lock(key):
                 if if_match is not None or if_none_match:
@@ -199,7 +216,7 @@ class DiskBackend(Backend):
 
     def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
         if key.endswith("/"):
-            return self._put_marker(key, data)
+            return self._put_marker(key, data, if_none_match)
         self._path(key)  # validate before writing anything
         fd, tmp = self._new_tmp()
         try:
@@ -231,14 +248,17 @@ class DiskBackend(Backend):
                 raise
         return self._commit(key, tmp, if_match, if_none_match)
 
-    def _put_marker(self, key: str, data: bytes) -> ObjectInfo:
+    def _put_marker(self, key: str, data: bytes, if_none_match: bool = False) -> ObjectInfo:
         if data:
             raise InvalidRequest(f"{key}: a directory marker must be empty", key)
         path = self._path(key)
         try:
             with _os_errors(key):
-                path.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir(exist_ok=not if_none_match)
         except FileExistsError:
+            if path.is_dir():
+                raise PreconditionFailed(f"{key}: already exists", key) from None
             raise InvalidRequest(f"{key}: exists as an object, not a prefix", key) from None
         return self.head(key)
 

@@ -166,13 +166,14 @@ class S3Backend(Backend):
             return b""
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
         extra = {"IfMatch": _quote(if_match)} if if_match else {}
-        try:
-            with self._errors(key):
+        with self._errors(key):
+            try:
                 r = self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng, **extra)
-                return r["Body"].read()
-        except InvalidRequest:
-            # 416 InvalidRange: the object exists but the range starts at or past its end.
-            return b""
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # 416: the object exists but the range starts at or past its end
+                raise
+            return r["Body"].read()
 
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         with self._errors(key):

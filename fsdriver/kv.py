@@ -1,0 +1,263 @@
+"""Key/value stores from Python: ``DataStore``, a dict-like view of ``/kv/<store>`` records.
+
+    from fsdriver.kv import DataStore
+    seen = DataStore("welcome")
+    seen["last_ran_at"] = "2026-11-22T07:00:00Z"
+    seen.incr("runs")                          # atomic: no lost update between workers
+    seen.update("emails", lambda e: e + ["a@example.com"], default=[])
+    seen.set("lock", "worker-3", ttl=60)       # reads as missing after 60 s
+
+It reads and writes the same objects as the mount (``kv/<store>/<encoded key>.json``, see
+`fsdriver.kvnames`), with no mount needed.  Values are JSON; what you get back is a fresh copy, so
+changing ``ds["a"]["b"]`` in place writes nothing — assign the whole value again (or use update).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from typing import Any, Callable, Iterator
+
+from . import kvnames, layout
+from .backend import Backend, ObjectInfo
+from .data import shared_backend
+from .errors import NotFound, PreconditionFailed
+
+_MISSING = object()
+MAX_ATTEMPTS = 200
+
+
+def dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {e}") from None
+
+
+def loads(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8")) if data else ""
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{where}: stored record is not valid JSON ({e})") from None
+
+
+def store_expiries(backend: Backend, prefix: str, name: str | None = None) -> dict[str, list[tuple[int, str, str]]]:
+    """record file name -> [(expires, etag, marker key)], for one record or a whole store."""
+    marker_prefix = prefix + kvnames.EXPIRES + (f"{name}@" if name else "")
+    out: dict[str, list] = {}
+    for e in backend.list(marker_prefix):
+        parsed = kvnames.parse_expiry(prefix, e.key)
+        if parsed and (name is None or parsed[0] == name):
+            out.setdefault(parsed[0], []).append((parsed[1], parsed[2], e.key))
+    return out
+
+
+def is_expired(etag: str, markers: list, now: float) -> bool:
+    """A record is expired when a marker for its current etag has passed."""
+    return any(exp <= now and tag == etag for exp, tag, _ in markers)
+
+
+def expire_record(backend: Backend, prefix: str, name: str, markers: list) -> None:
+    """Remove an expired record (only while it still has the expired etag) and its markers."""
+    key = prefix + name
+    for _, tag, _ in markers:
+        try:
+            if backend.head(key).etag == tag:
+                backend.delete(key)
+        except NotFound:
+            pass
+    for _, _, marker in markers:
+        backend.delete(marker)
+
+
+class DataStore:
+    """One key/value store.  Keys are non-empty strings; values anything JSON can hold."""
+
+    def __init__(self, name: str, backend: Backend | str | None = None):
+        self.name = name
+        self.prefix = layout.root_prefix("kv", name)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+
+    def __repr__(self) -> str:
+        return f"<DataStore {self.name!r} on {self.backend.url}>"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + kvnames.record_name(key)
+
+    # -- expiry ------------------------------------------------------------------------------
+
+    def _expiries(self, name: str | None = None) -> dict[str, list[tuple[int, str, str]]]:
+        return store_expiries(self.backend, self.prefix, name)
+
+    def _expired(self, name: str, etag: str, markers: list, now: float) -> bool:
+        return is_expired(etag, markers, now)
+
+    def _expire(self, name: str, markers: list) -> None:
+        expire_record(self.backend, self.prefix, name, markers)
+
+    def _read(self, key: str) -> tuple[Any, ObjectInfo] | None:
+        """(value, info) of a live record, or None when missing or expired."""
+        name = kvnames.record_name(key)
+        try:
+            info = self.backend.head(self.prefix + name)
+            data = self.backend.get_range(self.prefix + name, 0, if_match=info.etag)
+        except NotFound:
+            return None
+        except PreconditionFailed:  # changed between HEAD and GET: read again
+            return self._read(key)
+        markers = self._expiries(name).get(name, [])
+        if self._expired(name, info.etag, markers, time.time()):
+            self._expire(name, markers)
+            return None
+        return loads(data, f"{self.name}[{key!r}]"), info
+
+    def _set_expiry(self, key: str, etag: str, ttl: float | None, old: list) -> None:
+        name = kvnames.record_name(key)
+        if ttl is not None:
+            expires = int(time.time() + ttl + 0.999)
+            self.backend.put_bytes(kvnames.expiry_key(self.prefix, name, expires, etag), b"")
+        for _, _, marker in old:
+            self.backend.delete(marker)
+
+    # -- the mapping -------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        found = self._read(key)
+        if found is None:
+            raise KeyError(key)
+        return found[0]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._read(key)
+        return default if found is None else found[0]
+
+    def __contains__(self, key: str) -> bool:
+        return self._read(key) is not None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value``; with ``ttl`` (seconds) the record reads as missing once it has passed."""
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        data = dumps(value)
+        name = kvnames.record_name(key)
+        old = self._expiries(name).get(name, [])
+        info = self.backend.put_bytes(self.prefix + name, data)
+        if ttl is not None or old:
+            self._set_expiry(key, info.etag, ttl, old)
+
+    def set_ttl(self, key: str, ttl: float | None) -> None:
+        """Give an existing record a TTL (None removes it); KeyError if the key is missing."""
+        name = kvnames.record_name(key)
+        found = self._read(key)
+        if found is None:
+            raise KeyError(key)
+        self._set_expiry(key, found[1].etag, ttl, self._expiries(name).get(name, []))
+
+    def __delitem__(self, key: str) -> None:
+        name = kvnames.record_name(key)
+        if self._read(key) is None:
+            raise KeyError(key)
+        self.backend.delete(self.prefix + name)
+        for _, _, marker in self._expiries(name).get(name, []):
+            self.backend.delete(marker)
+
+    def keys(self) -> "Keys":
+        """An iterable of the keys (paginated from the backend; not a list)."""
+        return Keys(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for key in self.keys():
+            found = self._read(key)
+            if found is not None:
+                yield key, found[0]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def clear(self) -> None:
+        """Delete every record of the store (irreversible); the store itself stays."""
+        self.backend.delete_prefix(self.prefix)
+        self.backend.put_bytes(self.prefix, b"")
+
+    # -- atomic read-modify-write ------------------------------------------------------------
+
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = _MISSING) -> Any:
+        """Replace the value with ``fn(value)`` atomically; returns the new value.
+
+        The write is conditional on the record not having changed since it was read; on a conflict
+        it reads again and calls ``fn`` again, so concurrent updates are never lost.  A missing key
+        starts from ``default`` (KeyError without one).  A TTL on the record is kept.
+        """
+        name = kvnames.record_name(key)
+        for attempt in range(MAX_ATTEMPTS):
+            found = self._read(key)
+            if found is None:
+                if default is _MISSING:
+                    raise KeyError(key)
+                value, cond, etag = copy.deepcopy(default), {"if_none_match": True}, None
+            else:
+                value, cond, etag = found[0], {"if_match": found[1].etag}, found[1].etag
+            new = fn(value)
+            data = dumps(new)
+            try:
+                info = self.backend.put_bytes(self.prefix + name, data, **cond)
+            except PreconditionFailed:
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))  # back off
+                continue
+            if etag is not None:
+                markers = self._expiries(name).get(name, [])
+                live = [m for m in markers if m[1] == etag]
+                if live:
+                    remaining = max(min(m[0] for m in live) - time.time(), 1)
+                    self._set_expiry(key, info.etag, remaining, markers)
+            return new
+        raise RuntimeError(f"{self.name}[{key!r}]: gave up after {MAX_ATTEMPTS} conflicting updates")
+
+    def incr(self, key: str, by: int | float = 1) -> int | float:
+        """Add ``by`` to a numeric record (missing counts as 0) atomically; returns the new value."""
+
+        def add(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{self.name}[{key!r}] holds {type(value).__name__}, not a number")
+            return value + by
+
+        return self.update(key, add, default=0)
+
+
+class Keys:
+    """The keys of a store, read page by page when iterated (like Pipedream's Keys object)."""
+
+    def __init__(self, store: DataStore):
+        self._store = store
+
+    def __iter__(self) -> Iterator[str]:
+        s = self._store
+        expiries = s._expiries()
+        now = time.time()
+        for e in s.backend.list(s.prefix, "/"):
+            if not isinstance(e, ObjectInfo) or e.key == s.prefix:
+                continue
+            name = e.key[len(s.prefix):]
+            try:
+                key = kvnames.key_of(name)
+            except Exception:
+                continue  # not a record (a stray object in the store's prefix)
+            markers = expiries.get(name, [])
+            if markers and s._expired(name, e.etag, markers, now):
+                s._expire(name, markers)
+                continue
+            yield key
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._store
+
+    def __repr__(self) -> str:
+        return f"<Keys of {self._store.name!r}>"

@@ -1,0 +1,250 @@
+"""Races and failure paths of the core, driven deterministically (no kernel, no sleeps).
+
+A `GatedDisk` backend can hold a chosen call at a gate until the test opens it, so two
+operations can be interleaved exactly the way that once lost data.
+"""
+
+import errno
+import os
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from fsdriver.backend.disk import DiskBackend
+from fsdriver.core import Filesystem, Options
+from fsdriver.errors import PermissionDenied, Unavailable
+from fsdriver.fserrors import FSError, errno_for
+from fsdriver.inodes import ROOT_INO
+from fsdriver.memory import MemoryBudget
+from fsdriver.staging import Cache, StagedFile
+
+MiB = 1 << 20
+
+
+class GatedDisk(DiskBackend):
+    def __init__(self, root):
+        super().__init__(root)
+        self.gates = {}  # method name -> (entered, release) events
+        self.fail = {}  # method name -> exception to raise
+
+    def gate(self, name):
+        self.gates[name] = (threading.Event(), threading.Event())
+        return self.gates[name]
+
+    def _pass(self, name):
+        if name in self.fail:
+            raise self.fail[name]
+        if name in self.gates:
+            entered, release = self.gates.pop(name)
+            entered.set()
+            assert release.wait(20), f"gate {name} never opened"
+
+    def put_file(self, key, path, **kw):
+        self._pass("put_file")
+        return super().put_file(key, path, **kw)
+
+    def rename(self, src, dst):
+        self._pass("rename")
+        # what S3 does: copy, then delete
+        if src.endswith("/"):
+            return super().rename(src, dst)
+        self.copy(src, dst)
+        self.delete(src)
+
+    def head(self, key):
+        self._pass("head")
+        return super().head(key)
+
+
+async def entered(event):
+    await trio.to_thread.run_sync(event.wait, 20)
+
+
+def run(tmp_path, body, backend=None):
+    backend = backend or GatedDisk(tmp_path / "be")
+
+    async def main():
+        fs = Filesystem(backend, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.mkdir((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            with trio.fail_after(60):
+                await body(fs, backend, ns, nursery)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_close_during_rename_lands_at_the_new_name(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fh, _, _ = await fs.create(ns, "f", os.O_RDWR)
+        await fs.write(fh, 0, b"v1")
+        await fs.flush(fh)
+        ent, release = be.gate("rename")
+        nursery.start_soon(fs.rename, ns, "f", ns, "g", 0)
+        await entered(ent)  # the rename is copying in the backend now
+
+        async def write_and_close():
+            await fs.write(fh, 0, b"v2")
+            await fs.flush(fh)  # must not land on the old key, nor be deleted with it
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(write_and_close)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        await fs.release(fh)
+        assert be.get_range("user/alice/g", 0) == b"v2"
+        with pytest.raises(Exception):
+            be.head("user/alice/f")
+
+    run(tmp_path, body)
+
+
+def test_unlink_during_upload_removes_the_file(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fh, _, _ = await fs.create(ns, "f", os.O_WRONLY)
+        await fs.write(fh, 0, b"data")
+        ent, release = be.gate("put_file")
+        nursery.start_soon(fs.flush, fh)
+        await entered(ent)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(fs.unlink, ns, "f")
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        await fs.release(fh)
+        assert [e.key for e in be.list("user/alice/") if not e.key.endswith("/")] == []
+
+    run(tmp_path, body)
+
+
+def test_rename_over_a_pending_file_leaves_no_stale_journal(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fh, _, _ = await fs.create(ns, "t", os.O_WRONLY)
+        await fs.write(fh, 0, b"OLD-T")
+        be.fail["put_file"] = Unavailable("backend down")
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        await fs.release(fh)
+        assert len(fs.uploader.pending) == 1
+        del be.fail["put_file"]
+        fh, _, _ = await fs.create(ns, "s", os.O_WRONLY)
+        await fs.write(fh, 0, b"NEW-S")
+        await fs.flush(fh)
+        await fs.release(fh)
+        await fs.rename(ns, "s", ns, "t", 0)
+        assert be.get_range("user/alice/t", 0) == b"NEW-S"
+        assert fs.uploader.pending == {} and list(fs.cache.pending_dir.iterdir()) == []
+        await fs.uploader.flush_all()
+        assert be.get_range("user/alice/t", 0) == b"NEW-S"
+
+    run(tmp_path, body)
+
+
+def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    old = StagedFile(cache)
+    os.pwrite(old.fd, b"OLD", 0)
+    cache.journal(old, "user/alice/k")
+    cache.close()
+    be = GatedDisk(tmp_path / "be")
+
+    async def main():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        be.fail["put_file"] = Unavailable("down at start")
+        await fs.uploader.recover()
+        assert len(fs.uploader.orphans) == 1
+        del be.fail["put_file"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.mkdir((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            fh, _, _ = await fs.create(ns, "k", os.O_WRONLY)
+            await fs.write(fh, 0, b"NEW")
+            await fs.flush(fh)
+            await fs.release(fh)
+            await fs.uploader.flush_all()
+            nursery.cancel_scope.cancel()
+        assert be.get_range("user/alice/k", 0) == b"NEW"
+        assert fs.uploader.orphans == []
+
+    trio.run(main)
+
+
+def test_retry_loop_survives_unexpected_errors(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fh, _, _ = await fs.create(ns, "f", os.O_WRONLY)
+        await fs.write(fh, 0, b"x")
+        be.fail["put_file"] = OSError(errno.ENOSPC, "No space left on device")
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        assert await fs.uploader.flush_all() != []  # still pending, nothing raised
+        del be.fail["put_file"]
+        assert await fs.uploader.flush_all() == []
+        await fs.release(fh)
+        assert be.get_range("user/alice/f", 0) == b"x"
+
+    run(tmp_path, body)
+
+
+def test_access_denied_on_lookup_is_eacces(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fs.inodes[ns].listing = None  # force the HEAD + LIST pair
+        be.fail["head"] = PermissionDenied("no")
+        with pytest.raises(BaseException) as e:
+            await fs.lookup(ns, "x")
+        assert errno_for(e.value, "lookup", "/user/alice/x") == errno.EACCES
+
+    run(tmp_path, body)
+
+
+def test_directory_snapshots_pin_their_entries(tmp_path):
+    async def body(fs, be, ns, nursery):
+        for i in range(5):
+            be.put_bytes(f"user/alice/f{i}", b"x")
+        fs.inodes[ns].listing = None
+        a, b = await fs.opendir(ns), await fs.opendir(ns)
+        entries_b = await fs.readdir(b)
+        await fs.readdir(a)
+        fs.releasedir(a)  # must not drop what b has not handed to the kernel yet
+        assert all(fs.inodes.get(node.ino) is node for _, node in entries_b)
+        fs.releasedir(b)
+        assert all(fs.inodes.get(node.ino) is None for _, node in entries_b)
+
+    run(tmp_path, body)
+
+
+def test_idle_open_files_do_not_starve_a_reader(tmp_path):
+    """Many files read a little and left open must give their prefetched parts back."""
+    from fsdriver.backend.aio import AsyncBackend
+    from fsdriver.prefetch import Prefetcher
+    from fsdriver.stats import Stats
+
+    be = DiskBackend(tmp_path / "be")
+    data = os.urandom(6 * MiB)
+    be.put_bytes("obj", data)
+    etag = be.head("obj").etag
+
+    async def main():
+        budget = MemoryBudget(4 * MiB)
+        ab = AsyncBackend(be)
+        async with trio.open_nursery() as nursery:
+            idle = []
+            for _ in range(6):
+                p = Prefetcher(ab, budget, nursery, lambda: "obj", len(data), etag, Stats(), part_size=MiB)
+                for off in (0, 128 * 1024, 256 * 1024):
+                    assert await p.read(off, 128 * 1024) == data[off : off + 128 * 1024]
+                idle.append(p)
+            fresh = Prefetcher(ab, budget, nursery, lambda: "obj", len(data), etag, Stats(), part_size=MiB)
+            with trio.fail_after(20):
+                out = bytearray()
+                for off in range(0, len(data), 512 * 1024):
+                    out += await fresh.read(off, 512 * 1024)
+            assert bytes(out) == data and budget.peak <= budget.limit
+            for p in idle + [fresh]:
+                p.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -1,0 +1,162 @@
+"""Key/value records: the encoding, and DataStore on disk and S3."""
+
+import threading
+
+import pytest
+from hypothesis import given, strategies as st
+
+from fsdriver import kvnames
+from fsdriver.errors import InvalidName, NameTooLong
+from fsdriver.kv import DataStore
+
+
+@pytest.mark.parametrize("key,name", [
+    ("plain", "plain"), ("a/b", "a%2Fb"), ("100%", "100%25"), (".hidden", "%2Ehidden"),
+    ("a.b", "a.b"), ("..", "%2E."), ("ünï code ✓", "ünï code ✓"), ("%2F", "%252F"), ("a\0b", "a%00b"),
+])
+def test_encoding_table(key, name):
+    assert kvnames.encode(key) == name
+    assert kvnames.decode(name) == key
+    assert kvnames.key_of(name + ".json") == key
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_encoding_is_a_bijection(key):
+    try:
+        name = kvnames.encode(key)
+    except InvalidName:
+        return  # e.g. lone surrogates: not UTF-8
+    assert "/" not in name and not name.startswith(".") and "\0" not in name
+    assert kvnames.decode(name) == key
+
+
+@pytest.mark.parametrize("name", ["a%41", "%2e", "x%2E", "%", "a%2", ".x", ""])
+def test_non_canonical_names_do_not_decode(name):
+    with pytest.raises(InvalidName):
+        kvnames.decode(name)
+
+
+def test_key_length_limit():
+    assert kvnames.record_name("k" * 250) == "k" * 250 + ".json"
+    with pytest.raises(NameTooLong):
+        kvnames.encode("k" * 251)
+    with pytest.raises(NameTooLong):
+        kvnames.encode("/" * 84)  # 252 bytes once encoded
+    with pytest.raises(InvalidName):
+        kvnames.encode("")
+
+
+def test_scratch_names():
+    assert kvnames.is_scratch("k.json.swp") and kvnames.is_scratch(".k.json") and kvnames.is_scratch("tmp")
+    assert not kvnames.is_scratch("k.json")
+
+
+@pytest.fixture
+def ds(backend):
+    return DataStore("s", backend=backend)
+
+
+def test_mapping(ds):
+    ds["last_ran_at"] = "2026-11-22T07:00:00Z"
+    ds["pokemon"] = {"name": "Charmander", "type": "fire"}
+    assert ds["last_ran_at"] == "2026-11-22T07:00:00Z"
+    assert "pokemon" in ds and "nope" not in ds
+    assert ds.get("nope") is None and ds.get("nope", 5) == 5
+    with pytest.raises(KeyError):
+        ds["nope"]
+    ds["pokemon"]["name"] = "Bulbasaur"  # a copy: writes nothing
+    assert ds["pokemon"]["name"] == "Charmander"
+    ds["myKey"] = ""
+    assert "myKey" in ds and ds["myKey"] == ""
+    assert sorted(ds.keys()) == ["last_ran_at", "myKey", "pokemon"]
+    assert dict(ds.items())["pokemon"] == {"name": "Charmander", "type": "fire"}
+    assert len(ds) == 3
+    del ds["myKey"]
+    with pytest.raises(KeyError):
+        del ds["myKey"]
+    assert ds.backend.get_range("kv/s/pokemon.json", 0) == b'{"name": "Charmander", "type": "fire"}'
+    ds.clear()
+    assert len(ds) == 0 and list(ds.keys()) == []
+
+
+def test_values_must_be_json(ds):
+    with pytest.raises(TypeError, match="set"):
+        ds["k"] = {1, 2}
+    with pytest.raises(TypeError, match="function"):
+        ds["k"] = len
+    assert "k" not in ds
+
+
+def test_special_keys(ds):
+    for key in ["a/b", "50%", ".dot", "ünï", "a b"]:
+        ds[key] = key
+    assert sorted(ds.keys()) == sorted(["a/b", "50%", ".dot", "ünï", "a b"])
+    assert ds.backend.head("kv/s/a%2Fb.json").size == 5
+
+
+def test_update_and_incr_never_lose_updates(ds):
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(15):
+                ds.incr("counter")
+                ds.update("seen", lambda s: s + [1], default=[])
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert ds["counter"] == 60
+    assert len(ds["seen"]) == 60
+    assert ds.incr("counter", by=-10) == 50
+    ds["text"] = "x"
+    with pytest.raises(TypeError, match="str"):
+        ds.incr("text")
+    with pytest.raises(KeyError):
+        ds.update("missing", lambda v: v)
+
+
+def test_ttl(ds, monkeypatch):
+    import fsdriver.kv as kvmod
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(kvmod.time, "time", lambda: now[0])
+    ds.set("lock", "worker-1", ttl=60)
+    ds["other"] = 1
+    assert ds["lock"] == "worker-1"
+    now[0] += 61
+    assert "lock" not in ds and ds.get("lock") is None
+    assert list(ds.keys()) == ["other"]
+    assert [e.key for e in ds.backend.list("kv/s/") if "lock" in e.key] == []  # removed
+    ds.set("a", 1, ttl=10)
+    ds["a"] = 2  # writing again without a ttl ends the ttl
+    now[0] += 20
+    assert ds["a"] == 2
+    ds.set_ttl("a", 5)
+    ds.incr("a")  # update keeps the ttl
+    assert ds["a"] == 3
+    now[0] += 6
+    assert "a" not in ds
+    with pytest.raises(KeyError):
+        ds.set_ttl("a", 5)
+
+
+def test_more_than_1000_keys(ds):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: ds.set(f"k{i:04d}", i), range(1100)))
+    keys = ds.keys()
+    assert not isinstance(keys, list)
+    assert sorted(keys) == [f"k{i:04d}" for i in range(1100)]
+    assert len(ds) == 1100
+
+
+def test_bad_store_name(backend):
+    with pytest.raises(InvalidName, match="store name"):
+        DataStore("../x", backend=backend)

@@ -1,0 +1,214 @@
+"""Key/value stores through a real mount, checked against the backend and the Python API."""
+
+import errno
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from fsdriver.kv import DataStore
+
+
+@pytest.fixture
+def store(mount):
+    mount.backend.put_bytes("kv/s/", b"")  # created elsewhere: this mount has not listed it yet
+    return mount.path / "kv" / "s"
+
+
+@pytest.fixture
+def ds(mount, store):
+    return DataStore("s", backend=mount.backend)
+
+
+def test_stores_and_records(mount, store, ds):
+    assert os.listdir(mount.path / "kv") == ["s"]
+    os.mkdir(mount.path / "kv" / "made-here")
+    assert mount.backend.head("kv/made-here/").size == 0
+    os.rmdir(mount.path / "kv" / "made-here")
+    (store / "counter.json").write_text("41")
+    assert ds["counter"] == 41
+    ds["greeting"] = {"hello": "world"}
+    assert json.loads((store / "greeting.json").read_text()) == {"hello": "world"}
+    assert sorted(os.listdir(store)) == ["counter.json", "greeting.json"]
+    os.unlink(store / "counter.json")
+    assert "counter" not in ds
+    with pytest.raises(OSError) as e:
+        os.rmdir(store)
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        os.mkdir(store / "sub")
+    assert e.value.errno == errno.EPERM
+    del ds["greeting"]
+    os.rmdir(store)
+    assert os.listdir(mount.path / "kv") == []
+
+
+def test_invalid_json_keeps_old_value(mount, store, ds):
+    ds["k"] = [1, 2]
+    f = open(store / "k.json", "w")
+    f.write("{not json")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EINVAL
+    assert ds["k"] == [1, 2]
+    assert "kv/s/k.json" in mount.log() or "/kv/s/k.json" in mount.log()
+    assert "not valid JSON" in mount.log()
+    assert json.loads((store / "k.json").read_text()) == [1, 2]
+
+
+def test_empty_file_stores_empty_string(store, ds):
+    ds["k"] = {"a": 1}
+    open(store / "k.json", "w").close()
+    assert ds["k"] == "" and "k" in ds
+    (store / "new.json").touch()
+    assert ds["new"] == ""
+
+
+def test_special_keys_map_to_one_file_name(mount, store, ds):
+    keys = ["a/b", "100%", ".hidden", "ünï", "x.json"]
+    for k in keys:
+        ds[k] = k
+    assert sorted(os.listdir(store)) == sorted(["a%2Fb.json", "100%25.json", "%2Ehidden.json", "ünï.json", "x.json.json"])
+    assert json.loads((store / "%2Ehidden.json").read_text()) == ".hidden"
+    (store / "c%2Fd.json").write_text('"through the mount"')
+    assert ds["c/d"] == "through the mount"
+    with pytest.raises(OSError) as e:
+        open(store / "bad%41.json", "w")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_read_modify_write_conflict_gives_estale(store, ds):
+    ds["n"] = 1
+    with pytest.raises(OSError) as e:
+        with open(store / "n.json", "r+") as f:
+            value = json.load(f)
+            ds["n"] = 100  # another writer commits meanwhile
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(value + 1))
+    assert e.value.errno == errno.ESTALE
+    assert ds["n"] == 100  # the other writer's value stays
+
+
+def test_blind_overwrite_replaces(store, ds):
+    ds["n"] = 1
+    with open(store / "n.json", "w") as f:  # O_TRUNC without reading
+        ds["n"] = 100
+        f.write("7")
+    assert ds["n"] == 7
+
+
+def test_exclusive_create_loses_to_a_record_that_appeared(store, ds):
+    fd = os.open(store / "once.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    os.write(fd, b'"mine"')
+    ds["once"] = "theirs"
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EEXIST
+    assert ds["once"] == "theirs"
+
+
+def test_counter_from_mount_and_api_loses_no_update(store, ds):
+    """The mount does read-modify-write with r+ and retries on ESTALE; the API uses incr."""
+    ds["c"] = 0
+    stale = []
+    errors = []
+
+    def mount_worker():
+        try:
+            for _ in range(20):
+                while True:
+                    try:
+                        with open(store / "c.json", "r+") as f:
+                            v = json.load(f)
+                            f.seek(0)
+                            f.truncate()
+                            f.write(str(v + 1))
+                        break
+                    except OSError as e:
+                        if e.errno != errno.ESTALE:
+                            raise
+                        stale.append(1)
+        except Exception as e:
+            errors.append(e)
+
+    def api_worker():
+        try:
+            for _ in range(20):
+                ds.incr("c")
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=mount_worker), threading.Thread(target=mount_worker),
+               threading.Thread(target=api_worker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert ds["c"] == 60
+    assert stale, "the workers never collided: the test did not exercise conflicts"
+
+
+def test_temp_file_then_rename(mount, store, ds):
+    ds["cfg"] = {"v": 1}
+    tmp = store / ".cfg.json.tmp123"
+    tmp.write_text('{"v": 2}')
+    assert ".cfg.json.tmp123" in os.listdir(store)  # a scratch file, kept by the daemon
+    assert [e.key for e in mount.backend.list("kv/s/") if "tmp" in e.key] == []  # not persisted
+    os.rename(tmp, store / "cfg.json")
+    assert ds["cfg"] == {"v": 2}
+    assert sorted(os.listdir(store)) == ["cfg.json"]
+    bad = store / "cfg.json.swp"
+    bad.write_text("not json")
+    with pytest.raises(OSError) as e:
+        os.rename(bad, store / "cfg.json")
+    assert e.value.errno == errno.EINVAL
+    assert ds["cfg"] == {"v": 2} and bad.read_text() == "not json"
+    os.unlink(bad)
+    os.rename(store / "cfg.json", store / "cfg.json~")  # a record turned into a backup copy
+    assert "cfg" not in ds and (store / "cfg.json~").read_text() == '{"v": 2}'
+
+
+def test_xattrs(store, ds):
+    ds["k"] = 1
+    etag = os.getxattr(store / "k.json", "user.stashfs.etag").decode()
+    assert etag == ds.backend.head("kv/s/k.json").etag
+    mtime = os.getxattr(store / "k.json", "user.stashfs.mtime").decode()
+    assert mtime.endswith("Z") and mtime.startswith("20")
+    assert "user.stashfs.etag" in os.listxattr(store / "k.json")
+
+
+def test_ttl_expiry_seen_through_mount(store, ds):
+    ds.set("short", 1, ttl=1)
+    ds["long"] = 2
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if "short.json" not in os.listdir(store) and not (store / "short.json").exists():
+            break
+        time.sleep(0.2)  # waiting for the TTL (and the kernel's 1 s caches) is the behaviour under test
+    assert os.listdir(store) == ["long.json"]
+    assert not (store / "short.json").exists()
+    assert "short" not in ds
+    with pytest.raises(FileNotFoundError):
+        (store / "short.json").read_text()
+
+
+def test_store_with_more_than_1000_keys(mount, store, ds):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: mount.backend.put_bytes(f"kv/s/k{i:04d}.json", str(i).encode()), range(1050)))
+    names = os.listdir(store)
+    assert len(names) == 1050
+    assert json.loads((store / "k1049.json").read_text()) == 1049
+
+
+def test_records_cannot_move_to_files(mount, store, ds):
+    ds["k"] = 1
+    (mount.path / "pipeline" / "p").mkdir()
+    with pytest.raises(OSError) as e:
+        os.rename(store / "k.json", mount.path / "pipeline" / "p" / "k.json")
+    assert e.value.errno == errno.EXDEV
