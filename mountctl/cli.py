@@ -10,6 +10,7 @@ import os
 import sys
 
 from fsdriver.errors import BackendError, InvalidName
+from fsdriver.secrets.store import InvalidSecretName, SecretsError
 
 class CLIError(Exception):
     """A failure to report as one line; ``status`` is the exit code."""
@@ -19,15 +20,27 @@ class CLIError(Exception):
         self.status = status
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that it never repeats stray arguments: one could be a secret typed by
+    mistake on the command line (values are read from stdin or a prompt)."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments"):
+            n = len(message.split(":", 1)[1].split())
+            message = (f"{n} unexpected argument(s), not shown (secret values are read from stdin "
+                       "or a prompt, never from the command line)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import data_cmd, kv_cmd, mount_cmd
+    from . import data_cmd, exec_cmd, kv_cmd, mount_cmd, secrets_cmd
 
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mountctl", description="Control stashfs mounts, data and secrets."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (mount_cmd, data_cmd, kv_cmd):
+    for group in (mount_cmd, data_cmd, kv_cmd, secrets_cmd, exec_cmd):
         group.register(sub)
     return parser
 
@@ -41,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return e.status
+    except SecretsError as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return 2 if isinstance(e, InvalidSecretName) else 1
     except InvalidName as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

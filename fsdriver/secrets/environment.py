@@ -1,0 +1,38 @@
+"""The environment `mountctl exec` gives a command.
+
+Precedence, weakest first: inherited variables < org secrets < user secrets < stashfs variables.
+``pristine`` starts from nothing but PATH and HOME; ``preserve`` never overrides an inherited
+variable.  Only names are reported, never values.
+"""
+
+from dataclasses import dataclass, field
+
+KEEP_WHEN_PRISTINE = ("PATH", "HOME")
+
+
+@dataclass
+class Composed:
+    env: dict
+    overridden: list = field(default_factory=list)  # inherited names a secret replaced
+    kept: list = field(default_factory=list)  # secret names not applied because of preserve
+
+
+def compose(inherited: dict, org: dict, user: dict, stashfs: dict, *,
+            pristine: bool = False, preserve: bool = False) -> Composed:
+    base = {k: inherited[k] for k in KEEP_WHEN_PRISTINE if k in inherited} if pristine else dict(inherited)
+    out = Composed(dict(base))
+    secrets = {**org, **user}  # a user's secret overrides the org's of the same name
+    for name, value in secrets.items():
+        if name in base:
+            if preserve:
+                out.kept.append(name)
+                continue
+            out.overridden.append(name)
+        out.env[name] = value
+    for name, value in stashfs.items():
+        if preserve and name in base:
+            continue
+        out.env[name] = value
+    out.overridden.sort()
+    out.kept.sort()
+    return out

@@ -1,0 +1,151 @@
+"""Secret names, scopes, configuration and the store protocol.
+
+Two scopes: ``user`` secrets belong to one user (only they can read or change them); ``org``
+secrets are shared by the organisation (members read them, admins change them).  A secret's name
+is an environment variable name, because `mountctl exec` passes secrets in the environment.
+
+Configuration, strongest first: command-line option, environment, ``~/.config/stashfs/config.toml``,
+``/etc/stashfs/config.toml``, defaults::
+
+    [secrets]
+    store = "local"                      # or "ssm"                   $STASHFS_SECRETS_STORE
+    org_dir = "/etc/stashfs/org-secrets" # local org store            $STASHFS_ORG_SECRETS_DIR
+    admin_group = "stashfs-admin"        # may change org secrets     $STASHFS_ADMIN_GROUP
+    org_group = "stashfs"                # may read org secrets       $STASHFS_ORG_GROUP
+    ssm_prefix = "/stashfs"              # SSM parameter path prefix  $STASHFS_SSM_PREFIX
+"""
+
+import abc
+import getpass
+import grp
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SCOPES = ("user", "org")
+
+DEFAULTS = {
+    "store": "local",
+    "org_dir": "/etc/stashfs/org-secrets",
+    "admin_group": "stashfs-admin",
+    "org_group": "",
+    "ssm_prefix": "/stashfs",
+}
+ENV = {
+    "store": "STASHFS_SECRETS_STORE",
+    "org_dir": "STASHFS_ORG_SECRETS_DIR",
+    "admin_group": "STASHFS_ADMIN_GROUP",
+    "org_group": "STASHFS_ORG_GROUP",
+    "ssm_prefix": "STASHFS_SSM_PREFIX",
+}
+
+
+class SecretsError(Exception):
+    """A clear, one-line failure (never containing a secret value)."""
+
+
+class SecretsPermissionError(SecretsError):
+    pass
+
+
+class InvalidSecretName(SecretsError):
+    pass
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    name: str
+    scope: str
+    updated: float  # seconds since the epoch
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidSecretName(
+            f"invalid secret name {name!r}: secrets are environment variables, "
+            "so names match [A-Za-z_][A-Za-z0-9_]*"
+        )
+    return name
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise SecretsError(f"unknown scope {scope!r}: user or org")
+    return scope
+
+
+def config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "stashfs"
+
+
+def load_config(**overrides) -> dict:
+    """The [secrets] settings in force (see the module docstring for the order)."""
+    cfg = dict(DEFAULTS)
+    for path in (Path("/etc/stashfs/config.toml"), config_home() / "config.toml"):
+        try:
+            with open(path, "rb") as f:
+                cfg.update(tomllib.load(f).get("secrets", {}))
+        except FileNotFoundError:
+            pass
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SecretsError(f"{path}: cannot read the configuration: {e}") from None
+    for key, var in ENV.items():
+        if os.environ.get(var):
+            cfg[key] = os.environ[var]
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def current_user() -> str:
+    return os.environ.get("STASHFS_USER") or getpass.getuser()
+
+
+def is_admin(admin_group: str) -> bool:
+    """Root, or a member of the admin group."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        gid = grp.getgrnam(admin_group).gr_gid
+    except KeyError:
+        return False
+    return gid in os.getgroups() or gid == os.getegid()
+
+
+class SecretStore(abc.ABC):
+    """Where secrets live.  Values never appear in errors or logs."""
+
+    @abc.abstractmethod
+    def get(self, scope: str, name: str) -> str:
+        """The value; KeyError if there is no such secret."""
+
+    @abc.abstractmethod
+    def set(self, scope: str, name: str, value: str) -> None:
+        """Create or replace a secret (org: admins only)."""
+
+    @abc.abstractmethod
+    def delete(self, scope: str, name: str) -> None:
+        """Remove a secret; KeyError if there is none (org: admins only)."""
+
+    @abc.abstractmethod
+    def list(self, scope: str) -> list[SecretInfo]:
+        """Names and update times, sorted by name; never values."""
+
+    @abc.abstractmethod
+    def values(self, scope: str) -> dict[str, str]:
+        """Every secret of a scope, for `mountctl exec`."""
+
+
+def open_store(store: str | None = None, **overrides) -> SecretStore:
+    cfg = load_config(store=store, **overrides)
+    if cfg["store"] == "local":
+        from .local import LocalStore
+
+        return LocalStore(cfg)
+    if cfg["store"] == "ssm":
+        from .ssm import SSMStore
+
+        return SSMStore(cfg)
+    raise SecretsError(f"unknown secrets store {cfg['store']!r}: local or ssm")
