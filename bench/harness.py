@@ -69,6 +69,13 @@ def proc_status(pid: int) -> dict:
     return out
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds used by a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Mount:
     """One stashfs mount made with ``mountctl``; a context manager that always unmounts."""
 
@@ -156,16 +163,29 @@ class Env:
     def mount_disk(self, name: str, store: Path, *extra) -> Mount:
         return Mount(self, name, str(store), s3=False, extra=extra)
 
-    def close(self) -> list[str]:
-        """Tear everything down; returns the daemon logs' tracebacks (for the report)."""
+    def close(self, save_logs_to: Path | None = None) -> list[str]:
+        """Tear everything down; returns problems seen (daemon tracebacks, leftover mounts).
+
+        A daemon log with a traceback is copied to ``save_logs_to`` (the temp dir is removed).
+        """
         problems = []
         for m in self.mounts:
             try:
                 m.umount()
             except Exception as e:  # keep tearing down the rest
                 print(f"bench: unmounting {m.path}: {e}", file=sys.stderr)
-            if "Traceback" in m.log():
-                problems.append(f"daemon log {m.log_file.name} contains a traceback")
+        for m in {m.log_file: m for m in self.mounts}.values():
+            text = m.log()
+            if "Traceback" not in text:
+                continue
+            where = m.log_file
+            if save_logs_to is not None:
+                where = save_logs_to / f"stashfs-bench-{m.name}.log"
+                shutil.copyfile(m.log_file, where)
+            lines = text[text.index("Traceback"):].splitlines()[1:]
+            last = next((l for l in lines if l and not l[0].isspace()
+                         and not l.startswith(("Traceback", "During handling", "The above"))), "?")
+            problems.append(f"daemon log of mount '{m.name}' has a traceback ({last}); log: {where}")
         if self.proxy is not None:
             self.proxy.stop()
         if self.moto is not None:

@@ -2,7 +2,9 @@
 
 import os
 import platform
+import subprocess
 import time
+from pathlib import Path
 
 from .harness import MiB
 
@@ -31,6 +33,21 @@ def machine() -> dict:
         pass
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / (1 << 30), 1),
             "kernel": platform.release(), "python": platform.python_version()}
+
+
+def code_version() -> dict:
+    """The commit measured, and which files of the package differed from it (an editable install)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "fsdriver", "mountctl").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes": dirty}
 
 
 def _kinds(proxy: dict) -> str:
@@ -77,7 +94,15 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
         rows.append(("  requests / bytes (mount)", f"{m['proxy']['total']} req, {_mb(m['proxy']['bytes'])}",
                      f"raw parallel {par['proxy']['total']} req, {_mb(par['proxy']['bytes'])}" if par else "",
                      f"{m['proxy']['bytes'] / (size_mib * MiB):.2f}x obj", ""))
-        notes.append(f"S3 sequential read through the mount: {_kinds(m['proxy'])}")
+        tr = m["trace"]
+        sizes = ", ".join(f"{x:g}" for x in tr["sizes_mib"][:6])
+        notes.append(f"S3 sequential read through the mount: {_kinds(m['proxy'])}; GET sizes (MiB) {sizes}, ... "
+                     f"at most {tr['max_in_flight']} in flight (raw parallel: {par['threads'] if par else '-'}); "
+                     f"{m['fuse_reads']} FUSE reads of {m['fuse_read_kib']:.0f} KiB, daemon CPU {m['daemon_cpu_s']:.1f} s")
+        if "runs_mb_s" in m:
+            notes.append("sequential MB/s per run (median reported): mount " + ", ".join(map(str, m["runs_mb_s"]))
+                         + (f"; raw single GET {', '.join(map(str, single['runs_mb_s']))}" if single else "")
+                         + (f"; raw parallel {', '.join(map(str, par['runs_mb_s']))}" if par else ""))
         mem = m["memory"]
         lim = mem["limit"] / MiB
         rows.append(("daemon peak RSS (VmHWM), seq read", f"{mem['vm_hwm'] / MiB:.0f} MiB",
@@ -98,9 +123,15 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
         rows.append(("  bytes downloaded / byte read", f"{m['amplification']:.2f}",
                      f"raw {raw['amplification']:.2f}" if raw else "", "",
                      f"<= 2 {mark[verdict['amplification']]}"))
-        notes.append(f"random reads through the mount: {_kinds(m['proxy'])}, {m['proxy']['bytes']} bytes "
-                     f"for {m['bytes_read']} read; p90 {m['p90_ms']:.1f} ms (raw p90 "
-                     f"{raw['p90_ms']:.1f} ms)" if raw else "")
+        notes.append(f"random reads through the mount (4096-aligned): {_kinds(m['proxy'])}, {m['proxy']['bytes']} "
+                     f"bytes for {m['bytes_read']} read; p90 {m['p90_ms']:.1f} ms"
+                     + (f" (raw p90 {raw['p90_ms']:.1f} ms)" if raw else ""))
+    if "random_mount_unaligned" in r:
+        u = r["random_mount_unaligned"]
+        rows.append((f"  unaligned preads ({u['count']}), median", f"{u['median_ms']:.1f} ms", "", "",
+                     f"amplification {u['amplification']:.2f}"))
+        notes.append(f"unaligned random reads through the mount: {_kinds(u['proxy'])}, {u['proxy']['bytes']} "
+                     f"bytes for {u['bytes_read']} read")
 
     if "ls_mount" in r:
         m, raw = r["ls_mount"], r.get("ls_raw")
@@ -111,7 +142,16 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
         rows.append(("  HEAD requests during ls -l", str(m["heads"]), "", "",
                      f"0 {mark[verdict['ls_heads']]}"))
         notes.append(f"ls -l (cold): {_kinds(m['proxy'])}; raw listing: {_kinds(raw['proxy'])}" if raw else "")
-        notes.append(f"ls -l again on the same mount: {m['warm_seconds']:.2f} s, {_kinds(m['warm_proxy'])}")
+        if m["warm"] is None:
+            notes.append("ls -l was too slow: the second ls -l and the split run were skipped")
+        else:
+            notes.append(f"ls -l again on the same mount: {m['warm']['seconds']:.2f} s, {_kinds(m['warm']['proxy'])}")
+        sp = m["split"]
+        if sp is not None:
+            notes.append(f"ls -l split on another fresh mount: resolving the directory {sp['resolve']['seconds']:.2f} s "
+                         f"({_kinds(sp['resolve']['proxy'])}), then ls -l {sp['ls']['seconds']:.2f} s "
+                         f"({_kinds(sp['ls']['proxy'])})")
+        notes.append("ls -l FUSE requests: " + ", ".join(f"{k} {v}" for k, v in sorted(m["fuse_requests"].items())))
 
     if "create_s3" in r:
         m, raw = r["create_s3"], r.get("create_raw")
@@ -128,8 +168,10 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
         d = r["disk_seq"]
         rows.append((f"disk sequential read {size_mib} MiB", f"{d['mount_mb_s']:.0f} MB/s",
                      f"backing file {d['direct_mb_s']:.0f} MB/s", f"{d['mount_mb_s'] / d['direct_mb_s']:.2f}x", ""))
-        notes.append("disk reads: page cache dropped before each read (cold)" if d["caches_dropped"] else
-                     "disk reads: page cache could NOT be dropped; both reads are warm (file read once before)")
+        notes.append(("disk reads: page cache dropped before each read (cold)" if d["caches_dropped"] else
+                      "disk reads: page cache could NOT be dropped; both reads are warm (file read once before)")
+                     + f"; mount: {d['fuse_reads']} FUSE reads of {d['fuse_read_kib']:.0f} KiB, "
+                       f"daemon CPU {d['daemon_cpu_s']:.1f} s for {d['mount_s']:.1f} s of reading")
 
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []

@@ -131,7 +131,10 @@ class Filesystem:
         node = self._node(ino)
         if node.unlinked and node.open_count == 0:
             raise FSError(errno.ENOENT, f"{node.display} was removed")  # the kernel's dentry is older
-        await self._refresh(node)
+        if node.open_count == 0:
+            # An open file's readers are pinned to the version they opened; its attributes are
+            # revalidated at the next open (close-to-open), not once a second during reads.
+            await self._refresh(node)
         return self.attr(node)
 
     def _node(self, ino: int) -> Node:
@@ -170,11 +173,15 @@ class Filesystem:
     def _is_store(node: Node) -> bool:
         return node.depth == 2 and node.path[0] == "kv"
 
+    def _listing_fresh(self, node: Node) -> bool:
+        listing = node.listing
+        return listing is not None and time.monotonic() - listing.time < max(self.options.metadata_ttl, listing.valid)
+
     async def _listing(self, node: Node) -> dict:
         """``name -> (is_dir, info or None)`` for a directory, from the cache when fresh."""
         if node.listing is not None and self._fresh(node.listing.time):
             return node.listing.entries
-        when = time.monotonic()
+        started = time.monotonic()
         entries: dict = {}
         if node.depth == 0:
             entries = {t: (True, None) for t in layout.TREES}
@@ -203,7 +210,9 @@ class Filesystem:
         if node.listing is not None:
             for name in node.listing.entries.keys() - entries.keys():
                 self._gone(node, name)  # removed elsewhere: the kernel may still have it cached
-        node.listing = Listing(entries, when)
+        done = time.monotonic()
+        node.listing = Listing(entries, done, valid=5 * (done - started))
+        node.absent.clear()
         return entries
 
     async def _store_listing(self, node: Node) -> dict:
@@ -266,7 +275,7 @@ class Filesystem:
             return known
         if parent.depth == 0:
             return self.inodes.node_for(path, True) if name in layout.TREES else None
-        if parent.listing is not None and self._fresh(parent.listing.time):
+        if self._listing_fresh(parent):
             entry = parent.listing.entries.get(name)
             if entry is None and self._is_store(parent):
                 return await self._resolve_record(parent, name)  # a record written just now counts
@@ -284,30 +293,11 @@ class Filesystem:
         if parent.depth == 1:
             found_dir = await self.backend.first(key + "/") is not None
             return self.inodes.node_for(path, True) if found_dir else None
-        info = found_dir = None
-        errors = []
-
-        async def head():
-            nonlocal info
-            try:
-                info = await self.backend.head(key)
-            except NotFound:
-                pass
-            except Exception as e:  # re-raised below as itself, not as an exception group
-                errors.append(e)
-
-        async def first():
-            nonlocal found_dir
-            try:
-                found_dir = await self.backend.first(key + "/") is not None
-            except Exception as e:
-                errors.append(e)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head)
-            nursery.start_soon(first)
-        if errors:
-            raise errors[0]
+        info, found_dir = await self.backend.run(self.sync_backend.lookup, key)
+        if not found_dir and info is None:
+            if len(parent.absent) > 10000:
+                parent.absent.clear()
+            parent.absent[name] = time.monotonic()
         if found_dir:
             return self.inodes.node_for(path, True)
         if info is not None:
@@ -522,7 +512,11 @@ class Filesystem:
         path = self._child_path(parent, name, creating=True)
         if parent.depth < 2:
             raise FSError(errno.EPERM, f"{parent.display}/{name}: files live inside a namespace (mkdir one first)", logging.INFO)
-        existing = await self._resolve(parent, name)
+        looked = parent.absent.pop(name, None)
+        if looked is not None and self._fresh(looked) and self.inodes.at(path) is None:
+            existing = None  # the kernel's lookup just found nothing: do not ask again
+        else:
+            existing = await self._resolve(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FSError(errno.EEXIST, f"{existing.display} exists")

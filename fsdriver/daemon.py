@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=parse_size, default=parse_size("512M"))
     p.add_argument("--max-prefetch", type=parse_size, default=parse_size("64M"))
     p.add_argument("--metadata-ttl", type=float, default=1.0, help="seconds; must be > 0")
+    p.add_argument("--readahead", type=parse_size, default=parse_size("1M"),
+                   help="the kernel's read-ahead for this mount (root only; 0 keeps the default)")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--log-file", type=Path)
@@ -156,6 +158,8 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
             nursery.start_soon(_on_signals, fs)
+            if args.readahead:
+                nursery.start_soon(_set_readahead, mountpoint, args.readahead)
             ready.ok()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
@@ -170,6 +174,23 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
                   len(left), fs.cache.root)
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+async def _set_readahead(mountpoint: str, size: int) -> None:
+    """Larger kernel read-ahead: fewer, larger FUSE reads for sequential readers (random reads are
+    not read ahead by the kernel).  The knob is the mount's backing-device setting in sysfs."""
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)  # answered by our own main loop
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+
+        def write():
+            with open(path, "w") as f:
+                f.write(str(max(size // 1024, 4)))
+
+        await trio.to_thread.run_sync(write)
+        log.info("kernel read-ahead of %s set to %d KiB", mountpoint, size // 1024)
+    except OSError as e:
+        log.info("kernel read-ahead left at its default (%s)", e.strerror)
 
 
 async def _on_signals(fs: Filesystem) -> None:

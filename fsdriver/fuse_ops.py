@@ -22,6 +22,7 @@ log = logging.getLogger("stashfs.fuse")
 XATTR_STATUS = b"user.stashfs.status"
 XATTR_FLUSH = b"user.stashfs.flush"
 XATTR_LOGLEVEL = b"user.stashfs.loglevel"
+XATTR_PREFIX = b"user.stashfs."
 
 
 def _name(raw: bytes) -> str:
@@ -230,6 +231,9 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO and name == XATTR_STATUS:
             status = self.fs.status() | {"mountpoint": self.mountpoint}
             return json.dumps(status).encode()
+        if not name.startswith(XATTR_PREFIX):
+            # ls -l asks every file for ACLs and security labels: answer without any backend work.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         value = (await self.fs.xattrs(inode)).get(name.decode("utf-8", "replace"))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)

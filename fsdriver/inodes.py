@@ -21,10 +21,16 @@ CONTROL_NAME = ".stashfs-control"
 
 @dataclass
 class Listing:
-    """A directory's children as last listed: name -> (is_dir, size, mtime, etag)."""
+    """A directory's children as last listed: name -> (is_dir, info or None).
+
+    ``time`` is when the listing completed; it answers lookups for ``valid`` seconds: the metadata
+    TTL, or for a directory that took long to list, five times as long as listing it took (so
+    ``ls -l`` of a huge directory is served by its listing, not by one request per entry).
+    """
 
     entries: dict
     time: float = field(default_factory=time.monotonic)
+    valid: float = 0.0
 
 
 @dataclass(eq=False)
@@ -42,6 +48,7 @@ class Node:
     cache_etag: Optional[str] = None  # etag of the content the kernel page cache holds
     has_marker: Optional[bool] = None  # directories: a marker object is known to exist
     listing: Optional[Listing] = None  # directories: last listing, for lookups
+    absent: dict = field(default_factory=dict)  # directories: name -> when a lookup found nothing
     unlinked: bool = False
     generation: int = 0  # bumped by every upload from this mount: a HEAD older than that is stale
     pins: int = 0  # directory handles whose snapshot lists this node (not yet sent to the kernel)

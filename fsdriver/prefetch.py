@@ -2,8 +2,9 @@
 
 - A read that does not continue the previous one fetches exactly the bytes asked for (one ranged
   GET), so random readers download about one byte per byte read.
-- A read that continues the previous one (or starts at offset 0) starts a prefetch window just
-  above the kernel's readahead (1 MiB + 128 KiB).  Each consumed part doubles the window, up to
+- Two reads in a row that each continue the previous one (or a read at offset 0) start a prefetch
+  window just above the kernel's readahead (1 MiB + 128 KiB); one adjacent read alone is not a
+  stream (random readers hit neighbours by chance).  Each consumed part doubles the window, up to
   ``max_window``; the window is fetched as parallel ranged GETs of up to ``part_size``.  A seek
   drops what was fetched ahead and resets the window.
 - Every part is pinned to the etag the file was opened at (If-Match), so a reader never mixes two
@@ -59,6 +60,7 @@ class Prefetcher:
         self.last_end = 0  # end of the previous read: a read starting here is sequential
         self._lock = trio.Lock()
         self._active_end = 0  # end of the read in progress (what reclaim must keep)
+        self._adjacent = False  # the last direct read continued the one before it
         budget.add_reclaimer(self.reclaim)
 
     def close(self) -> None:
@@ -77,9 +79,10 @@ class Prefetcher:
         async with self._lock:
             if self.parts and self.parts[0].start <= off < self.parts[-1].end:
                 pass  # inside the prefetched stream
-            elif off == self.last_end:
-                self._reset(off)
+            elif off == self.last_end and (off == 0 or self._adjacent):
+                self._reset(off)  # a second read in a row that continues the last: a stream
             else:
+                self._adjacent = off == self.last_end
                 self._reset(off)
                 self.window = INITIAL_WINDOW
                 self.last_end = end

@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--memory-limit", metavar="SIZE", default="512M", help="prefetch and transfer buffers (default 512M)")
     p.add_argument("--max-prefetch", metavar="SIZE", help="largest read-ahead window per file (default 64M)")
     p.add_argument("--metadata-ttl", metavar="SECONDS", help="how long attributes and listings are cached (default 1)")
+    p.add_argument("--readahead", metavar="SIZE", help="kernel read-ahead of the mount (default 1M, root only)")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
@@ -67,7 +68,7 @@ def preflight(mountpoint: str) -> str:
 def daemon_command(args, mp: str) -> list[str]:
     cmd = [sys.executable, "-m", "fsdriver", mp, "--log-level", args.daemon_log_level,
            "--memory-limit", args.memory_limit]
-    for opt in ("backend", "endpoint_url", "cache_dir", "max_prefetch", "metadata_ttl", "log_file"):
+    for opt in ("backend", "endpoint_url", "cache_dir", "max_prefetch", "metadata_ttl", "readahead", "log_file"):
         value = getattr(args, opt)
         if value:
             cmd += ["--" + opt.replace("_", "-"), str(value)]

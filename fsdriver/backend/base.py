@@ -10,6 +10,8 @@ Unavailable, InvalidRequest) — never OSError or botocore exceptions.
 
 import abc
 import os
+
+from ..errors import NotFound
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Union
 
@@ -127,6 +129,15 @@ class Backend(abc.ABC):
             self.copy(e.key, dst + e.key[len(src):])
         for e in entries:
             self.delete(e.key)
+
+    def lookup(self, key: str) -> tuple["ObjectInfo | None", bool]:
+        """What ``key`` names: (the object's info or None, whether keys exist below ``key/``)."""
+        try:
+            info = self.head(key)
+        except NotFound:
+            info = None
+        is_dir = next(iter(self.list(key + "/", max_keys=1)), None) is not None
+        return info, is_dir
 
     def local_path(self, key: str):
         """A local file holding object ``key`` to read directly, or None (remote backends)."""

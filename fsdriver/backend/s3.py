@@ -288,6 +288,21 @@ class S3Backend(Backend):
 
         return entries()
 
+    def lookup(self, key: str) -> tuple[ObjectInfo | None, bool]:
+        """One LIST answers both questions: the object ``key`` sorts before the prefix ``key/``,
+        and only names starting with ``key`` that sort between them can push ``key/`` off the page."""
+        info, is_dir, n = None, False, 0
+        for entry in self.list(key, "/", max_keys=1000):
+            n += 1
+            if entry.key == key and isinstance(entry, ObjectInfo):
+                info = entry
+            elif entry.key == key + "/":
+                is_dir = True
+                break
+        if n == 1000 and not is_dir:  # a full page of siblings like key-1, key.x: ask directly
+            is_dir = next(iter(self.list(key + "/", max_keys=1)), None) is not None
+        return info, is_dir
+
     def delete(self, key: str) -> None:
         with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
