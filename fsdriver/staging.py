@@ -28,6 +28,7 @@ from typing import Awaitable, Callable, Optional
 import trio
 
 from .errors import PreconditionFailed
+from .fsutil import durable_temp, replace_durably
 
 log = logging.getLogger("stashfs.staging")
 
@@ -73,17 +74,9 @@ class Cache:
     def journal(self, staged: "StagedFile", key: str) -> None:
         """Record that ``staged`` must reach ``key`` (written atomically, fsynced)."""
         entry = self.pending_dir / (staged.path.name + ".json")
-        tmp = entry.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "staged": staged.path.name, "conditions": staged.conditions}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, entry)
-        dir_fd = os.open(self.pending_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        meta = {"key": key, "staged": staged.path.name, "conditions": staged.conditions}
+        tmp = durable_temp(self.pending_dir, json.dumps(meta).encode(), prefix=".", suffix=".tmp")
+        replace_durably(tmp, entry)
 
     def unjournal(self, staged: "StagedFile") -> None:
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed, Unavailable
+from ..fsutil import durable_temp, fsync_dir
 from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
 
 INTERNAL = ".stashfs"
@@ -106,14 +107,6 @@ class DiskBackend(Backend):
         finally:
             os.close(fd)  # releases the flock
 
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def _current_etag(self, path: Path) -> str | None:
         try:
             st = os.stat(path)
@@ -139,7 +132,7 @@ class DiskBackend(Backend):
                 with _os_errors(key):
                     os.replace(tmp, path)
                     st = os.stat(path)
-                    self._fsync_dir(path.parent)
+                    fsync_dir(path.parent)
                 return _info(key, st)
         finally:
             try:
@@ -218,18 +211,8 @@ class DiskBackend(Backend):
         if key.endswith("/"):
             return self._put_marker(key, data, if_none_match)
         self._path(key)  # validate before writing anything
-        fd, tmp = self._new_tmp()
-        try:
-            with _os_errors(key):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        with _os_errors(key):
+            tmp = durable_temp(self._tmp, data, prefix="put-")
         return self._commit(key, tmp, if_match, if_none_match)
 
     def put_file(self, key, path, *, if_match=None, if_none_match=False) -> ObjectInfo:
@@ -319,7 +302,7 @@ class DiskBackend(Backend):
                     return  # like S3: removing a marker leaves the keys below it
                 with _os_errors(key):
                     raise
-        self._fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def delete_prefix(self, prefix: str) -> int:
         count = 0
@@ -342,9 +325,9 @@ class DiskBackend(Backend):
         self._make_parents(dst, dst_path)
         with self._lock(dst.rstrip("/")), _os_errors(src):
             os.rename(src_path, dst_path)
-        self._fsync_dir(dst_path.parent)
+        fsync_dir(dst_path.parent)
         if src_path.parent != dst_path.parent:
-            self._fsync_dir(src_path.parent)
+            fsync_dir(src_path.parent)
 
     def local_path(self, key: str) -> Path:
         """Where object ``key`` lives on this machine (disk reads go straight to the file)."""

@@ -22,13 +22,13 @@ import fcntl
 import grp
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..fsutil import durable_temp, replace_durably
 from .store import (
     SecretInfo,
     SecretsError,
@@ -44,34 +44,14 @@ MAGIC = b"STASHFS-SECRETS-1\n"
 KEY_BYTES = 32
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int, group: int | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        if group is not None:
-            try:
-                os.fchown(fd, -1, group)
-            except PermissionError:
-                pass  # not a member of the readers' group: the directory's group stays
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    tmp = durable_temp(path.parent, data, prefix=f".{path.name}.", mode=mode)
+    if group is not None:
+        try:
+            os.chown(tmp, -1, group)
+        except PermissionError:
+            pass  # not a member of the readers' group: the directory's group stays
+    replace_durably(tmp, path)
 
 
 class _Scope:
