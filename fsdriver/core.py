@@ -80,6 +80,7 @@ class Filesystem:
         self.inodes = InodeTable()
         self.budget = MemoryBudget(options.memory_limit)
         self.uploader = Uploader(self.backend, cache, self.stats)
+        self.uploader.on_rejected = self._rejected
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
         self._next_fh = 1
@@ -182,6 +183,31 @@ class Filesystem:
         if node.listing is not None and self._fresh(node.listing.time):
             return node.listing.entries
         started = time.monotonic()
+        if node.listings_in_flight == 0:
+            node.edits = {}
+        node.listings_in_flight += 1
+        try:
+            entries = await self._list_dir(node)
+        finally:
+            node.listings_in_flight -= 1
+        edits = node.edits or {}
+        if node.listings_in_flight == 0:
+            node.edits = None
+        for name, entry in edits.items():  # what this mount did meanwhile is newer than the listing
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        if node.listing is not None:
+            for name in node.listing.entries.keys() - entries.keys() - edits.keys():
+                self._gone(node, name)  # removed elsewhere: the kernel may still have it cached
+        done = time.monotonic()
+        node.listing = Listing(entries, done, valid=5 * (done - started))
+        node.absent.clear()
+        return entries
+
+    async def _list_dir(self, node: Node) -> dict:
+        """``name -> (is_dir, info or None)`` of a directory, from the backend."""
         entries: dict = {}
         if node.depth == 0:
             entries = {t: (True, None) for t in layout.TREES}
@@ -207,12 +233,6 @@ class Filesystem:
                     continue
                 if is_dir or name not in entries:  # a directory shadows a file of the same name
                     entries[name] = (is_dir, None if is_dir else e)
-        if node.listing is not None:
-            for name in node.listing.entries.keys() - entries.keys():
-                self._gone(node, name)  # removed elsewhere: the kernel may still have it cached
-        done = time.monotonic()
-        node.listing = Listing(entries, done, valid=5 * (done - started))
-        node.absent.clear()
         return entries
 
     async def _store_listing(self, node: Node) -> dict:
@@ -416,6 +436,8 @@ class Filesystem:
 
     def _listed(self, parent: Node, name: str, entry) -> None:
         """Keep a directory's cached listing in step with a change made through this mount."""
+        if parent.edits is not None:
+            parent.edits[name] = entry
         if parent.listing is not None:
             if entry is None:
                 parent.listing.entries.pop(name, None)
@@ -592,6 +614,13 @@ class Filesystem:
             self._drop_staged(node)
             self.inodes.release_unreferenced(node)
 
+    def _rejected(self, node: Node, staged: StagedFile) -> None:
+        """A pending upload the backend refused for good: nobody is waiting on it any more."""
+        if staged is node.staged:
+            self._drop_staged(node)
+        elif not any(h.staged is staged for h in self.handles.values()):
+            self._discard(staged)
+
     def _discard(self, staged: StagedFile) -> None:
         """Forget staged content, unless it is a pending upload the retry loop still owns."""
         if staged.broken is None and staged.rejected is None and (staged.dirty or staged.pending):
@@ -741,6 +770,7 @@ class Filesystem:
         The caller holds the lock of ``node.staged`` if there is one.
         """
         old_name, new_name = node.path[-1], new_path[-1]
+        old_store = "/".join(node.path[:-1]) + "/"
         to_record = not kvnames.is_scratch(new_name)
         if node.is_scratch and to_record:
             staged = node.staged
@@ -753,12 +783,12 @@ class Filesystem:
             staged = self._new_staged(node, truncate=False)
             await staged.complete()  # the content becomes local before the record goes
             await self.backend.delete(node.key)
-            await self.backend.run(self._drop_expiry_markers, new_parent.prefix, old_name)
+            await self.backend.run(self._drop_expiry_markers, old_store, old_name)
             staged.conditions, staged.dirty, node.etag = {}, True, None
             node.staged = staged
         elif node.is_record:
             await self.backend.rename(node.key, "/".join(new_path))
-            await self.backend.run(self._drop_expiry_markers, new_parent.prefix, old_name)
+            await self.backend.run(self._drop_expiry_markers, old_store, old_name)
 
     async def xattrs(self, ino: int) -> dict:
         """What a file exposes as read-only xattrs: its etag and last-modified time."""

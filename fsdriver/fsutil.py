@@ -14,10 +14,19 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def durable_temp(directory, data: bytes, prefix: str = "tmp-", suffix: str = "", mode: int | None = None) -> str:
-    """A new file in ``directory`` holding ``data``, fsynced; returns its path (removed on error)."""
+def durable_temp(directory, data: bytes, prefix: str = "tmp-", suffix: str = "",
+                 mode: int | None = None, group: int | None = None) -> str:
+    """A new file in ``directory`` holding ``data``, fsynced; returns its path (removed on error).
+
+    Mode and group are set before the first byte is written (mkstemp creates it 0600).
+    """
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
     try:
+        if group is not None:
+            try:
+                os.fchown(fd, -1, group)
+            except PermissionError:
+                pass  # not a member of that group: the directory's group stays
         if mode is not None:
             os.fchmod(fd, mode)
         view = memoryview(data)

@@ -49,6 +49,10 @@ class Node:
     has_marker: Optional[bool] = None  # directories: a marker object is known to exist
     listing: Optional[Listing] = None  # directories: last listing, for lookups
     absent: dict = field(default_factory=dict)  # directories: name -> when a lookup found nothing
+    # directories: changes made through this mount while a listing is in flight (name -> entry or
+    # None), applied on top of that listing, whose entries are as old as its start
+    edits: Optional[dict] = None
+    listings_in_flight: int = 0
     unlinked: bool = False
     generation: int = 0  # bumped by every upload from this mount: a HEAD older than that is stale
     pins: int = 0  # directory handles whose snapshot lists this node (not yet sent to the kernel)

@@ -50,6 +50,7 @@ class Uploader:
         self.pending: dict[StagedFile, Node] = {}  # uploads that failed and are retried
         self.orphans: list[Pending] = []  # journaled by a previous daemon, not yet uploaded
         self._wake = trio.Event()
+        self.on_rejected = lambda node, staged: None  # the core frees what nobody holds
 
     async def upload(self, node: Node, staged: StagedFile | None = None) -> None:
         """Make ``staged`` (by default the node's shared staged file) durable at the node's key."""
@@ -162,8 +163,10 @@ class Uploader:
         for staged, node in list(self.pending.items()):
             try:
                 await self.upload(node, staged)
-            except FSError:
-                pass
+            except FSError as e:
+                if staged.rejected is not None:
+                    log.warning("%s: pending upload given up: %s", node.display, e)
+                    self.on_rejected(node, staged)
             except Exception:  # never let one bad upload end the retry loop (and the mount)
                 log.exception("%s: retrying the upload failed unexpectedly; still pending", node.display)
         await self._upload_orphans()

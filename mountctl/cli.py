@@ -29,6 +29,8 @@ class Parser(argparse.ArgumentParser):
             n = len(message.split(":", 1)[1].split())
             message = (f"{n} unexpected argument(s), not shown (secret values are read from stdin "
                        "or a prompt, never from the command line)")
+        elif "ignored explicit argument" in message:
+            message = message.split("ignored explicit argument")[0] + "takes no value (the value is not shown)"
         super().error(message)
 
 

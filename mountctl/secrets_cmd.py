@@ -88,8 +88,9 @@ def cmd_list(args) -> None:
 
 
 def cmd_rm(args) -> None:
+    name = check_name(args.name)
     try:
-        open_store(args.store).delete(_scope(args), check_name(args.name))
+        open_store(args.store).delete(_scope(args), name)
     except KeyError:
         raise CLIError(f"no {_scope(args)} secret {args.name}") from None
     except SecretsError as e:
@@ -99,8 +100,9 @@ def cmd_rm(args) -> None:
 def cmd_get(args) -> None:
     if not args.reveal:
         raise CLIError("get prints a secret's value: add --reveal to confirm", status=2)
+    name = check_name(args.name)
     try:
-        value = open_store(args.store).get(_scope(args), check_name(args.name))
+        value = open_store(args.store).get(_scope(args), name)
     except KeyError:
         raise CLIError(f"no {_scope(args)} secret {args.name}") from None
     except SecretsError as e:

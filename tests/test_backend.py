@@ -306,3 +306,17 @@ def test_every_put_gets_a_new_etag(backend):
     """Same size, rapid succession: the disk's coarse timestamps and reused inodes must not matter."""
     etags = {backend.put_bytes("k", b"%03d" % i).etag for i in range(200)}
     assert len(etags) == 200
+
+
+def test_s3_lookup_finds_the_directory_behind_many_siblings(s3_backend):
+    """ListObjectsV2 pages count keys and prefixes: key/ may sort after a full page of siblings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3_backend.put_bytes(f"ns/a-{i:04d}/x", b""), range(1001)))
+    s3_backend.put_bytes("ns/a/inside", b"i")
+    s3_backend.put_bytes("ns/a", b"file")
+    info, is_dir = s3_backend.lookup("ns/a")
+    assert is_dir and info is not None and info.size == 4
+    assert s3_backend.lookup("ns/a-0005") == (None, True)
+    assert s3_backend.lookup("ns/nothing") == (None, False)

@@ -57,6 +57,11 @@ class GatedDisk(DiskBackend):
         self._pass("head")
         return super().head(key)
 
+    def list(self, prefix="", delimiter=None, max_keys=None):
+        if delimiter:
+            self._pass("list")
+        return super().list(prefix, delimiter, max_keys)
+
 
 async def entered(event):
     await trio.to_thread.run_sync(event.wait, 20)
@@ -248,3 +253,50 @@ def test_idle_open_files_do_not_starve_a_reader(tmp_path):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_file_written_during_a_listing_stays_visible(tmp_path):
+    """The listing's entries are as old as its start: what this mount did meanwhile wins."""
+    async def body(fs, be, ns, nursery):
+        be.put_bytes("user/alice/old", b"o")
+        fs.inodes[ns].listing = None
+        ent, release = be.gate("list")
+        dfh = await fs.opendir(ns)
+        nursery.start_soon(fs.readdir, dfh)
+        await entered(ent)  # the listing is in flight
+        fh, _, _ = await fs.create(ns, "new", os.O_WRONLY)
+        await fs.write(fh, 0, b"fresh")
+        await fs.flush(fh)
+        await fs.release(fh)
+        release.set()
+        names = [n for n, _ in await fs.readdir(dfh)]
+        fs.releasedir(dfh)
+        assert (await fs.lookup(ns, "new")).size == 5  # answered by the new listing: must be there
+        assert "old" in names
+
+    run(tmp_path, body)
+
+
+def test_a_refused_retry_is_logged_and_cleaned_up(tmp_path, caplog):
+    async def body(fs, be, ns, nursery):
+        kv = (await fs.lookup(ROOT_INO, "kv")).ino
+        store = (await fs.mkdir(kv, "s")).ino
+        be.put_bytes("kv/s/r.json", b"1")
+        fs.inodes[store].listing = None
+        ino = (await fs.lookup(store, "r.json")).ino
+        fh, _, _ = await fs.open(ino, os.O_RDWR)
+        assert await fs.read(fh, 0, 10) == b"1"
+        await fs.write(fh, 0, b"2")
+        be.fail["put_file"] = Unavailable("down")
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        await fs.release(fh)
+        del be.fail["put_file"]
+        be.put_bytes("kv/s/r.json", b"3")  # another writer wins meanwhile
+        assert await fs.uploader.flush_all() == []
+        assert be.get_range("kv/s/r.json", 0) == b"3"
+        assert list(fs.cache.staged_dir.iterdir()) == [] and list(fs.cache.pending_dir.iterdir()) == []
+        assert "pending upload given up" in caplog.text
+
+    run(tmp_path, body)

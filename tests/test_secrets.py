@@ -86,10 +86,17 @@ def test_set_list_get_rm(store_env):
     assert [r["name"] for r in json.loads(ctl("secrets", "list", "--org", "--json").stdout)] == ["API_TOKEN"]
 
 
-@pytest.mark.parametrize("name", ["bad-name", "1ABC", "A B", "ÄPI", ""])
-def test_names_must_be_environment_variables(home, name):
-    p = ctl("secrets", "set", name, input="x", check=False)
+@pytest.mark.parametrize("name", ["bad-name", "1ABC", "A B", "ÄPI", "", "API_KEY=sk-live-123"])
+@pytest.mark.parametrize("action", [["set"], ["get", "--reveal"], ["rm"]])
+def test_names_must_be_environment_variables(home, name, action):
+    p = ctl("secrets", action[0], name, *action[1:], input="x", check=False)
     assert p.returncode == 2 and "invalid secret name" in p.stderr and p.stderr.count("\n") == 1
+    assert name == "" or name not in p.stderr  # it may have been a value typed by mistake
+
+
+def test_a_value_given_to_a_flag_is_not_echoed(home):
+    p = ctl("secrets", "set", "API_KEY", "--org=sk-live-456", input="x", check=False)
+    assert p.returncode == 2 and "sk-live-456" not in p.stderr
 
 
 def test_value_never_from_argv(home):

@@ -291,15 +291,14 @@ class S3Backend(Backend):
     def lookup(self, key: str) -> tuple[ObjectInfo | None, bool]:
         """One LIST answers both questions: the object ``key`` sorts before the prefix ``key/``,
         and only names starting with ``key`` that sort between them can push ``key/`` off the page."""
-        info, is_dir, n = None, False, 0
-        for entry in self.list(key, "/", max_keys=1000):
-            n += 1
-            if entry.key == key and isinstance(entry, ObjectInfo):
-                info = entry
-            elif entry.key == key + "/":
-                is_dir = True
-                break
-        if n == 1000 and not is_dir:  # a full page of siblings like key-1, key.x: ask directly
+        with self._errors(key):
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._k(key), Delimiter="/", MaxKeys=1000)
+        info = None
+        for o in page.get("Contents", ()):
+            if o["Key"] == self._k(key):
+                info = _info(key, o["Size"], o["LastModified"], o["ETag"])
+        is_dir = any(p["Prefix"] == self._k(key) + "/" for p in page.get("CommonPrefixes", ()))
+        if page.get("IsTruncated") and not is_dir:  # siblings like key-1/, key.x filled the page
             is_dir = next(iter(self.list(key + "/", max_keys=1)), None) is not None
         return info, is_dir
 

@@ -45,13 +45,13 @@ KEY_BYTES = 32
 
 
 def _write_atomic(path: Path, data: bytes, mode: int, group: int | None = None) -> None:
-    tmp = durable_temp(path.parent, data, prefix=f".{path.name}.", mode=mode)
-    if group is not None:
-        try:
-            os.chown(tmp, -1, group)
-        except PermissionError:
-            pass  # not a member of the readers' group: the directory's group stays
-    replace_durably(tmp, path)
+    tmp = durable_temp(path.parent, data, prefix=f".{path.name}.", mode=mode, group=group)
+    try:
+        replace_durably(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class _Scope:

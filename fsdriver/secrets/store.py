@@ -64,8 +64,8 @@ class SecretInfo:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidSecretName(
-            f"invalid secret name {name!r}: secrets are environment variables, "
+        raise InvalidSecretName(  # the name is not repeated: it may be a value typed by mistake
+            "invalid secret name (not shown): secrets are environment variables, "
             "so names match [A-Za-z_][A-Za-z0-9_]*"
         )
     return name
