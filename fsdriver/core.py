@@ -80,7 +80,7 @@ class Filesystem:
         self.inodes = InodeTable()
         self.budget = MemoryBudget(options.memory_limit)
         self.uploader = Uploader(self.backend, cache, self.stats)
-        self.uploader.on_rejected = self._rejected
+        self.uploader.on_settled = self._settled
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
         self._next_fh = 1
@@ -614,10 +614,11 @@ class Filesystem:
             self._drop_staged(node)
             self.inodes.release_unreferenced(node)
 
-    def _rejected(self, node: Node, staged: StagedFile) -> None:
-        """A pending upload the backend refused for good: nobody is waiting on it any more."""
+    def _settled(self, node: Node, staged: StagedFile) -> None:
+        """The retry loop finished with a pending upload: free it unless a handle still has it."""
         if staged is node.staged:
             self._drop_staged(node)
+            self.inodes.release_unreferenced(node)
         elif not any(h.staged is staged for h in self.handles.values()):
             self._discard(staged)
 

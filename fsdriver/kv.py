@@ -86,30 +86,23 @@ class DataStore:
     def _key(self, key: str) -> str:
         return self.prefix + kvnames.record_name(key)
 
-    # -- expiry ------------------------------------------------------------------------------
-
-    def _expiries(self, name: str | None = None) -> dict[str, list[tuple[int, str, str]]]:
-        return store_expiries(self.backend, self.prefix, name)
-
-    def _expired(self, name: str, etag: str, markers: list, now: float) -> bool:
-        return is_expired(etag, markers, now)
-
-    def _expire(self, name: str, markers: list) -> None:
-        expire_record(self.backend, self.prefix, name, markers)
-
     def _read(self, key: str) -> tuple[Any, ObjectInfo] | None:
         """(value, info) of a live record, or None when missing or expired."""
         name = kvnames.record_name(key)
-        try:
-            info = self.backend.head(self.prefix + name)
-            data = self.backend.get_range(self.prefix + name, 0, if_match=info.etag)
-        except NotFound:
-            return None
-        except PreconditionFailed:  # changed between HEAD and GET: read again
-            return self._read(key)
-        markers = self._expiries(name).get(name, [])
-        if self._expired(name, info.etag, markers, time.time()):
-            self._expire(name, markers)
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                info = self.backend.head(self.prefix + name)
+                data = self.backend.get_range(self.prefix + name, 0, if_match=info.etag)
+                break
+            except NotFound:
+                return None
+            except PreconditionFailed:  # changed between HEAD and GET: read again
+                continue
+        else:
+            raise RuntimeError(f"{self.name}[{key!r}]: changed on every read attempt")
+        markers = store_expiries(self.backend, self.prefix, name).get(name, [])
+        if is_expired(info.etag, markers, time.time()):
+            expire_record(self.backend, self.prefix, name, markers)
             return None
         return loads(data, f"{self.name}[{key!r}]"), info
 
@@ -145,7 +138,7 @@ class DataStore:
             raise ValueError(f"ttl must be positive, got {ttl}")
         data = dumps(value)
         name = kvnames.record_name(key)
-        old = self._expiries(name).get(name, [])
+        old = store_expiries(self.backend, self.prefix, name).get(name, [])
         info = self.backend.put_bytes(self.prefix + name, data)
         if ttl is not None or old:
             self._set_expiry(key, info.etag, ttl, old)
@@ -156,14 +149,14 @@ class DataStore:
         found = self._read(key)
         if found is None:
             raise KeyError(key)
-        self._set_expiry(key, found[1].etag, ttl, self._expiries(name).get(name, []))
+        self._set_expiry(key, found[1].etag, ttl, store_expiries(self.backend, self.prefix, name).get(name, []))
 
     def __delitem__(self, key: str) -> None:
         name = kvnames.record_name(key)
         if self._read(key) is None:
             raise KeyError(key)
         self.backend.delete(self.prefix + name)
-        for _, _, marker in self._expiries(name).get(name, []):
+        for _, _, marker in store_expiries(self.backend, self.prefix, name).get(name, []):
             self.backend.delete(marker)
 
     def keys(self) -> "Keys":
@@ -213,7 +206,7 @@ class DataStore:
                 time.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))  # back off
                 continue
             if etag is not None:
-                markers = self._expiries(name).get(name, [])
+                markers = store_expiries(self.backend, self.prefix, name).get(name, [])
                 live = [m for m in markers if m[1] == etag]
                 if live:
                     remaining = max(min(m[0] for m in live) - time.time(), 1)
@@ -240,7 +233,7 @@ class Keys:
 
     def __iter__(self) -> Iterator[str]:
         s = self._store
-        expiries = s._expiries()
+        expiries = store_expiries(s.backend, s.prefix)
         now = time.time()
         for e in s.backend.list(s.prefix, "/"):
             if not isinstance(e, ObjectInfo) or e.key == s.prefix:
@@ -251,8 +244,8 @@ class Keys:
             except Exception:
                 continue  # not a record (a stray object in the store's prefix)
             markers = expiries.get(name, [])
-            if markers and s._expired(name, e.etag, markers, now):
-                s._expire(name, markers)
+            if markers and is_expired(e.etag, markers, now):
+                expire_record(s.backend, s.prefix, name, markers)
                 continue
             yield key
 

@@ -86,7 +86,3 @@ def object_key(tree: str, name: str, path: str) -> str:
     """The backend key of ``path`` inside one namespace; the path must not be empty."""
     return root_prefix(tree, name) + "/".join(split_path(path))
 
-
-def marker_key(dir_key: str) -> str:
-    """The key of a directory marker: the directory's key followed by "/"."""
-    return dir_key if dir_key.endswith("/") else dir_key + "/"

@@ -50,7 +50,9 @@ class Uploader:
         self.pending: dict[StagedFile, Node] = {}  # uploads that failed and are retried
         self.orphans: list[Pending] = []  # journaled by a previous daemon, not yet uploaded
         self._wake = trio.Event()
-        self.on_rejected = lambda node, staged: None  # the core frees what nobody holds
+        # Called when the retry loop settled a pending upload (uploaded, or refused for good):
+        # the core frees the staged file if no handle holds it any more.
+        self.on_settled = lambda node, staged: None
 
     async def upload(self, node: Node, staged: StagedFile | None = None) -> None:
         """Make ``staged`` (by default the node's shared staged file) durable at the node's key."""
@@ -166,9 +168,12 @@ class Uploader:
             except FSError as e:
                 if staged.rejected is not None:
                     log.warning("%s: pending upload given up: %s", node.display, e)
-                    self.on_rejected(node, staged)
+                    self.on_settled(node, staged)
             except Exception:  # never let one bad upload end the retry loop (and the mount)
                 log.exception("%s: retrying the upload failed unexpectedly; still pending", node.display)
+            else:
+                log.info("%s: pending upload done", node.display)
+                self.on_settled(node, staged)
         await self._upload_orphans()
         return self.describe_pending()
 

@@ -49,12 +49,9 @@ def cmd_exec(args) -> int:
     secrets = {}
     for scope in ("org", "user"):
         try:
-            secrets[scope] = store.values(scope)
+            secrets[scope] = store.values(scope)  # {} when nothing is stored in that scope
         except SecretsError as e:
-            if "no " + scope in str(e):  # nothing stored in that scope yet
-                secrets[scope] = {}
-            else:
-                raise CLIError(f"{scope} secrets: {e}") from None
+            raise CLIError(f"{scope} secrets: {e}") from None
     composed = compose(
         dict(os.environ), secrets["org"], secrets["user"], stashfs_variables(args.pipeline, args.mount),
         pristine=args.pristine, preserve=args.preserve_env,

@@ -300,3 +300,20 @@ def test_a_refused_retry_is_logged_and_cleaned_up(tmp_path, caplog):
         assert "pending upload given up" in caplog.text
 
     run(tmp_path, body)
+
+
+def test_a_retried_upload_frees_its_staged_file(tmp_path):
+    async def body(fs, be, ns, nursery):
+        fh, _, _ = await fs.create(ns, "f", os.O_WRONLY)
+        await fs.write(fh, 0, b"later")
+        be.fail["put_file"] = Unavailable("down")
+        with pytest.raises(FSError):
+            await fs.flush(fh)
+        await fs.release(fh)  # closed while pending: the retry loop owns the staged file
+        assert len(list(fs.cache.staged_dir.iterdir())) == 1
+        del be.fail["put_file"]
+        assert await fs.uploader.flush_all() == []
+        assert be.get_range("user/alice/f", 0) == b"later"
+        assert list(fs.cache.staged_dir.iterdir()) == [] and list(fs.cache.pending_dir.iterdir()) == []
+
+    run(tmp_path, body)

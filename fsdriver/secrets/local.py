@@ -75,7 +75,7 @@ class _Scope:
             key = self.key_path.read_bytes()
         except FileNotFoundError:
             if not create:
-                raise SecretsError(f"no {self.label} secrets yet (no key file {self.key_path})") from None
+                raise SecretsError(f"{self.path} exists but its key {self.key_path} is missing") from None
             key = AESGCM.generate_key(bit_length=256)
             self.key_path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.key_path, key, self.mode, self.group)
