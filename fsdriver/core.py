@@ -26,7 +26,8 @@ from typing import Optional
 
 import trio
 
-from . import kv, kvnames, layout
+from . import kv, kvnames, layout, owners
+from .access import Caller, Owner, Policy
 from .backend import Backend, CommonPrefix, ObjectInfo
 from .backend.aio import AsyncBackend
 from .backend.disk import etag_of
@@ -67,6 +68,9 @@ class Options:
     uid: int = os.getuid()
     gid: int = os.getgid()
     max_requests: int = 32  # backend calls in flight
+    org_gid: Optional[int] = None  # the organisation group: shares pipelines and stores
+
+OWNER_TTL = 30.0  # seconds a pipeline's owner record is reused before it is read again
 
 
 class Filesystem:
@@ -81,6 +85,9 @@ class Filesystem:
         self.budget = MemoryBudget(options.memory_limit)
         self.uploader = Uploader(self.backend, cache, self.stats)
         self.uploader.on_settled = self._settled
+        self.policy = Policy(options.uid, options.gid, options.org_gid, options.read_only)
+        self.mount_caller = Caller(options.uid, options.gid)
+        self.pipeline_owners: dict[str, tuple[Owner, float]] = {}  # id -> (owner, when read)
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
         self._next_fh = 1
@@ -101,13 +108,82 @@ class Filesystem:
     def attr(self, node: Node) -> Attr:
         if node.ino == CONTROL_INO:
             return Attr(CONTROL_INO, False, 0, self.stats.started, stat.S_IFREG | 0o600, self.options.uid, self.options.gid)
-        if node.is_dir:
-            writable = node.depth >= 1 and not self.options.read_only
-            mode = stat.S_IFDIR | (0o755 if writable else 0o555)
+        if node.depth == 0:
+            owner = self.policy.root()
+        elif node.depth == 1:
+            owner = self.policy.tree(node.path[0])
         else:
-            mode = stat.S_IFREG | (0o444 if self.options.read_only else 0o644)
+            owner = self._known_owner(node.path[:2])
+        mode = self.policy.dir_mode(owner) if node.is_dir else self.policy.file_mode(owner)
         size = node.staged.size if node.staged is not None else node.size
-        return Attr(node.ino, node.is_dir, size, node.mtime or self.stats.started, mode, self.options.uid, self.options.gid)
+        return Attr(node.ino, node.is_dir, size, node.mtime or self.stats.started, mode, owner.uid, owner.gid)
+
+    # -- ownership and access (fsdriver.access) ---------------------------------------------
+
+    def _known_owner(self, ns: tuple) -> Owner:
+        """The owner of a namespace without backend work (a pipeline's as last read)."""
+        tree, name = ns
+        if tree == "user":
+            return self.policy.user(name)
+        if tree == "kv":
+            return self.policy.store()
+        hit = self.pipeline_owners.get(name)
+        return hit[0] if hit is not None else self.policy.pipeline(None)
+
+    async def _owner(self, ns: tuple) -> Owner:
+        """The owner of a namespace; a pipeline's record is read again after OWNER_TTL."""
+        tree, name = ns
+        if tree != "pipeline":
+            return self._known_owner(ns)
+        hit = self.pipeline_owners.get(name)
+        if hit is None or time.monotonic() - hit[1] > OWNER_TTL:
+            when = time.monotonic()
+            record = await self.backend.run(owners.get, self.sync_backend, name)
+            hit = (self.policy.pipeline(record.owner if record else None), when)
+            self.pipeline_owners[name] = hit
+        return hit[0]
+
+    async def _load_owners(self, tree: Node, names) -> None:
+        """Read the owner records of many pipelines at once (``ls -l /pipeline``)."""
+        if tree.path != ("pipeline",):
+            return
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(self._owner, ("pipeline", name))
+
+    async def _enter(self, caller: Optional[Caller], path: tuple) -> None:
+        """EACCES unless ``caller`` may use the namespace ``path`` is in (path depth >= 2)."""
+        caller = caller or self.mount_caller
+        owner = await self._owner(path[:2])
+        if not self.policy.may_use(caller, owner):
+            raise FSError(errno.EACCES, f"/{path[0]}/{path[1]}: {self._whose(path[:2], owner)}; "
+                          f"denied to uid {caller.uid}", logging.INFO)
+
+    def _whose(self, ns: tuple, owner: Owner) -> str:
+        if ns[0] == "user":
+            return f"private to user {ns[1]}"
+        if ns[0] == "kv":
+            return f"key/value stores are shared with group {owner.gid} only"
+        shared = f" and group {owner.gid}" if owner.mode & 0o070 else ""
+        return f"pipeline owned by {owner.name or f'uid {owner.uid}'}{shared}"
+
+    async def _create_namespace(self, caller: Optional[Caller], tree: str, name: str) -> None:
+        """May ``caller`` create /tree/name?  Creating a pipeline records its owner (claims it)."""
+        caller = caller or self.mount_caller
+        if tree == "user":
+            if caller.uid != 0 and self.policy.users.name_of(caller.uid) != name:
+                raise FSError(errno.EACCES, f"/user/{name}: only user {name} (or root) may create it; "
+                              f"denied to uid {caller.uid}", logging.INFO)
+        elif tree == "kv":
+            await self._enter(caller, ("kv", name))
+        else:
+            who = self.policy.users.name_of(caller.uid)
+            if who is None:
+                raise FSError(errno.EACCES, f"/pipeline/{name}: uid {caller.uid} has no user name on this node, "
+                              "so it cannot own a pipeline", logging.INFO)
+            record = await self.backend.run(owners.claim, self.sync_backend, name, who, caller.uid)
+            self.pipeline_owners[name] = (self.policy.pipeline(record.owner), time.monotonic())
+            await self._enter(caller, ("pipeline", name))
 
     def _fresh(self, t: float) -> bool:
         return time.monotonic() - t < self.options.metadata_ttl
@@ -128,8 +204,12 @@ class Filesystem:
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
         self._set_info(node, info, when, generation)
 
-    async def getattr(self, ino: int) -> Attr:
+    async def getattr(self, ino: int, caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
+        if node.depth >= 3:
+            await self._enter(caller, node.path)
+        elif node.depth == 2:
+            await self._owner(node.path)
         if node.unlinked and node.open_count == 0:
             raise FSError(errno.ENOENT, f"{node.display} was removed")  # the kernel's dentry is older
         if node.open_count == 0:
@@ -326,10 +406,12 @@ class Filesystem:
             return node
         return None
 
-    async def lookup(self, parent_ino: int, name: str) -> Attr:
+    async def lookup(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
         parent = self._node(parent_ino)
         if parent_ino == ROOT_INO and name == CONTROL_NAME:
             return self.attr(self.control_node)
+        if parent.depth >= 2:
+            await self._enter(caller, parent.path)
         try:
             self._child_path(parent, name)
         except NameTooLong:
@@ -339,6 +421,8 @@ class Filesystem:
         node = await self._resolve(parent, name)
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
+        if node.depth == 2:
+            await self._owner(node.path)
         node.lookups += 1
         return self.attr(node)
 
@@ -348,10 +432,12 @@ class Filesystem:
 
     # -- directories -------------------------------------------------------------------------
 
-    async def opendir(self, ino: int) -> int:
+    async def opendir(self, ino: int, caller: Optional[Caller] = None) -> int:
         node = self._node(ino)
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
+        if node.depth >= 2:
+            await self._enter(caller, node.path)
         fh = self._new_fh()
         self.dir_handles[fh] = (node, None)
         return fh
@@ -363,6 +449,7 @@ class Filesystem:
             return snapshot
         listing = await self._listing(node)
         when = node.listing.time
+        await self._load_owners(node, listing)
         entries = {}
         for name, (is_dir, info) in listing.items():
             child = self.inodes.node_for(node.path + (name,), is_dir)
@@ -384,11 +471,15 @@ class Filesystem:
             child.pins -= 1
             self.inodes.release_unreferenced(child)
 
-    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+    async def mkdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
         parent = self._node(parent_ino)
         if self._is_store(parent):
             raise FSError(errno.EPERM, f"{parent.display}/{name}: a store holds records (<key>.json files), not directories", logging.INFO)
         path = self._child_path(parent, name, creating=True)
+        if parent.depth >= 2:
+            await self._enter(caller, parent.path)
+        elif parent.depth == 1:
+            await self._create_namespace(caller, parent.path[0], name)
         if await self._resolve(parent, name) is not None:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
         prefix = "/".join(path) + "/"
@@ -403,21 +494,37 @@ class Filesystem:
         node.lookups += 1
         return self.attr(node)
 
-    async def rmdir(self, parent_ino: int, name: str) -> None:
+    async def rmdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
         parent = self._node(parent_ino)
         self._child_path(parent, name, creating=True)
+        if parent.depth >= 2:
+            await self._enter(caller, parent.path)
         node = await self._resolve(parent, name)
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such directory")
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
+        if node.depth == 2:
+            await self._may_remove_namespace(caller, node)
         await self._check_empty(node)
         if self._is_store(node):
             await self.backend.delete_prefix(node.prefix + kvnames.EXPIRES)
         await self.backend.delete(node.prefix)
+        if node.depth == 2 and node.path[0] == "pipeline":  # an empty pipeline is gone for good
+            await self.backend.run(owners.remove, self.sync_backend, name)
+            self.pipeline_owners.pop(name, None)
         self.inodes.remove(node)
         self._listed(parent, name, None)
         await self._keep_parent(parent)
+
+    async def _may_remove_namespace(self, caller: Optional[Caller], node: Node) -> None:
+        caller = caller or self.mount_caller
+        owner = await self._owner(node.path)
+        allowed = (self.policy.may_use(caller, owner) if node.path[0] == "kv"
+                   else self.policy.may_remove(caller, owner))
+        if not allowed:
+            raise FSError(errno.EACCES, f"{node.display}: only its owner (uid {owner.uid}) or root may remove it; "
+                          f"denied to uid {caller.uid}", logging.INFO)
 
     async def _check_empty(self, node: Node) -> None:
         if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):
@@ -481,13 +588,14 @@ class Filesystem:
             await node.staged.truncate(0)
         return node.staged
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+    async def open(self, ino: int, flags: int, caller: Optional[Caller] = None) -> tuple[int, bool, bool]:
         """Open a file; returns (fh, keep_cache, direct_io)."""
         node = self._node(ino)
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file answers xattrs only")
+        await self._enter(caller, node.path)
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         truncate = bool(flags & os.O_TRUNC) and writable
         if writable and self.options.read_only:
@@ -529,11 +637,12 @@ class Filesystem:
         handle.node.open_count += 1
         return fh
 
-    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr, bool]:
+    async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None) -> tuple[int, Attr, bool]:
         parent = self._node(parent_ino)
         path = self._child_path(parent, name, creating=True)
         if parent.depth < 2:
             raise FSError(errno.EPERM, f"{parent.display}/{name}: files live inside a namespace (mkdir one first)", logging.INFO)
+        await self._enter(caller, parent.path)
         looked = parent.absent.pop(name, None)
         if looked is not None and self._fresh(looked) and self.inodes.at(path) is None:
             existing = None  # the kernel's lookup just found nothing: do not ask again
@@ -642,13 +751,20 @@ class Filesystem:
         node.staged = None
         self.uploader.pending.pop(staged, None)
 
-    async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None) -> Attr:
+    async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None,
+                      caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file cannot be changed")
-        if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(self.attr(node).mode) or (
-            uid is not None and uid != self.options.uid) or (gid is not None and gid != self.options.gid):
-            raise FSError(errno.EPERM, f"{node.display}: permissions and ownership are fixed (see docs/semantics.md)", logging.INFO)
+        if node.depth >= 3:
+            await self._enter(caller, node.path)
+        elif node.depth == 2:
+            await self._owner(node.path)
+        now = self.attr(node)
+        if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode) or (
+                uid is not None and uid != now.uid) or (gid is not None and gid != now.gid):
+            raise FSError(errno.EPERM, f"{node.display}: modes and owners follow the namespace and cannot be "
+                          "changed (see docs/permissions.md)", logging.INFO)
         if size is not None:
             if node.is_dir:
                 raise FSError(errno.EISDIR, f"{node.display} is a directory")
@@ -682,9 +798,11 @@ class Filesystem:
                     node.mtime_wanted = mtime  # applied once the content is uploaded
         return self.attr(node)
 
-    async def unlink(self, parent_ino: int, name: str) -> None:
+    async def unlink(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
         parent = self._node(parent_ino)
         self._child_path(parent, name, creating=True)
+        if parent.depth >= 2:
+            await self._enter(caller, parent.path)
         node = await self._resolve(parent, name)
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file")
@@ -710,7 +828,8 @@ class Filesystem:
             for _, _, marker in markers:
                 self.sync_backend.delete(marker)
 
-    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int) -> None:
+    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int,
+                     caller: Optional[Caller] = None) -> None:
         if flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL, "RENAME_EXCHANGE is not supported", logging.INFO)
         old_parent, new_parent = self._node(old_parent_ino), self._node(new_parent_ino)
@@ -720,6 +839,8 @@ class Filesystem:
             raise FSError(errno.EPERM, f"{old_parent.display}/{old_name}: namespaces cannot be renamed", logging.INFO)
         if (old_parent.path[0] == "kv") != (new_parent.path[0] == "kv"):
             raise FSError(errno.EXDEV, "records and files live in different trees: copy instead", logging.INFO)
+        await self._enter(caller, old_parent.path)
+        await self._enter(caller, new_parent.path)
         node = await self._resolve(old_parent, old_name)
         if node is None:
             raise FSError(errno.ENOENT, f"{old_parent.display}/{old_name}: no such file or directory")
@@ -791,11 +912,12 @@ class Filesystem:
             await self.backend.rename(node.key, "/".join(new_path))
             await self.backend.run(self._drop_expiry_markers, old_store, old_name)
 
-    async def xattrs(self, ino: int) -> dict:
+    async def xattrs(self, ino: int, caller: Optional[Caller] = None) -> dict:
         """What a file exposes as read-only xattrs: its etag and last-modified time."""
         node = self._node(ino)
         if node.is_dir or ino == CONTROL_INO:
             return {}
+        await self._enter(caller, node.path)
         await self._refresh(node)
         if node.etag is None:  # not in the backend yet (being written, or a scratch file)
             return {}

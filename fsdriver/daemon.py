@@ -19,6 +19,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import config
+from .access import group_id
 from .backend import open_backend, resolve_url
 from .core import Filesystem, Options
 from .errors import BackendError
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the kernel's read-ahead for this mount (root only; 0 keeps the default)")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--org-group", help="group that shares pipelines and key/value stores (docs/permissions.md)")
     p.add_argument("--log-file", type=Path)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -112,6 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         ready.fail("--metadata-ttl must be positive (zero causes a lookup storm)")
         return 1
 
+    org_gid = None
+    try:
+        org_group = args.org_group if args.org_group is not None else config.mount_settings()["org_group"]
+    except config.ConfigError as e:
+        ready.fail(str(e))
+        return 1
+    if org_group:
+        try:
+            org_gid = group_id(org_group)
+        except KeyError:
+            ready.fail(f"--org-group {org_group}: no such group on this node")
+            return 1
     mountpoint = os.path.abspath(args.mountpoint)
     url = resolve_url(args.backend)
     try:
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     fs = Filesystem(backend, cache, Options(
         metadata_ttl=args.metadata_ttl, memory_limit=args.memory_limit,
-        max_prefetch=args.max_prefetch, read_only=args.read_only,
+        max_prefetch=args.max_prefetch, read_only=args.read_only, org_gid=org_gid,
     ))
     try:
         return trio.run(_serve, fs, mountpoint, args, ready)

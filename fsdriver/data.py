@@ -28,13 +28,15 @@ import tempfile
 import threading
 from typing import Sequence
 
-from . import layout
+from . import layout, owners
+from .access import login_name
 from .backend import Backend, ObjectInfo, open_backend
 from .errors import InvalidRequest, NotFound
 
 
 _backends: dict[str, Backend] = {}
 _backends_lock = threading.Lock()
+_claimed: set = set()  # (backend url, pipeline id) whose owner record this process has ensured
 
 
 def shared_backend(url: str | None = None) -> Backend:
@@ -88,6 +90,10 @@ class ObjectStore:
 
     def _put(self, name: str, do_put) -> None:
         key = self._key(name)
+        if self.tree == "pipeline" and (self.backend.url, self.name) not in _claimed:
+            # The first writer of a pipeline owns it (fsdriver.owners): one request per process.
+            owners.claim(self.backend, self.name, login_name(), os.getuid())
+            _claimed.add((self.backend.url, self.name))
         try:
             do_put(key)
         except InvalidRequest as e:

@@ -13,6 +13,7 @@ import stat
 
 import pyfuse3
 
+from .access import Caller
 from .core import Attr, Filesystem
 from .fserrors import FSError, errno_for
 from .inodes import CONTROL_INO
@@ -30,6 +31,11 @@ def _name(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise FSError(errno.EINVAL, f"name {raw!r} is not valid UTF-8", logging.INFO) from None
+
+
+def _caller(ctx) -> Caller | None:
+    """Who sent the request (None: the mount owner, for requests without a context)."""
+    return Caller(ctx.uid, ctx.gid, ctx.pid) if ctx is not None else None
 
 
 def _boundary(describe):
@@ -70,6 +76,11 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _control_caller(self, ctx) -> None:
+        """The control file is the mount owner's (and root's), like its 0600 mode says."""
+        if ctx is not None and ctx.uid not in (0, self.fs.options.uid):
+            raise FSError(errno.EACCES, f"the control file is the mount owner's; denied to uid {ctx.uid}", logging.INFO)
+
     def _describe(self, how: str, args) -> str:
         try:
             if how == "ino":
@@ -106,7 +117,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("parent")
     async def lookup(self, parent_inode, name, ctx=None):
-        return self._entry(await self.fs.lookup(parent_inode, _name(name)))
+        return self._entry(await self.fs.lookup(parent_inode, _name(name), _caller(ctx)))
 
     async def forget(self, inode_list):
         try:
@@ -116,7 +127,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("ino")
     async def getattr(self, inode, ctx=None):
-        return self._entry(await self.fs.getattr(inode))
+        return self._entry(await self.fs.getattr(inode, _caller(ctx)))
 
     @_boundary("ino")
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -128,6 +139,7 @@ class Operations(pyfuse3.Operations):
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             fh=fh,
+            caller=_caller(ctx),
         )
         return self._entry(a)
 
@@ -145,7 +157,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("ino")
     async def opendir(self, inode, ctx):
-        return await self.fs.opendir(inode)
+        return await self.fs.opendir(inode, _caller(ctx))
 
     @_boundary("fh")
     async def readdir(self, fh, start_id, token):
@@ -162,19 +174,20 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("parent")
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(await self.fs.mkdir(parent_inode, _name(name)))
+        return self._entry(await self.fs.mkdir(parent_inode, _name(name), _caller(ctx)))
 
     @_boundary("parent")
     async def rmdir(self, parent_inode, name, ctx):
-        await self.fs.rmdir(parent_inode, _name(name))
+        await self.fs.rmdir(parent_inode, _name(name), _caller(ctx))
 
     @_boundary("parent")
     async def unlink(self, parent_inode, name, ctx):
-        await self.fs.unlink(parent_inode, _name(name))
+        await self.fs.unlink(parent_inode, _name(name), _caller(ctx))
 
     @_boundary("parent")
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags,
+                             _caller(ctx))
 
     # -- refused, with a clear errno ---------------------------------------------------------
 
@@ -194,14 +207,14 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("ino")
     async def open(self, inode, flags, ctx):
-        fh, keep_cache, direct_io = await self.fs.open(inode, flags)
+        fh, keep_cache, direct_io = await self.fs.open(inode, flags, _caller(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_boundary("parent")
     async def create(self, parent_inode, name, mode, flags, ctx):
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FSError(errno.EPERM, "only regular files can be created", logging.INFO)
-        fh, attr, direct_io = await self.fs.create(parent_inode, _name(name), flags)
+        fh, attr, direct_io = await self.fs.create(parent_inode, _name(name), flags, _caller(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct_io), self._entry(attr)
 
     @_boundary("fh")
@@ -228,13 +241,15 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("ino")
     async def getxattr(self, inode, name, ctx):
+        if inode == CONTROL_INO:
+            self._control_caller(ctx)
         if inode == CONTROL_INO and name == XATTR_STATUS:
             status = self.fs.status() | {"mountpoint": self.mountpoint}
             return json.dumps(status).encode()
         if not name.startswith(XATTR_PREFIX):
             # ls -l asks every file for ACLs and security labels: answer without any backend work.
             raise pyfuse3.FUSEError(errno.ENODATA)
-        value = (await self.fs.xattrs(inode)).get(name.decode("utf-8", "replace"))
+        value = (await self.fs.xattrs(inode, _caller(ctx))).get(name.decode("utf-8", "replace"))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return value.encode()
@@ -243,12 +258,13 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         if inode == CONTROL_INO:
             return [XATTR_STATUS]
-        return [n.encode() for n in await self.fs.xattrs(inode)]
+        return [n.encode() for n in await self.fs.xattrs(inode, _caller(ctx))]
 
     @_boundary("ino")
     async def setxattr(self, inode, name, value, ctx):
         if inode != CONTROL_INO:
             raise FSError(errno.ENOTSUP, "extended attributes are not stored", logging.DEBUG)
+        self._control_caller(ctx)
         if name == XATTR_FLUSH:
             remaining = await self.fs.uploader.flush_all()
             if remaining:

@@ -35,14 +35,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data_cmd, exec_cmd, kv_cmd, mount_cmd, secrets_cmd
+    from . import data_cmd, exec_cmd, kv_cmd, mount_cmd, pipeline_cmd, secrets_cmd
 
 
     parser = Parser(
         prog="mountctl", description="Control stashfs mounts, data and secrets."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (mount_cmd, data_cmd, kv_cmd, secrets_cmd, exec_cmd):
+    for group in (mount_cmd, data_cmd, kv_cmd, pipeline_cmd, secrets_cmd, exec_cmd):
         group.register(sub)
     return parser
 

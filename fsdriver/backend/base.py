@@ -13,7 +13,7 @@ import os
 
 from ..errors import NotFound
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Iterable, Iterator, Union
 
 # Multipart/parallel transfer defaults, shared by the backends and the mount.
 PART_SIZE = 8 * 1024 * 1024
@@ -103,6 +103,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete ``key``.  Deleting a missing key is not an error (as on S3)."""
+
+    @abc.abstractmethod
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete every key of ``keys`` (objects or markers); missing keys are not an error.
+
+        Not atomic: on a failure some keys may already be gone (S3 sends 1,000 keys per request).
+        """
 
     @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:

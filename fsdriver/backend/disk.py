@@ -25,7 +25,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed, Unavailable
 from ..fsutil import durable_temp, fsync_dir
@@ -303,6 +303,10 @@ class DiskBackend(Backend):
                 with _os_errors(key):
                     raise
         fsync_dir(path.parent)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:  # one unlink per key: there is no batch call to save
+            self.delete(key)
 
     def delete_prefix(self, prefix: str) -> int:
         count = 0

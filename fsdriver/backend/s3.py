@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -306,31 +306,43 @@ class S3Backend(Backend):
         with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
+    def _delete_batch(self, keys: Sequence[str], what: str) -> None:
+        """One DeleteObjects request (at most 1,000 keys); BackendError names the first failure."""
+        with self._errors(what):
+            r = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._k(k)} for k in keys], "Quiet": True},
+            )
+        if r.get("Errors"):
+            e = r["Errors"][0]
+            first = str(e.get("Key", ""))[len(self.prefix):]
+            raise BackendError(
+                f"{what}: {len(r['Errors'])} of {len(keys)} deletes failed, first {first}: "
+                f"{e.get('Code')} ({e.get('Message', '')})",
+                first,
+            )
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 1000:
+                self._delete_batch(batch, batch[0])
+                batch = []
+        if batch:
+            self._delete_batch(batch, batch[0])
+
     def delete_prefix(self, prefix: str) -> int:
         count = 0
         batch: list[str] = []
-
-        def flush():
-            with self._errors(prefix):
-                r = self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self._k(k)} for k in batch], "Quiet": True},
-                )
-            if r.get("Errors"):
-                e = r["Errors"][0]
-                raise BackendError(
-                    f"{prefix}: {len(r['Errors'])} deletes failed, first {e.get('Key')}: {e.get('Code')}",
-                    prefix,
-                )
-            batch.clear()
-
         for entry in self.list(prefix):
             batch.append(entry.key)
             count += not entry.key.endswith("/")
             if len(batch) == 1000:
-                flush()
+                self._delete_batch(batch, prefix)
+                batch = []
         if batch:
-            flush()
+            self._delete_batch(batch, prefix)
         return count
 
     def copy(self, src: str, dst: str) -> ObjectInfo:

@@ -20,9 +20,9 @@ import getpass
 import grp
 import os
 import re
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from .. import config
+from ..config import config_home  # noqa: F401  (re-exported for the local store)
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SCOPES = ("user", "org")
@@ -77,26 +77,9 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-def config_home() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "stashfs"
-
-
 def load_config(**overrides) -> dict:
     """The [secrets] settings in force (see the module docstring for the order)."""
-    cfg = dict(DEFAULTS)
-    for path in (Path("/etc/stashfs/config.toml"), config_home() / "config.toml"):
-        try:
-            with open(path, "rb") as f:
-                cfg.update(tomllib.load(f).get("secrets", {}))
-        except FileNotFoundError:
-            pass
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SecretsError(f"{path}: cannot read the configuration: {e}") from None
-    for key, var in ENV.items():
-        if os.environ.get(var):
-            cfg[key] = os.environ[var]
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return cfg
+    return config.load_section("secrets", DEFAULTS, ENV, overrides, error=SecretsError)
 
 
 def current_user() -> str:
