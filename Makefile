@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stashfs-installed
 MOUNTPOINT ?= $(HOME)/stashfs
 BACKEND ?=
 
-.PHONY: deps sysdeps mount umount status test bench clean
+.PHONY: deps sysdeps mount umount status test bench clean install
 
 deps: sysdeps $(STAMP)
 
@@ -30,6 +30,14 @@ umount: deps
 
 status: deps
 	$(BIN)/mountctl status
+
+# mountctl and the fstab helper (stashfs) for every user and for mount(8), which runs helpers with
+# the default PATH only: links into $(PREFIX)/bin to this checkout's .venv (docs/operations.md).
+PREFIX ?= /usr/local
+install: deps
+	install -d $(DESTDIR)$(PREFIX)/bin
+	ln -sfn $(abspath $(BIN))/mountctl $(DESTDIR)$(PREFIX)/bin/mountctl
+	ln -sfn $(abspath $(BIN))/stashfs $(DESTDIR)$(PREFIX)/bin/stashfs
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

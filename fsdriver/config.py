@@ -10,6 +10,10 @@ the user's config file, the system config file, the default.  Sections::
     org_group = "stashfs"                $STASHFS_ORG_GROUP   pipelines and key/value stores are
                                                               shared with this group
     allow_other = false                  mount for every user of the node (root)
+    cache_dir = "/var/cache/stashfs"     staged writes and pending uploads (default: per mount
+                                         point under ~/.cache/stashfs)
+    log_file = "/var/log/stashfs.log"    the daemon's log (default: none when started in the
+                                         background, stderr with --foreground)
 
     [secrets]                            see fsdriver.secrets.store
 """
@@ -51,7 +55,7 @@ def load_section(section: str, defaults: dict, env: dict, overrides: dict | None
 
 
 MOUNT_DEFAULTS = {"mountpoint": "/mnt/stashfs", "backend": None, "endpoint_url": None,
-                  "org_group": "", "allow_other": False}
+                  "org_group": "", "allow_other": False, "cache_dir": None, "log_file": None}
 MOUNT_ENV = {"mountpoint": "STASHFS_MOUNTPOINT", "backend": "STASHFS_BACKEND",
              "org_group": "STASHFS_ORG_GROUP"}
 

@@ -9,32 +9,45 @@ import subprocess
 import sys
 import time
 
+from fsdriver import config
+
 from . import mounts
 from .cli import CLIError
 
 READY_TIMEOUT = 60.0
 EXIT_TIMEOUT = 60.0
+_CONFIGURED = "default: [mount] in the config file"
+# Options that default from [mount] in the config file.
+CONFIG_OPTIONS = ("backend", "endpoint_url", "org_group", "allow_other", "cache_dir", "log_file")
 
 
 def register(sub) -> None:
     p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT")
-    p.add_argument("mountpoint")
-    p.add_argument("--backend", metavar="URL", help="s3://bucket[/prefix], file:///path or a path")
-    p.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint")
+    p.add_argument("mountpoint", nargs="?",
+                   help="default: $STASHFS_MOUNTPOINT, [mount] mountpoint in the config file, /mnt/stashfs")
+    p.add_argument("--backend", metavar="URL",
+                   help="s3://bucket[/prefix], file:///path or a path (default: $STASHFS_BACKEND, else [mount] in "
+                        "the config file)")
+    p.add_argument("--endpoint-url", metavar="URL", help=f"S3-compatible endpoint ({_CONFIGURED})")
     p.add_argument("--cache-dir", metavar="DIR", help="staged writes and pending uploads")
     p.add_argument("--memory-limit", metavar="SIZE", default="512M", help="prefetch and transfer buffers (default 512M)")
     p.add_argument("--max-prefetch", metavar="SIZE", help="largest read-ahead window per file (default 64M)")
     p.add_argument("--metadata-ttl", metavar="SECONDS", help="how long attributes and listings are cached (default 1)")
     p.add_argument("--readahead", metavar="SIZE", help="kernel read-ahead of the mount (default 1M, root only)")
     p.add_argument("--read-only", action="store_true")
-    p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
-    p.add_argument("--foreground", action="store_true", help="stay attached (systemd, containers)")
+    p.add_argument("--allow-other", action="store_true", default=None,
+                   help=f"let other users use the mount ({_CONFIGURED})")
+    p.add_argument("--org-group", metavar="GROUP",
+                   help="share pipelines and key/value stores with this group (default: $STASHFS_ORG_GROUP, else "
+                        "[mount] in the config file)")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay attached: exec the daemon (systemd Type=notify, containers)")
     p.add_argument("--log-file", metavar="FILE")
     p.add_argument("--log-level", dest="daemon_log_level", metavar="LEVEL", default="INFO")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?", help="default: the configured mount point")
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("status", help="every stashfs mount on this machine")
@@ -42,8 +55,21 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("flush", help="upload everything pending now")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?", help="default: the configured mount point")
     p.set_defaults(func=cmd_flush)
+
+
+def settings(**overrides) -> dict:
+    """The [mount] settings in force (fsdriver.config), as a CLI error when the file is unreadable."""
+    try:
+        return config.mount_settings(**overrides)
+    except config.ConfigError as e:
+        raise CLIError(str(e)) from None
+
+
+def configured_mountpoint(mountpoint: str | None = None) -> str:
+    """``mountpoint`` if given, else the configured one; absolute."""
+    return os.path.abspath(mountpoint or settings()["mountpoint"])
 
 
 def preflight(mountpoint: str) -> str:
@@ -56,6 +82,7 @@ def preflight(mountpoint: str) -> str:
     if shutil.which("fusermount3") is None:
         raise CLIError("fusermount3 not found: install the fuse3 package")
     mp = os.path.abspath(mountpoint)
+    detach_if_dead(mp)
     if mounts.find(mp) is not None and os.path.ismount(mp):
         raise CLIError(f"{mp} is already mounted")
     if not os.path.exists(mp):
@@ -65,32 +92,55 @@ def preflight(mountpoint: str) -> str:
     return mp
 
 
-def daemon_command(args, mp: str) -> list[str]:
-    cmd = [sys.executable, "-m", "fsdriver", mp, "--log-level", args.daemon_log_level,
-           "--memory-limit", args.memory_limit]
-    for opt in ("backend", "endpoint_url", "cache_dir", "max_prefetch", "metadata_ttl", "readahead", "log_file"):
-        value = getattr(args, opt)
-        if value:
-            cmd += ["--" + opt.replace("_", "-"), str(value)]
-    if args.read_only:
-        cmd.append("--read-only")
-    if args.allow_other:
-        cmd.append("--allow-other")
+def detach_if_dead(mp: str) -> None:
+    """A stashfs mount whose daemon is gone (killed, crashed) answers ENOTCONN and cannot be
+    mounted over: detach it, so a restart (systemd, exec, mount(8)) can mount again."""
+    entry = mounts.find(mp)
+    if entry is None or entry.fstype != mounts.FSTYPE:
+        return
+    try:
+        os.stat(mp)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+    print(f"mountctl: detached the stashfs mount at {mp}: its daemon had exited", file=sys.stderr)
+
+
+def daemon_options(args, cfg: dict) -> dict:
+    """The daemon's options (flag name -> value; True for a bare flag) from mount's arguments and
+    the [mount] settings ``cfg``."""
+    opts = {name: getattr(args, name) for name in (
+        "cache_dir", "memory_limit", "max_prefetch", "metadata_ttl", "readahead", "log_file", "read_only")}
+    opts.update({name: cfg[name] for name in CONFIG_OPTIONS})
+    opts["log_level"] = args.daemon_log_level
+    return opts
+
+
+def daemon_command(mp: str, opts: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "fsdriver", mp]
+    for name, value in opts.items():
+        if value is True:
+            cmd.append("--" + name.replace("_", "-"))
+        elif value not in (None, False, ""):
+            cmd += ["--" + name.replace("_", "-"), str(value)]
     return cmd
 
 
-def cmd_mount(args) -> int:
-    mp = preflight(args.mountpoint)
-    cmd = daemon_command(args, mp)
-    if args.foreground:
-        os.execv(sys.executable, cmd)
+def start(mp: str, opts: dict) -> None:
+    """Start the daemon in the background (its own session) and return once its mount is ready;
+    CLIError with the daemon's reason otherwise.  Used by mount, exec and the fstab helper."""
+    cmd = daemon_command(mp, opts)
     read_fd, write_fd = os.pipe()
-    log_target = subprocess.DEVNULL
-    if args.log_file:
-        log_target = open(args.log_file, "ab")
+    log_file = opts.get("log_file")
+    log_target = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    # Readiness goes through the pipe; $NOTIFY_SOCKET belongs to whoever started us (a systemd
+    # service running jobs), not to a daemon that outlives us.
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     try:
         proc = subprocess.Popen(
-            cmd + ["--ready-fd", str(write_fd)], pass_fds=(write_fd,), start_new_session=True,
+            cmd + ["--ready-fd", str(write_fd)], pass_fds=(write_fd,), start_new_session=True, env=env,
             stdin=subprocess.DEVNULL, stdout=log_target, stderr=log_target,
         )
     finally:
@@ -99,7 +149,7 @@ def cmd_mount(args) -> int:
             log_target.close()
     line = _read_line(read_fd, READY_TIMEOUT)
     if line == "ready":
-        return 0
+        return
     if line.startswith("error: "):
         raise CLIError(line[len("error: "):])
     code = proc.poll()
@@ -107,7 +157,20 @@ def cmd_mount(args) -> int:
         proc.kill()
         raise CLIError(f"the daemon did not become ready within {READY_TIMEOUT:.0f}s; stopped it")
     raise CLIError(f"the daemon exited with status {code} before mounting" +
-                   (f"; see {args.log_file}" if args.log_file else "; use --log-file to see why"))
+                   (f"; see {log_file}" if log_file else "; use --log-file to see why"))
+
+
+def cmd_mount(args) -> int:
+    cfg = settings(mountpoint=args.mountpoint, backend=args.backend, endpoint_url=args.endpoint_url,
+                   org_group=args.org_group, allow_other=args.allow_other, cache_dir=args.cache_dir,
+                   log_file=args.log_file)
+    mp = preflight(cfg["mountpoint"])
+    opts = daemon_options(args, cfg)
+    if args.foreground:
+        # The daemon becomes this process: systemd (Type=notify) sees READY=1 from its main pid.
+        os.execv(sys.executable, daemon_command(mp, opts))
+    start(mp, opts)
+    return 0
 
 
 def _read_line(fd: int, timeout: float) -> str:
@@ -134,8 +197,8 @@ def _read_line(fd: int, timeout: float) -> str:
         os.close(fd)
 
 
-def _require_stashfs(mountpoint: str) -> str:
-    mp = os.path.abspath(mountpoint)
+def _require_stashfs(mountpoint: str | None) -> str:
+    mp = configured_mountpoint(mountpoint)
     entry = mounts.find(mp)
     if entry is None or entry.fstype != mounts.FSTYPE:
         raise CLIError(f"{mp} is not a stashfs mount")

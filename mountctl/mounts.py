@@ -47,6 +47,12 @@ def find(mountpoint: str) -> MountEntry | None:
     return None
 
 
+def is_stashfs(mountpoint: str) -> bool:
+    """Whether the mount visible at ``mountpoint`` is a stashfs mount."""
+    entry = find(mountpoint)
+    return entry is not None and entry.fstype == FSTYPE
+
+
 def stashfs_mounts() -> list[MountEntry]:
     return [m for m in mounts() if m.fstype == FSTYPE]
 

@@ -46,8 +46,8 @@ def _client(server):
 def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
+    f = open(d / "precious", "wb")  # created while S3 is up: the lookup must not be what fails
     own_server.stop()
-    f = open(d / "precious", "wb")
     f.write(b"do not lose me")
     with pytest.raises(OSError) as e:
         f.close()
@@ -70,10 +70,11 @@ def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
 def test_pending_upload_survives_kill9(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
+    f = open(d / "kept", "wb")  # created while S3 is up: the upload at close is what fails
     own_server.stop()
+    f.write(b"journaled")
     with pytest.raises(OSError):
-        with open(d / "kept", "wb") as f:
-            f.write(b"journaled")
+        f.close()
     s3_mount.kill9()
     own_server.start()
     own_server.create_bucket()
@@ -86,10 +87,11 @@ def test_pending_upload_survives_kill9(s3_mount, own_server):
 def test_umount_reports_what_it_could_not_upload(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
+    f = open(d / "stuck", "wb")
     own_server.stop()
+    f.write(b"x")
     with pytest.raises(OSError):
-        with open(d / "stuck", "wb") as f:
-            f.write(b"x")
+        f.close()
     p = s3_mount.umount()
     assert p.returncode == 1
     assert "pipeline/p/stuck" in p.stderr and "still pending" in p.stderr
