@@ -31,7 +31,7 @@ from .access import Caller, Owner, Policy
 from .backend import Backend, CommonPrefix, ObjectInfo
 from .backend.aio import AsyncBackend
 from .backend.disk import etag_of
-from .errors import InvalidName, NameTooLong, NotFound, PreconditionFailed
+from .errors import BackendError, InvalidName, NameTooLong, NotFound, PreconditionFailed
 from .fserrors import FSError
 from .handles import Handle, LocalReader
 from .inodes import CONTROL_INO, CONTROL_NAME, ROOT_INO, InodeTable, Listing, Node
@@ -71,6 +71,7 @@ class Options:
     org_gid: Optional[int] = None  # the organisation group: shares pipelines and stores
 
 OWNER_TTL = 30.0  # seconds a pipeline's owner record is reused before it is read again
+OWNER_RETRY = 5.0  # seconds until an owner record that could not be read is tried again
 
 
 class Filesystem:
@@ -138,7 +139,15 @@ class Filesystem:
         hit = self.pipeline_owners.get(name)
         if hit is None or time.monotonic() - hit[1] > OWNER_TTL:
             when = time.monotonic()
-            record = await self.backend.run(owners.get, self.sync_backend, name)
+            try:
+                record = await self.backend.run(owners.get, self.sync_backend, name)
+            except BackendError as e:
+                if hit is None:
+                    raise
+                # An outage must not break files already in use: keep the owner known, retry soon.
+                log.warning("/pipeline/%s: cannot read its owner record (%s); using the one read before", name, e)
+                self.pipeline_owners[name] = (hit[0], when - OWNER_TTL + OWNER_RETRY)
+                return hit[0]
             hit = (self.policy.pipeline(record.owner if record else None), when)
             self.pipeline_owners[name] = hit
         return hit[0]
@@ -147,9 +156,16 @@ class Filesystem:
         """Read the owner records of many pipelines at once (``ls -l /pipeline``)."""
         if tree.path != ("pipeline",):
             return
+
+        async def load(name):
+            try:
+                await self._owner(("pipeline", name))
+            except BackendError as e:  # that entry shows as unowned; using it reads the record again
+                log.info("/pipeline/%s: cannot read its owner record (%s)", name, e)
+
         async with trio.open_nursery() as nursery:
             for name in names:
-                nursery.start_soon(self._owner, ("pipeline", name))
+                nursery.start_soon(load, name)
 
     async def _enter(self, caller: Optional[Caller], path: tuple) -> None:
         """EACCES unless ``caller`` may use the namespace ``path`` is in (path depth >= 2)."""
@@ -167,8 +183,10 @@ class Filesystem:
         shared = f" and group {owner.gid}" if owner.mode & 0o070 else ""
         return f"pipeline owned by {owner.name or f'uid {owner.uid}'}{shared}"
 
-    async def _create_namespace(self, caller: Optional[Caller], tree: str, name: str) -> None:
-        """May ``caller`` create /tree/name?  Creating a pipeline records its owner (claims it)."""
+    async def _create_namespace(self, caller: Optional[Caller], tree: str, name: str, exists: bool) -> None:
+        """May ``caller`` create /tree/name?  Creating a pipeline records its owner (claims it);
+        one that exists keeps its owner, or stays without one (only `mountctl pipeline chown`
+        gives it one), and the mkdir fails with EEXIST."""
         caller = caller or self.mount_caller
         if tree == "user":
             if caller.uid != 0 and self.policy.users.name_of(caller.uid) != name:
@@ -176,7 +194,7 @@ class Filesystem:
                               f"denied to uid {caller.uid}", logging.INFO)
         elif tree == "kv":
             await self._enter(caller, ("kv", name))
-        else:
+        elif not exists:
             who = self.policy.users.name_of(caller.uid)
             if who is None:
                 raise FSError(errno.EACCES, f"/pipeline/{name}: uid {caller.uid} has no user name on this node, "
@@ -206,6 +224,8 @@ class Filesystem:
 
     async def getattr(self, ino: int, caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
+        if ino == CONTROL_INO:
+            return self.attr(node)  # no object behind it
         if node.depth >= 3:
             await self._enter(caller, node.path)
         elif node.depth == 2:
@@ -478,9 +498,10 @@ class Filesystem:
         path = self._child_path(parent, name, creating=True)
         if parent.depth >= 2:
             await self._enter(caller, parent.path)
-        elif parent.depth == 1:
-            await self._create_namespace(caller, parent.path[0], name)
-        if await self._resolve(parent, name) is not None:
+        exists = await self._resolve(parent, name) is not None
+        if parent.depth == 1:
+            await self._create_namespace(caller, parent.path[0], name, exists)
+        if exists:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
         prefix = "/".join(path) + "/"
         try:

@@ -23,6 +23,7 @@ every backend:
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import tempfile
 import threading
@@ -31,7 +32,7 @@ from typing import Sequence
 from . import layout, owners
 from .access import login_name
 from .backend import Backend, ObjectInfo, open_backend
-from .errors import InvalidRequest, NotFound
+from .errors import BackendError, InvalidRequest, NotFound
 
 
 _backends: dict[str, Backend] = {}
@@ -92,7 +93,10 @@ class ObjectStore:
         key = self._key(name)
         if self.tree == "pipeline" and (self.backend.url, self.name) not in _claimed:
             # The first writer of a pipeline owns it (fsdriver.owners): one request per process.
-            owners.claim(self.backend, self.name, login_name(), os.getuid())
+            try:
+                owners.claim(self.backend, self.name, login_name(), os.getuid())
+            except BackendError as e:  # e.g. credentials limited to pipeline/*: the data still counts
+                logging.getLogger("stashfs.data").warning("pipeline %s: owner not recorded: %s", self.name, e)
             _claimed.add((self.backend.url, self.name))
         try:
             do_put(key)

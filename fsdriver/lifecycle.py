@@ -126,15 +126,30 @@ def _batches(items: list, n: int) -> Iterable[list]:
         yield items[i:i + n]
 
 
-def archive(backend: Backend, pipeline_id: str, progress: Progress | None = None) -> tuple[int, int]:
+class StillActive(Exception):
+    """gc deleted a pipeline's old objects but kept it: some were written after the cutoff."""
+
+    def __init__(self, pipeline_id: str, kept: int, objects: int, nbytes: int):
+        super().__init__(f"pipeline {pipeline_id}: {kept} object(s) written during gc were kept, "
+                         "with the pipeline and its owner")
+        self.kept, self.objects, self.bytes = kept, objects, nbytes
+
+
+def archive(backend: Backend, pipeline_id: str, progress: Progress | None = None,
+            written_before: float | None = None) -> tuple[int, int]:
     """Delete everything of one pipeline; returns (objects, bytes) deleted.
 
     Order: the listed objects in batches of `BATCH` (``progress`` after each), then a sweep of
     the prefix (markers, directories, keys written meanwhile: counted in objects, not in bytes),
     then the owner record.  Archiving a pipeline that does not exist does nothing: (0, 0).
+
+    With ``written_before`` (gc), only objects last written before it are deleted; if the pipeline
+    holds anything newer when they are gone, the sweep and the owner record's removal are skipped
+    and `StillActive` is raised: a write acknowledged during gc is never lost.
     """
     prefix = layout.root_prefix("pipeline", pipeline_id)  # InvalidName before anything is touched
-    objects = [e for e in backend.list(prefix) if isinstance(e, ObjectInfo) and not e.key.endswith("/")]
+    objects = [e for e in backend.list(prefix) if isinstance(e, ObjectInfo) and not e.key.endswith("/")
+               and (written_before is None or e.mtime < written_before)]
     total_objects, total_bytes = len(objects), sum(e.size for e in objects)
     done_objects = done_bytes = 0
     for batch in _batches(objects, BATCH):
@@ -143,6 +158,10 @@ def archive(backend: Backend, pipeline_id: str, progress: Progress | None = None
         done_bytes += sum(e.size for e in batch)
         if progress:
             progress(done_objects, done_bytes, total_objects, total_bytes)
+    if written_before is not None:
+        newer = sum(1 for e in backend.list(prefix) if isinstance(e, ObjectInfo) and not e.key.endswith("/"))
+        if newer:
+            raise StillActive(pipeline_id, newer, total_objects, total_bytes)
     swept = backend.delete_prefix(prefix)
     owners.remove(backend, pipeline_id)
     return total_objects + swept, total_bytes

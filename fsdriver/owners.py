@@ -56,9 +56,20 @@ def get(backend: Backend, pipeline: str) -> Optional[PipelineOwner]:
     return _parse(pipeline, data)
 
 
+def _record(owner: str, uid: int) -> dict:
+    return {"owner": owner, "uid": uid, "created": time.time(), "host": socket.gethostname()}
+
+
+def set_owner(backend: Backend, pipeline: str, owner: str, uid: int) -> PipelineOwner:
+    """Give ``pipeline`` to ``owner`` whoever owned it (`mountctl pipeline chown`, admins)."""
+    record = _record(owner, uid)
+    backend.put_bytes(record_key(pipeline), json.dumps(record).encode())
+    return PipelineOwner(pipeline, owner, uid, record["created"])
+
+
 def claim(backend: Backend, pipeline: str, owner: str, uid: int) -> PipelineOwner:
     """Make ``owner`` the owner of ``pipeline`` unless it has one; returns the owner in force."""
-    record = {"owner": owner, "uid": uid, "created": time.time(), "host": socket.gethostname()}
+    record = _record(owner, uid)
     try:
         backend.put_bytes(record_key(pipeline), json.dumps(record).encode(), if_none_match=True)
         return PipelineOwner(pipeline, owner, uid, record["created"])

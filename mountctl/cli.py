@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackendError as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. ENOTCONN from a mount whose daemon died
+        print(f"mountctl: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
     except ValueError as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import os
 import sys
 
 from fsdriver import layout
+from fsdriver.access import login_name
 from fsdriver.secrets.environment import compose
 from fsdriver.secrets.store import SecretsError, current_user, open_store
 
@@ -82,6 +83,8 @@ def claim_pipeline(mount: str, pipeline: str) -> str:
     except PermissionError:
         if not os.path.isdir(path):
             raise
+    except OSError as e:
+        raise CLIError(f"cannot create {path}: {e.strerror} (is the stashfs daemon of {mount} running?)") from None
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise CLIError(f"pipeline {pipeline} belongs to another user")
     return path
@@ -93,7 +96,8 @@ def stashfs_variables(pipeline: str | None, mount: str | None) -> dict:
     if pipeline:
         out["STASHFS_PIPELINE_ID"] = pipeline
     if mount:
-        out["STASHFS_USER_DIR"] = os.path.join(mount, "user", user)
+        # The mount knows users by uid, whatever $STASHFS_USER says: the tree this user may use.
+        out["STASHFS_USER_DIR"] = os.path.join(mount, "user", login_name())
         out["STASHFS_KV_DIR"] = os.path.join(mount, "kv")
         if pipeline:
             out["STASHFS_PIPELINE_DIR"] = os.path.join(mount, "pipeline", pipeline)

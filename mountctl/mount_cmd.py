@@ -104,7 +104,10 @@ def detach_if_dead(mp: str) -> None:
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             return
-    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+    p = subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise CLIError(f"the stashfs mount at {mp} is dead (its daemon exited) and cannot be detached "
+                       f"by this user: {p.stderr.strip() or 'fusermount3 failed'}; ask root to restart it")
     print(f"mountctl: detached the stashfs mount at {mp}: its daemon had exited", file=sys.stderr)
 
 

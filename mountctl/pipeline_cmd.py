@@ -4,6 +4,7 @@
 - ``archive ID``: delete all of one pipeline's data, then its owner record.  Only its owner
   (the login name of the real uid, `fsdriver.access.login_name`), root or a member of the admin group may.  Asks on a terminal,
   refuses (status 2) without ``--yes`` when there is none to ask on.
+- ``chown ID USER``: give a pipeline to USER (root or admin group).
 - ``gc --idle DURATION``: a dry run listing the pipelines not written for DURATION; with ``--yes``
   (root or admin group) it archives them, re-checking each one's last write just before.
 
@@ -11,14 +12,15 @@ A progress line, rewritten in place, goes to stderr only when stderr is a termin
 """
 
 import json
+import pwd
 import re
 import sys
 import time
 from datetime import datetime, timezone
 
-from fsdriver import layout, lifecycle
-from fsdriver.backend import open_backend
+from fsdriver import layout, lifecycle, owners
 from fsdriver.access import login_name
+from fsdriver.backend import open_backend
 from fsdriver.errors import BackendError
 from fsdriver.secrets.store import is_admin, load_config
 
@@ -45,6 +47,11 @@ def register(sub) -> None:
     cp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     backend_arg(cp)
     cp.set_defaults(func=cmd_archive)
+    cp = cmds.add_parser("chown", help="make USER the owner of pipeline ID (root or admin group)")
+    cp.add_argument("id", metavar="ID")
+    cp.add_argument("user", metavar="USER")
+    backend_arg(cp)
+    cp.set_defaults(func=cmd_chown)
     cp = cmds.add_parser("gc", help="archive the pipelines not written for DURATION (dry run without --yes)")
     cp.add_argument("--idle", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m, 45s, 2w, 1d12h")
     cp.add_argument("--yes", action="store_true", help="really archive them (root or admin group)")
@@ -116,11 +123,11 @@ def _admin_group() -> str:
     return load_config()["admin_group"]
 
 
-def _archive(backend, s: lifecycle.PipelineSummary) -> tuple[int, int]:
+def _archive(backend, s: lifecycle.PipelineSummary, written_before: float | None = None) -> tuple[int, int]:
     progress = _Progress(f"archiving pipeline {s.id}")
     progress(0, 0, s.objects, s.bytes)
     try:
-        return lifecycle.archive(backend, s.id, progress)
+        return lifecycle.archive(backend, s.id, progress, written_before)
     finally:
         progress.close()
 
@@ -169,6 +176,26 @@ def cmd_archive(args) -> None:
         backend.close()
 
 
+def cmd_chown(args) -> None:
+    """Pipelines written by other tools have no owner record, and an owner may leave: an admin
+    gives the pipeline to someone (every node enforces it within 30 s, docs/permissions.md)."""
+    pid = layout.check_name(args.id, "pipeline id")
+    try:
+        uid = pwd.getpwnam(args.user).pw_uid
+    except KeyError:
+        raise CLIError(f"no user {args.user!r} on this node", 2) from None
+    if not is_admin(_admin_group()):
+        raise CLIError(f"only root or members of {_admin_group()} may change a pipeline's owner")
+    backend = open_backend(args.backend)
+    try:
+        if lifecycle.summary(backend, pid) is None:
+            raise CLIError(f"no pipeline {pid} in {backend.url}")
+        owners.set_owner(backend, pid, args.user, uid)
+        print(f"pipeline {pid} now belongs to {args.user}")
+    finally:
+        backend.close()
+
+
 def cmd_gc(args) -> int:
     idle = parse_duration(args.idle)
     if args.yes and not is_admin(_admin_group()):
@@ -188,14 +215,19 @@ def cmd_gc(args) -> int:
         archived = skipped = failed = objects = nbytes = 0
         for s in candidates:
             # Re-check just before deleting: a pipeline written since the listing is kept.
+            now = time.time()
             fresh = lifecycle.summary(backend, s.id)
-            if fresh is None or not lifecycle.is_idle(fresh, idle, time.time()):
+            if fresh is None or not lifecycle.is_idle(fresh, idle, now):
                 why = "gone meanwhile" if fresh is None else f"written since ({when(fresh.last_write)})"
                 print(f"skipped pipeline {s.id}: {why}")
                 skipped += 1
                 continue
             try:
-                o, b = _archive(backend, fresh)
+                o, b = _archive(backend, fresh, written_before=now - idle)
+            except lifecycle.StillActive as e:
+                print(f"skipped pipeline {s.id}: {e} ({_summary_text(e.objects, e.bytes)} of old data removed)")
+                skipped += 1
+                continue
             except BackendError as e:
                 print(f"mountctl: pipeline {s.id}: {e}", file=sys.stderr)
                 failed += 1

@@ -380,6 +380,23 @@ def test_gc_skips_a_pipeline_written_after_it_was_selected(tmp_path, monkeypatch
     assert lifecycle.summary(b, "p1").objects == 4 and owners.get(b, "p7") is None
 
 
+def test_gc_archive_keeps_writes_made_during_it(tmp_path):
+    """With a cutoff (gc), objects written after it survive, and so do the pipeline and its owner."""
+    b = open_backend(str(tmp_path / "be"))
+    populate(b)
+    backdate(b, "pipeline/p1", 7200)
+    old = {k for k, _ in snapshot(b) if k.startswith("pipeline/p1/") and not k.endswith("/")}
+    b.put_bytes("pipeline/p1/closed-during-gc.txt", b"acknowledged")
+    with pytest.raises(lifecycle.StillActive) as e:
+        lifecycle.archive(b, "p1", written_before=time.time() - 3600)
+    assert e.value.kept == 1 and e.value.objects == len(old)
+    objects = {k for k, _ in snapshot(b) if k.startswith("pipeline/p1/") and not k.endswith("/")}
+    assert objects == {"pipeline/p1/closed-during-gc.txt"}  # directories stay with it
+    assert owners.get(b, "p1") is not None
+    assert lifecycle.archive(b, "p1", written_before=time.time() + 1) == (1, len(b"acknowledged"))
+    assert owners.get(b, "p1") is None
+
+
 # -- permissions ---------------------------------------------------------------------------------
 
 NOBODY = (65534, 65534)

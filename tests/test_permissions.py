@@ -55,6 +55,10 @@ for op, path, *rest in json.loads(sys.argv[1]):
             os.rename(path, rest[0])
         elif op == "chmod":
             os.chmod(path, rest[0])
+        elif op == "truncate":
+            os.truncate(path, 0)
+        elif op == "xattr":
+            os.getxattr(path, rest[0])
         elif op == "stat":
             st = os.stat(path)
             out.append([st.st_uid, st.st_gid, st.st_mode & 0o7777])
@@ -204,7 +208,12 @@ def test_pipeline_owner_group_and_others(shared, users):
     # b is neither the owner nor in the group
     assert users.run("b", ("list", p), ("read", p / "out.csv"), ("write", p / "out.csv", "x"),
                      ("write", p / "b.txt", "x"), ("unlink", p / "out.csv"), ("rmdir", p / "stage")) == [errno.EACCES] * 6
-    assert users.run("b", ("rmdir", p))[0] in (errno.EACCES, errno.EPERM, errno.ENOTEMPTY)
+    assert users.run("b", ("truncate", p / "out.csv"), ("rename", p / "out.csv", p / "moved")) == [errno.EACCES] * 2
+    # nothing moves between namespaces of different owners, in either direction
+    pb = shared.path / "pipeline" / "pb"
+    assert users.run("b", ("mkdir", pb), ("write", pb / "mine", "b"), ("rename", pb / "mine", p / "mine")) == [
+        0, 0, errno.EACCES]
+    assert users.run("a", ("rename", p / "out.csv", pb / "out.csv")) == [errno.EACCES]
     # c is in the organisation group: reads, writes and deletes like the owner
     assert users.run("c", ("list", p), ("read", p / "out.csv"), ("write", p / "c.txt", "from c"),
                      ("unlink", p / "c.txt"), ("write", p / "stage" / "x", "1")) == [0, 0, 0, 0, 0]
@@ -212,6 +221,20 @@ def test_pipeline_owner_group_and_others(shared, users):
     # the owner of an existing pipeline stays the owner
     assert owners.get(shared.backend, "p1").owner == users.names["a"]
     assert shared.backend.get_range("pipeline/p1/out.csv", 0) == b"a,b"
+    # an empty pipeline is removed by its owner only (the sticky bit of /pipeline), record and all
+    empty = shared.path / "pipeline" / "empty"
+    assert users.run("a", ("mkdir", empty)) == [0]
+    assert users.run("b", ("rmdir", empty)) == [errno.EPERM]
+    assert users.run("c", ("rmdir", empty)) == [errno.EPERM]  # the group uses it, but does not own it
+    assert owners.get(shared.backend, "empty").owner == users.names["a"]
+    assert users.run("a", ("rmdir", empty)) == [0]
+    assert owners.get(shared.backend, "empty") is None
+
+
+def test_control_file_is_the_mount_owners(shared, users):
+    control = shared.path / ".stashfs-control"
+    assert users.run("a", ("xattr", control, "user.stashfs.status")) == [errno.EACCES]
+    assert json.loads(os.getxattr(control, "user.stashfs.status"))["pid"] > 0
 
 
 def test_pipeline_without_group_is_owner_only(request, open_dir, users):
@@ -246,7 +269,8 @@ def test_every_node_agrees_on_the_owner(request, open_dir, users):
     assert users.run("b", ("stat", p), ("list", p), ("read", p / "f")) == [
         [users.uid("a"), users.org_gid(), 0o770], errno.EACCES, errno.EACCES]
     assert users.run("a", ("read", p / "f"), ("write", p / "g", "from node 2")) == [0, 0]
-    assert users.run("b", ("mkdir", two.path / "pipeline" / "shared"))[0] in (errno.EEXIST, errno.EACCES)
+    assert users.run("b", ("mkdir", two.path / "pipeline" / "shared"), ("write", p / "h", "x")) == [
+        errno.EEXIST, errno.EACCES]
     assert owners.get(one.backend, "shared").owner == users.names["a"]
     two.umount()
     one.umount()
@@ -352,3 +376,125 @@ def test_policy_modes_and_unknown_owners(users):
     assert not pol.may_use(a, pol.user(users.names["b"]))
     assert pol.may_use(a, pol.user(users.names["a"]))
     assert pol.may_use(Caller(users.uid("c"), users.gid("c"), 0), pol.pipeline(users.names["a"]))
+
+
+def test_existing_pipelines_are_not_claimed_by_mkdir(tmp_path, users):
+    """Data written without an owner record stays the mount owner's: a mkdir by someone else is
+    EEXIST and records nothing; `mountctl pipeline chown` gives it an owner."""
+
+    async def main():
+        backend = DiskBackend(tmp_path / "store")
+        backend.put_bytes("pipeline/legacy/f", b"old")
+        fs = Filesystem(backend, Cache(tmp_path / "cache"),
+                        Options(uid=users.uid("b"), gid=users.gid("b"), org_gid=None))  # b's own mount
+        a = _caller(users, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            pipe = fs.inodes.node_for(("pipeline",), True)
+            legacy = await fs.lookup(pipe.ino, "legacy", a)
+            assert legacy.uid == users.uid("b")  # no record: the mount owner's
+            with pytest.raises(FSError) as e:
+                await fs.mkdir(pipe.ino, "legacy", a)
+            assert e.value.errno == errno.EEXIST
+            assert owners.get(backend, "legacy") is None
+            with pytest.raises(FSError) as e:
+                await fs.opendir(legacy.ino, a)
+            assert e.value.errno == errno.EACCES
+            p = subprocess.run([sys.executable, "-m", "mountctl", "pipeline", "chown", "legacy", users.names["a"],
+                                "--backend", str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+            assert owners.get(backend, "legacy").owner == users.names["a"]
+            fs.pipeline_owners.clear()  # as after OWNER_TTL
+            await fs.opendir(legacy.ino, a)
+            assert (await fs.getattr(legacy.ino, a)).uid == users.uid("a")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_chown_refuses_unknown_users(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mountctl", "pipeline", "chown", "p1", "no-such-user-zz",
+                        "--backend", str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no user 'no-such-user-zz'" in p.stderr
+
+
+def test_two_nodes_claim_one_pipeline(tmp_path, users):
+    """Two daemons on one backend create the same pipeline at once: exactly one owner, and the
+    other caller is refused."""
+
+    async def main():
+        backend = DiskBackend(tmp_path / "store")
+        nodes = [Filesystem(backend, Cache(tmp_path / f"cache{i}"), Options(uid=0, gid=0)) for i in (1, 2)]
+        callers = [_caller(users, "a"), _caller(users, "b")]
+        outcomes = {}
+
+        async def create(i):
+            pipe = nodes[i].inodes.node_for(("pipeline",), True)
+            try:
+                await nodes[i].mkdir(pipe.ino, "race", callers[i])
+                outcomes[i] = 0
+            except FSError as e:
+                outcomes[i] = e.errno
+
+        async with trio.open_nursery() as nursery:
+            for fs in nodes:
+                await nursery.start(fs.run)
+            async with trio.open_nursery() as racers:
+                for i in (0, 1):
+                    racers.start_soon(create, i)
+            nursery.cancel_scope.cancel()
+        winner = owners.get(backend, "race").owner
+        assert winner in (users.names["a"], users.names["b"])
+        won = 0 if winner == users.names["a"] else 1
+        assert outcomes[won] == 0 and outcomes[1 - won] == errno.EACCES
+
+    trio.run(main)
+
+
+class _FlakyDisk(DiskBackend):
+    """A disk backend whose owner records become unreadable on demand (an outage)."""
+
+    down = False
+
+    def get_range(self, key, start, end=None, *, if_match=None):
+        from fsdriver.errors import Unavailable
+
+        if self.down and key.startswith(owners.PREFIX):
+            raise Unavailable("backend unreachable (test)", key)
+        return super().get_range(key, start, end, if_match=if_match)
+
+
+def test_owner_read_before_stays_in_force_during_an_outage(tmp_path, users):
+    async def main():
+        backend = _FlakyDisk(tmp_path / "store")
+        fs = Filesystem(backend, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        a = _caller(users, "a")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            pipe = fs.inodes.node_for(("pipeline",), True)
+            p = await fs.mkdir(pipe.ino, "p", a)
+            fh, f, _ = await fs.create(p.ino, "f", os.O_WRONLY, a)
+            backend.down = True
+            owner, _ = fs.pipeline_owners["p"]
+            fs.pipeline_owners["p"] = (owner, 0.0)  # expired: the next use reads the record again
+            assert (await fs.getattr(f.ino, a)).uid == users.uid("a")  # the known owner stays
+            await fs.write(fh, 0, b"kept")
+            await fs.flush(fh)
+            await fs.release(fh)
+            fs.pipeline_owners.clear()  # never read: refused while the record cannot be read
+            with pytest.raises(Exception) as e:
+                await fs.getattr(f.ino, a)
+            assert "unreachable" in str(e.value)
+            nursery.cancel_scope.cancel()
+        assert backend.get_range("pipeline/p/f", 0) == b"kept"
+
+    trio.run(main)
+
+
+def test_policy_of_a_non_root_mount_owner(users):
+    pol = Policy(users.uid("b"), users.gid("b"), None)
+    assert pol.pipeline(None).uid == users.uid("b")  # no record: the mount owner's
+    assert pol.pipeline("").uid == 0  # a damaged record: root's
+    assert pol.pipeline("no-such-user-here").uid == 0
+    assert pol.may_remove(_caller(users, "b"), pol.pipeline(users.names["a"]))  # sticky: the dir's owner
+    assert not pol.may_remove(_caller(users, "c"), pol.pipeline(users.names["a"]))
