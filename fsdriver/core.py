@@ -70,6 +70,7 @@ class Options:
     max_requests: int = 32  # backend calls in flight
     org_gid: Optional[int] = None  # the organisation group: shares pipelines and stores
 
+
 OWNER_TTL = 30.0  # seconds a pipeline's owner record is reused before it is read again
 OWNER_RETRY = 5.0  # seconds until an owner record that could not be read is tried again
 
@@ -167,12 +168,17 @@ class Filesystem:
             for name in names:
                 nursery.start_soon(load, name)
 
+    @staticmethod
+    def _checked(path: tuple) -> bool:
+        """Whether using ``path`` needs `_enter`: anything in a namespace, and /kv itself."""
+        return len(path) >= 2 or path == ("kv",)
+
     async def _enter(self, caller: Optional[Caller], path: tuple) -> None:
-        """EACCES unless ``caller`` may use the namespace ``path`` is in (path depth >= 2)."""
+        """EACCES unless ``caller`` may use the namespace ``path`` is in (or /kv, for ``("kv",)``)."""
         caller = caller or self.mount_caller
-        owner = await self._owner(path[:2])
+        owner = self.policy.store() if path[0] == "kv" else await self._owner(path[:2])
         if not self.policy.may_use(caller, owner):
-            raise FSError(errno.EACCES, f"/{path[0]}/{path[1]}: {self._whose(path[:2], owner)}; "
+            raise FSError(errno.EACCES, f"/{'/'.join(path[:2])}: {self._whose(path[:2], owner)}; "
                           f"denied to uid {caller.uid}", logging.INFO)
 
     def _whose(self, ns: tuple, owner: Owner) -> str:
@@ -430,7 +436,7 @@ class Filesystem:
         parent = self._node(parent_ino)
         if parent_ino == ROOT_INO and name == CONTROL_NAME:
             return self.attr(self.control_node)
-        if parent.depth >= 2:
+        if self._checked(parent.path):
             await self._enter(caller, parent.path)
         try:
             self._child_path(parent, name)
@@ -456,7 +462,7 @@ class Filesystem:
         node = self._node(ino)
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
-        if node.depth >= 2:
+        if self._checked(node.path):
             await self._enter(caller, node.path)
         fh = self._new_fh()
         self.dir_handles[fh] = (node, None)
@@ -539,13 +545,17 @@ class Filesystem:
         await self._keep_parent(parent)
 
     async def _may_remove_namespace(self, caller: Optional[Caller], node: Node) -> None:
+        """Stores: whoever may use /kv (EACCES).  User trees and pipelines: the sticky-bit rule of
+        /user and /pipeline, with the kernel's errno for it (EPERM)."""
         caller = caller or self.mount_caller
         owner = await self._owner(node.path)
-        allowed = (self.policy.may_use(caller, owner) if node.path[0] == "kv"
-                   else self.policy.may_remove(caller, owner))
-        if not allowed:
-            raise FSError(errno.EACCES, f"{node.display}: only its owner (uid {owner.uid}) or root may remove it; "
-                          f"denied to uid {caller.uid}", logging.INFO)
+        if node.path[0] == "kv":
+            if not self.policy.may_use(caller, owner):
+                raise FSError(errno.EACCES, f"{node.display}: {self._whose(node.path, owner)}; "
+                              f"denied to uid {caller.uid}", logging.INFO)
+        elif not self.policy.may_remove(caller, owner):
+            raise FSError(errno.EPERM, f"{node.display}: only its owner (uid {owner.uid}), the mount owner or root "
+                          f"may remove it; denied to uid {caller.uid}", logging.INFO)
 
     async def _check_empty(self, node: Node) -> None:
         if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):

@@ -252,7 +252,9 @@ def cmd_status(args) -> int:
         try:
             st = mounts.status(entry.mountpoint)
         except OSError as e:
-            st = {"mountpoint": entry.mountpoint, "error": f"daemon does not answer: {e.strerror}"}
+            why = ("its status is for the mount's owner and root only" if e.errno == errno.EACCES
+                   else f"daemon does not answer: {e.strerror}")
+            st = {"mountpoint": entry.mountpoint, "error": why}
         st["mountpoint"] = entry.mountpoint
         out.append(st)
     if args.json:

@@ -342,17 +342,24 @@ def test_daemon_checks_callers_itself(tmp_path, users):
             for call in (lambda: fs.lookup(home.ino, "f", b), lambda: fs.opendir(home.ino, b),
                          lambda: fs.open(f.ino, os.O_RDONLY, b), lambda: fs.getattr(f.ino, b),
                          lambda: fs.create(home.ino, "g", os.O_WRONLY, b), lambda: fs.unlink(home.ino, "f", b),
-                         lambda: fs.xattrs(f.ino, b), lambda: fs.mkdir(user.ino, users.names["c"], b),
-                         lambda: fs.rmdir(user.ino, users.names["a"], b)):
+                         lambda: fs.xattrs(f.ino, b), lambda: fs.mkdir(user.ino, users.names["c"], b)):
                 with pytest.raises(FSError) as e:
                     await call()
                 assert e.value.errno == errno.EACCES
+            with pytest.raises(FSError) as e:  # the sticky bit of /user: the kernel's errno
+                await fs.rmdir(user.ino, users.names["a"], b)
+            assert e.value.errno == errno.EPERM
             p = await fs.mkdir(pipe.ino, "p", a)
             assert (p.uid, p.gid, stat.S_IMODE(p.mode)) == (users.uid("a"), users.org_gid(), 0o770)
             with pytest.raises(FSError) as e:
                 await fs.opendir(p.ino, b)
             assert e.value.errno == errno.EACCES
             await fs.opendir(p.ino, c)  # the organisation group
+            kv = fs.inodes.node_for(("kv",), True)
+            with pytest.raises(FSError) as e:
+                await fs.opendir(kv.ino, b)  # /kv itself is the group's
+            assert e.value.errno == errno.EACCES
+            await fs.opendir(kv.ino, c)
             with pytest.raises(FSError) as e:
                 await fs.setattr(f.ino, mode=stat.S_IFREG | 0o644, caller=a)
             assert e.value.errno == errno.EPERM
