@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from fsdriver.config import ConfigError
 from fsdriver.errors import BackendError, InvalidName
 from fsdriver.secrets.store import InvalidSecretName, SecretsError
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"mountctl: {e.strerror or e}: {e.filename}" if e.filename else f"mountctl: {e}", file=sys.stderr)
         return 1
-    except BackendError as e:
+    except (BackendError, ConfigError) as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. ENOTCONN from a mount whose daemon died

@@ -17,7 +17,8 @@ def register(sub) -> None:
         scope.add_argument("--pipeline", metavar="ID", help="the pipeline's store")
         scope.add_argument("--user", nargs="?", const="", metavar="NAME",
                            help="a user's store (default: $STASHFS_USER or the login name)")
-        cp.add_argument("--backend", metavar="URL", help="backend URL (default: $STASHFS_BACKEND or local disk)")
+        cp.add_argument("--backend", metavar="URL",
+                        help="backend URL (default: $STASHFS_BACKEND, [mount] backend in the config file, local disk)")
 
     cp = cmds.add_parser("put", help="store a local file ('-' for stdin) at NAME")
     cp.add_argument("name"); cp.add_argument("file"); store_args(cp); cp.set_defaults(func=cmd_put)

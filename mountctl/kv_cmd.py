@@ -16,7 +16,8 @@ def register(sub) -> None:
         cp.add_argument("store")
         if key:
             cp.add_argument("key")
-        cp.add_argument("--backend", metavar="URL", help="backend URL (default: $STASHFS_BACKEND or local disk)")
+        cp.add_argument("--backend", metavar="URL",
+                        help="backend URL (default: $STASHFS_BACKEND, [mount] backend in the config file, local disk)")
 
     cp = cmds.add_parser("get", help="print a record's JSON value")
     common(cp)

@@ -2,8 +2,8 @@
 
 - ``list``: every pipeline with its owner, object count, bytes and last write.
 - ``archive ID``: delete all of one pipeline's data, then its owner record.  Only its owner
-  (the login name of the real uid, `fsdriver.access.login_name`), root or a member of the admin group may.  Asks on a terminal,
-  refuses (status 2) without ``--yes`` when there is none to ask on.
+  (the user name of the real uid, `fsdriver.access.login_name`), root or a member of the admin
+  group may.  Asks on a terminal, refuses (status 2) without ``--yes`` when there is none to ask on.
 - ``chown ID USER``: give a pipeline to USER (root or admin group).
 - ``gc --idle DURATION``: a dry run listing the pipelines not written for DURATION; with ``--yes``
   (root or admin group) it archives them, re-checking each one's last write just before.
@@ -35,7 +35,8 @@ def register(sub) -> None:
     cmds = p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
 
     def backend_arg(cp):
-        cp.add_argument("--backend", metavar="URL", help="backend URL (default: $STASHFS_BACKEND or local disk)")
+        cp.add_argument("--backend", metavar="URL",
+                        help="backend URL (default: $STASHFS_BACKEND, [mount] backend in the config file, local disk)")
 
     cp = cmds.add_parser("list", help="every pipeline: owner, objects, bytes, last write")
     cp.add_argument("--json", action="store_true",

@@ -66,3 +66,26 @@ def test_errors_are_one_line(cli, args, status, words):
     err = p.stderr.decode()
     assert p.returncode == status, err
     assert err.count("\n") == 1 and err.startswith("mountctl: ") and words in err, err
+
+
+def test_backend_and_endpoint_from_the_config_file(tmp_path, moto_server, s3_url):
+    """A worker node's /etc/stashfs/config.toml (here: $XDG_CONFIG_HOME's) names the bucket and the
+    endpoint once; mountctl and the Python API use them without options."""
+    cfg = tmp_path / "config" / "stashfs"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text(f'[mount]\nbackend = "{s3_url}"\nendpoint_url = "{moto_server.url}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("STASHFS_BACKEND", "AWS_ENDPOINT_URL")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mountctl", *a], env=env, capture_output=True,
+                                    text=True, timeout=60)
+    p = run("data", "put", "x.txt", "-", "--pipeline", "cfg1")
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-c", "from fsdriver.data import pipeline; "
+                        "print(pipeline(id='cfg1').gets('x.txt') == b'', pipeline(id='cfg1').backend.url)"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["True", s3_url + "/"], p.stderr
+    listed = json.loads(run("pipeline", "list", "--json").stdout)
+    assert [(e["id"], e["objects"]) for e in listed] == [("cfg1", 1)]
+    (cfg / "config.toml").write_text("[mount\n")
+    p = run("pipeline", "list")
+    assert p.returncode == 1 and "cannot read the configuration" in p.stderr and "Traceback" not in p.stderr

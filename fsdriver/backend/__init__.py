@@ -4,8 +4,12 @@
 
 - ``s3://bucket[/prefix]``         S3 or any S3-compatible endpoint
 - ``file:///abs/path`` or a path   local disk
-- nothing                          ``$STASHFS_BACKEND``, else the embedded default,
+- nothing                          ``$STASHFS_BACKEND``, else ``backend`` in ``[mount]`` of the
+                                   config file (`fsdriver.config`), else the embedded default,
                                    ``$XDG_DATA_HOME/stashfs`` (``~/.local/share/stashfs``)
+
+An S3 endpoint not given as an option comes from ``endpoint_url`` in ``[mount]``, else boto3's own
+``$AWS_ENDPOINT_URL``: the mount, the Python API and ``mountctl`` reach the same bucket.
 """
 
 import os
@@ -23,8 +27,11 @@ def default_url() -> str:
 
 
 def resolve_url(url: str | None = None) -> str:
-    """The backend URL in force: the argument, else ``$STASHFS_BACKEND``, else the default."""
-    return url or os.environ.get("STASHFS_BACKEND") or default_url()
+    """The backend URL in force: the argument, else ``$STASHFS_BACKEND``, else the configured
+    one, else the default."""
+    from .. import config
+
+    return url or config.mount_settings()["backend"] or default_url()
 
 
 def open_backend(url: str | None = None, **options) -> Backend:
@@ -36,8 +43,11 @@ def open_backend(url: str | None = None, **options) -> Backend:
     url = resolve_url(url)
     parsed = urlparse(url)
     if parsed.scheme == "s3":
+        from .. import config
         from .s3 import S3Backend
 
+        if options.get("endpoint_url") is None:
+            options["endpoint_url"] = config.mount_settings()["endpoint_url"]
         return S3Backend(parsed.netloc, parsed.path, **options)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
