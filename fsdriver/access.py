@@ -82,6 +82,11 @@ class Users:
         self._by_name: dict[str, tuple] = {}
         self._by_uid: dict[int, tuple] = {}
 
+    def known(self, name: str) -> bool:
+        """Whether ``by_name`` answers from memory (the daemon asks the database off its loop)."""
+        hit = self._by_name.get(name)
+        return hit is not None and time.monotonic() - hit[1] <= NAME_TTL
+
     def by_name(self, name: str) -> Optional[tuple]:
         """``(uid, primary gid)`` of a user name, or None if there is no such user."""
         hit = self._by_name.get(name)

@@ -135,6 +135,9 @@ class Filesystem:
     async def _owner(self, ns: tuple) -> Owner:
         """The owner of a namespace; a pipeline's record is read again after OWNER_TTL."""
         tree, name = ns
+        if tree == "user" and not self.policy.users.known(name):
+            # The user database may be remote (LDAP, SSSD): never ask it on the trio thread.
+            await trio.to_thread.run_sync(self.policy.users.by_name, name)
         if tree != "pipeline":
             return self._known_owner(ns)
         hit = self.pipeline_owners.get(name)
@@ -154,13 +157,13 @@ class Filesystem:
         return hit[0]
 
     async def _load_owners(self, tree: Node, names) -> None:
-        """Read the owner records of many pipelines at once (``ls -l /pipeline``)."""
-        if tree.path != ("pipeline",):
+        """Learn the owners of many namespaces at once (``ls -l /pipeline``, ``ls -l /user``)."""
+        if tree.path not in (("pipeline",), ("user",)):
             return
 
         async def load(name):
             try:
-                await self._owner(("pipeline", name))
+                await self._owner((tree.path[0], name))
             except BackendError as e:  # that entry shows as unowned; using it reads the record again
                 log.info("/pipeline/%s: cannot read its owner record (%s)", name, e)
 
@@ -195,13 +198,13 @@ class Filesystem:
         gives it one), and the mkdir fails with EEXIST."""
         caller = caller or self.mount_caller
         if tree == "user":
-            if caller.uid != 0 and self.policy.users.name_of(caller.uid) != name:
+            if caller.uid != 0 and await trio.to_thread.run_sync(self.policy.users.name_of, caller.uid) != name:
                 raise FSError(errno.EACCES, f"/user/{name}: only user {name} (or root) may create it; "
                               f"denied to uid {caller.uid}", logging.INFO)
         elif tree == "kv":
             await self._enter(caller, ("kv", name))
         elif not exists:
-            who = self.policy.users.name_of(caller.uid)
+            who = await trio.to_thread.run_sync(self.policy.users.name_of, caller.uid)
             if who is None:
                 raise FSError(errno.EACCES, f"/pipeline/{name}: uid {caller.uid} has no user name on this node, "
                               "so it cannot own a pipeline", logging.INFO)
@@ -521,14 +524,19 @@ class Filesystem:
         node.lookups += 1
         return self.attr(node)
 
-    async def rmdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
+    async def _to_remove(self, parent_ino: int, name: str, caller: Optional[Caller], what: str) -> tuple:
+        """``(parent, node)`` for unlink and rmdir: the name checked, the caller allowed, found."""
         parent = self._node(parent_ino)
         self._child_path(parent, name, creating=True)
         if parent.depth >= 2:
             await self._enter(caller, parent.path)
         node = await self._resolve(parent, name)
         if node is None:
-            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such directory")
+            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such {what}")
+        return parent, node
+
+    async def rmdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
+        parent, node = await self._to_remove(parent_ino, name, caller, "directory")
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
         if node.depth == 2:
@@ -830,13 +838,7 @@ class Filesystem:
         return self.attr(node)
 
     async def unlink(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
-        parent = self._node(parent_ino)
-        self._child_path(parent, name, creating=True)
-        if parent.depth >= 2:
-            await self._enter(caller, parent.path)
-        node = await self._resolve(parent, name)
-        if node is None:
-            raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file")
+        parent, node = await self._to_remove(parent_ino, name, caller, "file")
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
         staged = node.staged
