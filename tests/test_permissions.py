@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -90,7 +91,13 @@ class Users:
 
     def remove(self):
         for name in self.created:
-            subprocess.run(["userdel", name], capture_output=True, timeout=30)
+            # userdel refuses a user with processes (a daemon still exiting): end them first.
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
+            deadline = time.monotonic() + 30
+            while subprocess.run(["userdel", name], capture_output=True, timeout=30).returncode == 8:
+                if time.monotonic() > deadline:  # 8: "user currently logged in" (has processes)
+                    break
+                time.sleep(0.1)  # waiting for killed processes to be reaped: no event to wait on
         subprocess.run(["groupdel", self.org], capture_output=True, timeout=30)
 
     def uid(self, k: str) -> int:
@@ -306,7 +313,9 @@ def test_ordinary_users_mount_serves_that_user_only(request, open_dir, users):
         with pytest.raises(PermissionError):
             os.listdir(mnt)  # not even root: the mount is a's alone
         assert (store / "user" / a / "f").read_bytes() == b"x"
-    finally:
+    finally:  # a's own umount waits for a's daemon to exit (so the user can be removed)
+        subprocess.run(as_a + [SYSTEM_PYTHON, "-m", "mountctl", "umount", str(mnt)], env=env,
+                       capture_output=True, timeout=120, cwd="/")
         force_unmount(mnt)
 
 
