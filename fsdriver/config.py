@@ -35,15 +35,31 @@ def config_files() -> list[Path]:
     return [Path("/etc/stashfs/config.toml"), config_home() / "config.toml"]
 
 
+_parsed: dict = {}  # path -> (mtime_ns, size, parsed document): the backend rule asks on every open
+
+
+def _document(path: Path) -> dict:
+    """A config file's contents ({} if it does not exist), parsed again only when it changed."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    hit = _parsed.get(path)
+    if hit is None or hit[:2] != (st.st_mtime_ns, st.st_size):
+        with open(path, "rb") as f:
+            hit = (st.st_mtime_ns, st.st_size, tomllib.load(f))
+        _parsed[path] = hit
+    return hit[2]
+
+
 def load_section(section: str, defaults: dict, env: dict, overrides: dict | None = None,
                  error=ConfigError) -> dict:
     """The settings of one section in force (see the module docstring for the order)."""
     cfg = dict(defaults)
     for path in config_files():
         try:
-            with open(path, "rb") as f:
-                cfg.update(tomllib.load(f).get(section, {}))
-        except FileNotFoundError:
+            cfg.update(_document(path).get(section, {}))
+        except FileNotFoundError:  # removed between the stat and the open
             pass
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise error(f"{path}: cannot read the configuration: {e}") from None

@@ -31,7 +31,7 @@ def resolve_url(url: str | None = None) -> str:
     one, else the default."""
     from .. import config
 
-    return url or config.mount_settings()["backend"] or default_url()
+    return url or os.environ.get("STASHFS_BACKEND") or config.mount_settings()["backend"] or default_url()
 
 
 def open_backend(url: str | None = None, **options) -> Backend:
