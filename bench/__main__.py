@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import report, scenarios
+from . import masking, readers, report, scenarios
 from .harness import Env
 from .scenarios import random_offsets
 
@@ -45,6 +45,9 @@ def parse_args(argv):
     p.add_argument("--creates", type=int, help="number of 1 KiB files created")
     p.add_argument("--repeat", type=int, help="runs of each sequential read (the median is reported)")
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the S3 mount (default 256M)")
+    p.add_argument("--readers", type=int, default=8,
+                   help="concurrent sequential readers in the memory row (default 8; objects of a quarter "
+                        "of --object-mib, at least 16 MiB)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs) for inspection")
     return p.parse_args(argv)
 
@@ -71,6 +74,8 @@ def main(argv=None) -> int:
 
     env = Env(keep=args.keep)
     try:
+        step("masking: 100 MB of command output with 50 secrets through exec's filter, and as a plain copy")
+        results["masking"] = masking.measure()
         step(f"starting moto and the counting proxy (temp dir {env.root})")
         env.start()
         step(f"uploading a {cfg['object_mib']} MiB object")
@@ -85,6 +90,10 @@ def main(argv=None) -> int:
             step(f"sequential read {i + 1}/{cfg['repeat']}: through a fresh S3 mount")
             runs["seq_mount"].append(scenarios.mount_sequential(env, size, args.memory_limit, f"seq{i + 1}"))
         results.update({k: median_run(v) for k, v in runs.items()})
+
+        each = max(16, cfg["object_mib"] // 4) << 20
+        step(f"memory: {args.readers} concurrent sequential readers of {each >> 20} MiB objects, one S3 mount")
+        results["readers"] = readers.mount_concurrent_readers(env, args.readers, each, args.memory_limit)
 
         offsets = random_offsets(size, cfg["random_reads"])
         step(f"random reads: {len(offsets)} x 4 KiB (4096-aligned) through the S3 mount")

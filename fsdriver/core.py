@@ -39,7 +39,9 @@ from .memory import MemoryBudget
 from .prefetch import Prefetcher
 from .staging import Cache, StagedFile
 from .stats import Stats
-from .uploads import Uploader, record_content
+from .supervise import spawn
+from .records import Records
+from .uploads import Uploader
 
 log = logging.getLogger("stashfs.fs")
 
@@ -69,6 +71,7 @@ class Options:
     gid: int = os.getgid()
     max_requests: int = 32  # backend calls in flight
     org_gid: Optional[int] = None  # the organisation group: shares pipelines and stores
+    backend_timeout: Optional[float] = None  # seconds a caller waits for a backend call (fsdriver.backend.aio)
 
 
 OWNER_TTL = 30.0  # seconds a pipeline's owner record is reused before it is read again
@@ -76,17 +79,23 @@ OWNER_RETRY = 5.0  # seconds until an owner record that could not be read is tri
 
 
 class Filesystem:
-    def __init__(self, backend: Backend, cache: Cache, options: Options = Options(), stats: Optional[Stats] = None):
+    def __init__(self, backend: Backend, cache: Cache, options: Options = Options(), stats: Optional[Stats] = None,
+                 clock=time.monotonic):
         self.options = options
+        # Monotonic seconds for every freshness decision (TTLs); tests inject a clock they move.
+        self.clock = clock
         self.stats = stats or Stats()
         self.sync_backend = backend
-        self.backend = AsyncBackend(backend, options.max_requests, self.stats)
+        self.backend = AsyncBackend(backend, options.max_requests, self.stats, options.backend_timeout)
         self.is_local = backend.local_path("probe") is not None
         self.cache = cache
         self.inodes = InodeTable()
         self.budget = MemoryBudget(options.memory_limit)
-        self.uploader = Uploader(self.backend, cache, self.stats)
+        self.uploader = Uploader(self.backend, cache, self.stats, clock)
         self.uploader.on_settled = self._settled
+        self.uploader.on_uploaded = self._uploaded
+        self.uploader.budget = self.budget  # checking a record reserves its memory
+        self.records = Records(self)  # when record handles commit (fsdriver.records)
         self.policy = Policy(options.uid, options.gid, options.org_gid, options.read_only)
         self.mount_caller = Caller(options.uid, options.gid)
         self.pipeline_owners: dict[str, tuple[Owner, float]] = {}  # id -> (owner, when read)
@@ -101,7 +110,8 @@ class Filesystem:
         """Own the background work: prefetch parts and upload retries live in this nursery."""
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            nursery.start_soon(self.uploader.retry_forever)
+            spawn(nursery, self.stats, "upload-retry", self.uploader.retry_forever,
+                  what="upload retry loop", retries=None)
             task_status.started()
             await trio.sleep_forever()
 
@@ -141,8 +151,8 @@ class Filesystem:
         if tree != "pipeline":
             return self._known_owner(ns)
         hit = self.pipeline_owners.get(name)
-        if hit is None or time.monotonic() - hit[1] > OWNER_TTL:
-            when = time.monotonic()
+        if hit is None or self.clock() - hit[1] > OWNER_TTL:
+            when = self.clock()
             try:
                 record = await self.backend.run(owners.get, self.sync_backend, name)
             except BackendError as e:
@@ -209,27 +219,29 @@ class Filesystem:
                 raise FSError(errno.EACCES, f"/pipeline/{name}: uid {caller.uid} has no user name on this node, "
                               "so it cannot own a pipeline", logging.INFO)
             record = await self.backend.run(owners.claim, self.sync_backend, name, who, caller.uid)
-            self.pipeline_owners[name] = (self.policy.pipeline(record.owner), time.monotonic())
+            self.pipeline_owners[name] = (self.policy.pipeline(record.owner), self.clock())
             await self._enter(caller, ("pipeline", name))
 
     def _fresh(self, t: float) -> bool:
-        return time.monotonic() - t < self.options.metadata_ttl
+        return self.clock() - t < self.options.metadata_ttl
 
-    def _set_info(self, node: Node, info: ObjectInfo, when: float, generation: Optional[int] = None) -> None:
-        """Take attributes from the backend, unless this mount wrote the file since they were read."""
-        if node.staged is None and (generation is None or generation == node.generation):
+    def _set_info(self, node: Node, info: ObjectInfo, when: float, seq: int) -> None:
+        """Take attributes the backend gave at ``when`` to a request that started at change number
+        ``seq``, unless this mount has local content or changed the object after that request began
+        (a listing or HEAD taken before our own write must never overwrite what the write told us)."""
+        if node.staged is None and self.inodes.observed(node, seq):
             node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
 
     async def _refresh(self, node: Node) -> None:
         """Re-read a file's attributes from the backend when they are older than the TTL."""
         if node.is_dir or node.staged is not None or self._fresh(node.attr_time):
             return
-        when, generation = time.monotonic(), node.generation
+        when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head(node.key)
         except NotFound:
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
-        self._set_info(node, info, when, generation)
+        self._set_info(node, info, when, seq)
 
     async def getattr(self, ino: int, caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
@@ -239,6 +251,8 @@ class Filesystem:
             await self._enter(caller, node.path)
         elif node.depth == 2:
             await self._owner(node.path)
+        if node.is_record:
+            await self.records.settled(node)  # a commit at release (after close returned) counts
         if node.unlinked and node.open_count == 0:
             raise FSError(errno.ENOENT, f"{node.display} was removed")  # the kernel's dentry is older
         if node.open_count == 0:
@@ -285,13 +299,13 @@ class Filesystem:
 
     def _listing_fresh(self, node: Node) -> bool:
         listing = node.listing
-        return listing is not None and time.monotonic() - listing.time < max(self.options.metadata_ttl, listing.valid)
+        return listing is not None and self.clock() - listing.time < max(self.options.metadata_ttl, listing.valid)
 
     async def _listing(self, node: Node) -> dict:
         """``name -> (is_dir, info or None)`` for a directory, from the cache when fresh."""
         if node.listing is not None and self._fresh(node.listing.time):
             return node.listing.entries
-        started = time.monotonic()
+        started, seq = self.clock(), self.inodes.seq
         if node.listings_in_flight == 0:
             node.edits = {}
         node.listings_in_flight += 1
@@ -310,8 +324,8 @@ class Filesystem:
         if node.listing is not None:
             for name in node.listing.entries.keys() - entries.keys() - edits.keys():
                 self._gone(node, name)  # removed elsewhere: the kernel may still have it cached
-        done = time.monotonic()
-        node.listing = Listing(entries, done, valid=5 * (done - started))
+        done = self.clock()
+        node.listing = Listing(entries, done, valid=5 * (done - started), seq=seq)
         node.absent.clear()
         return entries
 
@@ -370,7 +384,10 @@ class Filesystem:
     def _expire(self, store: Node, name: str, markers: list) -> None:
         """An expired record reads as missing at once and is removed in the background."""
         self._gone(store, name)
-        self.nursery.start_soon(self.backend.run, kv.expire_record, self.sync_backend, store.prefix, name, markers)
+        # Best effort: a record that could not be removed still reads as missing (its markers say
+        # so), so after a few retries the delete is dropped with a log line.
+        spawn(self.nursery, self.stats, "expire", self.backend.run, kv.expire_record, self.sync_backend,
+              store.prefix, name, markers, what=f"expiry of {store.prefix + name!r}", retries=3)
 
     def _gone(self, parent: Node, name: str) -> None:
         """The backend no longer has ``parent/name``: forget it here and in the kernel's caches."""
@@ -383,7 +400,7 @@ class Filesystem:
         path = parent.path + (name,)
         if kvnames.is_scratch(name):
             return None  # scratch files exist only in this daemon (found in the table above)
-        when = time.monotonic()
+        when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head("/".join(path))
         except NotFound:
@@ -393,7 +410,7 @@ class Filesystem:
             self._expire(parent, name, markers)
             return None
         node = self.inodes.node_for(path, False)
-        self._set_info(node, info, when)
+        self._set_info(node, info, when, seq)
         return node
 
     async def _resolve(self, parent: Node, name: str) -> Optional[Node]:
@@ -404,6 +421,25 @@ class Filesystem:
             return known
         if parent.depth == 0:
             return self.inodes.node_for(path, True) if name in layout.TREES else None
+        try:
+            return await self._resolve_remote(parent, name, path)
+        except BackendError as e:
+            # Local content (a pending upload) is served whatever the backend's state: the
+            # directories above it stay reachable through an outage.
+            if self._holds_local_content(path):
+                log.info("/%s: the backend cannot be asked (%s); shown from the local content below it",
+                         "/".join(path), e)
+                return known if known is not None and known.is_dir else self.inodes.node_for(path, True)
+            raise
+
+    def _holds_local_content(self, path: tuple) -> bool:
+        """Whether a file below ``path`` has local content (being written, or a pending upload)."""
+        n = len(path)
+        return any(len(p) > n and p[:n] == path and c.staged is not None and not c.unlinked
+                   for p, c in self.inodes.by_path.items())
+
+    async def _resolve_remote(self, parent: Node, name: str, path: tuple) -> Optional[Node]:
+        """`_resolve` for a name that only a listing, a HEAD or a LIST can answer."""
         if self._listing_fresh(parent):
             entry = parent.listing.entries.get(name)
             if entry is None and self._is_store(parent):
@@ -411,13 +447,18 @@ class Filesystem:
             if entry is None:
                 return None
             is_dir, info = entry
-            node = self.inodes.node_for(path, is_dir)
-            if info is not None:
-                self._set_info(node, info, parent.listing.time)
-            return node
+            known = self.inodes.at(path)
+            if is_dir or info is not None or (known is not None and not known.is_dir and (
+                    known.staged is not None or known.etag is not None)):
+                node = self.inodes.node_for(path, is_dir)
+                if info is not None:
+                    self._set_info(node, info, parent.listing.time, parent.listing.seq)
+                return node
+            # A file this mount listed without its attributes (created or renamed here) and whose
+            # node is gone: ask the backend rather than invent an empty file.
         if self._is_store(parent):
             return await self._resolve_record(parent, name)
-        when = time.monotonic()
+        when, seq = self.clock(), self.inodes.seq
         key = "/".join(path)
         if parent.depth == 1:
             found_dir = await self.backend.first(key + "/") is not None
@@ -426,14 +467,26 @@ class Filesystem:
         if not found_dir and info is None:
             if len(parent.absent) > 10000:
                 parent.absent.clear()
-            parent.absent[name] = time.monotonic()
+            parent.absent[name] = self.clock()
         if found_dir:
             return self.inodes.node_for(path, True)
         if info is not None:
             node = self.inodes.node_for(path, False)
-            self._set_info(node, info, when)
+            self._set_info(node, info, when, seq)
             return node
         return None
+
+    async def _resolve_remote_file(self, parent: Node, name: str) -> Optional[Node]:
+        """The file ``parent/name`` as the backend has it now (None if it has none)."""
+        path = parent.path + (name,)
+        when, seq = self.clock(), self.inodes.seq
+        try:
+            info = await self.backend.head("/".join(path))
+        except NotFound:
+            return None
+        node = self.inodes.node_for(path, False)
+        self._set_info(node, info, when, seq)
+        return node
 
     async def lookup(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
         parent = self._node(parent_ino)
@@ -447,6 +500,8 @@ class Filesystem:
             raise
         except InvalidName as e:
             raise FSError(errno.ENOENT, str(e)) from None
+        if self._is_store(parent):
+            await self.records.settled_at(parent.path + (name,))
         node = await self._resolve(parent, name)
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
@@ -476,14 +531,25 @@ class Filesystem:
         node, snapshot = self.dir_handles[fh]
         if snapshot is not None:
             return snapshot
+        if self._is_store(node):
+            await self.records.settled_in(node)
         listing = await self._listing(node)
-        when = node.listing.time
+        when, seq = node.listing.time, node.listing.seq
         await self._load_owners(node, listing)
         entries = {}
         for name, (is_dir, info) in listing.items():
+            known = self.inodes.at(node.path + (name,))
+            if not is_dir and info is None and (known is None or known.is_dir or (
+                    known.staged is None and known.etag is None)):
+                # Listed by this mount without attributes (created or renamed here) and forgotten
+                # since: ask the backend rather than show an empty file (rare: uploads record them).
+                child = await self._resolve_remote_file(node, name)
+                if child is not None:
+                    entries[name] = child
+                continue
             child = self.inodes.node_for(node.path + (name,), is_dir)
             if info is not None:
-                self._set_info(child, info, when)
+                self._set_info(child, info, when, seq)
             entries[name] = child
         for child in self.inodes.children(node):  # files created here and not uploaded yet
             if child.staged is not None and not child.unlinked:
@@ -519,7 +585,7 @@ class Filesystem:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} was created meanwhile") from None
         node = self.inodes.node_for(path, True)
         node.has_marker, node.mtime = True, time.time()
-        node.listing = Listing({})
+        node.listing = Listing({}, self.clock())
         self._listed(parent, name, (True, None))
         node.lookups += 1
         return self.attr(node)
@@ -635,16 +701,22 @@ class Filesystem:
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file answers xattrs only")
         await self._enter(caller, node.path)
+        if node.is_record:
+            await self.records.settled(node)  # a commit at release (after close returned) counts
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         truncate = bool(flags & os.O_TRUNC) and writable
         if writable and self.options.read_only:
             raise FSError(errno.EROFS, "mounted read-only")
         if writable and node.is_record:
             node.attr_time = 0  # a record's write is conditional on the version read: get it fresh
-        await self._refresh(node)  # close-to-open: see another node's change once the TTL passed
+        if node.is_record or not (writable and node.etag is None and node.staged is None):
+            await self._refresh(node)  # close-to-open: see another node's change once the TTL passed
+        # else: a file created here whose content never reached the backend (its write failed):
+        # the kernel still knows the name, and writing it creates it (not ENOENT from a HEAD).
         handle = Handle(node, writable, bool(flags & os.O_APPEND))
         if writable:
             handle.staged = await self._writable_staged(node, truncate)
+            handle.truncated = truncate
             if truncate:
                 node.mtime = time.time()
         elif node.staged is None:
@@ -663,7 +735,7 @@ class Filesystem:
             reader, st = await LocalReader.open(self.sync_backend.local_path(node.key), self.cache.io_limiter)
             if node.staged is None and etag_of(st) != node.etag:  # changed within the TTL: show it
                 node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
-                node.attr_time = time.monotonic()
+                node.attr_time = self.clock()
             return reader
         return Prefetcher(
             self.backend, self.budget, self.nursery, lambda: node.key, node.size, node.etag,
@@ -677,6 +749,7 @@ class Filesystem:
         return fh
 
     async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None) -> tuple[int, Attr, bool]:
+        await self._records_settled(parent_ino, name)
         parent = self._node(parent_ino)
         path = self._child_path(parent, name, creating=True)
         if parent.depth < 2:
@@ -703,7 +776,7 @@ class Filesystem:
             self._listed(parent, name, (False, None))
         node.lookups += 1
         handle = Handle(node, True, bool(flags & os.O_APPEND))
-        handle.staged = staged
+        handle.staged, handle.truncated = staged, True
         return self._register(handle), self.attr(node), node.is_record
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -722,22 +795,31 @@ class Filesystem:
         staged = handle.staged
         if handle.append:
             off = staged.size
+        if handle.node.is_record:
+            self.records.check_size(handle, off + len(data), "write")  # EFBIG now, not at close
+            self.records.more_content(handle)
         await self.budget.acquire(len(data))
         try:
             n = await staged.write(off, data)
         finally:
             self.budget.release(len(data))
+        handle.written = True
         handle.node.mtime = time.time()
         return n
 
     async def flush(self, fh: int) -> None:
         """close(): a file written through this handle is durable in the backend on return."""
         handle = self.handles[fh]
-        if handle.writable:
+        if handle.writable and handle.node.is_record:
+            await self.records.flush(handle)  # only what was written: see fsdriver.records
+        elif handle.writable:
             await self._upload(handle.node, handle.staged)
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
+        if handle.writable and handle.node.is_record:
+            await self.records.fsync(handle)
+            return
         await self._upload(handle.node, handle.staged or handle.node.staged)
 
     async def _upload(self, node: Node, staged: Optional[StagedFile]) -> None:
@@ -753,7 +835,9 @@ class Filesystem:
         node = handle.node
         try:
             staged = handle.staged
-            if handle.writable and staged.dirty and not staged.pending and staged not in self.uploader.pending:
+            if handle.writable and node.is_record:
+                await self.records.release(handle)  # first, before any await: see fsdriver.records
+            elif handle.writable and staged.dirty and not staged.pending and staged not in self.uploader.pending:
                 await self._upload(node, staged)  # written after the last flush (mmap): upload now
         finally:
             node.open_count -= 1
@@ -761,6 +845,23 @@ class Filesystem:
                 self._discard(handle.staged)  # a record handle's own content
             self._drop_staged(node)
             self.inodes.release_unreferenced(node)
+
+    def _uploaded(self, node: Node, info: ObjectInfo) -> None:
+        """An upload of ``node`` landed as ``info``: that is now the newest thing this mount knows,
+        for the node and for its parent's cached listing (which later lookups and readdirs reuse)."""
+        self.inodes.changed(node)
+        node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.clock()
+        parent = self.inodes.at(node.path[:-1])
+        if parent is not None and not node.unlinked:
+            self._listed(parent, node.path[-1], (False, info))
+
+    def adopt_pending_record(self, node: Node, staged: StagedFile) -> None:
+        """A record handle's commit became a pending upload: it is now the content this mount
+        shows for the record (read-your-writes, also through an outage), owned like a file's."""
+        old = node.staged
+        node.staged = staged
+        if old is not None and old is not staged and not any(h.staged is old for h in self.handles.values()):
+            self._discard(old)  # an older pending commit of the same record: the newer one wins
 
     def _settled(self, node: Node, staged: StagedFile) -> None:
         """The retry loop finished with a pending upload: free it unless a handle still has it."""
@@ -795,6 +896,8 @@ class Filesystem:
         node = self._node(ino)
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file cannot be changed")
+        if node.is_record:
+            await self.records.settled(node)
         if node.depth >= 3:
             await self._enter(caller, node.path)
         elif node.depth == 2:
@@ -811,6 +914,10 @@ class Filesystem:
                 raise FSError(errno.EROFS, "mounted read-only")
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and handle.writable:
+                if node.is_record:
+                    self.records.check_size(handle, size, "truncate")
+                    self.records.more_content(handle)
+                    handle.truncated = True  # committed at release, unless written (then at close)
                 await handle.staged.truncate(size)  # uploaded at close
             else:
                 # truncate(2) on a path has no close() to wait for: make it durable now.
@@ -838,23 +945,36 @@ class Filesystem:
         return self.attr(node)
 
     async def unlink(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
+        await self._records_settled(parent_ino, name)
         parent, node = await self._to_remove(parent_ino, name, caller, "file")
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
         staged = node.staged
         async with staged._lock if staged is not None else _nothing():
             # Under the lock no upload of this file is half done: it either landed (etag set, and
-            # deleted now) or will see the node unlinked and not start.
-            node.unlinked = True
-            if node.etag is not None or staged is None:
+            # deleted now) or will see the node unlinked and not start.  An upload that failed
+            # (pending) may have landed all the same (its answer lost): delete in that case too.
+            # Marked unlinked only once the delete succeeded: a failed unlink (EIO) keeps the file
+            # and its pending upload as they were.
+            await self.uploader.supersede(node.key)
+            if node.etag is not None or staged is None or staged.pending or staged in self.uploader.pending:
                 await self.backend.delete(node.key)
-            self.uploader.supersede(node.key)
+            node.unlinked = True
+            if staged is not None:
+                self.uploader.pending.pop(staged, None)  # never retried after the delete
+                self.cache.unjournal(staged)
         if node.is_record:
             await self.backend.run(self._drop_expiry_markers, parent.prefix, name)
         self.inodes.remove(node)
         self._drop_staged(node)
         self._listed(parent, name, None)
         await self._keep_parent(parent)
+
+    async def _records_settled(self, parent_ino: int, name: str) -> None:
+        """A record's commit at release (close() returned before it) comes before what follows."""
+        parent = self.inodes.get(parent_ino)
+        if parent is not None and self._is_store(parent):
+            await self.records.settled_at(parent.path + (name,))
 
     def _drop_expiry_markers(self, store_prefix: str, name: str) -> None:
         for markers in kv.store_expiries(self.sync_backend, store_prefix, name).values():
@@ -865,6 +985,8 @@ class Filesystem:
                      caller: Optional[Caller] = None) -> None:
         if flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL, "RENAME_EXCHANGE is not supported", logging.INFO)
+        await self._records_settled(old_parent_ino, old_name)
+        await self._records_settled(new_parent_ino, new_name)
         old_parent, new_parent = self._node(old_parent_ino), self._node(new_parent_ino)
         self._child_path(old_parent, old_name, creating=True)
         new_path = self._child_path(new_parent, new_name, creating=True)
@@ -896,28 +1018,52 @@ class Filesystem:
         # locked until the table says where it lives now: a close() racing the rename can neither
         # upload to the old key after the copy nor be deleted with the old key.
         moving = [node] + (self.inodes.below(node) if node.is_dir else [])
+        moved = None  # new key -> ObjectInfo of what the backend's copies made
+        # The target's staged file is locked too: a retry of its pending upload in flight would
+        # land after the copy and put the replaced content back.
+        replaced = [target] if target is not None and target.staged is not None else []
         async with AsyncExitStack() as locks:
-            for n in sorted((n for n in moving if n.staged is not None), key=lambda n: n.ino):
+            for n in sorted((n for n in moving + replaced if n.staged is not None), key=lambda n: n.ino):
                 await locks.enter_async_context(n.staged._lock)
             if node.in_store:
+                if node.is_record and node.staged is not None and (node.staged.dirty or node.staged.pending):
+                    await self.uploader.upload_locked(node, node.staged)  # a pending commit lands first
+                await self.uploader.supersede("/".join(new_path))  # no older leftover lands after it
                 await self._rename_in_store(node, new_parent, new_path)
             else:
                 for n in moving:
                     if n.staged is not None and (n.staged.dirty or n.staged.pending):
                         await self.uploader.upload_locked(n, n.staged)
+                await self.uploader.supersede("/".join(new_path))  # no older leftover lands after the copy
                 if node.is_dir:
-                    await self.backend.rename(node.prefix, "/".join(new_path) + "/")
+                    moved = await self.backend.rename(node.prefix, "/".join(new_path) + "/")
                 else:
-                    await self.backend.rename(node.key, "/".join(new_path))
+                    moved = await self.backend.rename(node.key, "/".join(new_path))
             if target is not None:
-                self.uploader.supersede(target.key)
                 self.inodes.remove(target)
+                if target.staged is not None:  # replaced: its pending upload must never land now
+                    self.uploader.pending.pop(target.staged, None)
+                    self.cache.unjournal(target.staged)
                 self._drop_staged(target)
             self.inodes.move(node, new_path)
+            for n in moving:  # what was listed or looked up under the new names before is older
+                self.inodes.changed(n)
+                if n.is_dir:
+                    n.listing = None  # its entries carry the objects' etags before the copy
+                info = (moved or {}).get(n.key)
+                if info is not None:  # a copy may give the object a new etag (S3 multipart)
+                    n.size, n.mtime, n.etag, n.attr_time = info.size, info.mtime, info.etag, self.clock()
         self._listed(old_parent, old_name, None)
-        self._listed(new_parent, new_name, (node.is_dir, None))
+        self._listed(new_parent, new_name, (node.is_dir, self._known_info(node)))
         new_parent.listing = None if node.is_dir else new_parent.listing
         await self._keep_parent(old_parent)
+
+    @staticmethod
+    def _known_info(node: Node) -> Optional[ObjectInfo]:
+        """What this mount knows of a file's object, for a cached listing (None: nothing, or a dir)."""
+        if node.is_dir or node.etag is None:
+            return None
+        return ObjectInfo(node.key, node.size, node.mtime, node.etag)
 
     async def _rename_in_store(self, node: Node, new_parent: Node, new_path: tuple) -> None:
         """Renames in a store; they turn scratch files into records and back (temp-file-then-rename).
@@ -930,10 +1076,13 @@ class Filesystem:
         if node.is_scratch and to_record:
             staged = node.staged
             await staged._ensure_locked(0, staged.size)
-            data = await record_content(staged)  # EINVAL leaves the scratch file as it was
+            data = await self.records.content_for_rename(staged, new_path)  # refused: left as it was
             info = await self.backend.put_bytes("/".join(new_path), data)
-            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, time.monotonic()
+            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.clock()
+            if staged.size == 0:  # an empty file became the record "": read it as such
+                await staged._io(os.pwrite, staged.fd, data, 0)
             staged.dirty, staged.size = False, len(data)  # kept for handles still open; dropped at release
+            await self.records.invalidate_attrs(node.ino)  # the kernel has the scratch file's size
         elif node.is_record and not to_record:
             staged = self._new_staged(node, truncate=False)
             await staged.complete()  # the content becomes local before the record goes

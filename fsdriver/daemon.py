@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import sys
@@ -19,13 +20,15 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import config
+from . import allocator, config
 from .access import group_id
 from .backend import open_backend, resolve_url
 from .core import Filesystem, Options
 from .errors import BackendError
 from .fuse_ops import Operations
+from .logsafe import SafeFormatter
 from .staging import Cache, CacheLocked
+from .supervise import spawn
 
 log = logging.getLogger("stashfs.daemon")
 
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--org-group", help="group that shares pipelines and key/value stores (docs/permissions.md)")
+    p.add_argument("--backend-timeout", type=float, default=os.environ.get("STASHFS_BACKEND_TIMEOUT") or "30",
+                   help="seconds until a backend call that gets no answer fails with EIO (default 30, "
+                        "$STASHFS_BACKEND_TIMEOUT)")
     p.add_argument("--log-file", type=Path)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -102,17 +108,38 @@ class Readiness:
         self._send("error: " + message)
 
 
+def raise_descriptor_limit() -> None:
+    """Every open file for writing holds a staged file and every S3 request a socket: the usual soft
+    limit of 1,024 descriptors runs out long before the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the descriptor limit from %s to %s: %s", soft, hard, e)
+            return
+    log.info("descriptor limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_file:
+        # It names users' paths: private to the mount's owner from its creation.
+        os.close(os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter())  # names cannot forge log lines
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("stashfs").setLevel(args.log_level.upper())
+    allocator.configure()  # before any worker thread: freed part buffers go back to the kernel
     ready = Readiness(args.ready_fd)
+    raise_descriptor_limit()
     if args.metadata_ttl <= 0:
         ready.fail("--metadata-ttl must be positive (zero causes a lookup storm)")
+        return 1
+    if not args.backend_timeout > 0:
+        ready.fail(f"--backend-timeout must be a positive number of seconds, not {args.backend_timeout:g}")
         return 1
 
     org_gid = None
@@ -132,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = {}
         if url.startswith("s3://"):
-            options = {"endpoint_url": args.endpoint_url, "connect_timeout": 3.0,
-                       "read_timeout": 20.0, "max_attempts": 3}
+            from .backend.s3 import request_settings
+
+            # Each request (retries included) ends within about the bound: so do the mount-time
+            # check and the calls that are never abandoned (fsdriver/backend/aio.py).
+            options = {"endpoint_url": args.endpoint_url, **request_settings(args.backend_timeout)}
         backend = open_backend(url, **options)
         backend.check()
     except (BackendError, ValueError, OSError) as e:
@@ -147,12 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     fs = Filesystem(backend, cache, Options(
         metadata_ttl=args.metadata_ttl, memory_limit=args.memory_limit,
         max_prefetch=args.max_prefetch, read_only=args.read_only, org_gid=org_gid,
+        backend_timeout=args.backend_timeout,
     ))
     try:
-        return trio.run(_serve, fs, mountpoint, args, ready)
+        code = trio.run(_serve, fs, mountpoint, args, ready)
     finally:
         backend.close()
         cache.close()
+    if fs.backend.in_flight:
+        # Threads cannot be cancelled, and the interpreter would wait for the transfer threads of
+        # an abandoned upload at exit: the daemon must not outlive its unmount for them.  What they
+        # were uploading is still journaled and is uploaded at the next mount.
+        log.warning("exiting with %d backend calls abandoned in flight", fs.backend.in_flight)
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int:
@@ -172,11 +211,14 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
-            nursery.start_soon(_on_signals, fs)
+            spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
             if args.readahead:
-                nursery.start_soon(_set_readahead, mountpoint, args.readahead)
+                spawn(nursery, fs.stats, "readahead", _set_readahead, mountpoint, args.readahead)
             ready.ok()
             await pyfuse3.main()
+            # Unmounted: stop waiting for backend calls in flight (an upload retry against a dead
+            # endpoint), or the daemon would outlive its mount by as long as they take.
+            fs.backend.abandon_all()
             nursery.cancel_scope.cancel()
     except BaseException:
         unmount = False
@@ -184,9 +226,14 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
     finally:
         pyfuse3.close(unmount=unmount)
     left = fs.uploader.describe_pending()
-    if left:
-        log.error("%d uploads still pending; they stay in %s and are uploaded at the next mount",
-                  len(left), fs.cache.root)
+    kept = [i for i in left if i.get("kept", True)]
+    if kept:
+        log.error("%d uploads still pending; they stay in %s and are uploaded at the next mount with that "
+                  "cache dir (or dropped there with `mountctl flush --discard`)", len(kept), fs.cache.root)
+    for item in left:
+        if not item.get("kept", True):
+            log.error("%r: pending upload LOST: its journal entry could not be written, so the next "
+                      "mount discards its data (%s)", item["key"], item["error"])
     log.info("unmounted %s", mountpoint)
     return 0
 

@@ -14,8 +14,10 @@ every backend:
 - a missing object raises ``FileNotFoundError``;
 - ``gets(name, byte_range=[begin, end])`` is half-open, ``end`` past EOF is clipped, ``begin < 0``
   or ``end < begin`` is a ``ValueError``; ``end`` may be ``None`` (to EOF);
-- ``list(prefix)`` gives every object at or below ``prefix`` taken as a path ("a/b" lists "a/b"
-  and "a/b/...", never "a/bc"), names relative to the store root, sorted;
+- ``list(prefix)`` gives the names of the objects that start with ``prefix`` (as Conducto's
+  does: ``list("stage")`` gives ``stage1/rows.csv``), relative to the store root, sorted;
+  ``list_tree(path)`` every object at or below ``path`` taken as a path ("a/b" lists "a/b" and
+  "a/b/...", never "a/bc");
 - ``delete(name, recursive=True)`` removes ``name`` and everything below ``name/``, never
   ``namefoo``.
 """
@@ -32,7 +34,7 @@ from typing import Sequence
 from . import layout, owners
 from .access import login_name
 from .backend import Backend, ObjectInfo, open_backend
-from .errors import BackendError, InvalidRequest, NotFound
+from .errors import BackendError, InvalidName, InvalidRequest, NotFound
 
 
 _backends: dict[str, Backend] = {}
@@ -49,6 +51,17 @@ def shared_backend(url: str | None = None) -> Backend:
         if url not in _backends:
             _backends[url] = open_backend(url)
         return _backends[url]
+
+
+def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
+    """The first writer of a pipeline owns it (fsdriver.owners): one request per process."""
+    if (backend.url, pipeline_id) in _claimed:
+        return
+    try:
+        owners.claim(backend, pipeline_id, login_name(), os.getuid())
+    except BackendError as e:  # e.g. credentials limited to pipeline/*: the data still counts
+        logging.getLogger("stashfs.data").warning("pipeline %s: owner not recorded: %s", pipeline_id, e)
+    _claimed.add((backend.url, pipeline_id))
 
 
 def current_user() -> str:
@@ -91,13 +104,8 @@ class ObjectStore:
 
     def _put(self, name: str, do_put) -> None:
         key = self._key(name)
-        if self.tree == "pipeline" and (self.backend.url, self.name) not in _claimed:
-            # The first writer of a pipeline owns it (fsdriver.owners): one request per process.
-            try:
-                owners.claim(self.backend, self.name, login_name(), os.getuid())
-            except BackendError as e:  # e.g. credentials limited to pipeline/*: the data still counts
-                logging.getLogger("stashfs.data").warning("pipeline %s: owner not recorded: %s", self.name, e)
-            _claimed.add((self.backend.url, self.name))
+        if self.tree == "pipeline":
+            claim_pipeline(self.backend, self.name)
         try:
             do_put(key)
         except InvalidRequest as e:
@@ -158,27 +166,45 @@ class ObjectStore:
         return ObjectInfo(name, info.size, info.mtime, info.etag)
 
     def list(self, prefix: str = "") -> list[str]:
-        """Names of the objects at or below ``prefix`` (as a path), sorted."""
+        """Names of the objects that start with ``prefix`` (Conducto's ``list``): ``list("stage")``
+        gives ``stage1/rows.csv`` and ``stage/x``; sorted."""
         return [info.key for info in self.list_info(prefix)]
 
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         """Like `list`, with size, mtime and etag (from the listing, no per-object HEAD)."""
-        segments = layout.split_path(prefix, allow_empty=True)
+        head, sep, partial = prefix.rpartition("/")
+        segments = layout.split_path(head, allow_empty=True) if sep else []
+        if "\0" in partial or head.endswith("/"):
+            raise InvalidName(f"invalid prefix {prefix!r}: contains NUL or a doubled '/'")
+        return self._listing(self.root + "".join(s + "/" for s in segments) + partial)
+
+    def list_tree(self, path: str = "") -> list[str]:
+        """Names of the objects at or below ``path`` taken as a path ("a/b" lists "a/b" and
+        "a/b/...", never "a/bc"), sorted."""
+        return [info.key for info in self.list_tree_info(path)]
+
+    def list_tree_info(self, path: str = "") -> list[ObjectInfo]:
+        """Like `list_tree`, with size, mtime and etag."""
+        segments = layout.split_path(path, allow_empty=True)
         base = self.root + "".join(s + "/" for s in segments)
-        cut = len(self.root)
-        found = [
-            ObjectInfo(e.key[cut:], e.size, e.mtime, e.etag)
-            for e in self.backend.list(base)
-            if isinstance(e, ObjectInfo) and not e.key.endswith("/")
-        ]
+        found = self._listing(base)
         if segments:
             try:
                 info = self.backend.head(base[:-1])
-                found.append(ObjectInfo(info.key[cut:], info.size, info.mtime, info.etag))
+                found.append(ObjectInfo(info.key[len(self.root):], info.size, info.mtime, info.etag))
             except NotFound:
                 pass
         found.sort(key=lambda i: i.key.encode("utf-8"))
         return found
+
+    def _listing(self, key_prefix: str) -> list[ObjectInfo]:
+        """The objects (not directory markers) whose key starts with ``key_prefix``, sorted."""
+        cut = len(self.root)
+        return [
+            ObjectInfo(e.key[cut:], e.size, e.mtime, e.etag)
+            for e in self.backend.list(key_prefix)
+            if isinstance(e, ObjectInfo) and not e.key.endswith("/")
+        ]
 
     def delete(self, name: str, recursive: bool = False) -> None:
         """Delete object ``name``; with ``recursive``, also everything below ``name/``."""

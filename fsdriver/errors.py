@@ -34,6 +34,14 @@ class Unavailable(BackendError):
     """The backend could not be reached or kept failing after retries."""
 
 
+class OutOfDescriptors(Unavailable):
+    """This process (EMFILE) or the system (ENFILE) has no file descriptor left for a connection."""
+
+    def __init__(self, message: str, key: str | None = None, errno: int = 24):
+        super().__init__(message, key)
+        self.errno = errno
+
+
 class InvalidRequest(BackendError):
     """The backend rejected the request as malformed (bad key, bad range, object vs prefix clash)."""
 

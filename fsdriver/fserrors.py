@@ -45,15 +45,15 @@ def errno_for(exc: BaseException, op: str, what: str) -> int:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # one failure from a nursery of concurrent backend calls
     if isinstance(exc, FSError):
-        log.log(exc.level, "%s %s: %s", op, what, exc)
+        log.log(exc.level, "%s %r: %s", op, what, exc)
         return exc.errno
     for cls, code, level in _MAP:
         if isinstance(exc, cls):
-            log.log(level, "%s %s: %s", op, what, exc)
-            return code
+            log.log(level, "%s %r: %s", op, what, exc)
+            return getattr(exc, "errno", None) or code  # OutOfDescriptors: EMFILE or ENFILE
     if isinstance(exc, OSError) and exc.errno:
         level = logging.ERROR if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else logging.INFO
-        log.log(level, "%s %s: %s", op, what, exc)
+        log.log(level, "%s %r: %s", op, what, exc)
         return exc.errno
-    log.error("%s %s: unexpected error", op, what, exc_info=exc)
+    log.error("%s %r: unexpected error", op, what, exc_info=exc)
     return errno.EIO

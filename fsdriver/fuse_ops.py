@@ -12,16 +12,20 @@ import logging
 import stat
 
 import pyfuse3
+import trio
 
 from .access import Caller
 from .core import Attr, Filesystem
 from .fserrors import FSError, errno_for
+from . import statuspages
+from .backend.aio import request_deadline
 from .inodes import CONTROL_INO
 
 log = logging.getLogger("stashfs.fuse")
 
 XATTR_STATUS = b"user.stashfs.status"
 XATTR_FLUSH = b"user.stashfs.flush"
+XATTR_DISCARD = b"user.stashfs.discard"  # value: {"keys": [...]} or {"all": true}
 XATTR_LOGLEVEL = b"user.stashfs.loglevel"
 XATTR_PREFIX = b"user.stashfs."
 
@@ -38,17 +42,27 @@ def _caller(ctx) -> Caller | None:
     return Caller(ctx.uid, ctx.gid, ctx.pid) if ctx is not None else None
 
 
+# Requests whose backend reads share one deadline (--backend-timeout): a black-holed endpoint gives
+# EIO within the bound, not within one bound per backend call.  Not the uploads (flush, fsync,
+# release, the control file's flush): fetching the unwritten parts of a large file may take long.
+BOUNDED_OPS = frozenset({"lookup", "getattr", "open", "opendir", "readdir", "read", "create", "mkdir",
+                         "statfs", "listxattr"})
+
+
 def _boundary(describe):
     """Count the request, run it, and turn any failure into a FUSEError with one log line."""
 
     def decorate(fn):
         op = fn.__name__
 
+        bounded = op in BOUNDED_OPS
+
         @functools.wraps(fn)
         async def handler(self, *args):
             self.fs.stats.requests[op] += 1
             try:
-                return await fn(self, *args)
+                with request_deadline(self.fs.backend.timeout if bounded else None):
+                    return await fn(self, *args)
             except pyfuse3.FUSEError:
                 raise
             except Exception as e:  # trio.Cancelled is a BaseException and passes through
@@ -57,6 +71,21 @@ def _boundary(describe):
         return handler
 
     return decorate
+
+
+async def _invalidate_attrs(ino: int) -> None:
+    """Drop the kernel's cached attributes of ``ino`` and return once it has (records: the request
+    that changed a record answers only after the next stat is sure to ask again).  Attributes only:
+    that takes no page lock, so unlike a page invalidation it cannot deadlock inside a request."""
+    await trio.to_thread.run_sync(_notify_attrs, ino)
+
+
+def _notify_attrs(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, True)
+    except OSError as e:  # ENOENT: the kernel does not know the inode (any more)
+        if e.errno != errno.ENOENT:
+            log.debug("invalidating the attributes of inode %d: %s", ino, e)
 
 
 class Operations(pyfuse3.Operations):
@@ -68,6 +97,8 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.mountpoint = mountpoint
         fs.invalidate_entry = self._invalidate_entry
+        fs.records.invalidate_attrs = _invalidate_attrs
+        self._pending_pages: list = [[]]  # the pending list as of the last read of its page 0
 
     @staticmethod
     def _invalidate_entry(parent_ino: int, name: str) -> None:
@@ -239,13 +270,37 @@ class Operations(pyfuse3.Operations):
 
     # -- xattrs: the control file ------------------------------------------------------------
 
+    async def _discard(self, value: bytes) -> None:
+        """Drop pending uploads without uploading them; ENOENT if a key named has none."""
+        try:
+            request = json.loads(value)
+            if request.get("all") is True:
+                keys = None
+            elif isinstance(request["keys"], list) and all(isinstance(k, str) for k in request["keys"]):
+                keys = set(request["keys"])
+            else:
+                raise TypeError("keys must be a list of strings")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise FSError(errno.EINVAL, 'discard wants {"keys": [...]} or {"all": true}', logging.INFO) from None
+        done = await self.fs.uploader.discard(keys)
+        missing = sorted((keys or set()) - set(done))
+        if missing:
+            raise FSError(errno.ENOENT, f"no pending upload of {', '.join(missing)}", logging.INFO)
+
     @_boundary("ino")
     async def getxattr(self, inode, name, ctx):
         if inode == CONTROL_INO:
             self._control_caller(ctx)
         if inode == CONTROL_INO and name == XATTR_STATUS:
-            status = self.fs.status() | {"mountpoint": self.mountpoint}
-            return json.dumps(status).encode()
+            # A summary: the whole pending list can pass the 64 KiB xattr limit (E2BIG).
+            return statuspages.summarize(self.fs.status() | {"mountpoint": self.mountpoint})
+        page = statuspages.page_number(name.decode("utf-8", "replace")) if inode == CONTROL_INO else None
+        if page is not None:
+            if page == 0:  # a snapshot, so that the pages after it belong to the same list
+                self._pending_pages = statuspages.paginate(self.fs.status()["pending_uploads"])
+            if page >= len(self._pending_pages):
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return statuspages.page_value(self._pending_pages, page)
         if not name.startswith(XATTR_PREFIX):
             # ls -l asks every file for ACLs and security labels: answer without any backend work.
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -269,6 +324,8 @@ class Operations(pyfuse3.Operations):
             remaining = await self.fs.uploader.flush_all()
             if remaining:
                 raise FSError(errno.EIO, f"{len(remaining)} uploads still pending", logging.WARNING)
+        elif name == XATTR_DISCARD:
+            await self._discard(value)
         elif name == XATTR_LOGLEVEL:
             logging.getLogger("stashfs").setLevel(value.decode().upper())
         else:

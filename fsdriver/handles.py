@@ -45,6 +45,11 @@ class Handle:
     append: bool
     reader: object = None  # LocalReader | Prefetcher, for handles of files without staged data
     staged: object = None  # the StagedFile a writing handle writes (see core._writable_staged)
+    # Record handles (fsdriver.records): what happened since the last commit, and a refusal
+    # (an FSError) after which the handle's content is never stored.
+    written: bool = False
+    truncated: bool = False
+    refused: object = None
 
     def close(self) -> None:
         if self.reader is not None:

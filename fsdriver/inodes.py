@@ -31,6 +31,7 @@ class Listing:
     entries: dict
     time: float = field(default_factory=time.monotonic)
     valid: float = 0.0
+    seq: int = 0  # InodeTable.seq when the listing started: its entries are as old as that
 
 
 @dataclass(eq=False)
@@ -54,7 +55,9 @@ class Node:
     edits: Optional[dict] = None
     listings_in_flight: int = 0
     unlinked: bool = False
-    generation: int = 0  # bumped by every upload from this mount: a HEAD older than that is stale
+    # InodeTable.seq when this mount last changed the object (upload, truncate, rename): what the
+    # backend said in a request that started before that is older than what we know (see `observed`)
+    changed: int = 0
     pins: int = 0  # directory handles whose snapshot lists this node (not yet sent to the kernel)
     mtime_wanted: Optional[float] = None  # utimens on a file being written: applied after upload
 
@@ -96,6 +99,19 @@ class InodeTable:
         root.lookups = 1  # never forgotten
         self.by_ino: dict[int, Node] = {ROOT_INO: root}
         self.by_path: dict[tuple, Node] = {(): root}
+        # A counter of this mount's changes.  A backend answer carries the value read when its
+        # request started; it describes a node only if no change of ours came after that.
+        self.seq = 0
+
+    def changed(self, node: Node) -> None:
+        """This mount just changed ``node``'s object: older backend answers must not overwrite it."""
+        self.seq += 1
+        node.changed = self.seq
+
+    @staticmethod
+    def observed(node: Node, seq: int) -> bool:
+        """Whether an answer to a request that started at ``seq`` is at least as new as what we know."""
+        return seq >= node.changed
 
     def __getitem__(self, ino: int) -> Node:
         return self.by_ino[ino]

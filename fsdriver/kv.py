@@ -4,12 +4,15 @@
     seen = DataStore("welcome")
     seen["last_ran_at"] = "2026-11-22T07:00:00Z"
     seen.incr("runs")                          # atomic: no lost update between workers
-    seen.update("emails", lambda e: e + ["a@example.com"], default=[])
+    seen.modify("emails", lambda e: e + ["a@example.com"], default=[])
     seen.set("lock", "worker-3", ttl=60)       # reads as missing after 60 s
 
 It reads and writes the same objects as the mount (``kv/<store>/<encoded key>.json``, see
 `fsdriver.kvnames`), with no mount needed.  Values are JSON; what you get back is a fresh copy, so
-changing ``ds["a"]["b"]`` in place writes nothing — assign the whole value again (or use update).
+changing ``ds["a"]["b"]`` in place writes nothing — assign the whole value again (or use modify).
+A store is a `collections.abc.MutableMapping`: code written for a dict works (``update(mapping)``,
+``pop``, ``setdefault``, ``values``).  A missing key raises `MissingKey`, both a KeyError (what
+Python code expects) and a TypeError (what Pipedream documents).
 """
 
 from __future__ import annotations
@@ -18,22 +21,29 @@ import copy
 import json
 import random
 import time
+from collections.abc import MutableMapping
 from typing import Any, Callable, Iterator
 
-from . import kvnames, layout
+from . import kvnames, layout, strictjson
 from .backend import Backend, ObjectInfo
 from .data import shared_backend
-from .errors import NotFound, PreconditionFailed
+from .errors import BucketNotFound, NotFound, PreconditionFailed
 
 _MISSING = object()
 MAX_ATTEMPTS = 200
 
 
 def dumps(value: Any) -> bytes:
+    """A value as record bytes: TypeError if JSON cannot hold it, ValueError (`strictjson.InvalidJSON`,
+    `strictjson.RecordTooLarge`) if it breaks a record's limits — the same rules as the mount's."""
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        data = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise strictjson.InvalidJSON(f"value nested more than {strictjson.MAX_DEPTH} deep") from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {e}") from None
+    strictjson.check(data)
+    return data
 
 
 def loads(data: bytes, where: str) -> Any:
@@ -72,13 +82,18 @@ def expire_record(backend: Backend, prefix: str, name: str, markers: list) -> No
         backend.delete(marker)
 
 
-class DataStore:
+class MissingKey(KeyError, TypeError):
+    """No such key: ``except KeyError`` (Python) and ``except TypeError`` (Pipedream) both catch it."""
+
+
+class DataStore(MutableMapping):
     """One key/value store.  Keys are non-empty strings; values anything JSON can hold."""
 
     def __init__(self, name: str, backend: Backend | str | None = None):
         self.name = name
         self.prefix = layout.root_prefix("kv", name)
         self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+        self._checked = False  # whether the backend answered check() (see _check_backend)
 
     def __repr__(self) -> str:
         return f"<DataStore {self.name!r} on {self.backend.url}>"
@@ -94,7 +109,10 @@ class DataStore:
                 info = self.backend.head(self.prefix + name)
                 data = self.backend.get_range(self.prefix + name, 0, if_match=info.etag)
                 break
+            except BucketNotFound:
+                raise  # not an empty store: the backend is wrong (a missing key is only a KeyError)
             except NotFound:
+                self._check_backend()
                 return None
             except PreconditionFailed:  # changed between HEAD and GET: read again
                 continue
@@ -105,6 +123,14 @@ class DataStore:
             expire_record(self.backend, self.prefix, name, markers)
             return None
         return loads(data, f"{self.name}[{key!r}]"), info
+
+    def _check_backend(self) -> None:
+        """Once per store, at the first missing key: S3 answers a HEAD in a missing bucket with a
+        bare 404, so ask about the bucket itself (BucketNotFound, PermissionDenied) before saying
+        that a key is missing."""
+        if not self._checked:
+            self.backend.check()
+            self._checked = True
 
     def _set_expiry(self, key: str, etag: str, ttl: float | None, old: list) -> None:
         name = kvnames.record_name(key)
@@ -119,7 +145,7 @@ class DataStore:
     def __getitem__(self, key: str) -> Any:
         found = self._read(key)
         if found is None:
-            raise KeyError(key)
+            raise MissingKey(key)
         return found[0]
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -148,13 +174,13 @@ class DataStore:
         name = kvnames.record_name(key)
         found = self._read(key)
         if found is None:
-            raise KeyError(key)
+            raise MissingKey(key)
         self._set_expiry(key, found[1].etag, ttl, store_expiries(self.backend, self.prefix, name).get(name, []))
 
     def __delitem__(self, key: str) -> None:
         name = kvnames.record_name(key)
         if self._read(key) is None:
-            raise KeyError(key)
+            raise MissingKey(key)
         self.backend.delete(self.prefix + name)
         for _, _, marker in store_expiries(self.backend, self.prefix, name).get(name, []):
             self.backend.delete(marker)
@@ -172,8 +198,34 @@ class DataStore:
             if found is not None:
                 yield key, found[0]
 
+    def values(self) -> Iterator[Any]:
+        for _, value in self.items():
+            yield value
+
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())
+
+    def update(self, *args, **kwargs) -> None:
+        """``dict.update``: store every pair of a mapping (or iterable of pairs) and of ``kwargs``."""
+        if len(args) == 2 and callable(args[1]):
+            raise TypeError("update() takes a mapping, like dict.update; the atomic read-modify-write "
+                            "of one key is modify(key, fn, default=...)")
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``; if missing, store ``default`` and return it — atomically: of two
+        workers, one stores its default and both get that value."""
+        data = dumps(default)
+        for _ in range(MAX_ATTEMPTS):
+            found = self._read(key)
+            if found is not None:
+                return found[0]
+            try:
+                self.backend.put_bytes(self._key(key), data, if_none_match=True)
+                return copy.deepcopy(default)
+            except PreconditionFailed:  # created meanwhile (or an expired record in the way): read again
+                continue
+        raise RuntimeError(f"{self.name}[{key!r}]: gave up after {MAX_ATTEMPTS} conflicting writes")
 
     def clear(self) -> None:
         """Delete every record of the store (irreversible); the store itself stays."""
@@ -182,7 +234,7 @@ class DataStore:
 
     # -- atomic read-modify-write ------------------------------------------------------------
 
-    def update(self, key: str, fn: Callable[[Any], Any], default: Any = _MISSING) -> Any:
+    def modify(self, key: str, fn: Callable[[Any], Any], default: Any = _MISSING) -> Any:
         """Replace the value with ``fn(value)`` atomically; returns the new value.
 
         The write is conditional on the record not having changed since it was read; on a conflict
@@ -194,7 +246,7 @@ class DataStore:
             found = self._read(key)
             if found is None:
                 if default is _MISSING:
-                    raise KeyError(key)
+                    raise MissingKey(key)
                 value, cond, etag = copy.deepcopy(default), {"if_none_match": True}, None
             else:
                 value, cond, etag = found[0], {"if_match": found[1].etag}, found[1].etag
@@ -222,7 +274,7 @@ class DataStore:
                 raise TypeError(f"{self.name}[{key!r}] holds {type(value).__name__}, not a number")
             return value + by
 
-        return self.update(key, add, default=0)
+        return self.modify(key, add, default=0)
 
 
 class Keys:

@@ -21,6 +21,7 @@ import trio
 from .backend.aio import AsyncBackend
 from .memory import MemoryBudget
 from .stats import Stats
+from .supervise import spawn
 
 KERNEL_READAHEAD = 128 * 1024
 INITIAL_WINDOW = (1 << 20) + KERNEL_READAHEAD
@@ -99,17 +100,18 @@ class Prefetcher:
             if not self.parts:
                 self.next_fetch = off  # everything was reclaimed: continue from here
             await self._schedule(off, end)
+            # Only the parts this read needs: a read-ahead part reclaimed meanwhile is not kept alive.
+            needed = [part for part in self.parts if part.start < end]
             out = []
-            for part in list(self.parts):
-                if part.start >= end:
-                    break
+            for part in needed:
                 await part.done.wait()
                 if part.error is not None:
                     self._reset(off)
                     raise part.error
-                out.append(part.data[max(off, part.start) - part.start : min(end, part.end) - part.start])
+                view = memoryview(part.data)
+                out.append(view[max(off, part.start) - part.start : min(end, part.end) - part.start])
             self.last_end = end
-            data = b"".join(out)
+            data = b"".join(out)  # the reply's one copy (slicing the views copies nothing)
             self.stats.prefetch_hit_bytes += len(data)
         if self.budget.waiting:
             self.reclaim()  # someone waits for memory: an idle file must not sit on its parts
@@ -132,7 +134,8 @@ class Prefetcher:
             part = _Part(start, end)
             self.parts.append(part)
             self.next_fetch = end
-            self.nursery.start_soon(self._fetch, part)
+            # _fetch hands its own failures to the reader; the supervisor is the safety net.
+            spawn(self.nursery, self.stats, "prefetch", self._fetch, part)
 
     async def _fetch(self, part: _Part) -> None:
         try:

@@ -4,6 +4,7 @@ Layout of ``--cache-dir`` (one daemon at a time, enforced by an flock on ``lock`
 
     staged/<id>          the local content of a file being written
     pending/<id>.json    {"key": ..., "staged": "<id>"}: staged/<id> must reach the backend
+    reserve              space held back for journal entries, given up when the disk is full
 
 A staged file becomes *pending* when an upload of it starts (close, fsync, flush) and stops being
 pending when that upload succeeded.  After a crash the next daemon uploads every pending file before
@@ -33,6 +34,9 @@ from .fsutil import durable_temp, replace_durably
 log = logging.getLogger("stashfs.staging")
 
 BLOCK = 1 << 20
+# Enough for thousands of journal entries: when the cache disk fills up, giving this back lets the
+# journal entry of a failed upload still be written (else its data would not survive a crash).
+JOURNAL_RESERVE = 1 << 20
 
 
 class CacheLocked(Exception):
@@ -54,8 +58,10 @@ class Cache:
         self.root = Path(root)
         self.staged_dir = self.root / "staged"
         self.pending_dir = self.root / "pending"
-        for d in (self.staged_dir, self.pending_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        # Staged data is users' file content: private to the daemon's user (0700, files 0600).
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.staged_dir, self.pending_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,6 +70,8 @@ class Cache:
             raise CacheLocked(f"cache dir {self.root} is in use by another stashfs daemon") from None
         # Local file I/O is quick but may block (slow disk, ENOSPC): it never runs on the trio thread.
         self.io_limiter = trio.CapacityLimiter(8)
+        self.reserve = self.root / "reserve"
+        self._hold_reserve()
 
     def close(self) -> None:
         os.close(self._lock_fd)
@@ -71,14 +79,43 @@ class Cache:
     def new_path(self) -> Path:
         return self.staged_dir / uuid.uuid4().hex
 
+    def _hold_reserve(self) -> None:
+        """Allocate the journal reserve if it is missing (best effort: a full disk has no room)."""
+        if self.reserve.exists():
+            return
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, JOURNAL_RESERVE)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.reserve.unlink(missing_ok=True)
+            log.warning("cannot reserve %d bytes for the upload journal in %s: %s",
+                        JOURNAL_RESERVE, self.root, e.strerror)
+
     def journal(self, staged: "StagedFile", key: str) -> None:
-        """Record that ``staged`` must reach ``key`` (written atomically, fsynced)."""
+        """Record that ``staged`` must reach ``key`` (written atomically, fsynced).
+
+        On a full disk the reserve is given up for it; OSError when even that is not enough.
+        """
         entry = self.pending_dir / (staged.path.name + ".json")
-        meta = {"key": key, "staged": staged.path.name, "conditions": staged.conditions}
-        tmp = durable_temp(self.pending_dir, json.dumps(meta).encode(), prefix=".", suffix=".tmp")
+        meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions}).encode()
+        try:
+            tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.reserve.exists():
+                raise
+            log.warning("cache dir %s is full: using the journal reserve for the pending upload of %s",
+                        self.root, key)
+            self.reserve.unlink(missing_ok=True)  # another journal thread may have given it up first
+            tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
         replace_durably(tmp, entry)
+        staged.journaled = True
+        self._hold_reserve()
 
     def unjournal(self, staged: "StagedFile") -> None:
+        staged.journaled = False
         try:
             os.unlink(self.pending_dir / (staged.path.name + ".json"))
         except FileNotFoundError:
@@ -129,6 +166,8 @@ class StagedFile:
         self.error: Optional[str] = None  # why the last upload failed
         self.broken: Optional[OSError] = None  # a staging write failed: never upload this content
         self.rejected: Optional[Exception] = None  # the backend or validation refused it: never retry
+        self.journaled = False  # a journal entry in pending/ names this file (it survives a crash)
+        self.journal_error: Optional[str] = None  # why the last attempt to journal it failed
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
         self.conditions: dict = {}
@@ -209,8 +248,17 @@ class StagedFile:
             self.origin_size = 0
             self.fetch = None
 
+    @property
+    def removed(self) -> bool:
+        return self.fd < 0
+
     def remove(self) -> None:
-        os.close(self.fd)
+        """Free the staged file.  Idempotent: a second call must never close a descriptor number
+        that meanwhile belongs to another file."""
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        os.close(fd)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -3,56 +3,50 @@
 The rule this module keeps: when an upload returns, the object is durable in the backend; when it
 fails for a reason that may pass (the backend is unreachable), the staged data stays in the cache
 dir, journaled as pending, and is retried with backoff (and by the next daemon after a crash)
-until it succeeds.  An upload the backend *refuses* for good — a conditional write that lost, a
-key/value record that is not JSON — is reported to the writer and never retried.
+until it succeeds.  An upload that can never succeed — a conditional write that lost, a key/value
+record that is not JSON, a key the backend cannot hold or refuses (`upload_errors`) — is reported
+to the writer with its own errno at once and never queued.  A pending upload has one owner at a
+time (whoever holds its staged file's lock while it is still pending), and a delete of its key wins
+over it.  "Kept" is only ever said of data whose journal entry is on disk.
 """
 
 import errno
-import json
 import logging
 import os
 import time
+from typing import Optional
 
 import trio
 
 from .backend.aio import AsyncBackend
-from .errors import BackendError, PreconditionFailed
+from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .fserrors import FSError
 from .inodes import Node
+from .memory import MemoryBudget
+from .records import record_content
 from .staging import Cache, Pending, StagedFile
 from .stats import Stats
+from .upload_errors import permanent_errno, transient_errno
 
 log = logging.getLogger("stashfs.uploads")
 
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
-MAX_RECORD_BYTES = 16 << 20
-
-
-async def record_content(staged: StagedFile) -> bytes:
-    """A record's bytes, checked: an empty file stores "", anything not JSON is refused (EINVAL)."""
-    if staged.size > MAX_RECORD_BYTES:
-        raise FSError(errno.EFBIG, f"record is {staged.size} bytes, at most {MAX_RECORD_BYTES}", logging.WARNING)
-    if staged.size == 0:
-        return b'""'
-    data = await staged._io(os.pread, staged.fd, staged.size, 0)
-    try:
-        json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FSError(
-            errno.EINVAL, f"not saved, the record is not valid JSON ({e}); the previous value is unchanged",
-            logging.ERROR) from None
-    return data
 
 
 class Uploader:
-    def __init__(self, backend: AsyncBackend, cache: Cache, stats: Stats):
-        self.backend, self.cache, self.stats = backend, cache, stats
+    def __init__(self, backend: AsyncBackend, cache: Cache, stats: Stats, clock=time.monotonic):
+        self.backend, self.cache, self.stats, self.clock = backend, cache, stats, clock
         self.pending: dict[StagedFile, Node] = {}  # uploads that failed and are retried
         self.orphans: list[Pending] = []  # journaled by a previous daemon, not yet uploaded
+        self._orphans_busy: dict[str, trio.Event] = {}  # key -> set when its orphan upload ends
         self._wake = trio.Event()
         # Called when the retry loop settled a pending upload (uploaded, or refused for good):
         # the core frees the staged file if no handle holds it any more.
         self.on_settled = lambda node, staged: None
+        # Called when an upload landed, with what the backend now holds: the core records it.
+        self.on_uploaded = lambda node, info: None
+        # The daemon's memory budget: checking a record reserves its memory there (set by the core).
+        self.budget: Optional[MemoryBudget] = None
 
     async def upload(self, node: Node, staged: StagedFile | None = None) -> None:
         """Make ``staged`` (by default the node's shared staged file) durable at the node's key."""
@@ -66,8 +60,8 @@ class Uploader:
         """`upload` for a caller that holds ``staged._lock`` (a rename, an unlink)."""
         if staged.rejected is not None:
             raise staged.rejected
-        if not (staged.dirty or staged.pending) or node.unlinked or node.is_scratch:
-            return
+        if staged.removed or not (staged.dirty or staged.pending) or node.unlinked or node.is_scratch:
+            return  # freed, settled or deleted by whoever held the lock before us
         if staged.broken is not None:
             raise FSError(
                 staged.broken.errno or errno.EIO,
@@ -83,6 +77,11 @@ class Uploader:
                 "this file did not write cannot be filled in; the other writer's version stays",
                 logging.WARNING))
             raise staged.rejected from None
+        except NotFound:
+            self._reject(node, staged, FSError(
+                errno.ESTALE, "not uploaded: the object was deleted since it was opened, so the parts "
+                "this file did not write cannot be filled in", logging.WARNING))
+            raise staged.rejected from None
         except BackendError as e:
             self._failed(node, staged, e)
         staged.origin_size, staged.fetch = 0, None
@@ -91,8 +90,12 @@ class Uploader:
         key = node.key
         try:
             await trio.to_thread.run_sync(self.cache.journal, staged, key, limiter=self.cache.io_limiter)
+            staged.journal_error = None
         except OSError as e:  # the upload can still succeed; only a crash before it would lose it
-            log.error("%s: cannot journal the pending upload in %s: %s", node.display, self.cache.root, e)
+            staged.journal_error = f"cannot journal it in {self.cache.root}: {e.strerror or e}"
+            log.error("%s: %s; until an upload succeeds its data is NOT kept across a restart",
+                      node.display, staged.journal_error)
+        await self.supersede(key)  # older leftovers of this key must not land after this upload
         staged.pending, staged.dirty = True, False
         try:
             info = await self.backend.put_file(key, staged.path, **staged.conditions)
@@ -111,34 +114,54 @@ class Uploader:
             staged.conditions = {"if_match": info.etag}
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
-        self.supersede(key)
-        node.generation += 1
-        node.size, node.mtime, node.etag = info.size, info.mtime, info.etag
-        node.attr_time = time.monotonic()
+        self.on_uploaded(node, info)
 
     def _failed(self, node: Node, staged: StagedFile, e: Exception):
-        """An upload that may succeed later: keep the data, retry in the background, answer EIO."""
-        staged.dirty = True
-        staged.error = str(e)
+        """A failed upload.  One that can never succeed is refused at once with its own errno;
+        one that may pass is kept, retried in the background, and answered EIO (or EMFILE/ENFILE)
+        — saying "kept" only when its journal entry is on disk."""
         self.stats.upload_failures += 1
+        code = permanent_errno(e)
+        if code is not None:
+            self._reject(node, staged, FSError(
+                code, f"not uploaded and not retried (this cannot succeed): {e}; "
+                "the previous content is unchanged", logging.ERROR))
+            raise staged.rejected from e
+        staged.dirty = True
+        if staged.journaled:
+            staged.error = str(e)
+            message = f"upload failed, kept as a pending upload ({staged.path}) and retried: {e}"
+        else:
+            why = staged.journal_error or "the parts of the object it did not write could not be fetched"
+            staged.error = f"{e}; NOT kept across a restart ({why})"
+            message = (f"upload failed: {e}; retried by this daemon from {staged.path}, but NOT kept "
+                       f"across a restart ({why})")
         if staged not in self.pending:  # a retry that fails again must not spin the loop
             self.pending[staged] = node
             self._wake.set()
-        raise FSError(
-            errno.EIO, f"upload failed, kept as a pending upload ({staged.path}): {e}", logging.ERROR
-        ) from e
+        raise FSError(transient_errno(e), message, logging.ERROR) from e
 
-    def supersede(self, key: str) -> None:
-        """A newer write or a delete of ``key`` happened here: older leftovers must not follow it."""
+    async def supersede(self, key: str) -> None:
+        """A newer write or a delete of ``key`` is about to happen here: older leftovers from a
+        previous run are dropped, and one being uploaded right now is waited for, so that it
+        cannot land after (and overwrite or resurrect) what follows."""
         for p in [p for p in self.orphans if p.key == key]:
             log.warning("dropping the pending upload of %s from a previous run: superseded", key)
+            self._drop_orphan(p)
+        busy = self._orphans_busy.get(key)
+        if busy is not None:
+            await busy.wait()
+
+    def _drop_orphan(self, p: Pending) -> None:
+        if p in self.orphans:
             self.orphans.remove(p)
+        if p.key not in self._orphans_busy:  # else its uploader removes the files when done
             p.path.unlink(missing_ok=True)
             p.journal.unlink(missing_ok=True)
 
     async def _prepare_record(self, node: Node, staged: StagedFile) -> None:
         try:
-            data = await record_content(staged)
+            data = await record_content(staged, self.budget)
         except FSError as e:
             self._reject(node, staged, e)
             raise
@@ -154,28 +177,76 @@ class Uploader:
         node.attr_time = 0  # read the backend's version again
 
     def describe_pending(self) -> list[dict]:
-        out = [{"path": n.display, "key": n.key, "bytes": st.size, "error": st.error}
+        # "kept": journaled, so the next daemon uploads it; otherwise a restart loses it
+        out = [{"path": n.display, "key": n.key, "bytes": st.size, "error": st.error, "kept": st.journaled}
                for st, n in self.pending.items()]
         out += [{"path": None, "key": p.key, "bytes": p.path.stat().st_size if p.path.exists() else 0,
-                 "error": "recovered after a restart"} for p in self.orphans]
+                 "error": "recovered after a restart", "kept": True} for p in self.orphans]
         return out
 
     async def flush_all(self) -> list[dict]:
-        """Try every pending upload now; returns what still failed."""
+        """Try every pending upload now; returns what still failed.
+
+        The retry loop, `mountctl flush` and umount may run this at the same time: whoever takes
+        a staged file's lock while it is still pending owns that round, and only the owner that
+        settled it hands it back to the core (once), so a staged file is never freed twice."""
         for staged, node in list(self.pending.items()):
+            settled = False
             try:
-                await self.upload(node, staged)
+                async with staged._lock:
+                    if self.pending.get(staged) is not node or staged.removed:
+                        # Completed by another flush while we waited; it could not free it while
+                        # we were queued on the lock, so that falls to us (freeing twice is safe).
+                        settled = not staged.removed
+                        continue
+                    if node.unlinked:  # deleted meanwhile: it must never be uploaded again
+                        self.pending.pop(staged, None)
+                        self.cache.unjournal(staged)
+                        settled = True
+                        continue
+                    await self.upload_locked(node, staged)
+                settled = True
+                log.info("%s: pending upload done", node.display)
             except FSError as e:
                 if staged.rejected is not None:
                     log.warning("%s: pending upload given up: %s", node.display, e)
-                    self.on_settled(node, staged)
+                    settled = True
+                elif isinstance(e.__cause__, Unavailable):
+                    # The backend does not answer (each try takes up to --backend-timeout): the
+                    # others would wait as long in turn, so they wait for the next round instead.
+                    log.warning("the backend is unreachable; %d pending uploads wait for the next try",
+                                len(self.pending) + len(self.orphans))
+                    return self.describe_pending()
             except Exception:  # never let one bad upload end the retry loop (and the mount)
                 log.exception("%s: retrying the upload failed unexpectedly; still pending", node.display)
-            else:
-                log.info("%s: pending upload done", node.display)
-                self.on_settled(node, staged)
+            finally:
+                if settled:
+                    self.on_settled(node, staged)
         await self._upload_orphans()
         return self.describe_pending()
+
+    async def discard(self, keys: Optional[set[str]]) -> list[str]:
+        """Drop the pending uploads of ``keys`` (None: all) without uploading them; returns the
+        keys dropped.  Their local data is deleted (`mountctl flush --discard`)."""
+        out = []
+        for staged, node in list(self.pending.items()):
+            if keys is not None and node.key not in keys:
+                continue
+            async with staged._lock:
+                if self.pending.get(staged) is not node:
+                    continue
+                self._reject(node, staged, FSError(
+                    errno.EIO, "not uploaded: its pending upload was discarded (mountctl flush --discard)",
+                    logging.WARNING))
+            log.warning("%s: pending upload of %d bytes discarded on request", node.display, staged.size)
+            out.append(node.key)
+            self.on_settled(node, staged)
+        for p in list(self.orphans):
+            if keys is None or p.key in keys:
+                log.warning("pending upload of %s from a previous run discarded on request", p.key)
+                self._drop_orphan(p)
+                out.append(p.key)
+        return out
 
     async def recover(self, progress=lambda message: None) -> None:
         """Before serving: upload what a previous daemon journaled, drop what it never closed."""
@@ -195,25 +266,40 @@ class Uploader:
             await self._upload_orphans(progress)
 
     async def _upload_orphans(self, progress=lambda message: None) -> None:
-        remaining = []
+        unreachable = False
         for p in list(self.orphans):
-            if p not in self.orphans:
-                continue  # superseded meanwhile
-            progress(f"uploading {p.key} left pending by a previous run")
+            if p not in self.orphans or p.key in self._orphans_busy:
+                continue  # superseded meanwhile, or being uploaded by a concurrent flush
+            self._orphans_busy[p.key] = done = trio.Event()
             try:
+                progress(f"uploading {p.key} left pending by a previous run")
                 await self.backend.put_file(p.key, p.path, **p.conditions)
             except PreconditionFailed:
                 log.error("pending upload of %s from a previous run lost a conditional write "
                           "(the record changed meanwhile); dropped", p.key)
+                self._drop_orphan(p)
             except (BackendError, OSError) as e:
-                log.error("pending upload of %s failed again: %s", p.key, e)
-                remaining.append(p)
-                continue
+                if isinstance(e, Unavailable):
+                    log.error("pending upload of %s failed again: %s; the others wait for the next try",
+                              p.key, e)
+                    unreachable = True
+                elif permanent_errno(e) is None:
+                    log.error("pending upload of %s failed again: %s", p.key, e)
+                else:
+                    log.error("pending upload of %s from a previous run can never succeed (%s); "
+                              "dropped, the backend keeps its previous content", p.key, e)
+                    self._drop_orphan(p)
             else:
                 log.warning("uploaded pending %s from a previous run", p.key)
-            p.path.unlink(missing_ok=True)
-            p.journal.unlink(missing_ok=True)
-        self.orphans = [p for p in self.orphans if p in remaining]
+                self._drop_orphan(p)
+            finally:
+                del self._orphans_busy[p.key]
+                done.set()
+                if p not in self.orphans:  # done, or superseded while it was in flight
+                    p.path.unlink(missing_ok=True)
+                    p.journal.unlink(missing_ok=True)
+            if unreachable:
+                return
 
     async def retry_forever(self) -> None:
         """Background task: retry failed uploads with exponential backoff."""

@@ -7,11 +7,15 @@ Errors end as one line on stderr (``mountctl: <reason>``) and a non-zero exit st
 import argparse
 import logging
 import os
+import re
 import sys
 
+import argcomplete
+
+from fsdriver import __version__
 from fsdriver.config import ConfigError
 from fsdriver.errors import BackendError, InvalidName
-from fsdriver.secrets.store import InvalidSecretName, SecretsError
+from fsdriver.secrets.store import InvalidSecretName, InvalidSecretValue, SecretsError
 
 class CLIError(Exception):
     """A failure to report as one line; ``status`` is the exit code."""
@@ -32,6 +36,12 @@ class Parser(argparse.ArgumentParser):
                        "or a prompt, never from the command line)")
         elif "ignored explicit argument" in message:
             message = message.split("ignored explicit argument")[0] + "takes no value (the value is not shown)"
+        elif "invalid choice: " in message:  # e.g. --store with a value pasted in the wrong place
+            head, _, rest = message.partition("invalid choice: ")
+            choices = rest[rest.rfind("(choose from"):] if "(choose from" in rest else ""
+            message = f"{head}invalid choice (not shown) {choices}".rstrip()
+        elif re.search(r"invalid \w+ value: ", message):
+            message = re.split(r"(?<=value): ", message, maxsplit=1)[0] + " (not shown)"
         super().error(message)
 
 
@@ -42,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mountctl", description="Control stashfs mounts, data and secrets."
     )
+    parser.add_argument("--version", action="version", version=f"mountctl (stashfs) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (mount_cmd, data_cmd, kv_cmd, pipeline_cmd, secrets_cmd, exec_cmd):
         group.register(sub)
@@ -50,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # Shell completion (bash, zsh, fish): `eval "$(register-python-argcomplete mountctl)"`.
+    # Under completion this prints the candidates and exits; otherwise it returns at once.
+    argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="mountctl: %(message)s")
     try:
@@ -59,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.status
     except SecretsError as e:
         print(f"mountctl: {e}", file=sys.stderr)
-        return 2 if isinstance(e, InvalidSecretName) else 1
+        return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue)) else 1
     except InvalidName as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

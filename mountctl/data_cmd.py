@@ -1,11 +1,14 @@
 """``mountctl data``: the pipeline and user object stores from the shell."""
 
 import json
+import os
 import shutil
 import sys
 import tempfile
 
 from fsdriver import data
+
+from .cli import CLIError
 
 
 def register(sub) -> None:
@@ -13,8 +16,9 @@ def register(sub) -> None:
     cmds = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     def store_args(cp):
-        scope = cp.add_mutually_exclusive_group(required=True)
-        scope.add_argument("--pipeline", metavar="ID", help="the pipeline's store")
+        scope = cp.add_mutually_exclusive_group()
+        scope.add_argument("--pipeline", metavar="ID",
+                           help="the pipeline's store (the default, with the id from $STASHFS_PIPELINE_ID)")
         scope.add_argument("--user", nargs="?", const="", metavar="NAME",
                            help="a user's store (default: $STASHFS_USER or the login name)")
         cp.add_argument("--backend", metavar="URL",
@@ -42,9 +46,12 @@ def register(sub) -> None:
 
 
 def _store(args) -> data.ObjectStore:
-    if args.pipeline is not None:
-        return data.pipeline(args.pipeline, backend=args.backend)
-    return data.user(args.user or None, backend=args.backend)
+    if args.user is not None:
+        return data.user(args.user or None, backend=args.backend)
+    pipeline_id = args.pipeline or os.environ.get("STASHFS_PIPELINE_ID")  # as the Python API does
+    if not pipeline_id:
+        raise CLIError("which store? give --pipeline ID or --user [NAME], or set STASHFS_PIPELINE_ID", 2)
+    return data.pipeline(pipeline_id, backend=args.backend)
 
 
 def cmd_put(args) -> None:
@@ -84,7 +91,7 @@ def cmd_gets(args) -> None:
 
 
 def cmd_ls(args) -> None:
-    infos = _store(args).list_info(args.prefix)
+    infos = _store(args).list_tree_info(args.prefix)
     if args.json:
         print(json.dumps([{"name": i.key, "size": i.size, "mtime": i.mtime, "etag": i.etag} for i in infos]))
         return

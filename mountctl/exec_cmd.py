@@ -3,16 +3,25 @@
 With ``--pipeline`` the command works on the node's mount (the configured mount point): exec
 mounts it when it is not mounted and a backend is configured (the daemon outlives the command),
 then claims the pipeline by creating its directory as the calling user.
+
+``--secret-files`` / ``--secret-file NAME`` give secrets as files instead of variables
+(`fsdriver.secrets.secret_files`); every exec is recorded in the user's access log
+(`fsdriver.secrets.accesslog`).
 """
 
+import contextlib
 import fcntl
 import os
 import sys
 
 from fsdriver import layout
 from fsdriver.access import login_name
+from fsdriver.secrets import accesslog, secret_files
 from fsdriver.secrets.environment import compose
-from fsdriver.secrets.store import SecretsError, current_user, open_store
+from fsdriver.secrets.mask import MIN_MASKED, Masker, unmasked
+from fsdriver.secrets.store import (
+    MAX_VALUE_BYTES, SecretsError, SecretsPermissionError, check_name, current_user, open_store,
+)
 
 from . import mount_cmd, mounts
 from .cli import CLIError
@@ -29,6 +38,11 @@ def register(sub) -> None:
     p.add_argument("--pristine", action="store_true", help="start from an empty environment (PATH, HOME kept)")
     p.add_argument("--preserve-env", action="store_true", help="never override an inherited variable")
     p.add_argument("--no-mask", action="store_true", help="exec the command directly, output unfiltered")
+    p.add_argument("--secret-files", action="store_true",
+                   help="give every secret as a 0600 file on a tmpfs, removed when CMD ends, its path in "
+                        "$STASHFS_SECRET_FILE_<NAME> (and not the value in $NAME)")
+    p.add_argument("--secret-file", action="append", default=[], metavar="NAME",
+                   help="the same for secret NAME only (repeatable)")
     p.add_argument("--store", choices=("local", "ssm"), help="secrets store")
     p.add_argument("command", nargs="+", metavar="-- CMD")
     p.set_defaults(func=cmd_exec)
@@ -104,17 +118,55 @@ def stashfs_variables(pipeline: str | None, mount: str | None) -> dict:
     return out
 
 
-def cmd_exec(args) -> int:
-    from fsdriver.secrets import runner
-
-    argv = args.command
-    store = open_store(args.store)
+def load_secrets(store_name: str | None) -> dict:
+    """{"org": {...}, "user": {...}}; org secrets the user may not read are left out, once said."""
+    store = open_store(store_name)
     secrets = {}
     for scope in ("org", "user"):
         try:
             secrets[scope] = store.values(scope)  # {} when nothing is stored in that scope
+        except SecretsPermissionError as e:
+            if scope != "org":
+                raise CLIError(f"{scope} secrets: {e}") from None
+            print(f"mountctl: org secrets not readable, running with your own secrets only ({e})", file=sys.stderr)
+            secrets[scope] = {}
         except SecretsError as e:
             raise CLIError(f"{scope} secrets: {e}") from None
+    return secrets
+
+
+def split_files(args, merged: dict) -> tuple[dict, dict]:
+    """(secrets for the environment, secrets for files), from --secret-files / --secret-file."""
+    wanted = set(merged) if args.secret_files else set()
+    for name in args.secret_file:
+        check_name(name)
+        if name not in merged:
+            raise CLIError(f"--secret-file {name}: no such secret", status=2)
+        wanted.add(name)
+    env = {n: v for n, v in merged.items() if n not in wanted}
+    for name, value in env.items():  # stored before `secrets set` checked values
+        if "\0" in value or len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+            raise CLIError(f"secret {name} cannot be put in an environment variable (a NUL byte, or more than "
+                           f"{MAX_VALUE_BYTES} bytes): set it again, or pass it with --secret-file {name}")
+    return env, {n: merged[n] for n in sorted(wanted)}
+
+
+def log_access(argv: list, env_names: list, file_names: list, pipeline: str | None, values: list) -> None:
+    masker = Masker(values)
+    command = masker.feed(os.path.basename(argv[0]).encode("utf-8", "surrogateescape")) + masker.flush()
+    try:
+        accesslog.record(command.decode("utf-8", "replace"), env_names, file_names, pipeline)
+    except OSError as e:
+        print(f"mountctl: cannot write the access log {accesslog.log_path()}: {e.strerror or e}", file=sys.stderr)
+
+
+def cmd_exec(args) -> int:
+    from fsdriver.secrets import runner
+
+    argv = args.command
+    secrets = load_secrets(args.store)
+    merged = {**secrets["org"], **secrets["user"]}
+    env_secrets, file_secrets = split_files(args, merged)  # bad input fails before anything is mounted
     if args.pipeline:
         layout.check_name(args.pipeline, "pipeline id")
         mount = node_mount(args.mount)
@@ -127,15 +179,29 @@ def cmd_exec(args) -> int:
                       "$STASHFS_BACKEND); STASHFS_PIPELINE_DIR is not set", file=sys.stderr)
     else:
         mount = find_mount(args.mount)
-    composed = compose(
-        dict(os.environ), secrets["org"], secrets["user"], stashfs_variables(args.pipeline, mount),
-        pristine=args.pristine, preserve=args.preserve_env,
-    )
-    for name in composed.overridden:
-        print(f"mountctl: secret {name} overrides the inherited variable of the same name", file=sys.stderr)
-    for name in composed.kept:
-        print(f"mountctl: kept the inherited {name} (--preserve-env); the secret is not applied", file=sys.stderr)
+    org = {n: v for n, v in secrets["org"].items() if n in env_secrets}
+    user = {n: v for n, v in secrets["user"].items() if n in env_secrets}
     values = [v for scope in ("org", "user") for v in secrets[scope].values()]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return runner.run(argv, composed.env, values, mask=not args.no_mask)
+    secret_files.sweep()  # what a killed run left behind
+    with contextlib.ExitStack() as stack:
+        stashfs = stashfs_variables(args.pipeline, mount)
+        files = stack.enter_context(secret_files.SecretFiles(file_secrets)) if file_secrets else None
+        if files is not None:
+            stashfs.update(files.environment())
+        composed = compose(dict(os.environ), org, user, stashfs, pristine=args.pristine, preserve=args.preserve_env)
+        for name in composed.overridden:
+            print(f"mountctl: secret {name} overrides the inherited variable of the same name", file=sys.stderr)
+        for name in composed.kept:
+            print(f"mountctl: kept the inherited {name} (--preserve-env); the secret is not applied", file=sys.stderr)
+        given = {n: v for n, v in env_secrets.items() if n not in composed.kept} | file_secrets
+        if not args.no_mask:
+            short = sorted(n for n, v in given.items() if unmasked([v]))
+            if short:
+                print(f"mountctl: not masked in the output (shorter than {MIN_MASKED} bytes): {', '.join(short)}",
+                      file=sys.stderr)
+        log_access(argv, [n for n in given if n not in file_secrets], list(file_secrets), args.pipeline, values)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # With files, mountctl stays the parent, even unmasked, to remove them when CMD is over.
+        return runner.run(argv, composed.env, values, mask=not args.no_mask, supervise=files is not None,
+                          pass_fds=(files.lock_fd,) if files is not None else ())

@@ -21,7 +21,7 @@ from .cli import CLIError
 
 # -o name=value -> the daemon's --name value
 VALUE_OPTIONS = ("org_group", "cache_dir", "memory_limit", "max_prefetch", "metadata_ttl", "readahead",
-                 "endpoint_url", "log_file", "log_level")
+                 "backend_timeout", "endpoint_url", "log_file", "log_level")
 FLAG_OPTIONS = {"allow_other": "allow_other", "ro": "read_only"}
 # mount(8)'s generic options (and what mount.fuse adds): nothing for stashfs to do.
 GENERIC = {"defaults", "rw", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users", "owner",

@@ -3,6 +3,7 @@
 import json
 import sys
 
+from fsdriver import strictjson
 from fsdriver.kv import DataStore
 
 from .cli import CLIError
@@ -66,7 +67,9 @@ def cmd_get(args) -> None:
 def cmd_set(args) -> None:
     text = sys.stdin.read() if args.value == "-" else args.value
     try:
-        value = json.loads(text)
+        value = strictjson.loads(text)
+    except strictjson.RecordTooLarge as e:
+        raise CLIError(f"the value is {e}", status=2) from None
     except ValueError as e:
         raise CLIError(f"the value is not JSON ({e}); quote strings: '\"text\"'", status=2) from None
     _store(args).set(args.key, value, ttl=args.ttl)

@@ -34,7 +34,9 @@ def register(sub) -> None:
     p.add_argument("--max-prefetch", metavar="SIZE", help="largest read-ahead window per file (default 64M)")
     p.add_argument("--metadata-ttl", metavar="SECONDS", help="how long attributes and listings are cached (default 1)")
     p.add_argument("--readahead", metavar="SIZE", help="kernel read-ahead of the mount (default 1M, root only)")
-    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--backend-timeout", metavar="SECONDS",
+                   help="a backend call without an answer fails with EIO after this long (default 30)")
+    p.add_argument("--read-only", action="store_true", help="refuse every change (EROFS); reads only")
     p.add_argument("--allow-other", action="store_true", default=None,
                    help=f"let other users use the mount ({_CONFIGURED})")
     p.add_argument("--org-group", metavar="GROUP",
@@ -42,8 +44,10 @@ def register(sub) -> None:
                         "[mount] in the config file)")
     p.add_argument("--foreground", action="store_true",
                    help="stay attached: exec the daemon (systemd Type=notify, containers)")
-    p.add_argument("--log-file", metavar="FILE")
-    p.add_argument("--log-level", dest="daemon_log_level", metavar="LEVEL", default="INFO")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="the daemon's log, created 0600 (default: none in the background, stderr with --foreground)")
+    p.add_argument("--log-level", dest="daemon_log_level", metavar="LEVEL", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon")
@@ -51,11 +55,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("status", help="every stashfs mount on this machine")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per mount")
+    p.add_argument("--all", action="store_true",
+                   help="list every pending upload (by default: their count, size and the first 20)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("flush", help="upload everything pending now")
+    p = sub.add_parser("flush", help="upload everything pending now (or drop pending uploads: --discard)")
     p.add_argument("mountpoint", nargs="?", help="default: the configured mount point")
+    p.add_argument("--discard", metavar="KEY", action="append",
+                   help="drop this pending upload instead of uploading it: a key as `mountctl status` shows "
+                        "it, or the file's path in the mount (repeatable); its data is deleted")
+    p.add_argument("--discard-all", action="store_true", help="drop every pending upload; their data is deleted")
     p.set_defaults(func=cmd_flush)
 
 
@@ -115,7 +125,8 @@ def daemon_options(args, cfg: dict) -> dict:
     """The daemon's options (flag name -> value; True for a bare flag) from mount's arguments and
     the [mount] settings ``cfg``."""
     opts = {name: getattr(args, name) for name in (
-        "cache_dir", "memory_limit", "max_prefetch", "metadata_ttl", "readahead", "log_file", "read_only")}
+        "cache_dir", "memory_limit", "max_prefetch", "metadata_ttl", "readahead", "backend_timeout", "log_file",
+        "read_only")}
     opts.update({name: cfg[name] for name in CONFIG_OPTIONS})
     opts["log_level"] = args.daemon_log_level
     return opts
@@ -137,7 +148,9 @@ def start(mp: str, opts: dict) -> None:
     cmd = daemon_command(mp, opts)
     read_fd, write_fd = os.pipe()
     log_file = opts.get("log_file")
-    log_target = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    # The log names users' paths: created private (0600), like the daemon creates it.
+    log_target = (os.fdopen(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+                  if log_file else subprocess.DEVNULL)
     # Readiness goes through the pipe; $NOTIFY_SOCKET belongs to whoever started us (a systemd
     # service running jobs), not to a daemon that outlives us.
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -210,17 +223,17 @@ def _require_stashfs(mountpoint: str | None) -> str:
 
 def cmd_umount(args) -> int:
     mp = _require_stashfs(args.mountpoint)
-    pid = None
+    pid, cache_dir = None, "?"
     failed = []
     try:
         st = mounts.status(mp)
-        pid = st["pid"]
+        pid, cache_dir = st["pid"], st.get("cache_dir", "")
         mounts.flush(mp)
     except OSError as e:
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
     try:
-        failed = mounts.status(mp)["pending_uploads"]
+        failed = mounts.pending(mp)  # every one, page by page: the status shows only the first ones
     except OSError:
         pass
     p = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
@@ -232,9 +245,15 @@ def cmd_umount(args) -> int:
             time.sleep(0.05)  # waiting for another process to exit: there is no event to wait on
     if failed:
         for item in failed:
-            print(f"mountctl: not uploaded: {item['key']} ({item['bytes']} bytes): {item['error']}", file=sys.stderr)
-        raise CLIError(f"unmounted {mp}, but {len(failed)} uploads are still pending in the cache dir; "
-                       "they are uploaded at the next mount with the same cache dir")
+            fate = "" if item.get("kept", True) else " - LOST: it could not be journaled"
+            print(f"mountctl: not uploaded: {item['key']} ({item['bytes']} bytes): {item['error']}{fate}",
+                  file=sys.stderr)
+        lost = sum(not item.get("kept", True) for item in failed)
+        raise CLIError(f"unmounted {mp}, but {len(failed)} uploads are still pending: "
+                       + (f"{lost} of them could not be journaled and are lost; the others' " if lost else "their ")
+                       + f"data stays in the cache dir {cache_dir} and is uploaded at the next mount with the "
+                       "same cache dir (to drop them instead: mount again, then `mountctl flush --discard KEY` "
+                       "or --discard-all)")
     return 0
 
 
@@ -251,6 +270,8 @@ def cmd_status(args) -> int:
     for entry in mounts.stashfs_mounts():
         try:
             st = mounts.status(entry.mountpoint)
+            if args.all:
+                st["pending_uploads"] = mounts.pending(entry.mountpoint)
         except OSError as e:
             why = ("its status is for the mount's owner and root only" if e.errno == errno.EACCES
                    else f"daemon does not answer: {e.strerror}")
@@ -275,22 +296,56 @@ def cmd_status(args) -> int:
               f"prefetch hits {_bytes(st['prefetch_hit_bytes'])}")
         print(f"  memory {_bytes(st['memory']['in_use'])} of {_bytes(st['memory']['limit'])} "
               f"(peak {_bytes(st['memory']['peak'])}), open files {st['open_files']}, "
-              f"pending uploads {len(st['pending_uploads'])}")
+              f"pending uploads {_pending_count(st)} ({_bytes(st.get('pending', {}).get('bytes', 0))})")
         for item in st["pending_uploads"]:
             print(f"    pending: {item['key']} ({_bytes(item['bytes'])}): {item['error']}")
+        more = _pending_count(st) - len(st["pending_uploads"])
+        if more > 0:
+            print(f"    ... and {more} more (mountctl status --all)")
+    return 0
+
+
+def _pending_count(st: dict) -> int:
+    return st.get("pending", {}).get("count", len(st["pending_uploads"]))
+
+
+def _discard(mp: str, args) -> int:
+    keys = None
+    if not args.discard_all:
+        keys = []
+        for item in args.discard:
+            path = os.path.abspath(item) if item.startswith((os.sep, ".")) else None
+            if path is not None and (path + os.sep).startswith(mp + os.sep):
+                item = os.path.relpath(path, mp)  # a path in the mount names its key
+            keys.append(item)
+    before = {(i["key"], i["bytes"]) for i in mounts.pending(mp)}  # all pages, not the status's first few
+    try:
+        mounts.discard(mp, keys)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise CLIError(f"{mp}: no pending upload of {', '.join(keys or [])} (see `mountctl status`)")
+        raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
+    after = {i["key"] for i in mounts.pending(mp)}
+    for key, size in sorted(before):
+        if key not in after:
+            print(f"mountctl: discarded {key} ({size} bytes), not uploaded", file=sys.stderr)
     return 0
 
 
 def cmd_flush(args) -> int:
     mp = _require_stashfs(args.mountpoint)
+    if args.discard or args.discard_all:
+        return _discard(mp, args)
     try:
         mounts.flush(mp)
     except OSError as e:
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
-        left = mounts.status(mp)["pending_uploads"]
-        raise CLIError(f"{len(left)} uploads are still pending: " +
-                       "; ".join(f"{i['key']}: {i['error']}" for i in left))
+        st = mounts.status(mp)
+        left = st["pending_uploads"][:5]  # one line: the first few, the rest in `mountctl status --all`
+        raise CLIError(f"{_pending_count(st)} uploads are still pending (retried; `mountctl flush --discard KEY` "
+                       "drops one): " + "; ".join(f"{i['key']}: {i['error']}" for i in left) +
+                       ("; ..." if _pending_count(st) > len(left) else ""))
     return 0
 
 

@@ -61,5 +61,21 @@ def status(mountpoint: str) -> dict:
     return json.loads(os.getxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.status"))
 
 
+def pending(mountpoint: str) -> list[dict]:
+    """Every pending upload, read page by page (the status xattr only carries the first ones)."""
+    control = os.path.join(mountpoint, CONTROL)
+    first = json.loads(os.getxattr(control, "user.stashfs.pending.0"))  # the daemon takes a snapshot
+    entries = list(first["entries"])
+    for n in range(1, first["pages"]):
+        entries += json.loads(os.getxattr(control, f"user.stashfs.pending.{n}"))["entries"]
+    return entries
+
+
 def flush(mountpoint: str) -> None:
     os.setxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.flush", b"1")
+
+
+def discard(mountpoint: str, keys: list[str] | None) -> None:
+    """Drop pending uploads (of ``keys``, or all) without uploading them."""
+    value = {"all": True} if keys is None else {"keys": keys}
+    os.setxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.discard", json.dumps(value).encode())

@@ -5,7 +5,9 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from fsdriver.secrets.store import SecretsError, check_name, open_store
+from fsdriver.secrets import accesslog
+from fsdriver.secrets.mask import MIN_MASKED, unmasked
+from fsdriver.secrets.store import InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value, open_store
 
 from .cli import CLIError
 
@@ -24,22 +26,26 @@ def register(sub) -> None:
     cp.set_defaults(func=cmd_set)
     cp = cmds.add_parser("list", help="names, scopes and update times (never values)")
     scope = cp.add_mutually_exclusive_group()
-    scope.add_argument("--org", action="store_true")
-    scope.add_argument("--user", action="store_true")
-    cp.add_argument("--json", action="store_true")
+    scope.add_argument("--org", action="store_true", help="only the org's secrets")
+    scope.add_argument("--user", action="store_true", help="only your own secrets")
+    cp.add_argument("--json", action="store_true", help="print a JSON array")
     common(cp)
     cp.set_defaults(func=cmd_list)
     cp = cmds.add_parser("rm", help="remove a secret")
     cp.add_argument("name")
-    cp.add_argument("--org", action="store_true")
+    cp.add_argument("--org", action="store_true", help="an org secret (admins only)")
     common(cp)
     cp.set_defaults(func=cmd_rm)
     cp = cmds.add_parser("get", help="print a secret's value (needs --reveal)")
     cp.add_argument("name")
-    cp.add_argument("--org", action="store_true")
+    cp.add_argument("--org", action="store_true", help="the org secret of that name")
     cp.add_argument("--reveal", action="store_true", help="yes, print the value")
     common(cp)
     cp.set_defaults(func=cmd_get)
+    cp = cmds.add_parser("log", help="which secrets mountctl exec gave to which command (names, never values)")
+    cp.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="the last N entries (default 20; 0: all)")
+    cp.add_argument("--json", action="store_true", help="one JSON object per line")
+    cp.set_defaults(func=cmd_log)
 
 
 def _scope(args) -> str:
@@ -50,28 +56,43 @@ def _fail(e: SecretsError):
     return CLIError(str(e), status=1)
 
 
+def _read_value(name: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value of {name}: ")
+    try:  # bytes, so that a decoding error cannot quote the value's bytes
+        value = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CLIError(f"the value of {name} is not valid UTF-8", status=2) from None
+    if value.endswith("\n"):
+        value = value[:-1]
+        if value.endswith("\r"):
+            value = value[:-1]
+    return value
+
+
 def cmd_set(args) -> None:
     name = check_name(args.name)
-    if sys.stdin.isatty():
-        value = getpass.getpass(f"value of {name}: ")
-    else:
-        value = sys.stdin.read()
-        if value.endswith("\n"):
-            value = value[:-1]
-            if value.endswith("\r"):
-                value = value[:-1]
+    value = _read_value(name)
     if value == "":
         raise CLIError(f"refusing to set {name} to an empty value", status=2)
+    try:
+        check_value(value)
+    except InvalidSecretValue as e:
+        raise CLIError(f"refusing to set {name}: {e}", status=2) from None
     try:
         open_store(args.store).set(_scope(args), name, value)
     except SecretsError as e:
         raise _fail(e) from None
+    if unmasked([value]):
+        print(f"mountctl: warning: {name} is shorter than {MIN_MASKED} bytes: mountctl exec passes it to commands "
+              "but does not mask it in their output", file=sys.stderr)
 
 
 def cmd_list(args) -> None:
     scopes = ["org"] if args.org else ["user"] if args.user else ["org", "user"]
     store = open_store(args.store)
     rows = []
+    failed = False
     for scope in scopes:
         try:
             rows += store.list(scope)
@@ -79,12 +100,15 @@ def cmd_list(args) -> None:
             if args.org or args.user:
                 raise _fail(e) from None
             print(f"mountctl: {scope} secrets: {e}", file=sys.stderr)
+            # Not being an org member is a normal state; a store that cannot be read is a failure.
+            failed = failed or not (scope == "org" and isinstance(e, SecretsPermissionError))
     if args.json:
         print(json.dumps([{"name": r.name, "scope": r.scope, "updated": r.updated} for r in rows]))
-        return
-    for r in rows:
-        when = datetime.fromtimestamp(r.updated, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        print(f"{r.scope:<5} {r.name:<32} ****  {when}")
+    else:
+        for r in rows:
+            when = datetime.fromtimestamp(r.updated, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            print(f"{r.scope:<5} {r.name:<32} ****  {when}")
+    return 1 if failed else 0
 
 
 def cmd_rm(args) -> None:
@@ -108,3 +132,20 @@ def cmd_get(args) -> None:
     except SecretsError as e:
         raise _fail(e) from None
     sys.stdout.write(value + "\n")
+
+
+def cmd_log(args) -> None:
+    if args.lines < 0:
+        raise CLIError("-n must be 0 or more", status=2)
+    entries, bad = accesslog.read()
+    if args.lines:
+        entries = entries[-args.lines:]
+    for e in entries:
+        if args.json:
+            print(json.dumps(e))
+            continue
+        names = ", ".join(list(e.get("secrets") or []) + [f"{n} (file)" for n in e.get("files") or []]) or "-"
+        where = f"  pipeline {e['pipeline']}" if e.get("pipeline") else ""
+        print(f"{e.get('time', '?')}  {e.get('user', '?')}  {e.get('command', '?')}{where}  {names}")
+    if bad:
+        print(f"mountctl: {bad} unreadable line(s) of {accesslog.log_path()} skipped", file=sys.stderr)

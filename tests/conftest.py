@@ -1,5 +1,8 @@
 import itertools
+import logging
 import os
+import shutil
+import sys
 
 import boto3
 import pytest
@@ -7,6 +10,7 @@ import pytest
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.backend.s3 import S3Backend
 
+from . import logguard, mounting, sharedpy
 from .mounting import force_unmount, make_mount, require_fuse
 from .servers import TEST_ENV, MotoServer
 
@@ -26,6 +30,49 @@ def _aws_test_env():
         if k.startswith("AWS_") or k.startswith("STASHFS_"):
             del os.environ[k]
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def log_guard(request):
+    """Fail the test if the core or a daemon it mounted logged a traceback or a warning that the
+    test did not declare with ``@pytest.mark.expected_log(regex, ...)`` (tests/logguard.py)."""
+    collector = logguard.Collector()
+    logger = logging.getLogger(logguard.LOGGER)
+    logger.addHandler(collector)
+    mounting.MADE.clear()
+    yield
+    logger.removeHandler(collector)
+    texts = list(collector.texts)
+    for m in mounting.MADE:
+        texts += [f"{m.log_file}: {t}" for t in logguard.daemon_records(m.log())]
+    mounting.MADE.clear()
+    bad = logguard.unexpected(texts, logguard.patterns_of(request.node))
+    if bad:
+        pytest.fail("unexpected warnings or tracebacks in the log (declare expected ones with "
+                    "@pytest.mark.expected_log):\n" + "\n".join(bad)[-6000:], pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def other_user_python():
+    """An interpreter with this project and its packages that other users (nobody, the test
+    users) can run, also when the test interpreter or the checkout lives under /root (0700):
+    this one, or a world-readable copy made for the session (tests/sharedpy.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run commands as another user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    if sharedpy.usable_by(sys.executable):
+        sharedpy.PYTHON = sys.executable
+        yield sys.executable
+        return
+    wrapper = sharedpy.build()
+    try:
+        assert sharedpy.usable_by(str(wrapper)), f"{wrapper} does not work for user nobody"
+        sharedpy.PYTHON = str(wrapper)
+        yield str(wrapper)
+    finally:
+        sharedpy.PYTHON = None
+        sharedpy.remove(wrapper)
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,12 @@ def force_unmount(path: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
 
 
+MADE: list = []  # mounts made during the current test: their logs are checked (tests/logguard.py)
+
+
 def make_mount(tmp_path: Path, url: str, env: dict, name: str = "mnt", extra=()) -> Mount:
     path = tmp_path / name
     path.mkdir()
-    return Mount(path, url, env, tmp_path / f"{name}-cache", tmp_path / f"{name}.log", list(extra))
+    m = Mount(path, url, env, tmp_path / f"{name}-cache", tmp_path / f"{name}.log", list(extra))
+    MADE.append(m)
+    return m

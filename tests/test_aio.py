@@ -68,3 +68,36 @@ def test_async_round_trip(tmp_path):
     keys, data, after = trio.run(main)
     assert keys == ["d/", "d/a", "d/b"] and data == b"2"
     assert [e.key for e in after] == ["d/", "d/b"]
+
+
+def test_an_unresponsive_backend_costs_one_bound_then_short_probes(tmp_path):
+    """Issue 10, item 9: a stat that needs two lookups against a black-holed endpoint waited two
+    whole bounds.  After one read was abandoned, reads wait a probe bound until the backend answers."""
+    import pytest
+
+    from fsdriver.errors import Unavailable
+
+    backend = GatedDisk(tmp_path / "b")
+    backend.put_bytes("k", b"v")
+    ab = AsyncBackend(backend, 4, timeout=30.0)
+
+    clock = trio.testing.MockClock(autojump_threshold=0)  # a wait for a thread jumps to the deadline
+
+    async def main():
+        t0 = trio.current_time()
+        with pytest.raises(Unavailable):
+            await ab.head("k")  # the gate is shut: nobody answers
+        t1 = trio.current_time()
+        with pytest.raises(Unavailable):
+            await ab.head("k")
+        t2 = trio.current_time()
+        assert t1 - t0 == pytest.approx(30.0) and t2 - t1 == pytest.approx(3.0)
+        assert ab.unresponsive
+        clock.autojump_threshold = float("inf")  # from here on, virtual time stands still
+        backend.gate.set()  # it answers again (the abandoned calls too)
+        assert (await ab.head("k")).size == 1
+        assert not ab.unresponsive
+        while backend.in_flight:  # the abandoned threads end once the gate is open (each waits <= 10 s)
+            await trio.to_thread.run_sync(threading.Event().wait, 0.01)
+
+    trio.run(main, clock=clock)

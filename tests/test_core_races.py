@@ -148,6 +148,8 @@ def test_rename_over_a_pending_file_leaves_no_stale_journal(tmp_path):
     run(tmp_path, body)
 
 
+@pytest.mark.expected_log("pending uploads? from a previous run", "pending upload of user/alice/k failed again",
+                          "dropping the pending upload of user/alice/k")
 def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
     cache = Cache(tmp_path / "cache")
     old = StagedFile(cache)
@@ -194,6 +196,7 @@ def test_retry_loop_survives_unexpected_errors(tmp_path):
     run(tmp_path, body)
 
 
+@pytest.mark.expected_log("lookup '/user/alice/x': ")
 def test_access_denied_on_lookup_is_eacces(tmp_path):
     async def body(fs, be, ns, nursery):
         fs.inodes[ns].listing = None  # force the HEAD + LIST pair
@@ -277,6 +280,7 @@ def test_a_file_written_during_a_listing_stays_visible(tmp_path):
     run(tmp_path, body)
 
 
+@pytest.mark.expected_log("pending upload given up: not written")
 def test_a_refused_retry_is_logged_and_cleaned_up(tmp_path, caplog):
     async def body(fs, be, ns, nursery):
         kv = (await fs.lookup(ROOT_INO, "kv")).ino

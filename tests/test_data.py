@@ -62,20 +62,37 @@ def test_put_get_files(store, tmp_path):
         store.put("y", tmp_path / "no-such-local-file")
 
 
-def test_list_is_path_aware_and_sorted(store):
+def test_list_tree_is_path_aware_and_sorted(store):
     for name in ["a/b", "a/b/c", "a/b/d/e", "a/bc", "a/a", "z", "a/b.txt"]:
         try:
             store.puts(name, name.encode())
         except NotADirectoryError:
             assert store.backend.url.startswith("file://")  # disk: a/b is a file, a/b/c cannot be
-    names = store.list("a/b")
+    names = store.list_tree("a/b")
     assert "a/bc" not in names and "a/b.txt" not in names
     assert all(n == "a/b" or n.startswith("a/b/") for n in names)
     assert names == sorted(names) and names
-    assert store.list("a/b/") == names
-    assert store.list() == sorted(store.list())
-    assert "z" in store.list() and "a/bc" in store.list("a")
+    assert store.list_tree("a/b/") == names
+    assert store.list_tree() == sorted(store.list_tree())
+    assert "z" in store.list_tree() and "a/bc" in store.list_tree("a")
+    assert store.list_tree("nothing") == []
+
+
+def test_list_gives_names_that_start_with_the_prefix(store):
+    """Conducto's list(prefix): "names of objects that start with prefix", not a directory."""
+    for name in ["stage1/rows.csv", "stage2/x/y", "stage", "stages.txt", "other/stage1"]:
+        store.puts(name, b"1")
+    assert store.list("stage") == ["stage", "stage1/rows.csv", "stage2/x/y", "stages.txt"]
+    assert store.list("stage1") == ["stage1/rows.csv"]
+    assert store.list("stage2/x/") == ["stage2/x/y"]
+    assert store.list("other/st") == ["other/stage1"]
+    assert store.list("") == sorted(store.list("")) and len(store.list("")) == 5
     assert store.list("nothing") == []
+    assert [i.key for i in store.list_info("stages")] == ["stages.txt"]
+    with pytest.raises(ValueError):
+        store.list("a//b")
+    with pytest.raises(ValueError):
+        store.list("../x")
 
 
 def test_list_skips_directory_markers_and_other_stores(store):

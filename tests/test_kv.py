@@ -1,5 +1,8 @@
 """Key/value records: the encoding, and DataStore on disk and S3."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -101,7 +104,7 @@ def test_update_and_incr_never_lose_updates(ds):
         try:
             for _ in range(15):
                 ds.incr("counter")
-                ds.update("seen", lambda s: s + [1], default=[])
+                ds.modify("seen", lambda s: s + [1], default=[])
         except Exception as e:
             errors.append(e)
 
@@ -118,7 +121,7 @@ def test_update_and_incr_never_lose_updates(ds):
     with pytest.raises(TypeError, match="str"):
         ds.incr("text")
     with pytest.raises(KeyError):
-        ds.update("missing", lambda v: v)
+        ds.modify("missing", lambda v: v)
 
 
 def test_ttl(ds, monkeypatch):
@@ -160,3 +163,40 @@ def test_more_than_1000_keys(ds):
 def test_bad_store_name(backend):
     with pytest.raises(InvalidName, match="store name"):
         DataStore("../x", backend=backend)
+
+
+def test_values_are_strict_json_within_the_record_limits(ds):
+    """The same rules as the mount (fsdriver.strictjson): no NaN, bounded depth and size."""
+    from fsdriver.strictjson import MAX_DEPTH, MAX_RECORD_BYTES
+
+    with pytest.raises(TypeError, match="float"):
+        ds["k"] = float("nan")
+    deep = []
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(ValueError, match=f"nested more than {MAX_DEPTH} deep"):
+        ds["k"] = deep
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match=f"nested more than {MAX_DEPTH} deep"):
+        ds["k"] = deep  # deeper than json.dumps can go: not a RecursionError either
+    with pytest.raises(ValueError, match="at most"):
+        ds["k"] = "x" * MAX_RECORD_BYTES
+    with pytest.raises(ValueError, match="at most"):
+        ds.modify("k", lambda v: "x" * MAX_RECORD_BYTES, default="")
+    assert "k" not in ds
+    ds["k"] = "x" * (MAX_RECORD_BYTES - 2)  # with its quotes, exactly the limit
+    assert len(ds["k"]) == MAX_RECORD_BYTES - 2
+
+
+@pytest.mark.parametrize("value,says", [
+    ("NaN", "NaN is not a JSON value"), ("[1, Infinity]", "Infinity is not a JSON value"),
+    ("[" * 100_000, "nested more than"), ("{oops", "not JSON"),
+])
+def test_mountctl_kv_set_refuses_what_is_not_strict_json(tmp_path, value, says):
+    env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"))
+    p = subprocess.run([sys.executable, "-m", "mountctl", "kv", "set", "s", "k", "-"], input=value, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "k" not in DataStore("s", backend=str(tmp_path / "be"))

@@ -1,18 +1,22 @@
-"""Streaming secret masking: fsdriver.secrets.mask.Masker."""
+"""Streaming secret masking: fsdriver.secrets.mask.Masker (the forms are listed in docs/secrets.md)."""
 
 import base64
+import json
 import random
+import textwrap
 import urllib.parse
 
 import pytest
 
-from fsdriver.secrets.mask import Masker, patterns_for
+from fsdriver.secrets.mask import MIN_MASKED, Masker, patterns_for, unmasked
+
+from . import secret_forms
 
 R = b"****"
 
 
-def mask_all(values, chunks, replacement=R):
-    m = Masker(values, replacement)
+def mask_all(values, chunks, replacement=R, min_length=MIN_MASKED):
+    m = Masker(values, replacement, min_length=min_length)
     return b"".join(m.feed(c) for c in chunks) + m.flush()
 
 
@@ -30,12 +34,13 @@ def random_chunks(data, rng, max_chunk=7):
 
 
 def reference(patterns, data, replacement=R):
-    """Non-streaming leftmost-longest replacement, written as plainly as possible."""
-    pats = sorted({p for p in patterns if p}, key=len, reverse=True)
+    """Non-streaming leftmost-longest replacement ignoring ASCII case, written as plainly as possible."""
+    pats = sorted({p.lower() for p in patterns if p}, key=len, reverse=True)
+    low = data.lower()
     out, i = [], 0
     while i < len(data):
         for p in pats:
-            if data.startswith(p, i):
+            if low.startswith(p, i):
                 out.append(replacement)
                 i += len(p)
                 break
@@ -43,6 +48,10 @@ def reference(patterns, data, replacement=R):
             out.append(data[i:i + 1])
             i += 1
     return b"".join(out)
+
+
+def all_patterns(values, min_length=1):
+    return set().union(*(patterns_for(v, min_length) for v in values))
 
 
 # -- the value itself
@@ -82,9 +91,16 @@ def test_byte_by_byte_and_random_chunks():
         assert mask_all([secret], random_chunks(data, rng)) == expected
 
 
-def test_short_values_still_masked():
-    assert mask_all(["ab"], bytewise(b"xaby ab")) == b"x****y ****"
-    assert mask_all(["1"], [b"a1b11"]) == b"a****b********"
+def test_short_values_are_not_masked():
+    # Masking "1" or "yes" would hide every such run of characters in the output.
+    assert MIN_MASKED == 6
+    assert mask_all(["ab", "yes", "12345"], [b"xaby ab yes 12345"]) == b"xaby ab yes 12345"
+    assert mask_all(["123456"], [b"0123456789"]) == b"0****789"
+    assert unmasked(["ab", "", "123456", "12345"]) == ["ab", "12345"]
+    assert unmasked(["\u20ac\u20ac"]) == []  # 6 bytes of UTF-8: long enough
+    # Below the minimum only on request (the tests below use it to reach every code path).
+    assert mask_all(["ab"], bytewise(b"xaby ab"), min_length=1) == b"x****y ****"
+    assert mask_all(["1"], [b"a1b11"], min_length=1) == b"a****b********"
 
 
 def test_utf8_value():
@@ -109,7 +125,7 @@ def test_non_prefix_tail_emitted_immediately():
 
 
 def test_holds_only_the_longest_possible_prefix():
-    m = Masker(["secret"])
+    m = Masker(["secret"], min_length=1)
     assert m.feed(b"abc se") == b"abc "
     assert m.feed(b"c") == b""
     assert m.feed(b"x") == b"secx"       # "secx" is no prefix: all of it goes out at once
@@ -127,7 +143,7 @@ def test_flush_emits_held_bytes_unmasked():
 
 def test_flush_masks_a_complete_match_that_was_held():
     # "abc" is complete but "abcdef" might still follow, so "abc" is held until EOF.
-    m = Masker(["abc", "abcdef"])
+    m = Masker(["abc", "abcdef"], min_length=1)
     assert m.feed(b"x abcde") == b"x "
     assert m.flush() == b"****de"
 
@@ -138,22 +154,23 @@ def test_flush_masks_a_complete_match_that_was_held():
 def test_overlap_earliest_wins():
     assert mask_all(["abcdef", "cdefgh"], [b"abcdefgh"]) == b"****gh"
     assert mask_all(["abcdef", "cdefgh"], [b"xcdefghij"]) == b"x****ij"
+    assert mask_all(["abcdef", "cdefgh"], [b"xCDEFghij"]) == b"x****ij"
 
 
 def test_nested_longest_wins():
-    assert mask_all(["abc", "abcdef"], [b"abcdef abc abcde"]) == b"**** **** ****de"
-    assert mask_all(["bcd", "abcde"], [b"abcde abcd"]) == b"**** a****"
+    assert mask_all(["abc", "abcdef"], [b"abcdef abc abcde"], min_length=1) == b"**** **** ****de"
+    assert mask_all(["bcd", "abcde"], [b"abcde abcd"], min_length=1) == b"**** a****"
 
 
 def test_multiple_values_random_streams_match_reference():
     values = ["abab", "babba", "abba", "bbb", "aab"]
-    pats = set().union(*(patterns_for(v) for v in values))
+    pats = all_patterns(values)
     rng = random.Random(42)
     for _ in range(300):
-        data = bytes(rng.choice(b"ab") for _ in range(rng.randint(0, 40)))
+        data = bytes(rng.choice(b"abAB") for _ in range(rng.randint(0, 40)))
         expected = reference(pats, data)
-        assert mask_all(values, bytewise(data)) == expected, data
-        assert mask_all(values, random_chunks(data, rng)) == expected, data
+        assert mask_all(values, bytewise(data), min_length=1) == expected, data
+        assert mask_all(values, random_chunks(data, rng), min_length=1) == expected, data
 
 
 def test_random_values_random_streams_match_reference():
@@ -161,10 +178,24 @@ def test_random_values_random_streams_match_reference():
     for _ in range(150):
         values = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 6)))
                   for _ in range(rng.randint(1, 4))]
-        pats = set().union(*(patterns_for(v) for v in values))
+        pats = all_patterns(values)
         data = bytes(rng.choice(b"abc") for _ in range(rng.randint(0, 30)))
         expected = reference(pats, data)
-        assert mask_all(values, random_chunks(data, rng, 5)) == expected, (values, data)
+        assert mask_all(values, random_chunks(data, rng, 5), min_length=1) == expected, (values, data)
+
+
+def test_long_patterns_random_streams_match_reference():
+    # Values longer than the 8-byte heads the held tail is found through, in a 3-letter stream
+    # full of near misses.
+    rng = random.Random(5)
+    for _ in range(100):
+        values = ["".join(rng.choice("ab") for _ in range(rng.randint(6, 14))) for _ in range(rng.randint(1, 3))]
+        pats = all_patterns(values)
+        base = b"".join(rng.choice([v.encode()[:rng.randint(1, len(v))] for v in values] + [b"c", b"a", b"B"])
+                        for _ in range(rng.randint(0, 40)))
+        expected = reference(pats, base)
+        for chunks in (bytewise(base), random_chunks(base, rng, 9), [base]):
+            assert mask_all(values, chunks) == expected, (values, base)
 
 
 # -- encoded forms
@@ -224,7 +255,7 @@ def test_patterns_never_leak_in_any_chunking(value):
     data = b"|".join(sorted(pats)) + b"|" + value.encode()
     rng = random.Random(len(value))
     for chunks in [bytewise(data)] + [random_chunks(data, rng, 13) for _ in range(30)]:
-        out = mask_all([value], chunks)
+        out = mask_all([value], chunks, min_length=1)
         assert out == reference(pats, data)
         for p in pats:
             assert p not in out
@@ -235,3 +266,34 @@ def test_long_input_is_linear_enough():
     chunk = (b"line of ordinary output with s e c r e t bits sec\n" * 2000)
     out = b"".join(m.feed(chunk) for _ in range(20)) + m.flush()
     assert out == chunk * 20
+
+
+# -- every form of several generated values (tests/secret_forms.py), in random chunks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_form_of_every_value_in_random_chunks(seed):
+    values = secret_forms.generated_secrets(seed)
+    rows = secret_forms.table(values)
+    data = secret_forms.stream(rows)
+    rng = random.Random(seed)
+    for chunks in ([data], random_chunks(data, rng, 5), random_chunks(data, rng, 200), random_chunks(data, rng, 5000)):
+        out = mask_all(values.values(), chunks)
+        assert secret_forms.check(rows, out) == []
+        for v in values.values():
+            assert v.encode() not in out
+
+
+def test_forms_of_a_value_are_masked_only_for_that_value():
+    # The table's forms of one value, with only another value as a secret, pass unchanged: the
+    # masker does not hide what merely looks encoded.
+    values = secret_forms.generated_secrets(10)
+    rows = [r for r in secret_forms.table(values) if r[0] == "SPECIAL"]
+    data = secret_forms.stream(rows)
+    assert mask_all([values["UNICODE"]], random_chunks(data, random.Random(3), 50)) == data
+
+
+def test_reversed_value_is_not_masked_by_design():
+    # docs/secrets.md: reversing is a deliberate transformation, not an accident of output.
+    value = secret_forms.generated_secrets(11)["PREFIX"]
+    assert mask_all([value], [value[::-1].encode()]) == value[::-1].encode()

@@ -43,6 +43,7 @@ def _client(server):
     return boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? wait for the next try")
 def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
@@ -67,6 +68,7 @@ def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
     assert s3_mount.status()["pending_uploads"] == []
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? wait for the next try", "from a previous run")
 def test_pending_upload_survives_kill9(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
@@ -84,6 +86,7 @@ def test_pending_upload_survives_kill9(s3_mount, own_server):
     assert (d / "kept").read_bytes() == b"journaled"
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? wait for the next try", "uploads still pending")
 def test_umount_reports_what_it_could_not_upload(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()
@@ -100,6 +103,7 @@ def test_umount_reports_what_it_could_not_upload(s3_mount, own_server):
     assert [json.loads(j.read_text())["key"] for j in staged] == ["pipeline/p/stuck"]
 
 
+@pytest.mark.expected_log("staged files that were never closed before a restart")
 def test_fsync_then_kill9(mount):
     d = mount.path / "pipeline" / "p"
     d.mkdir()
@@ -168,6 +172,7 @@ def test_status_json(mount):
     assert mine[0]["backend"].startswith("s3://" if mount.kind == "s3" else "file://")
 
 
+@pytest.mark.expected_log("cache disk full", "No space left on device")
 def test_full_cache_disk_gives_enospc_and_keeps_old_object(tmp_path):
     require_fuse()
     cache = tmp_path / "small-cache"
@@ -203,6 +208,7 @@ def test_full_cache_disk_gives_enospc_and_keeps_old_object(tmp_path):
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 
 
+@pytest.mark.expected_log("cannot reach S3")
 def test_reads_fail_with_eio_when_s3_is_down(s3_mount, own_server):
     d = s3_mount.path / "pipeline" / "p"
     d.mkdir()

@@ -3,12 +3,18 @@
 import errno
 import json
 import os
+import stat
+import subprocess
 import threading
 import time
 
 import pytest
 
 from fsdriver.kv import DataStore
+
+
+NOT_JSON = pytest.mark.expected_log(r"not saved( as \S+)?: not valid JSON: ")  # one line per refusal
+CONFLICT = pytest.mark.expected_log("the record changed since it was read")
 
 
 @pytest.fixture
@@ -45,6 +51,7 @@ def test_stores_and_records(mount, store, ds):
     assert os.listdir(mount.path / "kv") == []
 
 
+@NOT_JSON
 def test_invalid_json_keeps_old_value(mount, store, ds):
     ds["k"] = [1, 2]
     f = open(store / "k.json", "w")
@@ -61,8 +68,12 @@ def test_invalid_json_keeps_old_value(mount, store, ds):
 def test_empty_file_stores_empty_string(store, ds):
     ds["k"] = {"a": 1}
     open(store / "k.json", "w").close()
+    # Content that was only truncated is committed at release, which close() does not wait for;
+    # the mount's next operation on the record does (the API reads the backend directly).
+    assert (store / "k.json").read_text() == '""'
     assert ds["k"] == "" and "k" in ds
     (store / "new.json").touch()
+    assert os.stat(store / "new.json").st_size == 2
     assert ds["new"] == ""
 
 
@@ -79,6 +90,7 @@ def test_special_keys_map_to_one_file_name(mount, store, ds):
     assert e.value.errno == errno.EINVAL
 
 
+@CONFLICT
 def test_read_modify_write_conflict_gives_estale(store, ds):
     ds["n"] = 1
     with pytest.raises(OSError) as e:
@@ -100,6 +112,7 @@ def test_blind_overwrite_replaces(store, ds):
     assert ds["n"] == 7
 
 
+@pytest.mark.expected_log("the record was created meanwhile")
 def test_exclusive_create_loses_to_a_record_that_appeared(store, ds):
     fd = os.open(store / "once.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     os.write(fd, b'"mine"')
@@ -110,6 +123,8 @@ def test_exclusive_create_loses_to_a_record_that_appeared(store, ds):
     assert ds["once"] == "theirs"
 
 
+@CONFLICT
+@pytest.mark.expected_log("precondition failed|changed since it was opened")  # an r+ read of a replaced version
 def test_counter_from_mount_and_api_loses_no_update(store, ds):
     """The mount does read-modify-write with r+ and retries on ESTALE; the API uses incr."""
     ds["c"] = 0
@@ -152,6 +167,7 @@ def test_counter_from_mount_and_api_loses_no_update(store, ds):
     assert stale, "the workers never collided: the test did not exercise conflicts"
 
 
+@NOT_JSON
 def test_temp_file_then_rename(mount, store, ds):
     ds["cfg"] = {"v": 1}
     tmp = store / ".cfg.json.tmp123"
@@ -165,7 +181,7 @@ def test_temp_file_then_rename(mount, store, ds):
     bad.write_text("not json")
     with pytest.raises(OSError) as e:
         os.rename(bad, store / "cfg.json")
-    assert e.value.errno == errno.EINVAL
+    assert e.value.errno == errno.EBADMSG  # EINVAL would make mv say "to a subdirectory of itself"
     assert ds["cfg"] == {"v": 2} and bad.read_text() == "not json"
     os.unlink(bad)
     os.rename(store / "cfg.json", store / "cfg.json~")  # a record turned into a backup copy
@@ -212,3 +228,137 @@ def test_records_cannot_move_to_files(mount, store, ds):
     with pytest.raises(OSError) as e:
         os.rename(store / "k.json", mount.path / "pipeline" / "p" / "k.json")
     assert e.value.errno == errno.EXDEV
+
+
+# -- record commits through the shell (issue 10) --------------------------------------------------
+
+
+def sh(script: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+REDIRECTIONS = {
+    ">": "echo {text} > r.json",
+    ">>": "echo {text} >> r.json",
+    "exec 3>": "exec 3> r.json; echo {text} >&3; exec 3>&-",
+    "tee": "echo {text} | tee r.json > /dev/null",
+    "/bin/echo": "/bin/echo {text} > r.json",
+}
+
+
+@pytest.mark.parametrize("how", REDIRECTIONS)
+@NOT_JSON
+def test_shell_redirections_keep_the_old_value_on_invalid_content(mount, store, ds, how):
+    ds["r"] = {"a": 1}
+    sh(REDIRECTIONS[how].format(text="bad"), store)
+    assert ds["r"] == {"a": 1}
+    assert json.loads((store / "r.json").read_text()) == {"a": 1}
+    assert "/kv/s/r.json" in mount.log() and "not valid JSON" in mount.log()
+
+
+@pytest.mark.parametrize("how", [h for h in REDIRECTIONS if h != ">>"])
+def test_shell_redirections_replace_a_record(mount, store, ds, how):
+    ds["r"] = {"a": 1}
+    p = sh(REDIRECTIONS[how].format(text="'{\"b\": 2}'"), store)
+    assert p.returncode == 0, p.stderr
+    assert ds["r"] == {"b": 2}
+    assert json.loads((store / "r.json").read_text()) == {"b": 2}
+
+
+def test_appending_whitespace_keeps_a_valid_record(store, ds):
+    ds["r"] = {"a": 1}
+    assert sh("echo '  ' >> r.json", store).returncode == 0
+    assert json.loads((store / "r.json").read_text()) == {"a": 1}
+    assert (store / "r.json").read_text() == '{"a": 1}  \n'
+
+
+def test_truncated_record_reads_as_empty_string_at_once(store, ds):
+    ds["old"] = [1, 2, 3]
+    p = sh(': > e.json; cat e.json; echo; : > old.json; cat old.json; echo; '
+           'echo 7 > t.json; truncate -s 0 t.json; cat t.json', store)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == '""\n""\n""'
+    assert ds["e"] == "" and ds["old"] == "" and ds["t"] == ""
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '{"a": NaN}', "[1e5, -Infinity]"])
+@NOT_JSON
+def test_nan_and_infinity_are_refused(mount, store, ds, text):
+    ds["k"] = {"v": 1}
+    f = open(store / "k.json", "w")
+    f.write(text)
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EINVAL
+    assert ds["k"] == {"v": 1}
+    assert ds.backend.get_range("kv/s/k.json", 0) == b'{"v": 1}'
+    assert "is not a JSON value" in mount.log()
+
+
+@NOT_JSON
+def test_deep_nesting_is_einval_with_one_log_line(mount, store, ds):
+    ds["k"] = "old"
+    with pytest.raises(OSError) as e:
+        with open(store / "k.json", "w") as f:
+            f.write("[" * 100_000 + "]" * 100_000)
+    assert e.value.errno == errno.EINVAL
+    assert ds["k"] == "old"
+    lines = [line for line in mount.log().splitlines() if "/kv/s/k.json" in line]
+    assert len(lines) == 1 and "nested more than" in lines[0], lines
+    # the mount fixture fails the test if the daemon logged a traceback
+
+
+def test_mv_from_local_disk_then_cat_shows_the_new_value(mount, store, ds, tmp_path):
+    ds["other"] = 1
+    ds["rec"] = {"v": 1}
+    assert json.loads((store / "rec.json").read_text()) == {"v": 1}  # cached by the kernel now
+    src = tmp_path / "new.json"
+    src.write_text('{"v": 2, "longer": true}')
+    os.chmod(src, stat.S_IMODE(os.stat(store / "other.json").st_mode))  # mv keeps the mode
+    p = sh(f"mv {src} rec.json && cat rec.json", store)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"v": 2, "longer": True}
+    assert os.stat(store / "rec.json").st_size == len('{"v": 2, "longer": true}')
+
+
+def test_a_record_written_shows_in_ls_at_once(mount, store, ds):
+    ds["a"] = 1
+    assert os.listdir(store) == ["a.json"]  # the store's listing is fresh now
+    (store / "b.json").write_text("2")
+    p = sh(": > c.json; ls", store)
+    assert p.stdout.split() == ["a.json", "b.json", "c.json"]
+    assert sorted(os.listdir(store)) == ["a.json", "b.json", "c.json"]
+
+
+@NOT_JSON
+def test_a_refused_mv_says_what_happened(mount, store, ds):
+    ds["rec"] = {"v": 1}
+    (store / "tmp").write_text("junk")
+    p = sh("mv tmp rec.json", store)
+    assert p.returncode != 0
+    assert "subdirectory" not in p.stderr
+    assert p.stderr.strip() == "mv: cannot move 'tmp' to 'rec.json': Bad message"
+    assert ds["rec"] == {"v": 1} and (store / "tmp").read_text() == "junk"
+    lines = [line for line in mount.log().splitlines() if "/kv/s/rec.json" in line]
+    assert len(lines) == 1 and "not valid JSON" in lines[0], lines
+
+
+@pytest.mark.expected_log(r"write refused: the record would be \d+ bytes; a record is at most")
+def test_records_larger_than_the_limit_are_efbig_at_write(mount, store, ds):
+    from fsdriver.strictjson import MAX_RECORD_BYTES
+
+    ds["big"] = "old"
+    fd = os.open(store / "big.json", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"[" + b" " * (MAX_RECORD_BYTES - 2) + b"]")  # exactly the limit: fine
+        with pytest.raises(OSError) as e:
+            os.write(fd, b" ")
+        assert e.value.errno == errno.EFBIG
+    finally:
+        with pytest.raises(OSError) as e:
+            os.close(fd)  # what was written is not stored either
+        assert e.value.errno == errno.EFBIG
+    assert ds["big"] == "old"
+    p = sh(f"head -c {MAX_RECORD_BYTES + 1} /dev/zero | tr '\\0' ' ' > big.json", store)
+    assert "File too large" in p.stderr
+    assert ds["big"] == "old"

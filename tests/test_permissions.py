@@ -480,6 +480,7 @@ class _FlakyDisk(DiskBackend):
         return super().get_range(key, start, end, if_match=if_match)
 
 
+@pytest.mark.expected_log("cannot read its owner record")
 def test_owner_read_before_stays_in_force_during_an_outage(tmp_path, users):
     async def main():
         backend = _FlakyDisk(tmp_path / "store")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from . import secret_forms
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30  # seconds; generous for a loaded machine, but nothing waits forever
 
@@ -27,10 +29,26 @@ HELPER = textwrap.dedent("""
     spec = json.loads(os.environ.pop("RUNNER_TEST_SPEC"))
     env = dict(os.environ)
     env.update(spec["env"])
-    sys.exit(run(spec["argv"], env, spec["secrets"], mask=spec["mask"]))
+    kw = {"supervise": True} if spec.get("supervise") else {}
+    sys.exit(run(spec["argv"], env, spec["secrets"], mask=spec["mask"], **kw))
 """)
 
 SECRET = "Sup3r-s3cret/v?lue+42"  # its base64 has "/"
+
+
+WAIT_FOR_SIGNAL = """
+    import signal, sys, time
+    def handler(signum, frame):
+        print(f"got {signum}", flush=True)
+        sys.exit(100 + signum)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, handler)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(99)
+"""
 
 
 def child(code):
@@ -42,10 +60,10 @@ def child(code):
 def start():
     procs = []
 
-    def start(argv, secrets=(), env=None, mask=True, stdin=subprocess.DEVNULL):
-        spec = {"argv": argv, "env": env or {}, "secrets": list(secrets), "mask": mask}
+    def start(argv, secrets=(), env=None, mask=True, stdin=subprocess.DEVNULL, supervise=False):
+        spec = {"argv": argv, "env": env or {}, "secrets": list(secrets), "mask": mask, "supervise": supervise}
         penv = dict(os.environ, RUNNER_TEST_SPEC=json.dumps(spec), PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, "-S", "-c", HELPER], env=penv, stdin=stdin,
+        proc = subprocess.Popen([sys.executable, "-c", HELPER], env=penv, stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(proc)
         return proc
@@ -113,22 +131,30 @@ def test_no_mask_replaces_the_process(start):
     assert (rc, out) == (0, f"{proc.pid}\n".encode())
 
 
+def test_no_mask_supervised_runs_a_child_unfiltered(start):
+    # For secret files: mountctl stays the parent to remove them, but filters nothing.
+    proc = start(child("""
+        import os, sys
+        print(os.getpid(), os.environ["SECRET"])
+        sys.exit(5)
+    """), secrets=[SECRET], env={"SECRET": SECRET}, mask=False, supervise=True)
+    rc, out, err = finish(proc)
+    pid, value = out.split()
+    assert (rc, err) == (5, b"") and int(pid) != proc.pid
+    assert value == SECRET.encode()  # unmasked, as asked (the value is in a pipe to this test only)
+
+
+def test_no_mask_supervised_forwards_signals(start):
+    proc = start(child(WAIT_FOR_SIGNAL), mask=False, supervise=True)
+    assert read_until(proc.stdout, b"ready\n") == b"ready\n"
+    proc.send_signal(signal.SIGTERM)
+    rc, out, _ = finish(proc)
+    assert (rc, out) == (100 + signal.SIGTERM, f"got {int(signal.SIGTERM)}\n".encode())
+
+
 # -- signals
 
 
-WAIT_FOR_SIGNAL = """
-    import signal, sys, time
-    def handler(signum, frame):
-        print(f"got {signum}", flush=True)
-        sys.exit(100 + signum)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, handler)
-    print("ready", flush=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-    sys.exit(99)
-"""
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -242,7 +268,7 @@ def test_broken_stdout_closes_childs_pipe():
     helper_env = dict(os.environ, PYTHONPATH=str(ROOT), RUNNER_TEST_SPEC=json.dumps(
         {"argv": [yes], "env": {}, "secrets": [SECRET], "mask": True}))
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-S", "-c", HELPER], env=helper_env, stdout=w,
+    proc = subprocess.Popen([sys.executable, "-c", HELPER], env=helper_env, stdout=w,
                             stderr=subprocess.PIPE)
     os.close(w)
     try:
@@ -254,3 +280,31 @@ def test_broken_stdout_closes_childs_pipe():
             proc.kill()
             proc.communicate()
     assert (proc.returncode, err) == (128 + signal.SIGPIPE, b"")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_form_masked_on_both_streams_in_random_writes(start, seed):
+    # The table of tests/secret_forms.py: the child gets it on stdin (no value in a file or an
+    # argv) and writes it to stdout and stderr, interleaved, in writes of random sizes.
+    values = secret_forms.generated_secrets(seed)
+    rows = secret_forms.table(values)
+    data = secret_forms.stream(rows)
+    proc = start(child("""
+        import os, random, sys
+        data = sys.stdin.buffer.read()
+        rng = random.Random(int(os.environ["CHUNK_SEED"]))
+        sent = {1: 0, 2: 0}
+        while sent:
+            fd = rng.choice(sorted(sent))
+            end = min(len(data), sent[fd] + rng.randint(1, 300))
+            while sent[fd] < end:
+                sent[fd] += os.write(fd, data[sent[fd]:end])
+            if sent[fd] == len(data):
+                del sent[fd]
+    """), secrets=values.values(), env={"CHUNK_SEED": str(seed)}, stdin=subprocess.PIPE)
+    rc, out, err = finish(proc, data)
+    assert rc == 0
+    assert secret_forms.check(rows, out) == []
+    assert secret_forms.check(rows, err) == []
+    for v in values.values():
+        assert v.encode() not in out + err

@@ -16,6 +16,8 @@ from fsdriver.secrets.environment import compose
 from fsdriver.secrets.local import LocalStore
 from fsdriver.secrets.store import SecretsError, SecretsPermissionError, load_config, open_store
 
+from . import sharedpy
+
 VALUES = ["tok-9f8e7d6c5b4a", "org-s3cr3t-ffee", "user-wins-1234"]
 
 
@@ -29,9 +31,16 @@ def home(monkeypatch):
         if var.startswith("STASHFS_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the access log
+    runtime = tempfile.mkdtemp(prefix="stashfs-test-run-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)  # secret files: a private dir, checked empty at the end
     monkeypatch.setenv("STASHFS_ORG_SECRETS_DIR", str(tmp_path / "org"))
     monkeypatch.setenv("STASHFS_ADMIN_GROUP", "stashfs-test-admins-none")
     yield tmp_path
+    left = [e for e in os.listdir(os.path.join(runtime, "stashfs-secrets")) if e.startswith("exec-")] \
+        if os.path.isdir(os.path.join(runtime, "stashfs-secrets")) else []
+    shutil.rmtree(runtime)
+    assert left == [], "secret files left behind"
     # Nothing we stored may appear in plain text anywhere under the test's directory (store
     # files, key files, logs).
     for root, _, files in os.walk(tmp_path):
@@ -43,7 +52,7 @@ def home(monkeypatch):
 
 
 def ctl(*args, input=None, env=None, as_user=None, check=True):
-    cmd = [sys.executable, "-m", "mountctl", *args]
+    cmd = [sharedpy.PYTHON if as_user else sys.executable, "-m", "mountctl", *args]
     if as_user:
         cmd = ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}",
                "--groups=" + ",".join(map(str, as_user[2])) if as_user[2] else "--clear-groups", *cmd]
@@ -148,22 +157,12 @@ def test_headless_key_from_environment(home):
 NOBODY = (65534, 65534)
 
 
-def _unprivileged_works():
-    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "import fsdriver"],
-                       capture_output=True, timeout=60, cwd="/")
-    return p.returncode == 0
-
-
 @pytest.fixture
-def unprivileged(home):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run commands as another user")
-    if not _unprivileged_works():
-        pytest.skip("the interpreter is not usable by user nobody here")
+def unprivileged(home, other_user_python):
     cfg = home / "nobody-config"
     cfg.mkdir()
     os.chown(cfg, *NOBODY)
-    return dict(os.environ, XDG_CONFIG_HOME=str(cfg), HOME=str(cfg))
+    return dict(os.environ, XDG_CONFIG_HOME=str(cfg), HOME=str(cfg), XDG_STATE_HOME=str(cfg / "state"))
 
 
 def test_non_admin_cannot_set_org_secrets(home, unprivileged):

@@ -59,5 +59,5 @@ def open_backend(url: str | None = None, **options) -> Backend:
         raise ValueError(f"backend URL {url!r}: unknown scheme {parsed.scheme!r} (use s3:// or file://)")
     from .disk import DiskBackend
 
-    os.makedirs(path, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)  # created here: private to its user
     return DiskBackend(path)

@@ -1,34 +1,119 @@
-"""Use a blocking backend from trio without blocking the event loop.
+"""Use a blocking backend from trio without blocking the event loop, with bounded waits.
 
 Each call runs as one blocking backend call in a worker thread (`trio.to_thread.run_sync`),
 gated by one `CapacityLimiter` sized to the backend's connection pool, so the number of requests
-in flight is bounded.  Threads cannot be cancelled: a call with side effects (put, delete) that was
-started always runs to completion even if the caller is cancelled (``abandon_on_cancel=False``),
-so the backend never ends in a state nobody knows about.
+in flight is bounded.  A thread cannot be cancelled, so how long a caller waits is bounded in two
+ways (``timeout``, the daemon's ``--backend-timeout``, 30 s by default):
+
+- a *read-only* call (`READ_ONLY`: head, ranged get, list, lookup...) is abandoned at the bound:
+  the caller gets `Unavailable` (EIO) and the thread ends on its own later, holding its limiter
+  slot until then (so abandoned threads still count against the limit);
+- a call that *changes* the backend (put, delete, copy, rename, anything not in `READ_ONLY`) is
+  never abandoned while the mount runs: an abandoned put that succeeds late could overtake a newer
+  write, or upload a staged file a writer is changing again.  Its own requests are bounded instead
+  (the S3 client's timeouts and attempts are derived from the same bound, `s3.request_settings`),
+  so its thread ends within about the bound by itself;
+- at shutdown (`abandon_all`) the daemon stops waiting for changes too: their outcome is unknown,
+  and what they upload stays journaled as pending for the next mount.
 """
 
+import contextlib
+import contextvars
 import functools
+import threading
 from typing import Callable, TypeVar
 
 import trio
 
+from ..errors import Unavailable
 from .base import Backend, ListEntry, ObjectInfo
+
+# Calls without side effects: safe to abandon at the bound (by the name of the function called).
+READ_ONLY = frozenset({"head", "get_range", "list", "lookup", "store_expiries", "get", "check"})
+
+# The deadline (trio time) of the request being served, if any: a lookup or a read makes several
+# backend calls in a row, and its caller must get EIO within the bound, not within one per call.
+_request_deadline: contextvars.ContextVar = contextvars.ContextVar("stashfs_request_deadline", default=None)
+
+
+@contextlib.contextmanager
+def request_deadline(seconds: float | None):
+    """Within this block (one FUSE request), read-only calls share one deadline ``seconds`` away."""
+    token = _request_deadline.set(None if seconds is None else trio.current_time() + seconds)
+    try:
+        yield
+    finally:
+        _request_deadline.reset(token)
+
+
+def no_request_deadline() -> None:
+    """Background work (a task of its own) is not bound by the request that started it."""
+    _request_deadline.set(None)
 
 T = TypeVar("T")
 
 
 class AsyncBackend:
-    def __init__(self, backend: Backend, max_concurrency: int = 16, stats=None):
+    def __init__(self, backend: Backend, max_concurrency: int = 16, stats=None, timeout: float | None = None):
         self.sync = backend
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.stats = stats  # a fsdriver.stats.Stats, or None
+        self.timeout = timeout  # seconds a read-only call may take (None: unbounded)
+        self.in_flight = 0  # threads running a backend call, abandoned ones included
+        self._count_lock = threading.Lock()
+        self._shields: set[trio.CancelScope] = set()  # changes in flight, shielded from cancellation
+        self._closing = False
+        # Set when a read-only call was abandoned at the bound, cleared by the next answer: while
+        # the backend does not answer, later reads wait a short probe bound, not the whole bound
+        # again, so a caller whose syscall needs several requests (a stat walking a path) still
+        # gets EIO within about one bound.
+        self.unresponsive = False
+
+    @property
+    def _probe(self) -> float:
+        return min(self.timeout, max(1.0, self.timeout / 10))
+
+    def abandon_all(self) -> None:
+        """Shutting down: stop waiting for changes in flight once their callers are cancelled."""
+        self._closing = True
+        for scope in self._shields:
+            scope.shield = False
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        name = getattr(fn, "__name__", "call")
         if self.stats is not None:
-            self.stats.backend[getattr(fn, "__name__", "call")] += 1
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self.limiter
-        )
+            self.stats.backend[name] += 1
+        call = functools.partial(self._counted, functools.partial(fn, *args, **kwargs))
+        if name in READ_ONLY:
+            bound = None if self.timeout is None else (self._probe if self.unresponsive else self.timeout)
+            own = trio.current_time() + bound if bound is not None else float("inf")
+            with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
+                return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
+            if trio.current_time() >= own:  # this call's own bound, not a request that waited long
+                self.unresponsive = True
+            raise Unavailable(f"the backend did not answer within {self.timeout:g}s ({name})")
+        with trio.CancelScope(shield=not self._closing) as scope:
+            self._shields.add(scope)
+            try:
+                return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
+            finally:
+                self._shields.discard(scope)
+
+    def _counted(self, call: Callable[[], T]) -> T:
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            result = call()
+        except Unavailable:  # unreachable, or its requests timed out: no answer
+            raise
+        except BaseException:  # an answer, if a refusal (a 404 says the backend is there)
+            self.unresponsive = False
+            raise
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+        self.unresponsive = False  # it answered (an abandoned call answering late counts too)
+        return result
 
     async def head(self, key: str) -> ObjectInfo:
         return await self.run(self.sync.head, key)
@@ -65,8 +150,8 @@ class AsyncBackend:
     async def copy(self, src: str, dst: str) -> ObjectInfo:
         return await self.run(self.sync.copy, src, dst)
 
-    async def rename(self, src: str, dst: str) -> None:
-        await self.run(self.sync.rename, src, dst)
+    async def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
+        return await self.run(self.sync.rename, src, dst)
 
     async def first(self, prefix: str):
         """The first entry under ``prefix`` or None: is there anything below it?"""

@@ -119,23 +119,29 @@ class Backend(abc.ABC):
     def copy(self, src: str, dst: str) -> ObjectInfo:
         """Copy object ``src`` to ``dst`` inside the backend (no download)."""
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
         """Move object ``src`` to ``dst`` (keys ending in "/": a whole directory).
 
+        Returns what the objects at their new keys are now (new key -> ObjectInfo) where that
+        changed: a copy can give an object a new etag (S3 does for multipart objects).
+
         The default copies then deletes, object by object: not atomic (S3).  Backends that can do
-        better (disk: one rename(2)) override it.
+        better (disk: one rename(2), etags unchanged) override it.
         """
         if not src.endswith("/"):
-            self.copy(src, dst)
+            info = self.copy(src, dst)
             self.delete(src)
-            return
+            return {dst: info}
         entries = [e for e in self.list(src) if isinstance(e, ObjectInfo)]
         if not entries:
             raise NotFound(f"{src}: no such directory", src)
+        moved = {}
         for e in entries:
-            self.copy(e.key, dst + e.key[len(src):])
+            new = dst + e.key[len(src):]
+            moved[new] = self.copy(e.key, new)
         for e in entries:
             self.delete(e.key)
+        return moved
 
     def lookup(self, key: str) -> tuple["ObjectInfo | None", bool]:
         """What ``key`` names: (the object's info or None, whether keys exist below ``key/``)."""

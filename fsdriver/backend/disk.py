@@ -79,6 +79,7 @@ class DiskBackend(Backend):
         self.url = f"file://{self.root}"
         self._tmp = self.root / INTERNAL / "tmp"
         self._locks = self.root / INTERNAL / "locks"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store is private to its user
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
 
@@ -321,8 +322,9 @@ class DiskBackend(Backend):
             self.delete(d)
         return count
 
-    def rename(self, src: str, dst: str) -> None:
-        """One atomic rename(2); a directory (keys ending in "/") moves with everything below."""
+    def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
+        """One atomic rename(2); a directory (keys ending in "/") moves with everything below.
+        Inode, mtime and size stay, and so do the etags: nothing to report."""
         src_path, dst_path = self._path(src), self._path(dst)
         if not src_path.exists():
             raise NotFound(f"{src}: no such object", src)
@@ -332,6 +334,7 @@ class DiskBackend(Backend):
         fsync_dir(dst_path.parent)
         if src_path.parent != dst_path.parent:
             fsync_dir(src_path.parent)
+        return {}
 
     def local_path(self, key: str) -> Path:
         """Where object ``key`` lives on this machine (disk reads go straight to the file)."""

@@ -11,8 +11,10 @@
 - botocore errors become `fsdriver.errors` exceptions in `_s3_errors`.
 """
 
+import errno
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO, Iterable, Iterator, Sequence
@@ -33,6 +35,7 @@ from ..errors import (
     BucketNotFound,
     InvalidRequest,
     NotFound,
+    OutOfDescriptors,
     PermissionDenied,
     PreconditionFailed,
     Unavailable,
@@ -43,9 +46,53 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _DENIED = {
     "AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-    "ExpiredToken", "InvalidToken", "AllAccessDisabled",
+    "InvalidToken", "AllAccessDisabled",
 }
+# Refusals that pass by themselves (a session token renewed, the clock corrected, throttling
+# over): answered like an outage, so that an upload already journaled is retried, not dropped.
+_PASSING = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired", "RequestTimeTooSkewed",
+            "TooManyRequests", "Throttling", "ThrottlingException", "429"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
+# User metadata on every object put here: a token unique to that put, so that a put whose answer
+# was lost can tell from a HEAD whether it landed.
+_TOKEN = "stashfs-put"
+# A put answered with one of these may nevertheless have landed.
+_AMBIGUOUS = (Unavailable, PreconditionFailed)  # 412: a retry that met the first attempt's object
+_COPY_MAX = 5 * 1024**3  # the largest object one CopyObject may copy
+
+
+def _descriptor_errno(e: BaseException) -> int | None:
+    """EMFILE/ENFILE if ``e`` (or what it wraps) is a lack of file descriptors, else None."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.EMFILE, errno.ENFILE):
+            return x.errno
+        stack += [x.__cause__, x.__context__, getattr(x, "kwargs", {}).get("error")]
+        stack += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+    text = str(e)
+    if "Too many open files in system" in text:
+        return errno.ENFILE
+    if "Too many open files" in text:
+        return errno.EMFILE
+    return None
+
+
+def request_settings(total: float) -> dict:
+    """Client settings under which one request, retries and backoff included, ends within about
+    half of ``total`` seconds (the daemon's ``--backend-timeout``), so that an upload and the HEAD
+    that establishes whether an unanswered one landed fit in ``total``.  A black-holed endpoint
+    (accepts, never answers) costs connect + read timeout per attempt: 30 s gives 2 attempts of
+    2 s connect + 5 s read, plus at most 1 s of backoff (standard retry mode); a bound under 15 s
+    gets one attempt."""
+    attempts = 2 if total >= 15 else 1
+    per_attempt = (total / 2 - (1.0 if attempts > 1 else 0.0)) / attempts
+    connect = min(2.0, per_attempt / 3)
+    return {"connect_timeout": connect, "read_timeout": per_attempt - connect, "max_attempts": attempts}
 
 
 @contextmanager
@@ -64,6 +111,8 @@ def _s3_errors(key: str | None, bucket: str):
             raise NotFound(f"{what}: no such object", key) from None
         if code in _PRECONDITION or status == 412:
             raise PreconditionFailed(f"{what}: precondition failed ({code})", key) from None
+        if code in _PASSING or status == 429:
+            raise Unavailable(f"{what}: S3 refused it for now ({code}: {msg}); retried", key) from None
         if code in _DENIED or status == 403:
             raise PermissionDenied(f"{what}: access denied by S3 ({code}: {msg})", key) from None
         if code in _UNAVAILABLE or status >= 500:
@@ -71,9 +120,14 @@ def _s3_errors(key: str | None, bucket: str):
         raise InvalidRequest(f"{what}: S3 refused the request ({code}: {msg})", key) from None
     except (NoCredentialsError, PartialCredentialsError) as e:
         raise PermissionDenied(f"{what}: no usable AWS credentials ({e})", key) from None
-    except BotoConnectionError as e:
-        raise Unavailable(f"{what}: cannot reach S3 ({e})", key) from None
-    except BotoCoreError as e:
+    except (BotoConnectionError, BotoCoreError) as e:
+        code = _descriptor_errno(e)
+        if code is not None:
+            raise OutOfDescriptors(
+                f"{what}: no file descriptor left for a connection to S3 ({os.strerror(code)}); "
+                "raise the daemon's descriptor limit (LimitNOFILE)", key, code) from None
+        if isinstance(e, BotoConnectionError):
+            raise Unavailable(f"{what}: cannot reach S3 ({e})", key) from None
         raise Unavailable(f"{what}: S3 request failed ({e})", key) from None
 
 
@@ -212,14 +266,38 @@ class S3Backend(Backend):
             cond["IfNoneMatch"] = "*"
         return cond
 
+    def _landed(self, key: str, token: str, size: int) -> ObjectInfo | None:
+        """After a put whose answer was an error that does not say it did not happen (a timeout,
+        a 5xx, a retry refused because the first attempt had already succeeded): what the bucket
+        holds, if it is what that put sent (its token and size), else None."""
+        try:
+            with self._errors(key):
+                r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except BackendError:
+            return None
+        if r.get("Metadata", {}).get(_TOKEN) != token or r["ContentLength"] != size:
+            return None
+        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"])
+
+    def _put_object(self, key: str, body, size: int, cond: dict) -> ObjectInfo:
+        token = uuid.uuid4().hex
+        try:
+            with self._put_errors(key, cond):
+                r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body,
+                                           Metadata={_TOKEN: token}, **cond)
+        except _AMBIGUOUS:
+            info = self._landed(key, token, size)
+            if info is None:
+                raise
+            return info
+        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+
     def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
         cond = self._conditions(if_match, if_none_match)
         if len(data) > self.multipart_threshold:
             view = memoryview(data)
             return self._multipart(key, len(data), lambda s, e: bytes(view[s:e]), cond)
-        with self._put_errors(key, cond):
-            r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **cond)
-        return ObjectInfo(key, len(data), time.time(), r["ETag"].strip('"'))
+        return self._put_object(key, data, len(data), cond)
 
     def put_file(self, key, path, *, if_match=None, if_none_match=False) -> ObjectInfo:
         cond = self._conditions(if_match, if_none_match)
@@ -228,15 +306,15 @@ class S3Backend(Backend):
             if size > self.multipart_threshold:
                 fd = f.fileno()
                 return self._multipart(key, size, lambda s, e: os.pread(fd, e - s, s), cond)
-            with self._put_errors(key, cond):
-                r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=f, **cond)
-        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+            return self._put_object(key, f, size, cond)
 
     def _multipart(self, key: str, size: int, read_part, cond: dict) -> ObjectInfo:
         """Upload ``size`` bytes as parallel parts; ``read_part(start, end)`` gives each part."""
         k = self._k(key)
+        token = uuid.uuid4().hex
         with self._errors(key):
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k)["UploadId"]
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=k, Metadata={_TOKEN: token})["UploadId"]
 
         def upload(number: int, start: int) -> dict:
             body = read_part(start, min(start + self.part_size, size))
@@ -251,11 +329,17 @@ class S3Backend(Backend):
             for n, start in enumerate(range(0, size, self.part_size), start=1):
                 futures.append(self._pool.submit(upload, n, start))
             parts = [f.result() for f in futures]
-            with self._put_errors(key, cond):
-                r = self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=k, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts}, **cond,
-                )
+            try:
+                with self._put_errors(key, cond):
+                    r = self.client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=k, UploadId=upload_id,
+                        MultipartUpload={"Parts": parts}, **cond,
+                    )
+            except (*_AMBIGUOUS, NotFound):  # NoSuchUpload: a retry after the first one completed
+                info = self._landed(key, token, size)
+                if info is None:
+                    raise
+                return info
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -346,15 +430,26 @@ class S3Backend(Backend):
         return count
 
     def copy(self, src: str, dst: str) -> ObjectInfo:
+        """Returns the copy's own etag: a copied multipart object gets a new one."""
         if src.endswith("/"):  # a directory marker: copy_object would work, but a put is cheaper
             return self.put_bytes(dst, b"")
+        info = self.head(src)
+        if info.size > _COPY_MAX:  # over CopyObject's limit: a managed multipart copy
+            with self._errors(src):
+                self.client.copy(
+                    {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
+                    Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
+                )
+            return self.head(dst)
         with self._errors(src):
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
-                Config=TransferConfig(multipart_threshold=5 * 1024**3, max_concurrency=self.transfer_workers),
-            )
-        return self.head(dst)
+            r = self.client.copy_object(
+                Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)},
+                CopySourceIfMatch=_quote(info.etag),  # the version whose size we report
+            )["CopyObjectResult"]
+        return _info(dst, info.size, r["LastModified"], r["ETag"])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        # Parts still queued (a failed upload's siblings) are not started; a part in flight is not
+        # waited for: the daemon must not outlive its unmount for it (its upload failed anyway).
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

@@ -36,6 +36,7 @@ from .store import (
     SecretStore,
     check_name,
     check_scope,
+    check_value,
     config_home,
     is_admin,
 )
@@ -186,6 +187,7 @@ class LocalStore(SecretStore):
 
     def set(self, scope: str, name: str, value: str) -> None:
         check_name(name)
+        check_value(value)
         s = self._prepare_write(scope)
         try:
             with s.locked():

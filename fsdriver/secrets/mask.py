@@ -1,36 +1,20 @@
 """Streaming masking of secret values in a command's output.
 
 `Masker` filters a byte stream (fed in arbitrary chunks) and replaces every occurrence of a secret
-value, and of the encodings listed below, by a replacement (``b"****"`` by default), even when an
-occurrence is split across any number of `Masker.feed` calls.
+value, in any of the forms `fsdriver.secrets.forms.patterns_for` lists, by a replacement
+(``b"****"`` by default), even when an occurrence is split across any number of `Masker.feed`
+calls. Values shorter than ``min_length`` bytes (`forms.MIN_MASKED`, 6) are not masked.
 
-What is covered, for each non-empty value ``v`` (matched on ``v.encode("utf-8")``, byte-exact):
-
-- the value itself;
-- its standalone base64 encodings: ``base64.b64encode`` and ``base64.urlsafe_b64encode`` of the
-  value, each with and without the ``=`` padding;
-- the base64 *fragments* of the value when it is embedded in a longer base64-encoded text, for
-  each of the three alignments (value starting at byte offset 0, 1 or 2 modulo 3 of the encoded
-  data, standard and URL-safe alphabets): only the characters that depend on the value's bytes
-  alone, so the one or two characters at each end that also carry bits of the neighbouring bytes
-  are left as they are (they reveal at most 4 bits of the value at each end). Fragments shorter
-  than 6 characters are not used, as they would match unrelated text too easily: values of up to
-  4 bytes get no fragments, values of 5 bytes or more get all six;
-- its URL-encoded forms: ``urllib.parse.quote(v, safe="")`` and ``urllib.parse.quote_plus(v)``
-  (upper-case hex digits, as Python writes them).
-
-Not covered: any other transformation -- lower-case percent-encoding, base32/hex, JSON or shell
-escaping, case changes, double encodings, a value split by inserted characters (line-wrapped
-base64, an ANSI colour code in the middle), other Unicode normalisations of the value, or a value
-the command has modified in any way.
-
-Empty values are ignored. Values shorter than 4 bytes are still masked, with all their forms, so
-a short value (say ``"1"`` or ``"yes"``) is masked wherever those bytes appear in the output, even
-when they are not the secret; that is the safe default, and a reason to avoid short secrets.
+Matching ignores ASCII case: the stream and the patterns are compared lower-cased, and the
+replacement is made in the original bytes (lower-casing ASCII keeps every offset).
 
 Overlapping or nested occurrences: scanning from the start, the match that begins earliest wins,
 and of several matches beginning there, the longest; scanning then resumes after it (masked text
 is not scanned again). The result does not depend on how the stream is split into chunks.
+
+Cost: one Aho-Corasick automaton (``ahocorasick_rs``, leftmost-longest) over all patterns, so a
+chunk is searched in time linear in its length whatever the number of patterns, plus the held
+tail (less than the longest pattern), which is searched again with the next chunk.
 
 Latency: `feed` returns everything that cannot be the beginning of an occurrence, and holds back
 only the shortest tail that might still become one (the longest suffix of the pending bytes that
@@ -41,73 +25,59 @@ be a secret).
 
 from __future__ import annotations
 
-import base64
-import urllib.parse
+import bisect
 from typing import Iterable
 
-__all__ = ["Masker", "patterns_for"]
+import ahocorasick_rs
 
-#: Base64 fragments (of a value embedded in longer encoded data) shorter than this are not used.
-MIN_FRAGMENT = 6
+from .forms import MIN_MASKED, maskable, patterns_for
 
+__all__ = ["Masker", "patterns_for", "unmasked", "MIN_MASKED"]
 
-def _b64_fragments(raw: bytes) -> list[bytes]:
-    """The base64 characters that depend on ``raw`` alone, for each alignment 0, 1, 2 (mod 3)."""
-    out = []
-    n = len(raw)
-    for k in (0, 1, 2):
-        padded = b"\0" * k + raw + b"\0\0"
-        start = -(-8 * k // 6)       # first character whose 6 bits all come from the value
-        end = 8 * (k + n) // 6       # one past the last such character
-        if end - start < MIN_FRAGMENT:
-            continue
-        out.append(base64.b64encode(padded)[start:end])
-        out.append(base64.urlsafe_b64encode(padded)[start:end])
-    return out
+# A DFA searches about twice as fast as the NFAs but its size grows with the patterns' total length
+# times the alphabet: used up to this many pattern bytes (50 ordinary secrets take ~20 KB).
+_DFA_MAX_BYTES = 256 * 1024
+
+# Held tails at least this long are found through an occurrence of a pattern's first _HEAD bytes
+# (one automaton search) instead of by trying every position of the tail.
+_HEAD = 8
 
 
-def patterns_for(value: str | bytes) -> set[bytes]:
-    """Every byte string `Masker` replaces for ``value`` (empty set for an empty value)."""
-    if isinstance(value, str):
-        raw = value.encode("utf-8")
-        text = value
-    else:
-        raw = bytes(value)
-        text = raw.decode("utf-8", "surrogateescape")
-    if not raw:
-        return set()
-    pats = {raw}
-    for enc in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
-        pats.add(enc)
-        pats.add(enc.rstrip(b"="))
-    pats.update(_b64_fragments(raw))
-    for quoted in (urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text)):
-        pats.add(quoted.encode("ascii"))
-    pats.discard(b"")
-    return pats
+def unmasked(values: Iterable[str], min_length: int = MIN_MASKED) -> list[str]:
+    """The non-empty values too short to be masked."""
+    return [v for v in values if v and not maskable(v, min_length)]
 
 
 class Masker:
-    """Replaces secret values (and their base64 / URL-encoded forms) in a chunked byte stream.
+    """Replaces secret values (and their encoded forms) in a chunked byte stream.
 
     ``feed(data)`` returns the bytes that can be emitted now; ``flush()`` returns the rest at end
     of stream. One instance per stream; not thread-safe.
     """
 
-    def __init__(self, values: Iterable[str], replacement: bytes = b"****"):
+    def __init__(self, values: Iterable[str], replacement: bytes = b"****", min_length: int = MIN_MASKED):
         pats: set[bytes] = set()
         for v in values:
-            pats |= patterns_for(v)
-        # Longest first: at a given start position the first complete pattern found is the longest.
-        self._patterns: list[bytes] = sorted(pats, key=len, reverse=True)
-        self._maxlen = len(self._patterns[0]) if self._patterns else 0
-        self._first = frozenset(p[0] for p in self._patterns)
+            pats.update(p.lower() for p in patterns_for(v, min_length))
+        self._sorted = sorted(pats)
+        self._maxlen = max(map(len, pats), default=0)
+        self._search = None
+        self._heads = None
+        if pats:
+            kind = ahocorasick_rs.MatchKind.LeftmostLongest
+            impl = ahocorasick_rs.Implementation
+            dfa = sum(map(len, pats)) <= _DFA_MAX_BYTES
+            self._search = ahocorasick_rs.BytesAhoCorasick(
+                self._sorted, matchkind=kind, implementation=impl.DFA if dfa else impl.ContiguousNFA)
+            heads = sorted({p[:_HEAD] for p in pats if len(p) > _HEAD})
+            if heads:
+                self._heads = ahocorasick_rs.BytesAhoCorasick(heads)
         self._replacement = bytes(replacement)
         self._held = b""
 
     def feed(self, data: bytes) -> bytes:
         """Masks ``data`` (following what was fed before); returns what can be emitted now."""
-        if not self._patterns:
+        if self._search is None:
             return bytes(data)
         buf = self._held + data if self._held else bytes(data)
         return self._scan(buf, final=False)
@@ -121,54 +91,46 @@ class Masker:
 
     # --
 
-    def _first_partial(self, buf: bytes, start: int) -> int:
-        """The first ``i >= start`` where ``buf[i:]`` is a proper prefix of some pattern, else len(buf)."""
-        n = len(buf)
-        view = memoryview(buf)
-        first = self._first
-        for i in range(max(start, n - self._maxlen + 1), n):
-            if buf[i] not in first:
-                continue
-            tail = view[i:]
-            rest = n - i
-            for p in self._patterns:  # longest first
-                if len(p) <= rest:
-                    break
-                if p.startswith(tail):
-                    return i
+    def _is_partial(self, tail: bytes) -> bool:
+        """True when ``tail`` is a proper prefix of some pattern."""
+        pats = self._sorted
+        i = bisect.bisect_left(pats, tail)
+        if i < len(pats) and pats[i] == tail:
+            i += 1  # a complete pattern: a longer one starting with it sorts right after
+        return i < len(pats) and pats[i].startswith(tail)
+
+    def _first_partial(self, low: bytes, start: int) -> int:
+        """The first ``i >= start`` where ``low[i:]`` is a proper prefix of some pattern, else len(low)."""
+        n = len(low)
+        lo = max(start, n - self._maxlen + 1)
+        short_from = max(lo, n - _HEAD + 1)
+        if self._heads is not None and short_from > lo:
+            # A tail of _HEAD bytes or more begins with some pattern's first _HEAD bytes.
+            for _, s, _ in self._heads.find_matches_as_indexes(low[lo:short_from + _HEAD - 1], overlapping=True):
+                if self._is_partial(low[lo + s:]):
+                    return lo + s
+        for i in range(short_from, n):
+            if self._is_partial(low[i:]):
+                return i
         return n
 
     def _scan(self, buf: bytes, final: bool) -> bytes:
+        low = buf.lower()
         n = len(buf)
-        pats = self._patterns
-        # Next occurrence of each pattern at or after the scan position (-1: none left in buf).
-        # Each pattern's search only moves forward, so the whole scan is O(len(buf) * patterns).
-        nxt = [buf.find(p) for p in pats]
-        # First position >= pos where a pattern may begin that the data seen so far cannot
-        # complete: everything from there on is held back. Also only moves forward.
-        hold = n if final else self._first_partial(buf, 0)
+        hold = n if final else self._first_partial(low, 0)
         pos = 0
         out = []
-        while True:
-            m, mlen = -1, 0
-            for j, p in enumerate(pats):
-                k = nxt[j]
-                if k == -1:
-                    continue
-                if k < pos:
-                    k = nxt[j] = buf.find(p, pos)
-                    if k == -1:
-                        continue
-                if m == -1 or k < m:  # ties keep the earlier (longer) pattern
-                    m, mlen = k, len(p)
-            if hold < pos:
-                hold = self._first_partial(buf, pos)
-            if m != -1 and m < hold:
-                # Nothing can start before m any more, and no longer pattern can start at m.
-                out.append(buf[pos:m])
-                out.append(self._replacement)
-                pos = m + mlen
-            else:
-                out.append(buf[pos:hold])
-                self._held = buf[hold:]
-                return b"".join(out)
+        for _, start, end in self._search.find_matches_as_indexes(low):
+            if hold < pos:  # the tail that was held began inside the last masked occurrence
+                hold = self._first_partial(low, pos)
+            if start >= hold:
+                # It might yet be part of a longer occurrence, or another one might begin earlier.
+                break
+            out.append(buf[pos:start])
+            out.append(self._replacement)
+            pos = end
+        if hold < pos:
+            hold = self._first_partial(low, pos)
+        out.append(buf[pos:hold])
+        self._held = buf[hold:]
+        return b"".join(out)

@@ -4,7 +4,10 @@
 stderr on pipes, and copies both to this process's file descriptors 1 and 2 through one
 `fsdriver.secrets.mask.Masker` each, as soon as data arrives. SIGINT, SIGTERM and SIGHUP received
 while the command runs are forwarded to it. ``mask=False`` replaces this process with the command
-(``os.execvpe``): no filtering, and signals go straight to the command.
+(``os.execvpe``): no filtering, and signals go straight to the command -- unless ``supervise`` is
+set (the caller has something to clean up when the command is over, e.g. secret files): then the
+command runs as a child with our stdout and stderr, signals forwarded, and `run` returns. The
+descriptors in ``pass_fds`` stay open in the command.
 
 Exit status: the command's, or 128+N when a signal N killed it; 127 when the command is not found
 and 126 when it cannot be executed, with a one-line message on stderr, as a shell does.
@@ -47,20 +50,21 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _READ_SIZE = 65536
 
 
-def run(argv: list[str], env: dict[str, str], secrets: Iterable[str] = (), mask: bool = True) -> int:
+def run(argv: list[str], env: dict[str, str], secrets: Iterable[str] = (), mask: bool = True,
+        supervise: bool = False, pass_fds: tuple = ()) -> int:
     """Runs ``argv`` with exactly the environment ``env``; returns its exit status (see module doc)."""
     argv = list(argv)
     if not argv:
         raise ValueError("run: empty command")
     secrets = [s for s in secrets if s]
     _flush_python_streams()
-    if not mask:
+    if not mask and not supervise:
         try:
             os.execvpe(argv[0], argv, env)
         except OSError as e:
             return _exec_error(argv[0], e, secrets)
         raise AssertionError("unreachable")  # pragma: no cover
-    return _run_masked(argv, env, secrets)
+    return _run_child(argv, env, secrets, mask, tuple(pass_fds))
 
 
 # -- errors
@@ -135,20 +139,22 @@ class _Forwarder:
             pass
 
 
-def _run_masked(argv: list[str], env: dict[str, str], secrets: list[str]) -> int:
+def _run_child(argv: list[str], env: dict[str, str], secrets: list[str], mask: bool, pass_fds: tuple) -> int:
     fwd = _Forwarder()
     fwd.install()
+    pipe = subprocess.PIPE if mask else None
     try:
         try:
             proc = subprocess.Popen(
-                argv, env=env, stdin=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                bufsize=0, start_new_session=False,
+                argv, env=env, stdin=None, stdout=pipe, stderr=pipe,
+                bufsize=0, start_new_session=False, pass_fds=pass_fds,
             )
         except OSError as e:
             return _exec_error(argv[0], e, secrets)
         fwd.started(proc)
         try:
-            _pump(proc, secrets)
+            if mask:
+                _pump(proc, secrets)
         except BaseException:
             _stop(proc)
             raise
@@ -214,6 +220,8 @@ def _write_all(fd: int, data: bytes) -> bool:
 def _stop(proc: subprocess.Popen) -> None:
     """Unexpected error while copying output: do not leave the child behind."""
     for pipe in (proc.stdout, proc.stderr):
+        if pipe is None:  # not masked: the command writes to our stdout and stderr itself
+            continue
         try:
             pipe.close()
         except OSError:

@@ -13,7 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .store import SecretInfo, SecretsError, SecretsPermissionError, SecretStore, check_name, check_scope, current_user
+from .store import SecretInfo, SecretsError, SecretsPermissionError, SecretStore, check_name, check_scope, check_value, current_user
 
 
 class SSMStore(SecretStore):
@@ -49,6 +49,7 @@ class SSMStore(SecretStore):
 
     def set(self, scope: str, name: str, value: str) -> None:
         path = f"{self._path(scope)}/{check_name(name)}"
+        check_value(value)
         self._call(f"secret {name}", self.client.put_parameter, Name=path, Value=value,
                    Type="SecureString", Overwrite=True)
 

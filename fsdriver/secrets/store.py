@@ -26,6 +26,9 @@ from ..config import config_home  # noqa: F401  (re-exported for the local store
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SCOPES = ("user", "org")
+# The kernel refuses an environment string over 128 KiB (MAX_ARG_STRLEN) and an environment
+# plus argv over ARG_MAX; half the first leaves room for several secrets and the command.
+MAX_VALUE_BYTES = 64 * 1024
 
 DEFAULTS = {
     "store": "local",
@@ -55,6 +58,10 @@ class InvalidSecretName(SecretsError):
     pass
 
 
+class InvalidSecretValue(SecretsError):
+    """A value no command could be given (the message never contains it)."""
+
+
 @dataclass(frozen=True)
 class SecretInfo:
     name: str
@@ -69,6 +76,18 @@ def check_name(name: str) -> str:
             "so names match [A-Za-z_][A-Za-z0-9_]*"
         )
     return name
+
+
+def check_value(value: str) -> str:
+    """The value, if `mountctl exec` can pass it in an environment variable."""
+    if "\0" in value:
+        raise InvalidSecretValue("a secret value cannot contain a NUL byte: commands get secrets in "
+                                 "their environment, which cannot hold one")
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > MAX_VALUE_BYTES:
+        raise InvalidSecretValue(f"the value is {size} bytes, more than {MAX_VALUE_BYTES}: the kernel "
+                                 "would refuse it in a command's environment")
+    return value
 
 
 def check_scope(scope: str) -> str:

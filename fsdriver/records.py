@@ -1,0 +1,223 @@
+"""Key/value records through the mount: when a writing handle commits, and what others see then.
+
+Each writing handle of a record has content of its own (`core.Filesystem._writable_staged`) that
+replaces the record when it is committed — checked as strict JSON (`fsdriver.strictjson`) within
+the memory budget, and conditional on the version read for ``r+`` handles.  This module decides
+*when* that happens and makes what this mount changed visible at once:
+
+- FLUSH (every close() of a descriptor) commits only what was *written* since the last commit.
+  bash's ``echo x > r.json`` opens with O_TRUNC, dup2()s and closes the first descriptor before
+  anything is written: that FLUSH must not store an empty record over the old value.
+- Content that was only truncated (``: > r.json``, ``truncate -s 0``, a new record never written)
+  is committed at RELEASE, when the last descriptor is gone.  Content that was refused (not JSON,
+  too large, a lost conditional write) is never committed afterwards, not even as "".
+- The kernel sends RELEASE without waiting for it: close() has already returned.  Until that
+  commit is done, lookup, getattr, open and readdir of the record wait for it, so the next command
+  sees the new value.  The mark is set before the release handler's first await, and pyfuse3 starts
+  handlers in the order the kernel sent the requests, so a later request cannot overtake it.  The
+  FLUSH before it drops the kernel's cached attributes, so that a stat asks (and waits) too.
+- After a commit, and after a refusal, the kernel's cached attributes of the record are dropped
+  before the request returns: the size it holds may be the writer's or the previous version's.
+- A write that would make a record larger than `MAX_RECORD_BYTES` fails with EFBIG at once; that
+  handle's content is then never stored (close() says EFBIG too).
+"""
+
+import errno
+import logging
+import os
+from typing import Optional
+
+import trio
+
+from . import strictjson
+from .fserrors import FSError
+from .handles import Handle
+from .inodes import Node
+from .memory import MemoryBudget
+from .staging import StagedFile
+from .strictjson import MAX_RECORD_BYTES, too_large
+
+_CHUNK = 1 << 20  # bytes read at a time to price a check before reserving memory for it
+
+
+class RecordRefused(FSError):
+    """Content that cannot be a record; ``reason`` says why without naming the operation."""
+
+    def __init__(self, errno_: int, reason: str, level: int):
+        super().__init__(errno_, f"not saved: {reason}; the previous value is unchanged", level)
+        self.reason = reason
+
+
+async def record_content(staged: StagedFile, budget: Optional[MemoryBudget] = None) -> bytes:
+    """A record's bytes, checked: an empty file stores "", anything else must be strict JSON
+    (EINVAL) of at most `MAX_RECORD_BYTES` (EFBIG).
+
+    The check reserves what it needs — the bytes and the parser's memory (`strictjson.ParseCost`,
+    priced from the staged file in small chunks first) — from ``budget``, so concurrent commits wait
+    for memory instead of growing the daemon past its limit.
+    """
+    if staged.size > MAX_RECORD_BYTES:
+        raise RecordRefused(errno.EFBIG, f"the record is {too_large(staged.size)}", logging.WARNING)
+    if staged.size == 0:
+        return b'""'
+    need = staged.size + await staged._io(_parse_cost, staged.fd, staged.size)
+    if budget is not None and need > budget.limit // 2:
+        # Checking it would hold most of the daemon's memory (every reader would wait for it): a
+        # record of this shape and size is refused like one over the size limit.
+        raise RecordRefused(errno.EFBIG, f"checking this record needs {need} bytes of memory, more than "
+                            f"half the mount's --memory-limit ({budget.limit})", logging.WARNING)
+    if budget is not None:
+        await budget.acquire(need)
+    try:
+        data = await staged._io(os.pread, staged.fd, staged.size, 0)
+        await trio.to_thread.run_sync(strictjson.check, data)  # CPU-bound: off the trio thread
+    except strictjson.InvalidJSON as e:  # the writer's mistake, not the daemon's: a warning
+        raise RecordRefused(errno.EINVAL, f"not valid JSON: {e}", logging.WARNING) from None
+    finally:
+        if budget is not None:
+            budget.release(need)
+    return data
+
+
+def _parse_cost(fd: int, size: int) -> int:
+    cost = strictjson.ParseCost()
+    for off in range(0, size, _CHUNK):
+        cost.feed(os.pread(fd, min(_CHUNK, size - off), off))
+    return cost.total
+
+
+async def _no_invalidation(ino: int) -> None:
+    pass
+
+
+class Records:
+    """The commit rules of record handles, and the marks of commits in flight (see above)."""
+
+    def __init__(self, fs):
+        self.fs = fs  # the core.Filesystem
+        self._committing: dict[Node, tuple[int, trio.Event]] = {}  # node -> (commits, done)
+        # Drops the kernel's cached attributes of an inode and returns once it has (set by the
+        # FUSE adapter; attributes only, so it takes no page lock and is safe inside any request).
+        self.invalidate_attrs = _no_invalidation
+
+    # -- commits in flight ---------------------------------------------------------------------
+
+    async def settled(self, node: Node) -> None:
+        """Return once no release commit of ``node`` is in flight."""
+        entry = self._committing.get(node)
+        if entry is not None:
+            await entry[1].wait()
+
+    async def settled_at(self, path: tuple) -> None:
+        node = self.fs.inodes.at(path)
+        if node is not None:
+            await self.settled(node)
+
+    async def settled_in(self, store: Node) -> None:
+        """Return once no release commit of a record of ``store`` is in flight (for readdir)."""
+        for node, (_, done) in list(self._committing.items()):
+            if node.path[:-1] == store.path:
+                await done.wait()
+
+    def _begin(self, node: Node) -> None:
+        count, done = self._committing.get(node, (0, None))
+        self._committing[node] = (count + 1, done or trio.Event())
+
+    def _end(self, node: Node) -> None:
+        count, done = self._committing[node]
+        if count > 1:
+            self._committing[node] = (count - 1, done)
+        else:
+            del self._committing[node]
+            done.set()
+
+    # -- a writing handle's life ---------------------------------------------------------------
+
+    def check_size(self, handle: Handle, end: int, what: str) -> None:
+        """EFBIG for a write or truncate that would take the record past the limit; the handle's
+        content is then never stored."""
+        if end <= MAX_RECORD_BYTES:
+            return
+        handle.staged.broken = OSError(errno.EFBIG, "record too large")  # freed at release, never stored
+        handle.refused = FSError(errno.EFBIG, f"not saved: an earlier {what} was refused (EFBIG); "
+                                 "the previous value is unchanged", logging.DEBUG)
+        raise FSError(errno.EFBIG, f"{what} refused: the record would be {too_large(end)}; "
+                      "it keeps its previous value", logging.WARNING)
+
+    @staticmethod
+    def more_content(handle: Handle) -> None:
+        """A write or truncate after a close() whose content was refused as not JSON: that refusal
+        was of what the handle held then (``{ echo -n '{"a":'; echo '1}'; } > r.json`` closes after
+        the first half), so what it holds next is checked afresh at the next close."""
+        rejected = handle.staged.rejected
+        if rejected is not None and rejected.errno == errno.EINVAL and handle.refused is None:
+            handle.staged.rejected = None
+
+    async def flush(self, handle: Handle) -> None:
+        """close() of one descriptor: commit what was written since the last commit."""
+        if handle.refused is not None:
+            raise handle.refused
+        if handle.written or handle.staged in self.fs.uploader.pending:
+            await self._commit(handle)
+        elif handle.truncated:
+            # Committed at release, which close() does not wait for.  A stat is answered from the
+            # kernel's cache without asking us: drop it, so the next stat asks (and waits).
+            await self.invalidate_attrs(handle.node.ino)
+
+    async def fsync(self, handle: Handle) -> None:
+        """fsync(): commit whatever the handle holds that is not committed yet."""
+        if handle.refused is not None:
+            raise handle.refused
+        await self._commit(handle)
+
+    async def release(self, handle: Handle) -> None:
+        """The last descriptor is gone: commit content that was only truncated (or written after the
+        last flush).  Nothing before the mark below may await (see the module docstring)."""
+        staged = handle.staged
+        if (handle.refused is not None or staged.rejected is not None or staged.broken is not None
+                or not (handle.written or handle.truncated)
+                or staged.pending or staged in self.fs.uploader.pending):  # the retry loop owns those
+            return
+        node = handle.node
+        self._begin(node)
+        try:
+            await self._commit(handle)
+        finally:
+            self._end(node)
+
+    async def _commit(self, handle: Handle) -> None:
+        node, staged = handle.node, handle.staged
+        try:
+            await self.fs._upload(node, staged)
+        except FSError:
+            if staged.rejected is not None or staged.broken is not None:
+                await self._refused(node)
+            elif staged in self.fs.uploader.pending:
+                # A pending upload (close() said EIO): this mount shows it, from the cache dir,
+                # until the retry loop settles it, and unlink/rename hold its lock like a file's.
+                self.fs.adopt_pending_record(node, staged)
+            raise
+        handle.written = handle.truncated = False
+        await self.invalidate_attrs(node.ino)
+
+    async def _refused(self, node: Node) -> None:
+        """The kernel may hold the refused content's size: drop it; and a new record that was
+        refused does not exist, so its name must not stay cached either."""
+        await self.invalidate_attrs(node.ino)
+        parent = self.fs.inodes.at(node.path[:-1])
+        if node.etag is None and parent is not None:
+            self.fs.invalidate_entry(parent.ino, node.path[-1])
+
+    # -- a scratch file renamed to a record ------------------------------------------------------
+
+    async def content_for_rename(self, staged: StagedFile, new_path: tuple) -> bytes:
+        """The checked content of a scratch file becoming the record ``new_path``.
+
+        Refused content is EBADMSG ("Bad message"), not EINVAL: for rename(2) EINVAL means "into a
+        subdirectory of itself", and mv says exactly that."""
+        try:
+            return await record_content(staged, self.fs.budget)
+        except RecordRefused as e:
+            code = errno.EBADMSG if e.errno == errno.EINVAL else e.errno
+            raise FSError(code, f"not saved as /{'/'.join(new_path)}: {e.reason}; the record and the "
+                          "scratch file are unchanged", e.level) from None

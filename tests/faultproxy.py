@@ -1,0 +1,80 @@
+"""A fault-injecting HTTP proxy in front of the moto server, for tests.
+
+It forwards every request unchanged (bench/proxy.py does the forwarding); for requests a rule
+matches, it lets the server carry the request out and then answers the client 500 InternalError
+instead of the server's answer: the client cannot tell whether its request took effect, exactly
+like a response lost to a read timeout.
+"""
+
+import threading
+
+from bench.proxy import CountingProxy, _Handler
+
+_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+          b"<Message>injected by the test proxy: the request was carried out</Message></Error>")
+
+
+class _FaultHandler(_Handler):
+    def _forward_one(self):
+        rule = self.server.rule
+        if rule is None or not rule(self.command, self.path):
+            return super()._forward_one()
+        body = self._read_body()
+        if self.server.refusal is not None:  # answer an error of our own; the server never sees it
+            status, code = self.server.refusal
+            error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>' + code.encode() +
+                     b"</Code><Message>injected by the test proxy</Message></Error>")
+            with self.server.lock:
+                self.server.hits += 1
+            self._responded = True
+            self.send_response_only(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
+        headers["Content-Length"] = str(len(body))
+        conn = self._upstream(fresh=True)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        conn.getresponse().read()  # done by the server; the client never hears of it
+        with self.server.lock:
+            self.server.hits += 1
+        self._responded = True
+        self.send_response_only(500, "Internal Server Error")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(_ERROR)))
+        self.end_headers()
+        self.wfile.write(_ERROR)
+
+
+class FaultProxy(CountingProxy):
+    """``proxy.rule = lambda method, path: ...`` picks the requests whose answer is replaced."""
+
+    def __init__(self, upstream_url: str):
+        super().__init__(upstream_url)
+        self._server.RequestHandlerClass = _FaultHandler
+        self._server.rule = None
+        self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers
+        self._server.hits = 0
+        self._server.lock = threading.Lock()
+
+    @property
+    def rule(self):
+        return self._server.rule
+
+    @rule.setter
+    def rule(self, fn):
+        self._server.rule = fn
+
+    @property
+    def refusal(self):
+        return self._server.refusal
+
+    @refusal.setter
+    def refusal(self, value):
+        self._server.refusal = value
+
+    @property
+    def hits(self) -> int:
+        return self._server.hits

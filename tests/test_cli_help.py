@@ -1,0 +1,40 @@
+"""mountctl explains itself: --version, help text for every option, shell completion."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+from fsdriver import __version__
+from mountctl.cli import build_parser
+
+
+def _parsers(parser, path=("mountctl",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_option_has_help():
+    missing = [f"{' '.join(path)} {'/'.join(a.option_strings)}"
+               for path, parser in _parsers(build_parser())
+               for a in parser._actions
+               if a.option_strings and not isinstance(a, argparse._HelpAction) and not a.help]
+    assert missing == []
+
+
+def test_version():
+    p = subprocess.run([sys.executable, "-m", "mountctl", "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == f"mountctl (stashfs) {__version__}"
+
+
+def test_shell_completion(tmp_path):
+    out = tmp_path / "completions"
+    line = "mountctl mou"
+    env = dict(os.environ, _ARGCOMPLETE="1", COMP_LINE=line, COMP_POINT=str(len(line)), _ARGCOMPLETE_IFS="\n",
+               _ARGCOMPLETE_STDOUT_FILENAME=str(out))
+    p = subprocess.run([sys.executable, "-m", "mountctl"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert out.read_text().split() == ["mount"]

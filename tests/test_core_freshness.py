@@ -1,0 +1,229 @@
+"""Read-your-writes in the core, without the kernel: what this mount wrote is never shown stale.
+
+A listing or HEAD answered by the backend describes the object as it was when the request
+*started*; a write this mount made after that must win over it (issue 10, item 1: `git status`
+then `git commit -a` found nothing to commit, because a directory listing taken before an append
+put the old size and etag back on the file).  The clock is injected, so "within the TTL" is exact.
+"""
+
+import errno
+import os
+
+import pytest
+import trio
+
+from fsdriver.backend.disk import DiskBackend
+from fsdriver.core import Filesystem, Options
+from fsdriver.errors import Unavailable
+from fsdriver.fserrors import FSError
+from fsdriver.inodes import ROOT_INO
+from fsdriver.staging import Cache
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def run(tmp_path, backend, body, ttl=1.0):
+    clock = Clock()
+
+    async def main():
+        fs = Filesystem(backend, Cache(tmp_path / "cache"), Options(uid=0, gid=0, metadata_ttl=ttl), clock=clock)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            tree = (await fs.lookup(ROOT_INO, "pipeline")).ino
+            ns = (await fs.mkdir(tree, "p1")).ino
+            d = (await fs.mkdir(ns, "d")).ino
+            with trio.fail_after(60):
+                await body(fs, d, clock)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def write_file(fs, parent, name, data, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC):
+    fh, attr, _ = await fs.create(parent, name, flags)
+    await fs.write(fh, 0, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    return attr.ino
+
+
+async def append(fs, ino, data):
+    fh, _, _ = await fs.open(ino, os.O_WRONLY | os.O_APPEND)
+    await fs.write(fh, 0, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+
+
+async def read_all(fs, ino):
+    fh, _, _ = await fs.open(ino, os.O_RDONLY)
+    try:
+        return await fs.read(fh, 0, 1 << 20)
+    finally:
+        await fs.release(fh)
+
+
+async def listed(fs, d):
+    """``name -> Attr`` as readdir shows it (what `ls -l` and the kernel's readdirplus see)."""
+    fh = await fs.opendir(d)
+    try:
+        return {name: fs.attr(node) for name, node in await fs.readdir(fh)}
+    finally:
+        fs.releasedir(fh)
+
+
+def test_listing_taken_before_an_append_does_not_hide_it(tmp_path, backend):
+    """ls -l d; echo more >> d/f1; ls -l d; cat d/f1 — all within the TTL."""
+
+    async def body(fs, d, clock):
+        inos = {}
+        for i in range(60):
+            inos[i] = await write_file(fs, d, f"f{i}.txt", f"file {i}\n".encode())
+        clock.now += 5  # the listing is made from the backend, not from what the creates recorded
+        before = await listed(fs, d)
+        assert before["f1.txt"].size == 7
+        await append(fs, inos[1], b"more\n")
+        after = await listed(fs, d)  # the cached listing is still fresh: it must not win
+        assert after["f1.txt"].size == 12
+        assert (await fs.getattr(inos[1])).size == 12
+        assert await read_all(fs, inos[1]) == b"file 1\nmore\n"  # S3: no ESTALE from an old etag
+
+    run(tmp_path, backend, body)
+
+
+def test_listing_of_a_forgotten_file_shows_the_newest_write(tmp_path, backend):
+    """The kernel may forget the inode between the write and the next readdir: the listing it is
+    rebuilt from must carry what the write told us, not what the backend said before it."""
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f.txt", b"old\n")
+        clock.now += 5
+        await listed(fs, d)
+        await append(fs, ino, b"newer\n")
+        node = fs.inodes.get(ino)
+        fs.forget([(ino, node.lookups)])
+        assert fs.inodes.get(ino) is None or fs.inodes.get(ino).lookups == 0
+        after = await listed(fs, d)
+        assert after["f.txt"].size == len(b"old\nnewer\n")
+        ino = (await fs.lookup(d, "f.txt")).ino
+        assert await read_all(fs, ino) == b"old\nnewer\n"
+
+    run(tmp_path, backend, body)
+
+
+def test_listing_in_flight_during_a_write_does_not_undo_it(tmp_path, backend):
+    """A LIST that started before an upload and completes after it carries the old version."""
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f.txt", b"v1")
+        clock.now += 5
+        seq_before = fs.inodes.seq
+        old = await fs.backend.head("pipeline/p1/d/f.txt")
+        await append(fs, ino, b"+v2")
+        # What a listing that started before the append would hand to readdir:
+        node = fs.inodes.get(ino)
+        fs._set_info(node, old, clock.now, seq_before)
+        assert fs.attr(node).size == 5 and node.etag != old.etag
+        assert await read_all(fs, ino) == b"v1+v2"
+
+    run(tmp_path, backend, body)
+
+
+def test_changes_by_another_node_show_after_the_ttl(tmp_path, backend):
+    """The guard above must not hide other nodes' changes: a listing after the TTL shows them."""
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f.txt", b"mine")
+        clock.now += 5
+        fs.sync_backend.put_bytes("pipeline/p1/d/f.txt", b"theirs, longer")
+        clock.now += 5
+        after = await listed(fs, d)
+        assert after["f.txt"].size == len(b"theirs, longer")
+        assert await read_all(fs, ino) == b"theirs, longer"
+
+    run(tmp_path, backend, body)
+
+
+@pytest.mark.parametrize("n", [1, 200])
+def test_status_then_commit_sees_the_change(tmp_path, backend, n):
+    """The git sequence of issue 10: add, status (lists), append, status, commit -a (stats)."""
+
+    async def body(fs, d, clock):
+        inos = [await write_file(fs, d, f"f{i}.txt", f"file {i}\n".encode()) for i in range(n)]
+        clock.now += 5
+        await listed(fs, d)
+        await append(fs, inos[-1], b"change\n")
+        clock.now += 0.5  # still within the TTL of the listing
+        attrs = await listed(fs, d)
+        want = len(f"file {n - 1}\n") + 7
+        assert attrs[f"f{n - 1}.txt"].size == want
+        assert (await fs.lookup(d, f"f{n - 1}.txt")).size == want
+
+    run(tmp_path, backend, body)
+
+
+class FlakyDisk(DiskBackend):
+    """A disk backend that can be taken down: every call then fails as an unreachable S3 does."""
+
+    down = False
+
+    def _check(self):
+        if self.down:
+            raise Unavailable("the backend is down (test)")
+
+    def head(self, key):
+        self._check()
+        return super().head(key)
+
+    def get_range(self, key, start, end=None, **kw):
+        self._check()
+        return super().get_range(key, start, end, **kw)
+
+    def list(self, prefix="", delimiter=None, max_keys=None):
+        self._check()
+        return super().list(prefix, delimiter, max_keys)
+
+    def lookup(self, key):
+        self._check()
+        return super().lookup(key)
+
+    def put_file(self, key, path, **kw):
+        self._check()
+        return super().put_file(key, path, **kw)
+
+
+@pytest.mark.expected_log(r"cannot read its owner record|upload failed|cannot be asked")
+def test_pending_upload_is_read_back_through_an_outage(tmp_path):
+    """Issue 10, item 6: close() said EIO, the backend stays down, the TTLs pass and the kernel
+    forgets every name: the file is still found and read from the cache dir."""
+    backend = FlakyDisk(tmp_path / "be")
+
+    async def body(fs, d, clock):
+        sub = (await fs.mkdir(d, "sub")).ino
+        fh, attr, _ = await fs.create(sub, "precious", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        await fs.write(fh, 0, b"do not lose me")
+        backend.down = True
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        await fs.release(fh)
+        fs.forget([(n.ino, n.lookups) for n in list(fs.inodes.by_ino.values()) if n.ino != ROOT_INO])
+        clock.now += 3600  # every metadata and owner TTL has passed
+        ino, found = ROOT_INO, {}
+        for name in ("pipeline", "p1", "d", "sub", "precious"):
+            ino = found[name] = (await fs.lookup(ino, name)).ino
+        assert (await fs.getattr(ino)).size == len(b"do not lose me")
+        assert await read_all(fs, ino) == b"do not lose me"
+        with pytest.raises(Unavailable):  # a name without local content is not invented
+            await fs.lookup(found["d"], "other")
+        backend.down = False
+        remaining = await fs.uploader.flush_all()
+        assert remaining == []
+        assert backend.get_range("pipeline/p1/d/sub/precious", 0) == b"do not lose me"
+
+    run(tmp_path, backend, body)
