@@ -104,6 +104,8 @@ class Mount:
                 "--log-file", str(self.log_file), *self.extra]
         if self.s3:
             args += ["--endpoint-url", self.env.proxy.url]
+        else:
+            args.append("--create")  # a fresh local store for each run
         self.env.mounts.append(self)
         self._mountctl(*args)
         self.mounted = True

@@ -21,6 +21,7 @@ Users are resolved through the system's user database (`pwd`, `grp`), so every n
 directory service agrees; see docs/permissions.md.
 """
 
+import getpass
 import grp
 import os
 import pwd
@@ -193,3 +194,10 @@ def login_name() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+def current_user() -> str:
+    """The user whose data and secrets a command means by default: ``$STASHFS_USER``, else the
+    login name.  A default only, which the environment may change; what the mount enforces and
+    records as an owner is `login_name`."""
+    return os.environ.get("STASHFS_USER") or getpass.getuser()

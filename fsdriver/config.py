@@ -7,13 +7,10 @@ the user's config file, the system config file, the default.  Sections::
     mountpoint = "/mnt/stashfs"          $STASHFS_MOUNTPOINT
     backend = "s3://bucket"              $STASHFS_BACKEND
     endpoint_url = ""                    $AWS_ENDPOINT_URL (boto3's own)
-    org_group = "stashfs"                $STASHFS_ORG_GROUP   pipelines and key/value stores are
-                                                              shared with this group
-    allow_other = false                  mount for every user of the node (root)
-    cache_dir = "/var/cache/stashfs"     staged writes and pending uploads (default: per mount
-                                         point under ~/.cache/stashfs)
-    log_file = "/var/log/stashfs.log"    the daemon's log (default: none when started in the
-                                         background, stderr with --foreground)
+    org_group = "stashfs"                $STASHFS_ORG_GROUP
+    allow_other = true
+    ...                                  every mount option, by its name (memory_limit = "1G"):
+                                         declared, with defaults and checks, in fsdriver.mountconfig
 
     [secrets]                            see fsdriver.secrets.store
 """
@@ -70,15 +67,14 @@ def load_section(section: str, defaults: dict, env: dict, overrides: dict | None
     return cfg
 
 
-MOUNT_DEFAULTS = {"mountpoint": "/mnt/stashfs", "backend": None, "endpoint_url": None,
-                  "org_group": "", "allow_other": False, "cache_dir": None, "log_file": None}
-MOUNT_ENV = {"mountpoint": "STASHFS_MOUNTPOINT", "backend": "STASHFS_BACKEND",
-             "org_group": "STASHFS_ORG_GROUP"}
+# What the Python API needs of [mount] to find the backend; the mount's own options (and their
+# checks) are fsdriver.mountconfig's.
+MOUNT_DEFAULTS = {"backend": None, "endpoint_url": None}
+MOUNT_ENV = {"backend": "STASHFS_BACKEND"}
 
 
 def mount_settings(**overrides) -> dict:
-    """The [mount] settings; ``org_group`` falls back to [secrets] org_group (one organisation)."""
+    """The [mount] settings that locate the backend (``backend``, ``endpoint_url``), unchecked:
+    a bad mount option elsewhere in the section must not stop the Python API."""
     cfg = load_section("mount", MOUNT_DEFAULTS, MOUNT_ENV, overrides)
-    if not cfg["org_group"]:
-        cfg["org_group"] = load_section("secrets", {"org_group": ""}, {})["org_group"]
-    return cfg
+    return {k: cfg.get(k) for k in MOUNT_DEFAULTS}

@@ -3,14 +3,14 @@
 Order of events: open and check the backend, lock the cache dir, upload what a previous run left
 pending, mount, report readiness (``--ready-fd`` for mountctl, ``$NOTIFY_SOCKET`` for systemd),
 serve until unmounted or signalled.  SIGTERM/SIGINT upload what is pending and unmount.
-Exit status: 0 after a clean unmount, 1 when the mount could not be made or served.
+Exit status: 0 after a clean unmount, 1 when the mount could not be made or served, 2 for a bad
+option value (fsdriver.mountconfig, where the options are declared).
 """
 
 import argparse
 import hashlib
 import logging
 import os
-import re
 import resource
 import signal
 import socket
@@ -20,9 +20,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import allocator, config
+from . import allocator, config, mountconfig
 from .access import group_id
-from .backend import open_backend, resolve_url
+from .configured import open_backend
 from .core import Filesystem, Options
 from .errors import BackendError
 from .fuse_ops import Operations
@@ -32,16 +32,6 @@ from .supervise import spawn
 
 log = logging.getLogger("stashfs.daemon")
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", text.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 512M, 2G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
 def default_cache_dir(backend_url: str, mountpoint: str) -> Path:
     """Stable per (backend, mount point), so a remount finds what a crash left pending."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
@@ -50,24 +40,10 @@ def default_cache_dir(backend_url: str, mountpoint: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options are declared once, in fsdriver.mountconfig (mountctl passes them on)."""
     p = argparse.ArgumentParser(prog="python -m fsdriver", description="stashfs FUSE daemon")
     p.add_argument("mountpoint")
-    p.add_argument("--backend", help="backend URL (default: $STASHFS_BACKEND or local disk)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
-    p.add_argument("--cache-dir", type=Path, help="staged writes and pending uploads")
-    p.add_argument("--memory-limit", type=parse_size, default=parse_size("512M"))
-    p.add_argument("--max-prefetch", type=parse_size, default=parse_size("64M"))
-    p.add_argument("--metadata-ttl", type=float, default=1.0, help="seconds; must be > 0")
-    p.add_argument("--readahead", type=parse_size, default=parse_size("1M"),
-                   help="the kernel's read-ahead for this mount (root only; 0 keeps the default)")
-    p.add_argument("--read-only", action="store_true")
-    p.add_argument("--allow-other", action="store_true")
-    p.add_argument("--org-group", help="group that shares pipelines and key/value stores (docs/permissions.md)")
-    p.add_argument("--backend-timeout", type=float, default=os.environ.get("STASHFS_BACKEND_TIMEOUT") or "30",
-                   help="seconds until a backend call that gets no answer fails with EIO (default 30, "
-                        "$STASHFS_BACKEND_TIMEOUT)")
-    p.add_argument("--log-file", type=Path)
-    p.add_argument("--log-level", default="INFO")
+    mountconfig.add_arguments(p)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -122,7 +98,16 @@ def raise_descriptor_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parsed = build_parser().parse_args(argv)
+    try:
+        args = mountconfig.MountConfig.load(mountconfig.given(parsed))
+        args.check_backend_dir()
+    except mountconfig.MountConfigError as e:
+        Readiness(parsed.ready_fd).fail(str(e))  # before logging is set up: to stderr
+        return 2
+    except config.ConfigError as e:
+        Readiness(parsed.ready_fd).fail(str(e))
+        return 1
     if args.log_file:
         # It names users' paths: private to the mount's owner from its creation.
         os.close(os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -131,31 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("stashfs").setLevel(args.log_level.upper())
+    logging.getLogger("stashfs").setLevel(args.log_level)
     allocator.configure()  # before any worker thread: freed part buffers go back to the kernel
-    ready = Readiness(args.ready_fd)
+    ready = Readiness(parsed.ready_fd)
     raise_descriptor_limit()
-    if args.metadata_ttl <= 0:
-        ready.fail("--metadata-ttl must be positive (zero causes a lookup storm)")
-        return 1
-    if not args.backend_timeout > 0:
-        ready.fail(f"--backend-timeout must be a positive number of seconds, not {args.backend_timeout:g}")
-        return 1
 
     org_gid = None
-    try:
-        org_group = args.org_group if args.org_group is not None else config.mount_settings()["org_group"]
-    except config.ConfigError as e:
-        ready.fail(str(e))
-        return 1
+    org_group = args.org_group
     if org_group:
         try:
             org_gid = group_id(org_group)
         except KeyError:
             ready.fail(f"--org-group {org_group}: no such group on this node")
             return 1
-    mountpoint = os.path.abspath(args.mountpoint)
-    url = resolve_url(args.backend)
+    mountpoint = os.path.abspath(parsed.mountpoint)
+    url = args.backend_url()
     try:
         options = {}
         if url.startswith("s3://"):
@@ -170,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         ready.fail(f"backend {url}: {e}")
         return 1
     try:
-        cache = Cache(args.cache_dir or default_cache_dir(backend.url, mountpoint))
+        cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(backend.url, mountpoint))
     except (CacheLocked, OSError) as e:
         ready.fail(str(e))
         return 1

@@ -24,33 +24,19 @@ every backend:
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import tempfile
-import threading
 from typing import Sequence
 
 from . import layout, owners
-from .access import login_name
-from .backend import Backend, ObjectInfo, open_backend
+from .access import current_user, login_name
+from .backend import Backend, ObjectInfo
+from .configured import shared_backend
 from .errors import BackendError, InvalidName, InvalidRequest, NotFound
 
 
-_backends: dict[str, Backend] = {}
-_backends_lock = threading.Lock()
 _claimed: set = set()  # (backend url, pipeline id) whose owner record this process has ensured
-
-
-def shared_backend(url: str | None = None) -> Backend:
-    """One backend per URL for the whole process (an S3 client is costly to create)."""
-    from .backend import resolve_url
-
-    url = resolve_url(url)
-    with _backends_lock:
-        if url not in _backends:
-            _backends[url] = open_backend(url)
-        return _backends[url]
 
 
 def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
@@ -62,10 +48,6 @@ def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
     except BackendError as e:  # e.g. credentials limited to pipeline/*: the data still counts
         logging.getLogger("stashfs.data").warning("pipeline %s: owner not recorded: %s", pipeline_id, e)
     _claimed.add((backend.url, pipeline_id))
-
-
-def current_user() -> str:
-    return os.environ.get("STASHFS_USER") or getpass.getuser()
 
 
 class ObjectStore:

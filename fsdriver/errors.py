@@ -1,7 +1,8 @@
 """The exceptions the storage backends raise.
 
 Every backend turns its own failures (OSError, botocore errors) into these, so that callers —
-the Python API, the CLI and the filesystem's errno boundary — know one vocabulary.  The messages
+the Python API, the CLI and the filesystem's errno boundary (`fsdriver.errno_boundary`, which
+turns them into errno values for the mount) — know one vocabulary.  The messages
 name the key and the reason; they never contain object data.
 """
 

@@ -6,7 +6,7 @@
 
 Registered through the ``fsspec.specs`` entry point.  Paths are the mount's paths (`fsspec_paths`):
 the same keys, the same name rules, the same layout.  The backend is the ``backend`` storage option,
-else ``$STASHFS_BACKEND``, the config file or the local default (`fsdriver.backend.resolve_url`).
+else ``$STASHFS_BACKEND``, the config file or the local default (`fsdriver.configured`).
 
 - Reads are ranged GETs, each pinned to the etag seen at open (ESTALE when the object is replaced,
   as in the mount).  ``info``/``ls`` give size, mtime and etag.
@@ -34,11 +34,12 @@ from glob import has_magic
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import stringify_path
 
-from . import kv, kvnames, layout, owners, strictjson
+from . import kvexpiry, kvnames, layout, owners, strictjson
 from .access import login_name
-from .backend import Backend, CommonPrefix, ObjectInfo, open_backend
+from .backend import Backend, CommonPrefix, ObjectInfo
 from .backend.disk import DiskBackend
-from .data import claim_pipeline, shared_backend
+from .configured import open_backend, shared_backend
+from .data import claim_pipeline
 from .errors import (BucketNotFound, InvalidRequest, NotFound, OutOfDescriptors, PermissionDenied,
                      PreconditionFailed, Unavailable)
 from .fsspec_cache import MetaCache
@@ -139,9 +140,9 @@ class StashFileSystem(AbstractFileSystem):
             raise NotFound(f"{place.path}: no such record", place.key)
         info = self.backend.head(place.key)
         store, name = place.parent().prefix, place.parts[2]
-        markers = kv.store_expiries(self.backend, store, name).get(name, [])
-        if markers and kv.is_expired(info.etag, markers, time.time()):
-            kv.expire_record(self.backend, store, name, markers)
+        markers = kvexpiry.markers_of(self.backend, store, name)
+        if markers and kvexpiry.is_expired(info.etag, markers, time.time()):
+            kvexpiry.expire_record(self.backend, store, name, markers)
             raise NotFound(f"{place.path}: no such record (expired)", place.key)
         return info
 
@@ -231,7 +232,7 @@ class StashFileSystem(AbstractFileSystem):
         return {n: out[n] for n in names} if detail else names
 
     def _live_records(self, place: Place, files: dict) -> dict:
-        expiries = kv.store_expiries(self.backend, place.prefix) if files else {}
+        expiries = kvexpiry.store_expiries(self.backend, place.prefix) if files else {}
         now, live = time.time(), {}
         for name, info in files.items():
             try:
@@ -239,8 +240,8 @@ class StashFileSystem(AbstractFileSystem):
             except ValueError:
                 continue  # not a record: a stray object in the store
             markers = expiries.get(name, [])
-            if markers and kv.is_expired(info.etag, markers, now):
-                kv.expire_record(self.backend, place.prefix, name, markers)
+            if markers and kvexpiry.is_expired(info.etag, markers, now):
+                kvexpiry.expire_record(self.backend, place.prefix, name, markers)
                 continue
             live[name] = info
         return live
@@ -361,10 +362,7 @@ class StashFileSystem(AbstractFileSystem):
             raise
         self._written(place, info)
         if place.tree == "kv":  # writing a record ends its TTL
-            store, name = place.parent().prefix, place.parts[2]
-            for markers in kv.store_expiries(self.backend, store, name).values():
-                for _, _, marker in markers:
-                    self.backend.delete(marker)
+            kvexpiry.drop_markers(self.backend, place.parent().prefix, place.parts[2])
         return info
 
     def _written(self, place: Place, info: ObjectInfo | None) -> None:
@@ -487,9 +485,7 @@ class StashFileSystem(AbstractFileSystem):
             with os_errors(place.path):
                 self.backend.delete(place.key)
                 if place.tree == "kv":
-                    store, name = place.parent().prefix, place.parts[2]
-                    for markers in kv.store_expiries(self.backend, store, name).values():
-                        self.backend.delete_many(m for _, _, m in markers)
+                    kvexpiry.drop_markers(self.backend, place.parent().prefix, place.parts[2])
         finally:
             self.known.forget(place.path)
             self.known.removed(place.path)

@@ -1,7 +1,7 @@
 """The pyfuse3 adapter: converts FUSE requests to `core.Filesystem` calls and back.
 
 Every handler goes through `_boundary`, the one place where exceptions become errno values
-(`fserrors.errno_for`): only `FUSEError` leaves a handler, so no request can take the mount down.
+(`errno_boundary.errno_for`): only `FUSEError` leaves a handler, so no request can take the mount down.
 Names arrive as bytes and must be UTF-8 (EINVAL otherwise, as they could not be S3 keys).
 """
 
@@ -16,18 +16,19 @@ import trio
 
 from .access import Caller
 from .core import Attr, Filesystem
-from .fserrors import FSError, errno_for
-from . import statuspages
+from .errno_boundary import FSError, errno_for
+from . import control, statuspages
 from .backend.aio import request_deadline
 from .inodes import CONTROL_INO
 
 log = logging.getLogger("stashfs.fuse")
 
-XATTR_STATUS = b"user.stashfs.status"
-XATTR_FLUSH = b"user.stashfs.flush"
-XATTR_DISCARD = b"user.stashfs.discard"  # value: {"keys": [...]} or {"all": true}
-XATTR_LOGLEVEL = b"user.stashfs.loglevel"
-XATTR_PREFIX = b"user.stashfs."
+# The control file's commands, named in fsdriver.control (mountctl sends the same names).
+XATTR_STATUS = control.STATUS.encode()
+XATTR_FLUSH = control.FLUSH.encode()
+XATTR_DISCARD = control.DISCARD.encode()  # value: {"keys": [...]} or {"all": true}
+XATTR_LOGLEVEL = control.LOGLEVEL.encode()
+XATTR_PREFIX = control.PREFIX.encode()
 
 
 def _name(raw: bytes) -> str:
@@ -121,7 +122,7 @@ class Operations(pyfuse3.Operations):
                 node = self.fs.inodes.get(args[0])
                 return f"{node.display if node else args[0]}/{args[1].decode('utf-8', 'replace')}"
             if how == "fh":
-                handle = self.fs.handles.get(args[0])
+                handle = self.fs.files.handles.get(args[0])
                 return handle.node.display if handle else f"handle {args[0]}"
         except Exception:  # describing must never fail the request
             pass
@@ -327,6 +328,9 @@ class Operations(pyfuse3.Operations):
         elif name == XATTR_DISCARD:
             await self._discard(value)
         elif name == XATTR_LOGLEVEL:
-            logging.getLogger("stashfs").setLevel(value.decode().upper())
+            level = value.decode("utf-8", "replace").strip().upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+                raise FSError(errno.EINVAL, f"unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR)", logging.INFO)
+            logging.getLogger("stashfs").setLevel(level)
         else:
             raise FSError(errno.EINVAL, f"unknown control command {name!r}", logging.INFO)

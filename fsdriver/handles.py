@@ -1,13 +1,12 @@
-"""Open files: what a file handle reads from.
+"""Open files: a handle reads or writes, and what a reading handle reads from.
 
-An open file is a small state machine: a handle of a file with staged (local) content reads and
-writes the staged file; otherwise it reads the object — from the backing file itself on the disk
-backend, through a `Prefetcher` on remote backends.  Both readers are pinned to the version the file
-was opened at.
+An open file is a small state machine: a `WriteHandle` writes a staged file; a `ReadHandle` reads
+the file's staged (local) content while it has some, otherwise the object — from the backing file
+itself on the disk backend (`LocalReader`), through a `Prefetcher` on remote backends.  Both
+readers are pinned to the version the file was opened at.
 """
 
 import os
-from dataclasses import dataclass
 
 import trio
 
@@ -38,20 +37,45 @@ class LocalReader:
         os.close(self.fd)
 
 
-@dataclass(eq=False)
 class Handle:
-    node: Node
-    writable: bool
-    append: bool
-    reader: object = None  # LocalReader | Prefetcher, for handles of files without staged data
-    staged: object = None  # the StagedFile a writing handle writes (see core._writable_staged)
-    # Record handles (fsdriver.records): what happened since the last commit, and a refusal
-    # (an FSError) after which the handle's content is never stored.
-    written: bool = False
-    truncated: bool = False
-    refused: object = None
+    """An open file: reading or writing, decided at open and kept until release.
+
+    A `ReadHandle` reads the file's local content while it has some (a descriptor of the same file
+    is writing it), else the object as it was when the handle first needed it (``reader``, pinned
+    to that version).  A `WriteHandle` writes a staged file: the node's shared one, or for a
+    key/value record a content of its own that `fsdriver.records` commits.  ``close`` ends either.
+    """
+
+    writable = False
+    staged = None  # the StagedFile a writing handle writes
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def close(self) -> None:
+        pass
+
+
+class ReadHandle(Handle):
+    def __init__(self, node: Node, reader=None):
+        super().__init__(node)
+        self.reader = reader  # LocalReader | Prefetcher; made at the first read without local content
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+
+
+class WriteHandle(Handle):
+    writable = True
+
+    def __init__(self, node: Node, staged, append: bool, truncated: bool):
+        super().__init__(node)
+        self.staged = staged
+        self.append = append  # every write goes to the end of the content (O_APPEND)
+        # Record handles (fsdriver.records): what happened since the last commit, and a refusal
+        # (an FSError) after which the handle's content is never stored.
+        self.written = False
+        self.truncated = truncated
+        self.refused = None

@@ -16,7 +16,6 @@ from . import kvnames
 
 ROOT_INO = 1  # FUSE's root inode number
 CONTROL_INO = ROOT_INO + 1
-CONTROL_NAME = ".stashfs-control"
 
 
 @dataclass
@@ -64,6 +63,11 @@ class Node:
     @property
     def depth(self) -> int:
         return len(self.path)
+
+    @property
+    def is_store(self) -> bool:
+        """A key/value store (/kv/<store>)."""
+        return len(self.path) == 2 and self.path[0] == "kv"
 
     @property
     def in_store(self) -> bool:

@@ -8,7 +8,7 @@
     seen.set("lock", "worker-3", ttl=60)       # reads as missing after 60 s
 
 It reads and writes the same objects as the mount (``kv/<store>/<encoded key>.json``, see
-`fsdriver.kvnames`), with no mount needed.  Values are JSON; what you get back is a fresh copy, so
+`fsdriver.kvnames`; TTLs follow `fsdriver.kvexpiry`), with no mount needed.  Values are JSON; what you get back is a fresh copy, so
 changing ``ds["a"]["b"]`` in place writes nothing — assign the whole value again (or use modify).
 A store is a `collections.abc.MutableMapping`: code written for a dict works (``update(mapping)``,
 ``pop``, ``setdefault``, ``values``).  A missing key raises `MissingKey`, both a KeyError (what
@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterator
 
 from . import kvnames, layout, strictjson
 from .backend import Backend, ObjectInfo
-from .data import shared_backend
+from .configured import shared_backend
 from .errors import BucketNotFound, NotFound, PreconditionFailed
+from .kvexpiry import drop_markers, expire_record, is_expired, markers_of, set_expiry, store_expiries
 
 _MISSING = object()
 MAX_ATTEMPTS = 200
@@ -53,35 +54,6 @@ def loads(data: bytes, where: str) -> Any:
         raise ValueError(f"{where}: stored record is not valid JSON ({e})") from None
 
 
-def store_expiries(backend: Backend, prefix: str, name: str | None = None) -> dict[str, list[tuple[int, str, str]]]:
-    """record file name -> [(expires, etag, marker key)], for one record or a whole store."""
-    marker_prefix = prefix + kvnames.EXPIRES + (f"{name}@" if name else "")
-    out: dict[str, list] = {}
-    for e in backend.list(marker_prefix):
-        parsed = kvnames.parse_expiry(prefix, e.key)
-        if parsed and (name is None or parsed[0] == name):
-            out.setdefault(parsed[0], []).append((parsed[1], parsed[2], e.key))
-    return out
-
-
-def is_expired(etag: str, markers: list, now: float) -> bool:
-    """A record is expired when a marker for its current etag has passed."""
-    return any(exp <= now and tag == etag for exp, tag, _ in markers)
-
-
-def expire_record(backend: Backend, prefix: str, name: str, markers: list) -> None:
-    """Remove an expired record (only while it still has the expired etag) and its markers."""
-    key = prefix + name
-    for _, tag, _ in markers:
-        try:
-            if backend.head(key).etag == tag:
-                backend.delete(key)
-        except NotFound:
-            pass
-    for _, _, marker in markers:
-        backend.delete(marker)
-
-
 class MissingKey(KeyError, TypeError):
     """No such key: ``except KeyError`` (Python) and ``except TypeError`` (Pipedream) both catch it."""
 
@@ -104,6 +76,9 @@ class DataStore(MutableMapping):
     def _read(self, key: str) -> tuple[Any, ObjectInfo] | None:
         """(value, info) of a live record, or None when missing or expired."""
         name = kvnames.record_name(key)
+        # Markers first, then the record (as the mount does): an expiry removes the record before
+        # its markers, so reading them in the other order could find a just-expired record live.
+        markers = markers_of(self.backend, self.prefix, name)
         for _ in range(MAX_ATTEMPTS):
             try:
                 info = self.backend.head(self.prefix + name)
@@ -118,7 +93,6 @@ class DataStore(MutableMapping):
                 continue
         else:
             raise RuntimeError(f"{self.name}[{key!r}]: changed on every read attempt")
-        markers = store_expiries(self.backend, self.prefix, name).get(name, [])
         if is_expired(info.etag, markers, time.time()):
             expire_record(self.backend, self.prefix, name, markers)
             return None
@@ -133,12 +107,8 @@ class DataStore(MutableMapping):
             self._checked = True
 
     def _set_expiry(self, key: str, etag: str, ttl: float | None, old: list) -> None:
-        name = kvnames.record_name(key)
-        if ttl is not None:
-            expires = int(time.time() + ttl + 0.999)
-            self.backend.put_bytes(kvnames.expiry_key(self.prefix, name, expires, etag), b"")
-        for _, _, marker in old:
-            self.backend.delete(marker)
+        expires = None if ttl is None else int(time.time() + ttl + 0.999)
+        set_expiry(self.backend, self.prefix, kvnames.record_name(key), etag, expires, old)
 
     # -- the mapping -------------------------------------------------------------------------
 
@@ -164,7 +134,7 @@ class DataStore(MutableMapping):
             raise ValueError(f"ttl must be positive, got {ttl}")
         data = dumps(value)
         name = kvnames.record_name(key)
-        old = store_expiries(self.backend, self.prefix, name).get(name, [])
+        old = markers_of(self.backend, self.prefix, name)
         info = self.backend.put_bytes(self.prefix + name, data)
         if ttl is not None or old:
             self._set_expiry(key, info.etag, ttl, old)
@@ -175,15 +145,14 @@ class DataStore(MutableMapping):
         found = self._read(key)
         if found is None:
             raise MissingKey(key)
-        self._set_expiry(key, found[1].etag, ttl, store_expiries(self.backend, self.prefix, name).get(name, []))
+        self._set_expiry(key, found[1].etag, ttl, markers_of(self.backend, self.prefix, name))
 
     def __delitem__(self, key: str) -> None:
         name = kvnames.record_name(key)
         if self._read(key) is None:
             raise MissingKey(key)
         self.backend.delete(self.prefix + name)
-        for _, _, marker in store_expiries(self.backend, self.prefix, name).get(name, []):
-            self.backend.delete(marker)
+        drop_markers(self.backend, self.prefix, name)
 
     def keys(self) -> "Keys":
         """An iterable of the keys (paginated from the backend; not a list)."""
@@ -258,7 +227,7 @@ class DataStore(MutableMapping):
                 time.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))  # back off
                 continue
             if etag is not None:
-                markers = store_expiries(self.backend, self.prefix, name).get(name, [])
+                markers = markers_of(self.backend, self.prefix, name)
                 live = [m for m in markers if m[1] == etag]
                 if live:
                     remaining = max(min(m[0] for m in live) - time.time(), 1)

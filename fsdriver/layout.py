@@ -81,8 +81,3 @@ def root_prefix(tree: str, name: str) -> str:
     check_name(name, {"pipeline": "pipeline id", "user": "user name", "kv": "store name"}[tree])
     return f"{tree}/{name}/"
 
-
-def object_key(tree: str, name: str, path: str) -> str:
-    """The backend key of ``path`` inside one namespace; the path must not be empty."""
-    return root_prefix(tree, name) + "/".join(split_path(path))
-

@@ -19,7 +19,9 @@ from typing import Callable
 import trio
 
 from .backend.aio import AsyncBackend
+from .backend.base import PART_SIZE
 from .memory import MemoryBudget
+from .mountconfig import DEFAULTS
 from .stats import Stats
 from .supervise import spawn
 
@@ -48,8 +50,8 @@ class Prefetcher:
         size: int,
         etag: str | None,
         stats: Stats,
-        max_window: int = 64 << 20,
-        part_size: int = 8 << 20,
+        max_window: int = DEFAULTS.max_prefetch,
+        part_size: int = PART_SIZE,
     ):
         self.backend, self.budget, self.nursery, self.stats = backend, budget, nursery, stats
         self.key, self.size, self.etag = key, size, etag

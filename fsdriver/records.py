@@ -29,9 +29,9 @@ from typing import Optional
 
 import trio
 
-from . import strictjson
-from .fserrors import FSError
-from .handles import Handle
+from . import kvexpiry, kvnames, strictjson
+from .errno_boundary import FSError
+from .handles import WriteHandle
 from .inodes import Node
 from .memory import MemoryBudget
 from .staging import StagedFile
@@ -60,7 +60,7 @@ async def record_content(staged: StagedFile, budget: Optional[MemoryBudget] = No
         raise RecordRefused(errno.EFBIG, f"the record is {too_large(staged.size)}", logging.WARNING)
     if staged.size == 0:
         return b'""'
-    need = staged.size + await staged._io(_parse_cost, staged.fd, staged.size)
+    need = staged.size + await staged.scan(_parse_cost)
     if budget is not None and need > budget.limit // 2:
         # Checking it would hold most of the daemon's memory (every reader would wait for it): a
         # record of this shape and size is refused like one over the size limit.
@@ -69,7 +69,7 @@ async def record_content(staged: StagedFile, budget: Optional[MemoryBudget] = No
     if budget is not None:
         await budget.acquire(need)
     try:
-        data = await staged._io(os.pread, staged.fd, staged.size, 0)
+        data = await staged.contents()
         await trio.to_thread.run_sync(strictjson.check, data)  # CPU-bound: off the trio thread
     except strictjson.InvalidJSON as e:  # the writer's mistake, not the daemon's: a warning
         raise RecordRefused(errno.EINVAL, f"not valid JSON: {e}", logging.WARNING) from None
@@ -133,27 +133,27 @@ class Records:
 
     # -- a writing handle's life ---------------------------------------------------------------
 
-    def check_size(self, handle: Handle, end: int, what: str) -> None:
+    def check_size(self, handle: WriteHandle, end: int, what: str) -> None:
         """EFBIG for a write or truncate that would take the record past the limit; the handle's
         content is then never stored."""
         if end <= MAX_RECORD_BYTES:
             return
-        handle.staged.broken = OSError(errno.EFBIG, "record too large")  # freed at release, never stored
+        handle.staged.mark_broken(OSError(errno.EFBIG, "record too large"))  # freed at release, never stored
         handle.refused = FSError(errno.EFBIG, f"not saved: an earlier {what} was refused (EFBIG); "
                                  "the previous value is unchanged", logging.DEBUG)
         raise FSError(errno.EFBIG, f"{what} refused: the record would be {too_large(end)}; "
                       "it keeps its previous value", logging.WARNING)
 
     @staticmethod
-    def more_content(handle: Handle) -> None:
+    def more_content(handle: WriteHandle) -> None:
         """A write or truncate after a close() whose content was refused as not JSON: that refusal
         was of what the handle held then (``{ echo -n '{"a":'; echo '1}'; } > r.json`` closes after
         the first half), so what it holds next is checked afresh at the next close."""
         rejected = handle.staged.rejected
         if rejected is not None and rejected.errno == errno.EINVAL and handle.refused is None:
-            handle.staged.rejected = None
+            handle.staged.accept_again()
 
-    async def flush(self, handle: Handle) -> None:
+    async def flush(self, handle: WriteHandle) -> None:
         """close() of one descriptor: commit what was written since the last commit."""
         if handle.refused is not None:
             raise handle.refused
@@ -164,13 +164,13 @@ class Records:
             # kernel's cache without asking us: drop it, so the next stat asks (and waits).
             await self.invalidate_attrs(handle.node.ino)
 
-    async def fsync(self, handle: Handle) -> None:
+    async def fsync(self, handle: WriteHandle) -> None:
         """fsync(): commit whatever the handle holds that is not committed yet."""
         if handle.refused is not None:
             raise handle.refused
         await self._commit(handle)
 
-    async def release(self, handle: Handle) -> None:
+    async def release(self, handle: WriteHandle) -> None:
         """The last descriptor is gone: commit content that was only truncated (or written after the
         last flush).  Nothing before the mark below may await (see the module docstring)."""
         staged = handle.staged
@@ -185,17 +185,17 @@ class Records:
         finally:
             self._end(node)
 
-    async def _commit(self, handle: Handle) -> None:
+    async def _commit(self, handle: WriteHandle) -> None:
         node, staged = handle.node, handle.staged
         try:
-            await self.fs._upload(node, staged)
+            await self.fs.files.upload(node, staged)
         except FSError:
             if staged.rejected is not None or staged.broken is not None:
                 await self._refused(node)
             elif staged in self.fs.uploader.pending:
                 # A pending upload (close() said EIO): this mount shows it, from the cache dir,
                 # until the retry loop settles it, and unlink/rename hold its lock like a file's.
-                self.fs.adopt_pending_record(node, staged)
+                self.fs.files.adopt_pending_record(node, staged)
             raise
         handle.written = handle.truncated = False
         await self.invalidate_attrs(node.ino)
@@ -221,3 +221,39 @@ class Records:
             code = errno.EBADMSG if e.errno == errno.EINVAL else e.errno
             raise FSError(code, f"not saved as /{'/'.join(new_path)}: {e.reason}; the record and the "
                           "scratch file are unchanged", e.level) from None
+
+    # -- records and scratch files renamed ---------------------------------------------------------
+
+    async def rename_in_store(self, node: Node, new_path: tuple) -> None:
+        """Renames in a store; they turn scratch files into records and back (temp-file-then-rename).
+
+        The caller holds the lock of ``node.staged`` if there is one.
+        """
+        old_name, new_name = node.path[-1], new_path[-1]
+        old_store = "/".join(node.path[:-1]) + "/"
+        to_record = not kvnames.is_scratch(new_name)
+        if node.is_scratch and to_record:
+            staged = node.staged
+            await staged.ensure_locked(0, staged.size)
+            data = await self.content_for_rename(staged, new_path)  # refused: left as it was
+            info = await self.fs.backend.put_bytes("/".join(new_path), data)
+            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
+            if staged.size == 0:  # an empty file became the record "": read it as such
+                await staged.replace_contents(data)
+            staged.mark_stored()  # kept for handles still open; dropped at release
+            await self.invalidate_attrs(node.ino)  # the kernel has the scratch file's size
+        elif node.is_record and not to_record:
+            staged = self.fs.files.new_staged(node, truncate=False)
+            await staged.complete()  # the content becomes local before the record goes
+            await self.fs.backend.delete(node.key)
+            await self.drop_expiry_markers(old_store, old_name)
+            staged.mark_dirty(conditions={})
+            node.etag = None
+            node.staged = staged
+        elif node.is_record:
+            await self.fs.backend.rename(node.key, "/".join(new_path))
+            await self.drop_expiry_markers(old_store, old_name)
+
+    async def drop_expiry_markers(self, store_prefix: str, name: str) -> None:
+        """The record ``name`` of a store is gone or moved: its TTL markers go too."""
+        await self.fs.backend.run(kvexpiry.drop_markers, self.fs.sync_backend, store_prefix, name)

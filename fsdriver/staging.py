@@ -62,11 +62,11 @@ class Cache:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         for d in (self.root, self.staged_dir, self.pending_dir):
             d.mkdir(mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._lock_fd)
+            os.close(self.lock_fd)
             raise CacheLocked(f"cache dir {self.root} is in use by another stashfs daemon") from None
         # Local file I/O is quick but may block (slow disk, ENOSPC): it never runs on the trio thread.
         self.io_limiter = trio.CapacityLimiter(8)
@@ -74,7 +74,7 @@ class Cache:
         self._hold_reserve()
 
     def close(self) -> None:
-        os.close(self._lock_fd)
+        os.close(self.lock_fd)
 
     def new_path(self) -> Path:
         return self.staged_dir / uuid.uuid4().hex
@@ -150,9 +150,24 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 
 
 class StagedFile:
-    """The local content of one file being written: a sparse file plus which blocks are present."""
+    """The local content of one file being written: a sparse file plus which blocks are present.
 
-    def __init__(self, cache: Cache, size: int = 0, origin_size: int = 0, fetch: Optional[Fetch] = None):
+    Its upload state moves only through the methods below (the attributes are read elsewhere, and
+    written here):
+
+        clean ──write/truncate──▶ dirty ──begin_upload──▶ pending ──uploaded──▶ clean
+                                    ▲                        │
+                                    └──────upload_failed─────┘ (kept for a retry; EIO)
+        any ──reject──▶ rejected (never uploaded again; `accept_again` after a refused record
+                        close whose handle writes more)
+        any ──a staging write fails / mark_broken──▶ broken (never uploaded; cleared by
+                        truncating to 0)
+
+    ``lock`` serialises every change of the content and every upload of it.
+    """
+
+    def __init__(self, cache: Cache, size: int = 0, origin_size: int = 0, fetch: Optional[Fetch] = None,
+                 dirty: bool = False, conditions: Optional[dict] = None):
         self.cache = cache
         self.path = cache.new_path()
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -161,7 +176,7 @@ class StagedFile:
         self.origin_size = origin_size if fetch else 0
         self.fetch = fetch
         self.present: set[int] = set()  # block numbers already in the staged file
-        self.dirty = False
+        self.dirty = dirty  # holds content the backend does not have yet
         self.pending = False  # an upload started and has not succeeded yet
         self.error: Optional[str] = None  # why the last upload failed
         self.broken: Optional[OSError] = None  # a staging write failed: never upload this content
@@ -170,8 +185,8 @@ class StagedFile:
         self.journal_error: Optional[str] = None  # why the last attempt to journal it failed
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
-        self.conditions: dict = {}
-        self._lock = trio.Lock()
+        self.conditions: dict = conditions or {}
+        self.lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)
 
@@ -187,11 +202,12 @@ class StagedFile:
     async def ensure(self, start: int, end: int) -> None:
         """Make bytes [start, end) of the origin present in the staged file."""
         if self._missing(start, end):
-            async with self._lock:
-                await self._ensure_locked(start, end)
+            async with self.lock:
+                await self.ensure_locked(start, end)
 
-    async def _ensure_locked(self, start: int, end: int) -> None:
-        # Every change of the staged file happens under self._lock, so a fetched block can never
+    async def ensure_locked(self, start: int, end: int) -> None:
+        """`ensure` for a caller that holds ``lock``."""
+        # Every change of the staged file happens under self.lock, so a fetched block can never
         # land on top of bytes written meanwhile.
         for b in self._missing(start, end):
             lo, hi = b * BLOCK, min((b + 1) * BLOCK, self.origin_size)
@@ -210,12 +226,12 @@ class StagedFile:
 
     async def write(self, off: int, data: bytes) -> int:
         end = off + len(data)
-        async with self._lock:
+        async with self.lock:
             # Only partial blocks at the edges need the origin's bytes first.
             if off % BLOCK:
-                await self._ensure_locked((off // BLOCK) * BLOCK, off)
+                await self.ensure_locked((off // BLOCK) * BLOCK, off)
             if end % BLOCK:
-                await self._ensure_locked(end, (end // BLOCK + 1) * BLOCK)
+                await self.ensure_locked(end, (end // BLOCK + 1) * BLOCK)
             try:
                 n = await self._io(os.pwrite, self.fd, data, off)
             except OSError as e:
@@ -230,10 +246,10 @@ class StagedFile:
             return n
 
     async def truncate(self, size: int) -> None:
-        async with self._lock:
+        async with self.lock:
             if size < self.origin_size:
                 if size % BLOCK:
-                    await self._ensure_locked((size // BLOCK) * BLOCK, size)
+                    await self.ensure_locked((size // BLOCK) * BLOCK, size)
                 self.origin_size = size
             await self._io(os.ftruncate, self.fd, size)
             if size == 0:
@@ -243,10 +259,67 @@ class StagedFile:
 
     async def complete(self) -> None:
         """Fetch every block still missing, so the staged file holds the whole content."""
-        async with self._lock:
-            await self._ensure_locked(0, self.size)
-            self.origin_size = 0
-            self.fetch = None
+        async with self.lock:
+            await self.complete_locked()
+
+    async def complete_locked(self) -> None:
+        """`complete` for a caller that holds ``lock`` (an upload)."""
+        await self.ensure_locked(0, self.size)
+        self.origin_size = 0
+        self.fetch = None
+
+    async def contents(self) -> bytes:
+        """The whole content (the caller made it complete and holds ``lock``, or owns the file)."""
+        return await self._io(os.pread, self.fd, self.size, 0)
+
+    async def replace_contents(self, data: bytes) -> None:
+        """Make ``data`` the content (a record's empty content becoming ``""``); it stays as
+        dirty or clean as it was."""
+        await self._io(os.pwrite, self.fd, data, 0)
+        await self._io(os.ftruncate, self.fd, len(data))
+        self.size = len(data)
+
+    async def scan(self, fn):
+        """``fn(fd, size)`` in a worker thread (reading the content without holding it whole)."""
+        return await self._io(fn, self.fd, self.size)
+
+    # -- upload state (see the class docstring) ------------------------------------------------
+
+    def begin_upload(self) -> None:
+        self.pending, self.dirty = True, False
+
+    def uploaded(self, etag: str) -> None:
+        """The backend holds this content now, as ``etag``."""
+        self.pending, self.error = False, None
+        if self.conditions:  # later writes through this handle build on what was just written
+            self.conditions = {"if_match": etag}
+
+    def upload_failed(self, error: str) -> None:
+        """The upload may pass later: the content is to be uploaded again (retried)."""
+        self.dirty, self.error = True, error
+
+    def reject(self, error: Exception) -> None:
+        """Refused for good (a lost conditional write, not a record): never uploaded again."""
+        self.rejected = error
+        self.dirty = self.pending = False
+
+    def accept_again(self) -> None:
+        """More content after a refusal of what was there (a record's intermediate close)."""
+        self.rejected = None
+
+    def mark_broken(self, error: OSError) -> None:
+        """The content can never be stored (a write failed, or it would be too large)."""
+        self.broken = error
+
+    def mark_stored(self) -> None:
+        """Its content was stored by other means (a scratch file put as a record)."""
+        self.dirty = False
+
+    def mark_dirty(self, conditions: Optional[dict] = None) -> None:
+        """Its content must be uploaded (with ``conditions``, if given) though nothing was written."""
+        self.dirty = True
+        if conditions is not None:
+            self.conditions = conditions
 
     @property
     def removed(self) -> bool:

@@ -14,11 +14,13 @@ half old, half new).  Each page is ``{"page", "pages", "count", "entries"}`` and
 
 import json
 
+from . import control
+
 XATTR_LIMIT = 65536
 PAGE_BYTES = 60000  # a page's JSON stays below this (the limit, with room for the envelope)
 SHOWN = 20
 ERROR_CHARS = 300
-PAGE_PREFIX = "user.stashfs.pending."
+PAGE_PREFIX = control.PENDING_PAGE_PREFIX
 
 
 def _trimmed(entry: dict) -> dict:

@@ -12,7 +12,6 @@ over it.  "Kept" is only ever said of data whose journal entry is on disk.
 
 import errno
 import logging
-import os
 import time
 from typing import Optional
 
@@ -20,7 +19,7 @@ import trio
 
 from .backend.aio import AsyncBackend
 from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
-from .fserrors import FSError
+from .errno_boundary import FSError
 from .inodes import Node
 from .memory import MemoryBudget
 from .records import record_content
@@ -53,11 +52,11 @@ class Uploader:
         staged = staged if staged is not None else node.staged
         if staged is None or node.is_scratch:
             return
-        async with staged._lock:
+        async with staged.lock:
             await self.upload_locked(node, staged)
 
     async def upload_locked(self, node: Node, staged: StagedFile) -> None:
-        """`upload` for a caller that holds ``staged._lock`` (a rename, an unlink)."""
+        """`upload` for a caller that holds ``staged.lock`` (a rename, an unlink)."""
         if staged.rejected is not None:
             raise staged.rejected
         if staged.removed or not (staged.dirty or staged.pending) or node.unlinked or node.is_scratch:
@@ -70,7 +69,7 @@ class Uploader:
                 logging.ERROR,
             )
         try:
-            await staged._ensure_locked(0, staged.size)  # the parts never read or written
+            await staged.complete_locked()  # the parts never read or written
         except PreconditionFailed:
             self._reject(node, staged, FSError(
                 errno.ESTALE, "not uploaded: the object changed since it was opened, so the parts "
@@ -84,7 +83,6 @@ class Uploader:
             raise staged.rejected from None
         except BackendError as e:
             self._failed(node, staged, e)
-        staged.origin_size, staged.fetch = 0, None
         if node.is_record:
             await self._prepare_record(node, staged)
         key = node.key
@@ -96,7 +94,7 @@ class Uploader:
             log.error("%s: %s; until an upload succeeds its data is NOT kept across a restart",
                       node.display, staged.journal_error)
         await self.supersede(key)  # older leftovers of this key must not land after this upload
-        staged.pending, staged.dirty = True, False
+        staged.begin_upload()
         try:
             info = await self.backend.put_file(key, staged.path, **staged.conditions)
         except PreconditionFailed as e:
@@ -109,9 +107,7 @@ class Uploader:
             raise staged.rejected from e
         except (BackendError, OSError) as e:
             self._failed(node, staged, e)
-        staged.pending, staged.error = False, None
-        if staged.conditions:  # later writes through this handle build on what we just wrote
-            staged.conditions = {"if_match": info.etag}
+        staged.uploaded(info.etag)
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
         self.on_uploaded(node, info)
@@ -127,13 +123,12 @@ class Uploader:
                 code, f"not uploaded and not retried (this cannot succeed): {e}; "
                 "the previous content is unchanged", logging.ERROR))
             raise staged.rejected from e
-        staged.dirty = True
         if staged.journaled:
-            staged.error = str(e)
+            staged.upload_failed(str(e))
             message = f"upload failed, kept as a pending upload ({staged.path}) and retried: {e}"
         else:
             why = staged.journal_error or "the parts of the object it did not write could not be fetched"
-            staged.error = f"{e}; NOT kept across a restart ({why})"
+            staged.upload_failed(f"{e}; NOT kept across a restart ({why})")
             message = (f"upload failed: {e}; retried by this daemon from {staged.path}, but NOT kept "
                        f"across a restart ({why})")
         if staged not in self.pending:  # a retry that fails again must not spin the loop
@@ -166,12 +161,10 @@ class Uploader:
             self._reject(node, staged, e)
             raise
         if staged.size == 0:
-            await staged._io(os.pwrite, staged.fd, data, 0)
-            staged.size = len(data)
+            await staged.replace_contents(data)
 
     def _reject(self, node: Node, staged: StagedFile, error: FSError) -> None:
-        staged.rejected = error
-        staged.dirty = staged.pending = False
+        staged.reject(error)
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
         node.attr_time = 0  # read the backend's version again
@@ -193,7 +186,7 @@ class Uploader:
         for staged, node in list(self.pending.items()):
             settled = False
             try:
-                async with staged._lock:
+                async with staged.lock:
                     if self.pending.get(staged) is not node or staged.removed:
                         # Completed by another flush while we waited; it could not free it while
                         # we were queued on the lock, so that falls to us (freeing twice is safe).
@@ -232,7 +225,7 @@ class Uploader:
         for staged, node in list(self.pending.items()):
             if keys is not None and node.key not in keys:
                 continue
-            async with staged._lock:
+            async with staged.lock:
                 if self.pending.get(staged) is not node:
                     continue
                 self._reject(node, staged, FSError(

@@ -15,14 +15,10 @@ import argcomplete
 from fsdriver import __version__
 from fsdriver.config import ConfigError
 from fsdriver.errors import BackendError, InvalidName
+from fsdriver.mountconfig import MountConfigError
 from fsdriver.secrets.store import InvalidSecretName, InvalidSecretValue, SecretsError
 
-class CLIError(Exception):
-    """A failure to report as one line; ``status`` is the exit code."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
+from .errors import CLIError
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue)) else 1
     except InvalidName as e:
+        print(f"mountctl: {e}", file=sys.stderr)
+        return 2
+    except MountConfigError as e:  # a bad mount option value, refused before any daemon starts
         print(f"mountctl: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:

@@ -8,7 +8,9 @@ import tempfile
 
 from fsdriver import data
 
-from .cli import CLIError
+from .errors import CLIError
+from .formats import utc
+from .progress import IOProgress
 
 
 def register(sub) -> None:
@@ -56,13 +58,25 @@ def _store(args) -> data.ObjectStore:
 
 def cmd_put(args) -> None:
     store = _store(args)
+    # A missing bucket or an unreachable endpoint: one line about it, before a pipeline's owner
+    # record is tried (whose failure would be reported first, as a second line).
+    store.backend.check()
     if args.file != "-":
-        store.put(args.name, args.file)
+        _put_file(store, args.name, args.file)
         return
     with tempfile.NamedTemporaryFile(prefix="stashfs-stdin-") as tmp:
         shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
         tmp.flush()
-        store.put(args.name, tmp.name)
+        _put_file(store, args.name, tmp.name)
+
+
+def _put_file(store: data.ObjectStore, name: str, path: str) -> None:
+    try:
+        total = os.path.getsize(path)
+    except OSError:
+        total = None  # put says why, in its own words
+    with IOProgress(f"put {name}", total, "rchar"):
+        store.put(name, path)
 
 
 def cmd_get(args) -> None:
@@ -71,7 +85,10 @@ def cmd_get(args) -> None:
         sys.stdout.buffer.write(store.gets(args.name))
         sys.stdout.buffer.flush()
     else:
-        store.get(args.name, args.file)
+        # The size only for the bar: no extra request when nobody watches.
+        total = store.size(args.name) if sys.stderr.isatty() else None
+        with IOProgress(f"get {args.name}", total, "wchar"):
+            store.get(args.name, args.file)
 
 
 def _parse_range(text: str) -> list:
@@ -97,10 +114,7 @@ def cmd_ls(args) -> None:
         return
     for i in infos:
         if args.long:
-            from datetime import datetime, timezone
-
-            when = datetime.fromtimestamp(i.mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            print(f"{i.size:>12} {when} {i.key}")
+            print(f"{i.size:>12} {utc(i.mtime)} {i.key}")
         else:
             print(i.key)
 

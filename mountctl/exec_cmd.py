@@ -23,8 +23,10 @@ from fsdriver.secrets.store import (
     MAX_VALUE_BYTES, SecretsError, SecretsPermissionError, check_name, current_user, open_store,
 )
 
-from . import mount_cmd, mounts
-from .cli import CLIError
+from fsdriver.mountconfig import MountConfig
+
+from . import mounts, spawn
+from .errors import CLIError
 
 
 def register(sub) -> None:
@@ -55,7 +57,7 @@ def find_mount(explicit: str | None) -> str | None:
         if not mounts.is_stashfs(explicit):
             raise CLIError(f"{explicit} is not a stashfs mount")
         return explicit
-    mp = mount_cmd.configured_mountpoint()
+    mp = os.path.abspath(MountConfig.load().mountpoint)
     if mounts.is_stashfs(mp):
         return mp
     found = mounts.stashfs_mounts()
@@ -65,13 +67,14 @@ def find_mount(explicit: str | None) -> str | None:
 def node_mount(explicit: str | None) -> str | None:
     """The node's mount (the configured mount point), mounted now if it is not; None when it is not
     mounted and no backend is configured (nothing says what to mount)."""
-    cfg = mount_cmd.settings(mountpoint=explicit)
-    mp = os.path.abspath(cfg["mountpoint"])
-    mount_cmd.detach_if_dead(mp)
+    cfg = MountConfig.load({"mountpoint": explicit})  # a bad option in the config file: one line, exit 2
+    mp = os.path.abspath(cfg.mountpoint)
+    spawn.detach_if_dead(mp)
     if mounts.is_stashfs(mp):
         return mp
-    if not cfg["backend"]:
+    if not cfg.backend:
         return None
+    cfg.check_backend_dir()  # as `mountctl mount`: a mistyped local path is not created silently
     os.makedirs(mp, exist_ok=True)
     # Concurrent execs on this node: each locks the mount point directory and looks again, so
     # only the first starts a daemon and the others find its mount.
@@ -79,8 +82,9 @@ def node_mount(explicit: str | None) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if not mounts.is_stashfs(mp):
-            mount_cmd.start(mount_cmd.preflight(mp), {name: cfg[name] for name in mount_cmd.CONFIG_OPTIONS})
-            print(f"mountctl: mounted {cfg['backend']} on {mp}", file=sys.stderr)
+            cfg.mountpoint = spawn.preflight(mp)
+            spawn.start(cfg)
+            print(f"mountctl: mounted {cfg.backend} on {mp}", file=sys.stderr)
     finally:
         os.close(fd)
     return mp

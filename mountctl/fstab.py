@@ -8,21 +8,23 @@ There is no /sbin/mount.fuse.stashfs, so mount(8) runs /sbin/mount.fuse (fuse3),
 (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin) must find ``stashfs``: ``make
 install`` links it into /usr/local/bin.
 
-SOURCE is the backend URL, or ``stashfs`` for the configured one ([mount] backend).  Options not
-given fall back to the [mount] section like ``mountctl mount``.  Returns once the mount is ready;
-an error is one line on stderr and exit status 1 (2 for a bad option).
+SOURCE is the backend URL, or ``stashfs`` for the configured one ([mount] backend).  The options
+are `fsdriver.mountconfig`'s, by their names (``memory_limit=1G``, ``allow_other``, ``ro``,
+``create``); options not given fall back to the [mount] section like ``mountctl mount``.  Returns
+once the mount is ready; an error is one line on stderr and exit status 1 (2 for a bad option).
 """
 
 import argparse
 import sys
 
-from . import mount_cmd
-from .cli import CLIError
+from fsdriver import config, mountconfig
 
-# -o name=value -> the daemon's --name value
-VALUE_OPTIONS = ("org_group", "cache_dir", "memory_limit", "max_prefetch", "metadata_ttl", "readahead",
-                 "backend_timeout", "endpoint_url", "log_file", "log_level")
-FLAG_OPTIONS = {"allow_other": "allow_other", "ro": "read_only"}
+from . import spawn
+from .errors import CLIError
+
+# -o name=value and -o flag, as fsdriver.mountconfig declares them (the source gives the backend)
+VALUE_OPTIONS = tuple(name for name, opt in mountconfig.options() if not opt.flag and name != "backend")
+FLAG_OPTIONS = {opt.fstab or name: name for name, opt in mountconfig.options() if opt.flag}
 # mount(8)'s generic options (and what mount.fuse adds): nothing for stashfs to do.
 GENERIC = {"defaults", "rw", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users", "owner",
            "group", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "diratime",
@@ -52,7 +54,7 @@ def parse_options(groups: list[str]) -> dict:
             elif name in VALUE_OPTIONS:
                 raise CLIError(f"mount option {name} needs a value ({name}=...)", 2)
             else:
-                raise CLIError(f"unknown mount option {opt!r} (stashfs takes allow_other, ro, "
+                raise CLIError(f"unknown mount option {opt!r} (stashfs takes {', '.join(FLAG_OPTIONS)}, "
                                f"{'=, '.join(VALUE_OPTIONS)}=)", 2)
     return opts
 
@@ -68,16 +70,17 @@ def mount(argv: list[str]) -> None:
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     opts = parse_options(args.options)
-    cfg = mount_cmd.settings(backend=None if args.source == SOURCE_CONFIGURED else args.source,
-                             endpoint_url=opts.pop("endpoint_url", None), org_group=opts.pop("org_group", None),
-                             allow_other=opts.pop("allow_other", None), cache_dir=opts.pop("cache_dir", None),
-                             log_file=opts.pop("log_file", None))
-    if not cfg["backend"]:
-        raise CLIError(f"source {SOURCE_CONFIGURED}: no backend configured ([mount] backend in "
-                       "/etc/stashfs/config.toml, or $STASHFS_BACKEND)")
-    mp = mount_cmd.preflight(args.mountpoint)
-    opts.update({name: cfg[name] for name in mount_cmd.CONFIG_OPTIONS})
-    mount_cmd.start(mp, opts)
+    try:
+        cfg = mountconfig.MountConfig.load(
+            dict(opts, backend=None if args.source == SOURCE_CONFIGURED else args.source), spelling="fstab")
+        if not cfg.backend:
+            raise CLIError(f"source {SOURCE_CONFIGURED}: no backend configured ([mount] backend in "
+                           "/etc/stashfs/config.toml, or $STASHFS_BACKEND)")
+        cfg.mountpoint = spawn.preflight(args.mountpoint)
+        cfg.check_backend_dir("fstab")
+    except mountconfig.MountConfigError as e:
+        raise CLIError(str(e), 2) from None
+    spawn.start(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"stashfs: {e}", file=sys.stderr)
         return e.status
+    except config.ConfigError as e:
+        print(f"stashfs: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"stashfs: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ import sys
 from fsdriver import strictjson
 from fsdriver.kv import DataStore
 
-from .cli import CLIError
+from .errors import CLIError
 
 
 def register(sub) -> None:

@@ -4,7 +4,9 @@ import json
 import os
 from dataclasses import dataclass
 
-CONTROL = ".stashfs-control"
+from fsdriver import control
+
+CONTROL = control.CONTROL_NAME
 FSTYPE = "fuse.stashfs"
 
 
@@ -58,24 +60,24 @@ def stashfs_mounts() -> list[MountEntry]:
 
 
 def status(mountpoint: str) -> dict:
-    return json.loads(os.getxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.status"))
+    return json.loads(os.getxattr(os.path.join(mountpoint, CONTROL), control.STATUS))
 
 
 def pending(mountpoint: str) -> list[dict]:
     """Every pending upload, read page by page (the status xattr only carries the first ones)."""
-    control = os.path.join(mountpoint, CONTROL)
-    first = json.loads(os.getxattr(control, "user.stashfs.pending.0"))  # the daemon takes a snapshot
+    path = os.path.join(mountpoint, CONTROL)
+    first = json.loads(os.getxattr(path, control.PENDING_PAGE_PREFIX + "0"))  # the daemon takes a snapshot
     entries = list(first["entries"])
     for n in range(1, first["pages"]):
-        entries += json.loads(os.getxattr(control, f"user.stashfs.pending.{n}"))["entries"]
+        entries += json.loads(os.getxattr(path, f"{control.PENDING_PAGE_PREFIX}{n}"))["entries"]
     return entries
 
 
 def flush(mountpoint: str) -> None:
-    os.setxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.flush", b"1")
+    os.setxattr(os.path.join(mountpoint, CONTROL), control.FLUSH, b"1")
 
 
 def discard(mountpoint: str, keys: list[str] | None) -> None:
     """Drop pending uploads (of ``keys``, or all) without uploading them."""
     value = {"all": True} if keys is None else {"keys": keys}
-    os.setxattr(os.path.join(mountpoint, CONTROL), "user.stashfs.discard", json.dumps(value).encode())
+    os.setxattr(os.path.join(mountpoint, CONTROL), control.DISCARD, json.dumps(value).encode())

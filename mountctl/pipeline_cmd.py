@@ -8,7 +8,7 @@
 - ``gc --idle DURATION``: a dry run listing the pipelines not written for DURATION; with ``--yes``
   (root or admin group) it archives them, re-checking each one's last write just before.
 
-A progress line, rewritten in place, goes to stderr only when stderr is a terminal.
+Progress (bytes, rate, ETA: `mountctl.progress`) goes to stderr only when stderr is a terminal.
 """
 
 import json
@@ -16,15 +16,16 @@ import pwd
 import re
 import sys
 import time
-from datetime import datetime, timezone
 
 from fsdriver import layout, lifecycle, owners
 from fsdriver.access import login_name
-from fsdriver.backend import open_backend
+from fsdriver.configured import open_backend
 from fsdriver.errors import BackendError
 from fsdriver.secrets.store import is_admin, load_config
 
-from .cli import CLIError
+from .errors import CLIError
+from .formats import human_bytes as human, utc as when
+from .progress import Progress
 
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:[0-9]+[wdhms])+\Z")
@@ -70,20 +71,6 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def human(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            return f"{value:.1f} {unit}"
-
-
-def when(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _owner_text(owner: str | None) -> str:
     return "-" if owner is None else owner or "?"  # "?": a damaged record
 
@@ -98,39 +85,16 @@ def _print_table(summaries: list[lifecycle.PipelineSummary]) -> None:
         print("  ".join(cells).rstrip())
 
 
-class _Progress:
-    """``label: done/total objects, done/total bytes`` on stderr, rewritten in place; nothing at
-    all when stderr is not a terminal (scripts and logs get only the result lines)."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-        self.shown = False
-
-    def __call__(self, done_objects: int, done_bytes: int, total_objects: int, total_bytes: int) -> None:
-        if self.enabled:
-            sys.stderr.write(f"\r\033[K{self.label}: {done_objects}/{total_objects} objects, "
-                             f"{human(done_bytes)}/{human(total_bytes)}")
-            sys.stderr.flush()
-            self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
 def _admin_group() -> str:
     return load_config()["admin_group"]
 
 
 def _archive(backend, s: lifecycle.PipelineSummary, written_before: float | None = None) -> tuple[int, int]:
-    progress = _Progress(f"archiving pipeline {s.id}")
-    progress(0, 0, s.objects, s.bytes)
-    try:
-        return lifecycle.archive(backend, s.id, progress, written_before)
-    finally:
-        progress.close()
+    with Progress(f"archiving pipeline {s.id}", s.bytes, f"0/{s.objects} objects") as progress:
+        def step(done_objects: int, done_bytes: int, total_objects: int, total_bytes: int) -> None:
+            progress.update(done_bytes, f"{done_objects}/{total_objects} objects")
+
+        return lifecycle.archive(backend, s.id, step, written_before)
 
 
 def _summary_text(objects: int, nbytes: int) -> str:

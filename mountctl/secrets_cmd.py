@@ -3,13 +3,13 @@
 import getpass
 import json
 import sys
-from datetime import datetime, timezone
 
 from fsdriver.secrets import accesslog
 from fsdriver.secrets.mask import MIN_MASKED, unmasked
 from fsdriver.secrets.store import InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value, open_store
 
-from .cli import CLIError
+from .errors import CLIError
+from .formats import utc
 
 
 def register(sub) -> None:
@@ -106,8 +106,7 @@ def cmd_list(args) -> None:
         print(json.dumps([{"name": r.name, "scope": r.scope, "updated": r.updated} for r in rows]))
     else:
         for r in rows:
-            when = datetime.fromtimestamp(r.updated, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-            print(f"{r.scope:<5} {r.name:<32} ****  {when}")
+            print(f"{r.scope:<5} {r.name:<32} ****  {utc(r.updated)}")
     return 1 if failed else 0
 
 

@@ -18,6 +18,10 @@ if [ "$(id -u)" != 0 ]; then
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+# Another apt (unattended-upgrades on a fresh machine, a second `make`) may hold the dpkg lock:
+# apt waits for it up to APT_LOCK_TIMEOUT seconds (default 600) instead of failing at once.
+LOCK_WAIT="-o DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT:-600}"
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing
+$SUDO apt-get $LOCK_WAIT update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get $LOCK_WAIT install -y -qq --no-install-recommends $missing

@@ -118,6 +118,7 @@ def backend_env(kind: str, request, tmp_path):
     """(url, env) of a fresh backend of ``kind`` for a daemon or CLI process."""
     env = dict(os.environ)
     if kind == "disk":
+        (tmp_path / "backend").mkdir(exist_ok=True)  # mountctl refuses a local backend that does not exist
         return str(tmp_path / "backend"), env
     server = request.getfixturevalue("moto_server")
     env["AWS_ENDPOINT_URL"] = server.url

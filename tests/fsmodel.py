@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fsdriver.core import Filesystem, Options
-from fsdriver.fserrors import errno_for
+from fsdriver.errno_boundary import errno_for
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -549,7 +549,7 @@ class CoreDriver:
         self.lookups.clear()
 
     async def _idle(self):
-        assert self.fs.handles == {} and self.fs.dir_handles == {}, "handles left open"
+        assert self.fs.files.handles == {} and self.fs.dir_handles == {}, "handles left open"
         assert self.fs.status()["pending_uploads"] == [], self.fs.status()["pending_uploads"]
 
     # -- the driver interface ----------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fsdriver.backend import open_backend
+from fsdriver.configured import open_backend
 
 
 def fuse_unusable_reason() -> str | None:
@@ -95,6 +95,10 @@ MADE: list = []  # mounts made during the current test: their logs are checked (
 def make_mount(tmp_path: Path, url: str, env: dict, name: str = "mnt", extra=()) -> Mount:
     path = tmp_path / name
     path.mkdir()
+    if "://" not in url or url.startswith("file://"):
+        # mountctl refuses a local backend directory that does not exist (a mistyped path): the
+        # test's store exists, as a real one would.
+        Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     m = Mount(path, url, env, tmp_path / f"{name}-cache", tmp_path / f"{name}.log", list(extra))
     MADE.append(m)
     return m

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from fsdriver.backend import CommonPrefix, ObjectInfo, open_backend
+from fsdriver.backend import ObjectInfo
+from fsdriver.configured import open_backend
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.errors import InvalidRequest, NotFound, PreconditionFailed
 

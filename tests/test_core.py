@@ -11,7 +11,7 @@ from fsdriver.backend.aio import AsyncBackend
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
 from fsdriver.errors import InvalidName, NameTooLong, NotFound, Unavailable
-from fsdriver.fserrors import FSError, errno_for
+from fsdriver.errno_boundary import FSError, errno_for
 from fsdriver.inodes import ROOT_INO, InodeTable
 from fsdriver.memory import MemoryBudget
 from fsdriver.prefetch import INITIAL_WINDOW, Prefetcher

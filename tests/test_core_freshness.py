@@ -15,7 +15,7 @@ import trio
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
 from fsdriver.errors import Unavailable
-from fsdriver.fserrors import FSError
+from fsdriver.errno_boundary import FSError
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -127,7 +127,7 @@ def test_listing_in_flight_during_a_write_does_not_undo_it(tmp_path, backend):
         await append(fs, ino, b"+v2")
         # What a listing that started before the append would hand to readdir:
         node = fs.inodes.get(ino)
-        fs._set_info(node, old, clock.now, seq_before)
+        fs.names.set_info(node, old, clock.now, seq_before)
         assert fs.attr(node).size == 5 and node.etag != old.etag
         assert await read_all(fs, ino) == b"v1+v2"
 

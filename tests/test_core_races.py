@@ -15,7 +15,7 @@ import trio.testing
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
 from fsdriver.errors import PermissionDenied, Unavailable
-from fsdriver.fserrors import FSError, errno_for
+from fsdriver.errno_boundary import FSError, errno_for
 from fsdriver.inodes import ROOT_INO
 from fsdriver.memory import MemoryBudget
 from fsdriver.staging import Cache, StagedFile

@@ -6,7 +6,7 @@ from collections.abc import MutableMapping
 
 import pytest
 
-from fsdriver.backend import open_backend
+from fsdriver.configured import open_backend
 from fsdriver.errors import BucketNotFound
 from fsdriver.kv import DataStore
 

@@ -34,10 +34,9 @@ def test_good_paths():
 
 
 def test_keys():
-    assert layout.object_key("pipeline", "p1", "a/b") == "pipeline/p1/a/b"
-    assert layout.object_key("user", "alice", "x") == "user/alice/x"
+    assert layout.root_prefix("pipeline", "p1") == "pipeline/p1/"
     assert layout.root_prefix("kv", "s") == "kv/s/"
     with pytest.raises(InvalidName, match="user name"):
-        layout.object_key("user", "../etc", "x")
+        layout.root_prefix("user", "../etc")
     with pytest.raises(InvalidName, match="unknown tree"):
         layout.root_prefix("other", "x")

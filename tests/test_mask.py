@@ -1,9 +1,7 @@
 """Streaming secret masking: fsdriver.secrets.mask.Masker (the forms are listed in docs/secrets.md)."""
 
 import base64
-import json
 import random
-import textwrap
 import urllib.parse
 
 import pytest

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 
 import boto3
 import pytest

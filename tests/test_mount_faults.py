@@ -240,7 +240,24 @@ def test_private_modes(mount):
             assert stat.S_IMODE(os.stat(mount.cache_dir / sub).st_mode) == 0o700, sub
         staged = list((mount.cache_dir / "staged").iterdir())
         assert staged and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in staged)
-        if mount.kind == "disk":
-            assert stat.S_IMODE(os.stat(mount.url).st_mode) == 0o700  # created by the daemon
     finally:
         f.close()
+
+
+def test_a_backend_dir_the_mount_creates_is_private(tmp_path):
+    """Item 17: a local backend directory made by the mount (`--create`) is 0700 (it names and
+    holds private data), whatever the umask."""
+    require_fuse()
+    (tmp_path / "mnt").mkdir()
+    backend = tmp_path / "new" / "store"
+    old = os.umask(0o022)
+    try:
+        mountctl("mount", str(tmp_path / "mnt"), "--backend", str(backend), "--create",
+                 "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "mnt.log"))
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(backend).st_mode) == 0o700
+    finally:
+        mountctl("umount", str(tmp_path / "mnt"), check=False)
+        force_unmount(tmp_path / "mnt")

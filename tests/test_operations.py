@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fsdriver.backend import open_backend
+from fsdriver.configured import open_backend
 from mountctl import mounts
 
 from .conftest import backend_env
@@ -303,6 +303,7 @@ def test_foreground_mount_notifies_systemd(tmp_path):
     require_fuse()
     mp, backend_dir = tmp_path / "mnt", tmp_path / "backend"
     mp.mkdir()
+    backend_dir.mkdir()  # a configured local backend must exist (mountctl refuses a mistyped path)
     config = tmp_path / "config" / "stashfs"
     config.mkdir(parents=True)
     (config / "config.toml").write_text(f'[mount]\nmountpoint = "{mp}"\nbackend = "{backend_dir}"\n')

@@ -25,11 +25,11 @@ from fsdriver import owners
 from fsdriver.access import Caller, Policy
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
-from fsdriver.fserrors import FSError
+from fsdriver.errno_boundary import FSError
 from fsdriver.staging import Cache
 
 from .conftest import backend_env
-from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .mounting import force_unmount, make_mount, require_fuse
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the test interpreter may live where other users cannot go
 
@@ -420,7 +420,7 @@ def test_existing_pipelines_are_not_claimed_by_mkdir(tmp_path, users):
                                 "--backend", str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
             assert p.returncode == 0, p.stderr
             assert owners.get(backend, "legacy").owner == users.names["a"]
-            fs.pipeline_owners.clear()  # as after OWNER_TTL
+            fs.namespaces.pipeline_owners.clear()  # as after OWNER_TTL
             await fs.opendir(legacy.ino, a)
             assert (await fs.getattr(legacy.ino, a)).uid == users.uid("a")
             nursery.cancel_scope.cancel()
@@ -492,13 +492,13 @@ def test_owner_read_before_stays_in_force_during_an_outage(tmp_path, users):
             p = await fs.mkdir(pipe.ino, "p", a)
             fh, f, _ = await fs.create(p.ino, "f", os.O_WRONLY, a)
             backend.down = True
-            owner, _ = fs.pipeline_owners["p"]
-            fs.pipeline_owners["p"] = (owner, 0.0)  # expired: the next use reads the record again
+            owner, _ = fs.namespaces.pipeline_owners["p"]
+            fs.namespaces.pipeline_owners["p"] = (owner, 0.0)  # expired: the next use reads the record again
             assert (await fs.getattr(f.ino, a)).uid == users.uid("a")  # the known owner stays
             await fs.write(fh, 0, b"kept")
             await fs.flush(fh)
             await fs.release(fh)
-            fs.pipeline_owners.clear()  # never read: refused while the record cannot be read
+            fs.namespaces.pipeline_owners.clear()  # never read: refused while the record cannot be read
             with pytest.raises(Exception) as e:
                 await fs.getattr(f.ino, a)
             assert "unreachable" in str(e.value)

@@ -8,12 +8,12 @@ import trio
 import trio.testing
 
 from fsdriver.errors import NotFound, Unavailable
-from fsdriver.fserrors import FSError
+from fsdriver.errno_boundary import FSError
 from fsdriver.inodes import ROOT_INO
 from fsdriver.memory import MemoryBudget
 from fsdriver.strictjson import MAX_RECORD_BYTES
 
-from .test_core_races import GatedDisk, entered, run
+from .test_core_races import entered, run
 
 
 async def _store(fs, be, value=b'{"a": 1}'):

@@ -19,7 +19,7 @@ from fsdriver.backend.aio import AsyncBackend
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
 from fsdriver.errors import Unavailable
-from fsdriver.fserrors import errno_for
+from fsdriver.errno_boundary import errno_for
 from fsdriver.inodes import ROOT_INO
 from fsdriver.kv import DataStore
 from fsdriver.staging import Cache

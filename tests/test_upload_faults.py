@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from fsdriver.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
-from fsdriver.fserrors import FSError
+from fsdriver.errno_boundary import FSError
 
 from .test_core_races import GatedDisk, entered, run
 
@@ -196,7 +196,7 @@ def test_running_out_of_descriptors_is_emfile_not_unreachable(tmp_path, moto_ser
     code = f"""
 import errno, os, resource, sys
 from fsdriver.backend.s3 import S3Backend
-from fsdriver.fserrors import errno_for
+from fsdriver.errno_boundary import errno_for
 be = S3Backend("stashfs-test", endpoint_url={moto_server.url!r}, max_attempts=1)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 held = []

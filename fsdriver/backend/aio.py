@@ -147,9 +147,6 @@ class AsyncBackend:
     async def delete_prefix(self, prefix: str) -> int:
         return await self.run(self.sync.delete_prefix, prefix)
 
-    async def copy(self, src: str, dst: str) -> ObjectInfo:
-        return await self.run(self.sync.copy, src, dst)
-
     async def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
         return await self.run(self.sync.rename, src, dst)
 

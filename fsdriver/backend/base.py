@@ -42,9 +42,16 @@ PathLike = Union[str, os.PathLike]
 
 
 class Backend(abc.ABC):
-    """One storage backend.  Implementations must be safe to call from several threads."""
+    """One storage backend.  Implementations must be safe to call from several threads.
+
+    Where backends differ in what they can do, the difference is a capability here, not a check of
+    which backend it is: ``local_path`` (objects are local files the mount reads directly),
+    ``keeps_empty_dirs`` (a directory with nothing below it still exists, so the mount needs no
+    marker object), ``set_mtime`` (an object's modification time can be set) and ``capacity``.
+    """
 
     url: str
+    keeps_empty_dirs = False  # a prefix with no object below it does not exist (S3)
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -154,6 +161,16 @@ class Backend(abc.ABC):
 
     def local_path(self, key: str):
         """A local file holding object ``key`` to read directly, or None (remote backends)."""
+        return None
+
+    def set_mtime(self, key: str, mtime: float) -> "ObjectInfo | None":
+        """Set ``key``'s modification time and return its new info, or None where objects keep
+        the time they were written (S3: an object's Last-Modified cannot be set)."""
+        return None
+
+    def capacity(self) -> "dict | None":
+        """statvfs-like figures (bsize, frsize, blocks, bfree, bavail, files, ffree) of the storage
+        behind the backend, or None where it has no fixed size (object stores)."""
         return None
 
     def close(self) -> None:

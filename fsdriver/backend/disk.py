@@ -340,6 +340,19 @@ class DiskBackend(Backend):
         """Where object ``key`` lives on this machine (disk reads go straight to the file)."""
         return self._path(key)
 
+    keeps_empty_dirs = True  # a directory is a directory
+
+    def set_mtime(self, key: str, mtime: float) -> ObjectInfo:
+        """The backing file's mtime (its etag changes with it: `head` tells the new one)."""
+        with _os_errors(key):
+            os.utime(self._path(key), (mtime, mtime))
+        return self.head(key)
+
+    def capacity(self) -> dict:
+        st = os.statvfs(self.root)
+        return {"bsize": st.f_bsize, "frsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
+                "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree}
+
     def copy(self, src: str, dst: str) -> ObjectInfo:
         self.head(src)  # NotFound for a missing source or a prefix
         try:

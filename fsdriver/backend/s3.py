@@ -28,6 +28,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 
 from ..errors import (
@@ -40,7 +41,7 @@ from ..errors import (
     PreconditionFailed,
     Unavailable,
 )
-from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
+from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -163,7 +164,10 @@ class S3Backend(Backend):
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self.transfer_workers = transfer_workers
-        session = boto3.session.Session()
+        try:
+            session = boto3.session.Session()
+        except ProfileNotFound as e:  # a mistyped $AWS_PROFILE: a configuration error, not a bug
+            raise PermissionDenied(f"{self.url}: no usable AWS credentials: {e} (check $AWS_PROFILE)") from None
         custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL"
         )

@@ -16,12 +16,12 @@ Configuration, strongest first: command-line option, environment, ``~/.config/st
 """
 
 import abc
-import getpass
 import grp
 import os
 import re
 from dataclasses import dataclass
 from .. import config
+from ..access import current_user  # noqa: F401  (re-exported for ssm.py and mountctl exec)
 from ..config import config_home  # noqa: F401  (re-exported for the local store)
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -99,10 +99,6 @@ def check_scope(scope: str) -> str:
 def load_config(**overrides) -> dict:
     """The [secrets] settings in force (see the module docstring for the order)."""
     return config.load_section("secrets", DEFAULTS, ENV, overrides, error=SecretsError)
-
-
-def current_user() -> str:
-    return os.environ.get("STASHFS_USER") or getpass.getuser()
 
 
 def is_admin(admin_group: str) -> bool:

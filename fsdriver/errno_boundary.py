@@ -1,8 +1,10 @@
-"""The one place where exceptions become errno values.
+"""The filesystem's errno boundary: the one place where exceptions become errno values.
 
-Core code raises `FSError` (an errno, a message naming the path, a log level) or lets backend
-exceptions through; `errno_for` maps everything to an errno and logs it once.  Anything unexpected
-is logged with its traceback and becomes EIO, so one bad request never takes the mount down.
+`fsdriver.errors` is what goes wrong (the storage and naming exceptions every layer raises); this
+module is how the mount answers it.  Core code raises `FSError` (an errno, a message naming the
+path, a log level) or lets backend exceptions through; `errno_for` maps everything to an errno and
+logs it once.  Anything unexpected is logged with its traceback and becomes EIO, so one bad request
+never takes the mount down.
 """
 
 import errno

@@ -1,0 +1,310 @@
+"""What each name in the tree is: directory listings, lookups and file attributes, cached.
+
+A directory's listing is kept for the metadata TTL (longer for one that took long to list) and
+answers lookups; a name looked up and not found is remembered for the TTL too (`Node.absent`).
+Every answer from the backend carries the mount's change counter read when its request *started*
+(`InodeTable.seq`), and is applied to a file only if this mount changed nothing of it since then:
+a listing or HEAD taken before our own write never overwrites what the write told us
+(read-your-writes, docs/semantics.md).  Changes this mount makes are written into the cached
+listings at once (`listed`).  A directory that holds local content (a file being written, a
+pending upload) stays reachable when the backend cannot be asked.
+"""
+
+import errno
+import logging
+import time
+from typing import Optional
+
+from . import kvexpiry, kvnames, layout
+from .backend import CommonPrefix, ObjectInfo
+from .backend.aio import AsyncBackend
+from .errors import BackendError, InvalidName, NotFound
+from .errno_boundary import FSError
+from .inodes import InodeTable, Listing, Node
+from .stats import Stats
+from .supervise import spawn
+
+log = logging.getLogger("stashfs.fs")
+
+
+class Names:
+    def __init__(self, fs, inodes: InodeTable, backend: AsyncBackend, stats: Stats, ttl: float, clock):
+        self.fs = fs  # the core.Filesystem: its nursery and the kernel invalidation it is given
+        self.inodes, self.backend, self.stats = inodes, backend, stats
+        self.ttl = ttl  # the metadata TTL
+        self.clock = clock
+
+    def fresh(self, t: float) -> bool:
+        return self.clock() - t < self.ttl
+
+    def set_info(self, node: Node, info: ObjectInfo, when: float, seq: int) -> None:
+        """Take attributes the backend gave at ``when`` to a request that started at change number
+        ``seq``, unless this mount has local content or changed the object after that request began
+        (a listing or HEAD taken before our own write must never overwrite what the write told us)."""
+        if node.staged is None and self.inodes.observed(node, seq):
+            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
+
+    async def refresh(self, node: Node) -> None:
+        """Re-read a file's attributes from the backend when they are older than the TTL."""
+        if node.is_dir or node.staged is not None or self.fresh(node.attr_time):
+            return
+        when, seq = self.clock(), self.inodes.seq
+        try:
+            info = await self.backend.head(node.key)
+        except NotFound:
+            raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
+        self.set_info(node, info, when, seq)
+
+    def listing_fresh(self, node: Node) -> bool:
+        listing = node.listing
+        return listing is not None and self.clock() - listing.time < max(self.ttl, listing.valid)
+
+    async def listing(self, node: Node) -> dict:
+        """``name -> (is_dir, info or None)`` for a directory, from the cache when fresh."""
+        if node.listing is not None and self.fresh(node.listing.time):
+            return node.listing.entries
+        started, seq = self.clock(), self.inodes.seq
+        if node.listings_in_flight == 0:
+            node.edits = {}
+        node.listings_in_flight += 1
+        try:
+            entries = await self._list_dir(node)
+        finally:
+            node.listings_in_flight -= 1
+        edits = node.edits or {}
+        if node.listings_in_flight == 0:
+            node.edits = None
+        for name, entry in edits.items():  # what this mount did meanwhile is newer than the listing
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        if node.listing is not None:
+            for name in node.listing.entries.keys() - entries.keys() - edits.keys():
+                self.gone(node, name)  # removed elsewhere: the kernel may still have it cached
+        done = self.clock()
+        node.listing = Listing(entries, done, valid=5 * (done - started), seq=seq)
+        node.absent.clear()
+        return entries
+
+    async def _list_dir(self, node: Node) -> dict:
+        """``name -> (is_dir, info or None)`` of a directory, from the backend."""
+        entries: dict = {}
+        if node.depth == 0:
+            entries = {t: (True, None) for t in layout.TREES}
+        elif node.depth == 1:
+            for e in await self.backend.list(node.prefix, "/"):
+                name = e.key[len(node.prefix):].rstrip("/")
+                if isinstance(e, CommonPrefix) and layout.NAME_RE.match(name):
+                    entries[name] = (True, None)
+        elif node.is_store:
+            entries = await self._store_listing(node)
+        else:
+            node.has_marker = False
+            for e in await self.backend.list(node.prefix, "/"):
+                if e.key == node.prefix:
+                    node.has_marker = True
+                    continue
+                is_dir = isinstance(e, CommonPrefix)
+                name = e.key[len(node.prefix):].rstrip("/") if is_dir else e.key[len(node.prefix):]
+                try:
+                    layout.check_segment(name)
+                except InvalidName:
+                    log.debug("%s: skipping key %r, not a valid file name", node.display, e.key)
+                    continue
+                if is_dir or name not in entries:  # a directory shadows a file of the same name
+                    entries[name] = (is_dir, None if is_dir else e)
+        return entries
+
+    async def _store_listing(self, node: Node) -> dict:
+        """The live records of a store: ``<key>.json`` objects, without expired ones."""
+        entries = {}
+        node.has_marker = False
+        for e in await self.backend.list(node.prefix, "/"):
+            if e.key == node.prefix:
+                node.has_marker = True
+            elif isinstance(e, ObjectInfo):
+                name = e.key[len(node.prefix):]
+                try:
+                    kvnames.key_of(name)
+                except InvalidName:
+                    continue  # not a record: a stray object under the store's prefix
+                entries[name] = (False, e)
+        expiries = await self.backend.run(kvexpiry.store_expiries, self.backend.sync, node.prefix)
+        now = time.time()
+        for name, markers in expiries.items():
+            entry = entries.get(name)
+            if entry is not None and kvexpiry.is_expired(entry[1].etag, markers, now):
+                del entries[name]
+                self._expire(node, name, markers)
+        return entries
+
+    def _expire(self, store: Node, name: str, markers: list) -> None:
+        """An expired record reads as missing at once and is removed in the background."""
+        self.gone(store, name)
+        # Best effort: a record that could not be removed still reads as missing (its markers say
+        # so), so after a few retries the delete is dropped with a log line.
+        spawn(self.fs.nursery, self.stats, "expire", self.backend.run, kvexpiry.expire_record, self.backend.sync,
+              store.prefix, name, markers, what=f"expiry of {store.prefix + name!r}", retries=3)
+
+    def gone(self, parent: Node, name: str) -> None:
+        """The backend no longer has ``parent/name``: forget it here and in the kernel's caches."""
+        node = self.inodes.at(parent.path + (name,))
+        if node is not None and node.staged is None:
+            self.inodes.remove(node)
+        self.fs.invalidate_entry(parent.ino, name)
+
+    async def _resolve_record(self, parent: Node, name: str) -> Optional[Node]:
+        path = parent.path + (name,)
+        if kvnames.is_scratch(name):
+            return None  # scratch files exist only in this daemon (found in the table above)
+        when, seq = self.clock(), self.inodes.seq
+        # The markers first, then the record: an expiry removes the record before its markers, so
+        # a record seen after its markers were read is judged by them (markers, then a delete
+        # in between, read as "gone"; the other order read a just-expired record as live).
+        markers = (await self.backend.run(kvexpiry.store_expiries, self.backend.sync, parent.prefix, name)).get(name)
+        try:
+            info = await self.backend.head("/".join(path))
+        except NotFound:
+            return None
+        if markers and kvexpiry.is_expired(info.etag, markers, time.time()):
+            self._expire(parent, name, markers)
+            return None
+        node = self.inodes.node_for(path, False)
+        self.set_info(node, info, when, seq)
+        return node
+
+    async def resolve(self, parent: Node, name: str) -> Optional[Node]:
+        """The node for ``parent/name`` if it exists (in this mount or in the backend), else None."""
+        path = parent.path + (name,)
+        known = self.inodes.at(path)
+        if known is not None and (known.staged is not None or known.depth <= 1):
+            return known
+        if parent.depth == 0:
+            return self.inodes.node_for(path, True) if name in layout.TREES else None
+        try:
+            return await self._resolve_remote(parent, name, path)
+        except BackendError as e:
+            # Local content (a pending upload) is served whatever the backend's state: the
+            # directories above it stay reachable through an outage.
+            if self._holds_local_content(path):
+                log.info("/%s: the backend cannot be asked (%s); shown from the local content below it",
+                         "/".join(path), e)
+                return known if known is not None and known.is_dir else self.inodes.node_for(path, True)
+            raise
+
+    def _holds_local_content(self, path: tuple) -> bool:
+        """Whether a file below ``path`` has local content (being written, or a pending upload)."""
+        n = len(path)
+        return any(len(p) > n and p[:n] == path and c.staged is not None and not c.unlinked
+                   for p, c in self.inodes.by_path.items())
+
+    async def _resolve_remote(self, parent: Node, name: str, path: tuple) -> Optional[Node]:
+        """`resolve` for a name that only a listing, a HEAD or a LIST can answer."""
+        if self.listing_fresh(parent):
+            entry = parent.listing.entries.get(name)
+            if entry is None and parent.is_store:
+                return await self._resolve_record(parent, name)  # a record written just now counts
+            if entry is None:
+                return None
+            is_dir, info = entry
+            known = self.inodes.at(path)
+            if is_dir or info is not None or (known is not None and not known.is_dir and (
+                    known.staged is not None or known.etag is not None)):
+                node = self.inodes.node_for(path, is_dir)
+                if info is not None:
+                    self.set_info(node, info, parent.listing.time, parent.listing.seq)
+                return node
+            # A file this mount listed without its attributes (created or renamed here) and whose
+            # node is gone: ask the backend rather than invent an empty file.
+        if parent.is_store:
+            return await self._resolve_record(parent, name)
+        when, seq = self.clock(), self.inodes.seq
+        key = "/".join(path)
+        if parent.depth == 1:
+            found_dir = await self.backend.first(key + "/") is not None
+            return self.inodes.node_for(path, True) if found_dir else None
+        info, found_dir = await self.backend.run(self.backend.sync.lookup, key)
+        if not found_dir and info is None:
+            if len(parent.absent) > 10000:
+                parent.absent.clear()
+            parent.absent[name] = self.clock()
+        if found_dir:
+            return self.inodes.node_for(path, True)
+        if info is not None:
+            node = self.inodes.node_for(path, False)
+            self.set_info(node, info, when, seq)
+            return node
+        return None
+
+    async def resolve_remote_file(self, parent: Node, name: str) -> Optional[Node]:
+        """The file ``parent/name`` as the backend has it now (None if it has none)."""
+        path = parent.path + (name,)
+        when, seq = self.clock(), self.inodes.seq
+        try:
+            info = await self.backend.head("/".join(path))
+        except NotFound:
+            return None
+        node = self.inodes.node_for(path, False)
+        self.set_info(node, info, when, seq)
+        return node
+
+    def listed(self, parent: Node, name: str, entry) -> None:
+        """Keep a directory's cached listing in step with a change made through this mount."""
+        if parent.edits is not None:
+            parent.edits[name] = entry
+        if parent.listing is not None:
+            if entry is None:
+                parent.listing.entries.pop(name, None)
+            else:
+                parent.listing.entries[name] = entry
+
+    @staticmethod
+    def known_info(node: Node) -> Optional[ObjectInfo]:
+        """What this mount knows of a file's object, for a cached listing (None: nothing, or a dir)."""
+        if node.is_dir or node.etag is None:
+            return None
+        return ObjectInfo(node.key, node.size, node.mtime, node.etag)
+
+    async def check_empty(self, node: Node) -> None:
+        """ENOTEMPTY unless the directory holds nothing here or in the backend (a store's expiry
+        markers do not count)."""
+        if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):
+            raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+        ignore = {node.prefix, node.prefix + kvnames.EXPIRES} if node.is_store else {node.prefix}
+        for e in await self.backend.run(lambda: list(self.backend.sync.list(node.prefix, "/", max_keys=3))):
+            if e.key not in ignore:
+                raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+
+    async def keep_parent(self, parent: Node) -> None:
+        """On S3 a directory whose last entry went away would vanish: give it a marker."""
+        if self.backend.sync.keeps_empty_dirs or parent.depth < 2 or parent.has_marker:
+            return
+        await self.backend.put_bytes(parent.prefix, b"")
+        parent.has_marker = True
+
+    async def entries(self, node: Node) -> dict:
+        """``name -> Node`` of a directory's children, for readdir: its listing (cached or new),
+        the owners of the namespaces it lists, and the files created here not uploaded yet."""
+        listing = await self.listing(node)
+        when, seq = node.listing.time, node.listing.seq
+        await self.fs.namespaces.load_owners(node, listing)
+        entries = {}
+        for name, (is_dir, info) in listing.items():
+            known = self.inodes.at(node.path + (name,))
+            if not is_dir and info is None and (known is None or known.is_dir or (
+                    known.staged is None and known.etag is None)):
+                # Listed by this mount without attributes (created or renamed here) and forgotten
+                # since: ask the backend rather than show an empty file (rare: uploads record them).
+                child = await self.resolve_remote_file(node, name)
+                if child is not None:
+                    entries[name] = child
+                continue
+            child = self.inodes.node_for(node.path + (name,), is_dir)
+            if info is not None:
+                self.set_info(child, info, when, seq)
+            entries[name] = child
+        for child in self.inodes.children(node):  # files created here and not uploaded yet
+            if child.staged is not None and not child.unlinked:
+                entries.setdefault(child.path[-1], child)
+        return entries

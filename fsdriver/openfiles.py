@@ -1,0 +1,282 @@
+"""Open files: handles, their staged content, and its way into the backend.
+
+An open file is a small state machine (`fsdriver.handles.Handle`): a *reading* handle reads the
+object (pinned to the version it opened: the backing file on disk, a `Prefetcher` on S3) or, while
+the file has local content, that content; a *writing* handle writes a `StagedFile` in the cache
+dir.  Files share one staged file per node, so every descriptor sees the others' writes; each
+writing handle of a key/value record has its own (`fsdriver.records` decides when it commits).
+close()/fsync() make the content durable through the `Uploader`; what it reports back
+(`uploaded`, `settled`) is the newest thing this mount knows of the file.  Staged content is freed
+once no handle has it and it is uploaded, refused, or the file is gone — never while a pending
+upload still needs it.
+"""
+
+import errno
+import time
+from contextlib import asynccontextmanager
+from typing import Optional
+
+
+from .backend import ObjectInfo
+from .backend.disk import etag_of
+from .errno_boundary import FSError
+from .handles import Handle, LocalReader, ReadHandle, WriteHandle
+from .inodes import Node
+from .prefetch import Prefetcher
+from .staging import StagedFile
+
+
+class OpenFiles:
+    def __init__(self, fs):
+        self.fs = fs  # the core.Filesystem: its backend, cache, budget, uploader, records, names
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    def new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def new_staged(self, node: Node, truncate: bool) -> StagedFile:
+        """Local content for writing ``node``: empty, or built lazily on its current version."""
+        if truncate:
+            return StagedFile(self.fs.cache, dirty=True)
+        key, etag = node.key, node.etag
+
+        async def fetch(lo: int, hi: int) -> bytes:
+            return await self.fs.backend.get_range(key, lo, hi, if_match=etag)
+
+        # A record's read-modify-write commits only if the record is still the version read.
+        return StagedFile(self.fs.cache, node.size, node.size, fetch,
+                          conditions={"if_match": etag} if node.is_record else None)
+
+    async def writable_staged(self, node: Node, truncate: bool) -> StagedFile:
+        """The staged file a new writing handle uses.
+
+        Files share one per node, so every descriptor sees the others' writes.  Each writing handle
+        of a record gets its own, so its commit is conditional on the version *it* read.
+        """
+        if node.is_record:
+            return self.new_staged(node, truncate)
+        if node.staged is None:
+            node.staged = self.new_staged(node, truncate)
+        elif truncate:
+            await node.staged.truncate(0)
+        return node.staged
+
+    async def open(self, node: Node, writable: bool, truncate: bool, append: bool) -> tuple[int, bool, bool]:
+        """A handle of ``node`` (checked and refreshed by the core); returns (fh, keep_cache, direct_io)."""
+        if writable:
+            handle = WriteHandle(node, await self.writable_staged(node, truncate), append, truncate)
+            if truncate:
+                node.mtime = time.time()
+        else:
+            handle = ReadHandle(node, await self.reader(node) if node.staged is None else None)
+        keep_cache = node.staged is None and node.etag is not None and node.cache_etag == node.etag
+        node.cache_etag = node.etag if node.staged is None else None
+        self.fs.stats.page_cache_kept += keep_cache
+        # A record handle's content is its own until it commits (and may be refused): it must not
+        # pass through the page cache that every other open of the record reads.
+        direct_io = node.is_record and writable
+        return self.register(handle), keep_cache, direct_io
+
+    async def create(self, node: Node, append: bool, exclusive: bool) -> int:
+        """A writing handle of ``node``, created or truncated (the core checked the name)."""
+        staged = await self.writable_staged(node, truncate=True)
+        if node.is_record and exclusive:
+            staged.mark_dirty({"if_none_match": True})
+        return self.register(WriteHandle(node, staged, append, truncated=True))
+
+    async def reader(self, node: Node):
+        """A reader pinned to the version of the object that exists now."""
+        path = self.fs.sync_backend.local_path(node.key)
+        if path is not None:  # objects are local files: read the file itself
+            reader, st = await LocalReader.open(path, self.fs.cache.io_limiter)
+            if node.staged is None and etag_of(st) != node.etag:  # changed within the TTL: show it
+                node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
+                node.attr_time = self.fs.clock()
+            return reader
+        return Prefetcher(
+            self.fs.backend, self.fs.budget, self.fs.nursery, lambda: node.key, node.size, node.etag,
+            self.fs.stats, self.fs.options.max_prefetch, self.fs.options.part_size,
+        )
+
+    def register(self, handle: Handle) -> int:
+        fh = self.new_fh()
+        self.handles[fh] = handle
+        handle.node.open_count += 1
+        return fh
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        staged = handle.staged or handle.node.staged
+        if staged is not None:
+            return await staged.read(off, size)
+        if handle.reader is None:  # the file was being written when this handle opened it
+            handle.reader = await self.reader(handle.node)
+        return await handle.reader.read(off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        handle = self.handles[fh]
+        if not handle.writable:
+            raise FSError(errno.EBADF, f"{handle.node.display}: not open for writing")
+        staged = handle.staged
+        if handle.append:
+            off = staged.size
+        if handle.node.is_record:
+            self.fs.records.check_size(handle, off + len(data), "write")  # EFBIG now, not at close
+            self.fs.records.more_content(handle)
+        await self.fs.budget.acquire(len(data))
+        try:
+            n = await staged.write(off, data)
+        finally:
+            self.fs.budget.release(len(data))
+        handle.written = True
+        handle.node.mtime = time.time()
+        return n
+
+    async def flush(self, fh: int) -> None:
+        """close(): a file written through this handle is durable in the backend on return."""
+        handle = self.handles[fh]
+        if handle.writable and handle.node.is_record:
+            await self.fs.records.flush(handle)  # only what was written: see fsdriver.records
+        elif handle.writable:
+            await self.upload(handle.node, handle.staged)
+
+    async def fsync(self, fh: int) -> None:
+        handle = self.handles[fh]
+        if handle.writable and handle.node.is_record:
+            await self.fs.records.fsync(handle)
+            return
+        await self.upload(handle.node, handle.staged or handle.node.staged)
+
+    async def upload(self, node: Node, staged: Optional[StagedFile]) -> None:
+        await self.fs.uploader.upload(node, staged)
+        if node.mtime_wanted is not None and not (staged and staged.dirty):
+            mtime, node.mtime_wanted = node.mtime_wanted, None
+            await self._keep_mtime(node, mtime)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        handle.close()
+        node = handle.node
+        try:
+            staged = handle.staged
+            if handle.writable and node.is_record:
+                await self.fs.records.release(handle)  # first, before any await: see fsdriver.records
+            elif handle.writable and staged.dirty and not staged.pending and staged not in self.fs.uploader.pending:
+                await self.upload(node, staged)  # written after the last flush (mmap): upload now
+        finally:
+            node.open_count -= 1
+            if handle.staged is not None and handle.staged is not node.staged:
+                self.discard(handle.staged)  # a record handle's own content
+            self.drop_staged(node)
+            self.fs.inodes.release_unreferenced(node)
+
+    def uploaded(self, node: Node, info: ObjectInfo) -> None:
+        """An upload of ``node`` landed as ``info``: that is now the newest thing this mount knows,
+        for the node and for its parent's cached listing (which later lookups and readdirs reuse)."""
+        self.fs.inodes.changed(node)
+        node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
+        parent = self.fs.inodes.at(node.path[:-1])
+        if parent is not None and not node.unlinked:
+            self.fs.names.listed(parent, node.path[-1], (False, info))
+
+    def adopt_pending_record(self, node: Node, staged: StagedFile) -> None:
+        """A record handle's commit became a pending upload: it is now the content this mount
+        shows for the record (read-your-writes, also through an outage), owned like a file's."""
+        old = node.staged
+        node.staged = staged
+        if old is not None and old is not staged and not any(h.staged is old for h in self.handles.values()):
+            self.discard(old)  # an older pending commit of the same record: the newer one wins
+
+    def settled(self, node: Node, staged: StagedFile) -> None:
+        """The retry loop finished with a pending upload: free it unless a handle still has it."""
+        if staged is node.staged:
+            self.drop_staged(node)
+            self.fs.inodes.release_unreferenced(node)
+        elif not any(h.staged is staged for h in self.handles.values()):
+            self.discard(staged)
+
+    def discard(self, staged: StagedFile) -> None:
+        """Forget staged content, unless it is a pending upload the retry loop still owns."""
+        if staged.broken is None and staged.rejected is None and (staged.dirty or staged.pending):
+            return
+        staged.remove()
+        self.fs.uploader.pending.pop(staged, None)
+
+    def drop_staged(self, node: Node) -> None:
+        """Forget a file's shared local content once nobody has it open and it is uploaded."""
+        staged = node.staged
+        if staged is None or node.open_count > 0 or (node.is_scratch and not node.unlinked):
+            return
+        if not node.unlinked and staged.broken is None and staged.rejected is None and (staged.dirty or staged.pending):
+            return  # a pending upload: the retry loop owns it now
+        if staged.lock.locked():
+            return  # an upload (from the retry loop) is using it; dropped at the next chance
+        staged.remove()
+        node.staged = None
+        self.fs.uploader.pending.pop(staged, None)
+
+    async def truncate(self, node: Node, size: int, fh: Optional[int]) -> None:
+        """truncate/ftruncate: through a writing handle, uploaded at its close; on a path (no
+        close() to wait for), made durable now."""
+        handle = self.handles.get(fh) if fh is not None else None
+        if handle is not None and handle.writable:
+            if node.is_record:
+                self.fs.records.check_size(handle, size, "truncate")
+                self.fs.records.more_content(handle)
+                handle.truncated = True  # committed at release, unless written (then at close)
+            await handle.staged.truncate(size)  # uploaded at close
+        else:
+            # truncate(2) on a path has no close() to wait for: make it durable now.
+            if node.is_record:
+                node.attr_time = 0
+            await self.fs.names.refresh(node)
+            staged = await self.writable_staged(node, truncate=(size == 0))
+            await staged.truncate(size)
+            try:
+                await self.upload(node, staged)
+            finally:
+                if staged is not node.staged:
+                    self.discard(staged)
+                self.drop_staged(node)
+
+    async def set_mtime(self, node: Node, mtime: float) -> None:
+        """utimens of a file: kept where the backend can set it (`Backend.set_mtime`: the disk
+        backend's file mtime), applied once its content is uploaded when it is being written;
+        S3 objects keep their upload time."""
+        node.mtime = mtime
+        if node.staged is None and not any(h.node is node and h.writable for h in self.handles.values()):
+            await self._keep_mtime(node, mtime)
+        else:
+            node.mtime_wanted = mtime  # applied once the content is uploaded
+
+    async def _keep_mtime(self, node: Node, mtime: float) -> None:
+        info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)
+        if info is not None:  # the object changed (its etag too, on disk): what we know now
+            self.uploaded(node, info)
+        else:
+            node.mtime = mtime  # shown until the attributes are read again (S3)
+
+    async def delete(self, node: Node) -> None:
+        """unlink: the file's object goes, and with it any upload of it, pending or to come."""
+        staged = node.staged
+        async with staged.lock if staged is not None else _nothing():
+            # Under the lock no upload of this file is half done: it either landed (etag set, and
+            # deleted now) or will see the node unlinked and not start.  An upload that failed
+            # (pending) may have landed all the same (its answer lost): delete in that case too.
+            # Marked unlinked only once the delete succeeded: a failed unlink (EIO) keeps the file
+            # and its pending upload as they were.
+            await self.fs.uploader.supersede(node.key)
+            if node.etag is not None or staged is None or staged.pending or staged in self.fs.uploader.pending:
+                await self.fs.backend.delete(node.key)
+            node.unlinked = True
+            if staged is not None:
+                self.fs.uploader.pending.pop(staged, None)  # never retried after the delete
+                self.fs.cache.unjournal(staged)
+
+
+@asynccontextmanager
+async def _nothing():
+    yield

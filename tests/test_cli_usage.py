@@ -1,0 +1,252 @@
+"""mountctl's refusals and command-line conveniences (issue 14, issue 13 item 4): bad values exit 2
+with one line naming them, before any daemon starts; dead mounts are detached; progress only on a
+terminal; the counters in Prometheus format."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from .mounting import force_unmount, make_mount, mountctl, require_fuse
+
+TIMEOUT = 60
+
+
+def one_line(p: subprocess.CompletedProcess, status: int, *words: str, prog: str = "mountctl") -> str:
+    err = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
+    assert p.returncode == status and err.count("\n") == 1 and err.startswith(f"{prog}: "), (p.returncode, err)
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def clean_env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STASHFS_")}
+    return {**env, "XDG_CONFIG_HOME": str(tmp_path / "no-config"), **extra}
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--memory-limit", "lots"], ["--memory-limit 'lots'", "not a size"]),
+    (["--memory-limit", "1M"], ["--memory-limit '1M'", "at least 8M"]),
+    (["--metadata-ttl", "0"], ["--metadata-ttl '0'", "positive"]),
+    (["--backend-timeout", "soon"], ["--backend-timeout 'soon'"]),
+    (["--log-level", "NOPE"], ["--log-level 'NOPE'", "DEBUG"]),
+    (["--backend", "s3://"], ["--backend 's3://'", "no bucket"]),
+    (["--backend", "ftp://host/x"], ["--backend 'ftp://host/x'", "unknown scheme"]),
+    (["--endpoint-url", "localhost:9000"], ["--endpoint-url 'localhost:9000'"]),
+])
+def test_mount_usage_errors_exit_2_before_any_daemon(tmp_path, args, words):
+    (tmp_path / "mp").mkdir()
+    p = mountctl("mount", str(tmp_path / "mp"), *args, env=clean_env(tmp_path), check=False, timeout=TIMEOUT)
+    one_line(p, 2, *words)
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+def test_the_daemon_and_the_fstab_helper_check_the_same_options(tmp_path):
+    (tmp_path / "mp").mkdir()
+    env = clean_env(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "fsdriver", str(tmp_path / "mp"), "--metadata-ttl", "-1"],
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 2 and "--metadata-ttl '-1'" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "mountctl.fstab", str(tmp_path), str(tmp_path / "mp"),
+                        "-o", "allow_other,memory_limit=lots"], env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    one_line(p, 2, "memory_limit= 'lots'", prog="stashfs")
+
+
+def test_a_bad_value_in_the_config_file_is_named(tmp_path):
+    cfg = tmp_path / "config" / "stashfs"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text('[mount]\nmemory_limit = "lots"\n')
+    (tmp_path / "mp").mkdir()
+    env = clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    p = mountctl("mount", str(tmp_path / "mp"), env=env, check=False, timeout=TIMEOUT)
+    one_line(p, 2, "[mount] memory_limit in the config file 'lots'")
+
+
+def test_status_fails_on_a_broken_config_file(tmp_path):
+    cfg = tmp_path / "config" / "stashfs"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text("[mount\n")
+    p = mountctl("status", "--json", env=clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config")),
+                 check=False, timeout=TIMEOUT)
+    one_line(p, 1, "cannot read the configuration")
+    assert isinstance(json.loads(p.stdout), list)  # the mounts are still listed
+
+
+def test_a_missing_local_backend_is_refused_unless_create(tmp_path):
+    require_fuse()
+    mp, missing = tmp_path / "mp", tmp_path / "typo-store"
+    mp.mkdir()
+    env = clean_env(tmp_path)
+    p = mountctl("mount", str(mp), "--backend", str(missing), env=env, check=False, timeout=TIMEOUT)
+    one_line(p, 2, f"backend directory {missing} does not exist", "--create")
+    assert not missing.exists() and not os.path.ismount(mp)
+    p = subprocess.run([sys.executable, "-m", "mountctl.fstab", str(missing), str(mp)], env=env,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    one_line(p, 2, "does not exist", "-o create", prog="stashfs")
+    assert not missing.exists()
+    m = make_mount(tmp_path, f"file://{missing}", env, name="created", extra=["--create"])
+    shutil.rmtree(missing)  # make_mount creates it, as a real store exists: this one must not
+    try:
+        m.mount()
+        assert missing.is_dir() and os.path.ismount(m.path)
+    finally:
+        m.umount()
+        force_unmount(m.path)
+
+
+def test_exec_refuses_a_missing_local_backend(tmp_path):
+    require_fuse()
+    missing = tmp_path / "typo-store"
+    cfg = tmp_path / "config" / "stashfs"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text(f'[mount]\nmountpoint = "{tmp_path / "mnt"}"\nbackend = "{missing}"\n')
+    env = clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"),
+                    STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org"), XDG_DATA_HOME=str(tmp_path / "data"))
+    p = mountctl("exec", "--pipeline", "p1", "--", "true", env=env, check=False, timeout=TIMEOUT)
+    one_line(p, 2, f"backend directory {missing} does not exist", "--create")
+    assert not missing.exists()
+
+
+def test_umount_detaches_a_mount_whose_daemon_died(tmp_path):
+    require_fuse()
+    m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+    m.mount()
+    try:
+        pid = m.status()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a process to exit
+        p = mountctl("umount", str(m.path), env=m.env, check=False, timeout=TIMEOUT)
+        one_line(p, 0, "detached", "daemon had exited")
+        assert not os.path.ismount(m.path)
+        m.mounted = False
+    finally:
+        force_unmount(m.path)
+
+
+def test_umount_and_flush_without_argument_take_the_only_mount(tmp_path):
+    """``make mount`` mounts at ~/stashfs; the configured default is /mnt/stashfs.  In a private
+    mount namespace with only our mount, umount and flush without an argument find it."""
+    require_fuse()
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a private mount namespace")
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "be").mkdir()
+    script = tmp_path / "inside.py"
+    script.write_text(f"""
+import subprocess, sys
+from mountctl import mounts
+for m in mounts.stashfs_mounts():  # copies of other mounts: detached here only
+    subprocess.run(["umount", "-l", m.mountpoint], capture_output=True)
+run = lambda *a: subprocess.run([sys.executable, "-m", "mountctl", *a], capture_output=True, text=True)
+p = run("mount", "{tmp_path / 'mnt'}", "--backend", "{tmp_path / 'be'}", "--cache-dir", "{tmp_path / 'cache'}")
+assert p.returncode == 0, p.stderr
+f, u = run("flush"), run("umount")
+print(f.returncode, repr(f.stderr), u.returncode, repr(u.stderr), mounts.is_stashfs("{tmp_path / 'mnt'}"))
+""")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, str(script)],
+                       env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["0", "''", "0", "''", "False"], (p.stdout, p.stderr)
+
+
+def test_status_prometheus(tmp_path):
+    require_fuse()
+    m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+    m.mount()
+    try:
+        (m.path / "pipeline" / "prom").mkdir()
+        textfile = tmp_path / "stashfs.prom"
+        p = mountctl("status", "--prometheus", "--textfile", str(textfile), env=m.env, timeout=TIMEOUT)
+        assert p.stdout == textfile.read_text()
+        mine = f'mountpoint="{m.path}"'
+        lines = p.stdout.splitlines()
+        assert f'stashfs_up{{{mine},backend="file://{tmp_path / "be"}"}} 1' in lines
+        assert f'stashfs_requests_total{{{mine},op="mkdir"}} 1' in lines
+        assert f'stashfs_memory_limit_bytes{{{mine}}} {512 << 20}' in lines
+        assert "# TYPE stashfs_requests_total counter" in lines
+        for line in lines:  # the exposition format: comments, or name{labels} value
+            assert line.startswith("# ") or re.fullmatch(r'[a-z_]+\{[^}]*\} [0-9.e+-]+', line), line
+    finally:
+        m.umount()
+        force_unmount(m.path)
+
+
+def _on_a_terminal(args, env) -> tuple[int, bytes]:
+    """Run mountctl with stderr on a pseudo-terminal; (status, what it wrote there)."""
+    master, slave = pty.openpty()
+    # A new pseudo-terminal has 0 columns: give it a real terminal's size.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "mountctl", *args], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    out = b""
+    try:
+        # The slave stays open here until the end: reading never races the child's exit.
+        deadline = time.monotonic() + TIMEOUT
+        while proc.poll() is None or select.select([master], [], [], 0)[0]:
+            assert time.monotonic() < deadline, "mountctl did not finish"
+            if select.select([master], [], [], 0.1)[0]:
+                out += os.read(master, 65536)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, out
+
+
+def test_transfers_show_progress_on_a_terminal_only(tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(64 << 20))
+    (tmp_path / "be").mkdir()
+    env = clean_env(tmp_path, STASHFS_BACKEND=str(tmp_path / "be"))
+    code, err = _on_a_terminal(["data", "put", "big.bin", str(src), "--pipeline", "p1"], env)
+    assert code == 0 and b"put big.bin" in err and b"64.0M" in err and b"B/s" in err, err
+    code, err = _on_a_terminal(["data", "get", "big.bin", str(tmp_path / "copy"), "--pipeline", "p1"], env)
+    assert code == 0 and b"get big.bin" in err and b"64.0M" in err, err
+    assert (tmp_path / "copy").read_bytes() == src.read_bytes()
+    p = subprocess.run([sys.executable, "-m", "mountctl", "data", "put", "again.bin", str(src), "--pipeline", "p1"],
+                       env=env, capture_output=True, timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (0, b"")  # not a terminal: nothing
+
+
+def test_data_put_to_a_missing_bucket_is_one_line(tmp_path, moto_server):
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=moto_server.url)
+    p = mountctl("data", "put", "f", str(src), "--pipeline", "p1", "--backend", "s3://no-such-bucket",
+                 env=env, check=False, timeout=TIMEOUT)
+    one_line(p, 1, "bucket 'no-such-bucket' does not exist")
+    p = mountctl("data", "put", "f", str(src), "--pipeline", "p1", "--backend", "s3://b",
+                 env=dict(env, AWS_ENDPOINT_URL="http://127.0.0.1:9"), check=False, timeout=TIMEOUT)
+    one_line(p, 1, "cannot reach S3")
+    p = mountctl("data", "put", "f", str(src), "--pipeline", "p1", "--backend", "s3://b",
+                 env=dict(env, AWS_PROFILE="no-such-profile"), check=False, timeout=TIMEOUT)
+    one_line(p, 1, "no-such-profile", "AWS_PROFILE")
+    assert "internal error" not in p.stderr
+
+
+def test_datastore_reports_a_missing_bucket_as_missing(moto_server):
+    from fsdriver.backend.s3 import S3Backend
+    from fsdriver.errors import BucketNotFound
+    from fsdriver.kv import DataStore
+
+    ds = DataStore("crm", backend=S3Backend("no-such-bucket-kv", "", endpoint_url=moto_server.url))
+    with pytest.raises(BucketNotFound, match="does not exist"):
+        ds.get("x")
+    with pytest.raises(BucketNotFound):
+        ds["x"] = 1
