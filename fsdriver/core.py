@@ -32,7 +32,7 @@ from typing import Optional
 
 import trio
 
-from . import kvnames, layout, owners
+from . import kvnames, owners
 from .access import Caller, Policy
 from .backend import Backend
 from .backend.aio import AsyncBackend
@@ -136,24 +136,6 @@ class Filesystem:
 
     # -- names and lookups ------------------------------------------------------------------
 
-    def _child_path(self, parent: Node, name: str, creating: bool = False) -> tuple:
-        """Validate ``name`` as a child of ``parent``; refuse places where nothing can be created."""
-        if not parent.is_dir:
-            raise FSError(errno.ENOTDIR, f"{parent.display} is not a directory")
-        if creating:
-            if self.options.read_only:
-                raise FSError(errno.EROFS, "mounted read-only")
-            if parent.depth == 0:
-                raise FSError(errno.EPERM, f"/{name}: only pipeline/, user/ and kv/ exist at the top", logging.INFO)
-        if parent.depth == 1:
-            what = {"pipeline": "pipeline id", "user": "user name", "kv": "store name"}[parent.path[0]]
-            layout.check_name(name, what)
-        else:
-            layout.check_segment(name)
-            if parent.is_store and not kvnames.is_scratch(name):
-                kvnames.key_of(name)  # InvalidName for a .json name that is not a canonical encoding
-        return parent.path + (name,)
-
     async def lookup(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
         parent = self._node(parent_ino)
         if parent_ino == ROOT_INO and name == CONTROL_NAME:
@@ -161,7 +143,7 @@ class Filesystem:
         if self.namespaces.checked(parent.path):
             await self.namespaces.enter(caller, parent.path)
         try:
-            self._child_path(parent, name)
+            self.names.child_path(parent, name)
         except NameTooLong:
             raise
         except InvalidName as e:
@@ -216,7 +198,7 @@ class Filesystem:
         parent = self._node(parent_ino)
         if parent.is_store:
             raise FSError(errno.EPERM, f"{parent.display}/{name}: a store holds records (<key>.json files), not directories", logging.INFO)
-        path = self._child_path(parent, name, creating=True)
+        path = self.names.child_path(parent, name, creating=True)
         if parent.depth >= 2:
             await self.namespaces.enter(caller, parent.path)
         exists = await self.names.resolve(parent, name) is not None
@@ -239,7 +221,7 @@ class Filesystem:
     async def _to_remove(self, parent_ino: int, name: str, caller: Optional[Caller], what: str) -> tuple:
         """``(parent, node)`` for unlink and rmdir: the name checked, the caller allowed, found."""
         parent = self._node(parent_ino)
-        self._child_path(parent, name, creating=True)
+        self.names.child_path(parent, name, creating=True)
         if parent.depth >= 2:
             await self.namespaces.enter(caller, parent.path)
         node = await self.names.resolve(parent, name)
@@ -291,7 +273,7 @@ class Filesystem:
     async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None) -> tuple[int, Attr, bool]:
         await self._records_settled(parent_ino, name)
         parent = self._node(parent_ino)
-        path = self._child_path(parent, name, creating=True)
+        path = self.names.child_path(parent, name, creating=True)
         if parent.depth < 2:
             raise FSError(errno.EPERM, f"{parent.display}/{name}: files live inside a namespace (mkdir one first)", logging.INFO)
         await self.namespaces.enter(caller, parent.path)
@@ -384,8 +366,8 @@ class Filesystem:
         await self._records_settled(old_parent_ino, old_name)
         await self._records_settled(new_parent_ino, new_name)
         old_parent, new_parent = self._node(old_parent_ino), self._node(new_parent_ino)
-        self._child_path(old_parent, old_name, creating=True)
-        new_path = self._child_path(new_parent, new_name, creating=True)
+        self.names.child_path(old_parent, old_name, creating=True)
+        new_path = self.names.child_path(new_parent, new_name, creating=True)
         if old_parent.depth < 2 or new_parent.depth < 2:
             raise FSError(errno.EPERM, f"{old_parent.display}/{old_name}: namespaces cannot be renamed", logging.INFO)
         if (old_parent.path[0] == "kv") != (new_parent.path[0] == "kv"):

@@ -34,6 +34,24 @@ class Names:
         self.ttl = ttl  # the metadata TTL
         self.clock = clock
 
+    def child_path(self, parent: Node, name: str, creating: bool = False) -> tuple:
+        """Validate ``name`` as a child of ``parent``; refuse places where nothing can be created."""
+        if not parent.is_dir:
+            raise FSError(errno.ENOTDIR, f"{parent.display} is not a directory")
+        if creating:
+            if self.fs.options.read_only:
+                raise FSError(errno.EROFS, "mounted read-only")
+            if parent.depth == 0:
+                raise FSError(errno.EPERM, f"/{name}: only pipeline/, user/ and kv/ exist at the top", logging.INFO)
+        if parent.depth == 1:
+            what = {"pipeline": "pipeline id", "user": "user name", "kv": "store name"}[parent.path[0]]
+            layout.check_name(name, what)
+        else:
+            layout.check_segment(name)
+            if parent.is_store and not kvnames.is_scratch(name):
+                kvnames.key_of(name)  # InvalidName for a .json name that is not a canonical encoding
+        return parent.path + (name,)
+
     def fresh(self, t: float) -> bool:
         return self.clock() - t < self.ttl
 

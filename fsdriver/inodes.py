@@ -142,7 +142,7 @@ class InodeTable:
         """The path no longer names this node; the inode lives on until forgotten and closed."""
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
-        self._maybe_drop(node)
+        self.release_unreferenced(node)
 
     def remove(self, node: Node) -> None:
         node.unlinked = True
@@ -168,19 +168,17 @@ class InodeTable:
         if node is None or ino == ROOT_INO:
             return
         node.lookups -= nlookup
-        self._maybe_drop(node)
+        self.release_unreferenced(node)
 
-    def _maybe_drop(self, node: Node) -> None:
+    def release_unreferenced(self, node: Node) -> None:
+        """Drop a node nobody refers to any more (not the kernel, a handle, a listing snapshot or
+        local content)."""
         if (node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.pins > 0
                 or node.staged is not None):
             return
         self.by_ino.pop(node.ino, None)
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
-
-    def release_unreferenced(self, node: Node) -> None:
-        """Drop a node nobody refers to any more (not the kernel, a handle or a listing)."""
-        self._maybe_drop(node)
 
     def children(self, parent: Node) -> list[Node]:
         n = len(parent.path) + 1

@@ -2,7 +2,7 @@
 # Install the Debian packages stashfs needs, only those that are missing.
 # pyfuse3 has no wheel: it builds against libfuse3 (headers via pkg-config) and Python's headers.
 set -eu
-PKGS="fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev"
+PKGS="${STASHFS_DEB_PACKAGES:-fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev}"  # override: tests
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

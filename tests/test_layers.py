@@ -13,11 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fsdriver", "mountctl")
 MOUNT_ONLY = {"pyfuse3", "trio"}
-API = ("fsdriver.data", "fsdriver.kv", "fsdriver.fsspec_fs")
+FSSPEC = ("fsdriver.fsspec_fs", "fsdriver.fsspec_file", "fsdriver.fsspec_listing",
+          "fsdriver.fsspec_writes", "fsdriver.fsspec_removal", "fsdriver.fsspec_errors",
+          "fsdriver.fsspec_paths", "fsdriver.fsspec_cache")
+API = ("fsdriver.data", "fsdriver.kv") + FSSPEC
 # The filesystem core and its parts: given a backend, never the user-facing API or its defaults.
 CORE = ("fsdriver.core", "fsdriver.records", "fsdriver.uploads", "fsdriver.staging",
         "fsdriver.handles", "fsdriver.inodes", "fsdriver.fuse_ops")
-NOT_FOR_THE_CORE = {"fsdriver.data", "fsdriver.kv", "fsdriver.fsspec_fs", "fsdriver.configured"}
+NOT_FOR_THE_CORE = {"fsdriver.data", "fsdriver.kv", "fsdriver.configured", *FSSPEC}
 
 
 def _modules() -> dict[str, Path]:

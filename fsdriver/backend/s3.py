@@ -8,10 +8,9 @@
   Credentials come from the standard AWS chain.
 - Large puts use multipart uploads whose parts are uploaded in parallel; conditional writes use
   S3's ``If-Match`` / ``If-None-Match`` on PutObject and CompleteMultipartUpload.
-- botocore errors become `fsdriver.errors` exceptions in `_s3_errors`.
+- botocore errors become `fsdriver.errors` exceptions in `s3_errors` (`fsdriver.backend.s3_errors`).
 """
 
-import errno
 import os
 import time
 import uuid
@@ -22,65 +21,26 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError as BotoConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from ..errors import (
     BackendError,
     BucketNotFound,
     InvalidRequest,
     NotFound,
-    OutOfDescriptors,
     PermissionDenied,
     PreconditionFailed,
     Unavailable,
 )
+from .s3_errors import s3_errors
 from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-_DENIED = {
-    "AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-    "InvalidToken", "AllAccessDisabled",
-}
-# Refusals that pass by themselves (a session token renewed, the clock corrected, throttling
-# over): answered like an outage, so that an upload already journaled is retried, not dropped.
-_PASSING = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired", "RequestTimeTooSkewed",
-            "TooManyRequests", "Throttling", "ThrottlingException", "429"}
-_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
 _TOKEN = "stashfs-put"
 # A put answered with one of these may nevertheless have landed.
 _AMBIGUOUS = (Unavailable, PreconditionFailed)  # 412: a retry that met the first attempt's object
 _COPY_MAX = 5 * 1024**3  # the largest object one CopyObject may copy
-
-
-def _descriptor_errno(e: BaseException) -> int | None:
-    """EMFILE/ENFILE if ``e`` (or what it wraps) is a lack of file descriptors, else None."""
-    seen = set()
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, OSError) and x.errno in (errno.EMFILE, errno.ENFILE):
-            return x.errno
-        stack += [x.__cause__, x.__context__, getattr(x, "kwargs", {}).get("error")]
-        stack += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
-    text = str(e)
-    if "Too many open files in system" in text:
-        return errno.ENFILE
-    if "Too many open files" in text:
-        return errno.EMFILE
-    return None
 
 
 def request_settings(total: float) -> dict:
@@ -94,42 +54,6 @@ def request_settings(total: float) -> dict:
     per_attempt = (total / 2 - (1.0 if attempts > 1 else 0.0)) / attempts
     connect = min(2.0, per_attempt / 3)
     return {"connect_timeout": connect, "read_timeout": per_attempt - connect, "max_attempts": attempts}
-
-
-@contextmanager
-def _s3_errors(key: str | None, bucket: str):
-    what = key if key is not None else f"bucket {bucket}"
-    try:
-        yield
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        msg = err.get("Message") or code
-        if code == "NoSuchBucket":
-            raise BucketNotFound(f"bucket {bucket!r} does not exist", key) from None
-        if code in _NOT_FOUND or status == 404:
-            raise NotFound(f"{what}: no such object", key) from None
-        if code in _PRECONDITION or status == 412:
-            raise PreconditionFailed(f"{what}: precondition failed ({code})", key) from None
-        if code in _PASSING or status == 429:
-            raise Unavailable(f"{what}: S3 refused it for now ({code}: {msg}); retried", key) from None
-        if code in _DENIED or status == 403:
-            raise PermissionDenied(f"{what}: access denied by S3 ({code}: {msg})", key) from None
-        if code in _UNAVAILABLE or status >= 500:
-            raise Unavailable(f"{what}: S3 unavailable ({code}: {msg})", key) from None
-        raise InvalidRequest(f"{what}: S3 refused the request ({code}: {msg})", key) from None
-    except (NoCredentialsError, PartialCredentialsError) as e:
-        raise PermissionDenied(f"{what}: no usable AWS credentials ({e})", key) from None
-    except (BotoConnectionError, BotoCoreError) as e:
-        code = _descriptor_errno(e)
-        if code is not None:
-            raise OutOfDescriptors(
-                f"{what}: no file descriptor left for a connection to S3 ({os.strerror(code)}); "
-                "raise the daemon's descriptor limit (LimitNOFILE)", key, code) from None
-        if isinstance(e, BotoConnectionError):
-            raise Unavailable(f"{what}: cannot reach S3 ({e})", key) from None
-        raise Unavailable(f"{what}: S3 request failed ({e})", key) from None
 
 
 def _quote(etag: str) -> str:
@@ -191,7 +115,7 @@ class S3Backend(Backend):
         return self.prefix + key
 
     def _errors(self, key: str | None):
-        return _s3_errors(key, self.bucket)
+        return s3_errors(key, self.bucket)
 
     @contextmanager
     def _put_errors(self, key: str, cond: dict):

@@ -1,0 +1,179 @@
+"""Writing for the ``stashfs://`` filesystem: ``pipe_file``, ``put_file``, ``cp_file``, ``mkdir``.
+
+`Writing` is a part of `fsdriver.fsspec_fs.StashFileSystem`.  Every write is one atomic object
+put (``exclusive``: a conditional put, FileExistsError), checked first by the mount's rules: no
+file where a directory is or under a file, records checked as JSON (`strictjson`), a pipeline
+claimed on its first write; writing a record ends its TTL.  What a write made is remembered in
+the `MetaCache`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import kvexpiry, owners, strictjson
+from .access import login_name
+from .backend import ObjectInfo
+from .data import claim_pipeline
+from .errors import NotFound
+from .fsspec_errors import os_errors
+from .fsspec_listing import dir_entry, file_entry
+from .fsspec_paths import Place, check_writable, resolve
+
+
+class Writing:
+    """The writing side of `StashFileSystem`."""
+
+    def _check_target(self, place: Place) -> None:
+        """The mount's rules for a new object at ``place`` (raises before anything is written)."""
+        check_writable(place)
+        if place.tree == "kv":
+            return  # stores are flat
+        if not self._remote:  # the disk backend refuses the other clashes itself
+            if self.backend.local_path(place.key).is_dir():
+                raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
+            return
+        with os_errors(place.path):
+            known = self.known.get(place.path)
+            if known is not None and known["type"] == "directory" or known is None and not self.known.absent(
+                    place.path) and next(iter(self.backend.list(place.key + "/", max_keys=1)), None) is not None:
+                raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
+            for depth in range(3, place.depth):
+                parent = "/".join(place.parts[:depth])
+                if self.known.absent(parent):
+                    break  # nothing there, nor below
+                known = self.known.get(parent)
+                if known is not None:
+                    if known["type"] == "file":
+                        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
+                    continue
+                try:
+                    self.backend.head(parent)
+                except NotFound:
+                    continue
+                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
+
+    def _store(self, place: Place, data: bytes | None = None, file: str | None = None,
+               exclusive: bool = False, checked: bool = False) -> ObjectInfo:
+        """Put ``data`` (or the local ``file``) at ``place`` atomically, by the mount's rules
+        (``checked``: `_check_target` already passed, when the file was opened)."""
+        if not checked:
+            self._check_target(place)
+        if place.tree == "kv":
+            if data is None:
+                data = _read_record_file(file, place.path)
+            if data:  # an empty record is the JSON string "" (docs/kv.md)
+                strictjson.check(data)
+        elif place.tree == "pipeline":
+            claim_pipeline(self.backend, place.parts[1])
+        cond = {"if_none_match": True} if exclusive else {}
+        try:
+            with os_errors(place.path):
+                if data is not None:
+                    info = self.backend.put_bytes(place.key, bytes(data), **cond)
+                else:
+                    info = self.backend.put_file(place.key, file, **cond)
+        except OSError as e:
+            self.known.forget(place.path, tree=True, listing=True)
+            if e.errno == errno.ESTALE and exclusive:
+                raise FileExistsError(errno.EEXIST, f"{place.path} exists", place.path) from None
+            raise
+        self._written(place, info)
+        if place.tree == "kv":  # writing a record ends its TTL
+            kvexpiry.drop_markers(self.backend, place.parent().prefix, place.parts[2])
+        return info
+
+    def _written(self, place: Place, info: ObjectInfo | None) -> None:
+        """Remember what a write made: the file (None: a directory), its parents as directories,
+        and each name in its parent's listing."""
+        self.known.forget(place.path, tree=True)
+        self.known.put(file_entry(place.path, info) if info is not None else dir_entry(place.path))
+        for depth in range(2, place.depth):
+            self.known.put(dir_entry("/".join(place.parts[:depth])))
+        for depth in range(3, place.depth + 1):
+            self.known.added("/".join(place.parts[:depth]))
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs) -> None:
+        place = resolve(self._strip_protocol(path))
+        self._store(place, data=bytes(value), exclusive=mode == "create")
+
+    def put_file(self, lpath, rpath, callback=None, mode="overwrite", **kwargs) -> None:
+        if os.path.isdir(lpath):
+            self.makedirs(rpath, exist_ok=True)
+            return
+        place = resolve(self._strip_protocol(rpath))
+        size = os.path.getsize(lpath)
+        if callback is not None:
+            callback.set_size(size)
+        self._store(place, file=os.fspath(lpath), exclusive=mode == "create")
+        if callback is not None:
+            callback.relative_update(size)
+
+    def cp_file(self, path1, path2, **kwargs) -> None:
+        src = resolve(self._strip_protocol(path1))
+        dst = resolve(self._strip_protocol(path2))
+        if self.isdir(src.path):
+            self.makedirs(dst.path, exist_ok=True)
+            return
+        if src.tree == "kv" or dst.tree == "kv":  # records are checked, and expired ones are missing
+            self._store(dst, data=self.cat_file(src.path))
+            return
+        self._check_target(dst)
+        if dst.tree == "pipeline":
+            claim_pipeline(self.backend, dst.parts[1])
+        try:
+            with os_errors(src.path):
+                info = self.backend.copy(src.key, dst.key)
+        except BaseException:
+            self.known.forget(dst.path, tree=True, listing=True)
+            raise
+        self._written(dst, info)
+
+    def mkdir(self, path, create_parents=True, **kwargs) -> None:
+        place = resolve(self._strip_protocol(path))
+        if self.exists(place.path):
+            raise FileExistsError(errno.EEXIST, f"{place.path or '/'} exists", place.path)
+        self._mkdir(place, create_parents)
+
+    def _mkdir(self, place: Place, create_parents: bool) -> None:
+        if place.depth < 2:
+            raise PermissionError(errno.EPERM, f"{place.path}: the top of the tree is fixed", place.path)
+        if place.tree == "kv" and place.depth > 2:
+            raise PermissionError(errno.EPERM, "a store holds records (<key>.json files), not directories",
+                                  place.path)
+        if place.depth > 2:
+            if not create_parents and not self.isdir(place.parent().path):
+                raise FileNotFoundError(errno.ENOENT, f"{place.parent().path}: no such directory", place.path)
+            self._check_target(place)
+        elif place.tree == "pipeline":
+            with os_errors(place.path):
+                owners.claim(self.backend, place.parts[1], login_name(), os.getuid())
+        try:
+            with os_errors(place.path):
+                self.backend.put_bytes(place.prefix, b"")
+        except BaseException:
+            self.known.forget(place.path, tree=True, listing=True)
+            raise
+        self._written(place, None)
+        self.known.put_listing(place.path, ())  # it did not exist: it is empty
+
+    def makedirs(self, path, exist_ok=False) -> None:
+        place = resolve(self._strip_protocol(path))
+        try:
+            info = self.info(place.path)
+        except FileNotFoundError:
+            self._mkdir(place, create_parents=True)
+            return
+        if info["type"] != "directory":
+            raise FileExistsError(errno.EEXIST, f"{place.path} exists and is a file", place.path)
+        if not exist_ok:
+            raise FileExistsError(errno.EEXIST, f"{place.path or '/'} exists", place.path)
+
+
+def _read_record_file(file: str, path: str) -> bytes:
+    size = os.path.getsize(file)
+    if size > strictjson.MAX_RECORD_BYTES:
+        raise strictjson.RecordTooLarge(f"{path}: {strictjson.too_large(size)}")
+    with open(file, "rb") as f:
+        return f.read()
