@@ -108,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         Readiness(parsed.ready_fd).fail(str(e))
         return 1
-    if args.log_file:
-        # It names users' paths: private to the mount's owner from its creation.
-        os.close(os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    try:
+        if args.log_file:
+            # It names users' paths: private to the mount's owner from its creation.
+            os.close(os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    except OSError as e:
+        Readiness(parsed.ready_fd).fail(f"--log-file {args.log_file}: {e.strerror}")
+        return 1
     handler.setFormatter(SafeFormatter())  # names cannot forge log lines
     root = logging.getLogger()
     root.addHandler(handler)

@@ -290,7 +290,11 @@ class Names:
         if any(c.staged is not None and not c.unlinked for c in self.inodes.children(node)):
             raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
         ignore = {node.prefix, node.prefix + kvnames.EXPIRES} if node.is_store else {node.prefix}
-        for e in await self.backend.run(lambda: list(self.backend.sync.list(node.prefix, "/", max_keys=3))):
+        def first_entries():
+            return list(self.backend.sync.list(node.prefix, "/", max_keys=3))
+
+        first_entries.__name__ = "list"  # read-only: abandoned at --backend-timeout (backend.aio)
+        for e in await self.backend.run(first_entries):
             if e.key not in ignore:
                 raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
 

@@ -185,6 +185,8 @@ class MountConfig:
                 raw, where = files[f.name], f"[mount] {f.name} in the config file"
             else:
                 continue
+            if raw == "" and where != option_name(f.name, spelling):
+                continue  # `endpoint_url = ""` in a config file (or an empty variable): not set
             try:
                 values[f.name] = opt.parse(raw)
             except ValueError as e:

@@ -247,6 +247,8 @@ class OpenFiles:
         backend's file mtime), applied once its content is uploaded when it is being written;
         S3 objects keep their upload time."""
         node.mtime = mtime
+        if not self.fs.sync_backend.keeps_mtime:
+            return  # shown until the attributes are read again
         if node.staged is None and not any(h.node is node and h.writable for h in self.handles.values()):
             await self._keep_mtime(node, mtime)
         else:
@@ -254,10 +256,7 @@ class OpenFiles:
 
     async def _keep_mtime(self, node: Node, mtime: float) -> None:
         info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)
-        if info is not None:  # the object changed (its etag too, on disk): what we know now
-            self.uploaded(node, info)
-        else:
-            node.mtime = mtime  # shown until the attributes are read again (S3)
+        self.uploaded(node, info)  # the object changed (its etag too, on disk): what we know now
 
     async def delete(self, node: Node) -> None:
         """unlink: the file's object goes, and with it any upload of it, pending or to come."""

@@ -1,6 +1,6 @@
 """Key/value records through the mount: when a writing handle commits, and what others see then.
 
-Each writing handle of a record has content of its own (`core.Filesystem._writable_staged`) that
+Each writing handle of a record has content of its own (`openfiles.OpenFiles.writable_staged`) that
 replaces the record when it is committed — checked as strict JSON (`fsdriver.strictjson`) within
 the memory budget, and conditional on the version read for ``r+`` handles.  This module decides
 *when* that happens and makes what this mount changed visible at once:

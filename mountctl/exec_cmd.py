@@ -23,7 +23,7 @@ from fsdriver.secrets.store import (
     MAX_VALUE_BYTES, SecretsError, SecretsPermissionError, check_name, current_user, open_store,
 )
 
-from fsdriver.mountconfig import MountConfig
+from fsdriver.mountconfig import MountConfig, MountConfigError
 
 from . import mounts, spawn
 from .errors import CLIError
@@ -57,8 +57,11 @@ def find_mount(explicit: str | None) -> str | None:
         if not mounts.is_stashfs(explicit):
             raise CLIError(f"{explicit} is not a stashfs mount")
         return explicit
-    mp = os.path.abspath(MountConfig.load().mountpoint)
-    if mounts.is_stashfs(mp):
+    try:
+        mp = os.path.abspath(MountConfig.load().mountpoint)
+    except MountConfigError:  # a bad option that only mounting uses: exec without mounting runs
+        mp = None
+    if mp is not None and mounts.is_stashfs(mp):
         return mp
     found = mounts.stashfs_mounts()
     return found[0].mountpoint if found else None

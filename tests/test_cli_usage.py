@@ -24,6 +24,18 @@ from .mounting import force_unmount, make_mount, mountctl, require_fuse
 TIMEOUT = 60
 
 
+@pytest.fixture(autouse=True)
+def _no_mount_left(tmp_path):
+    """Most tests here expect a refusal: should a mount happen all the same (the refusal broke),
+    it must not outlive the test."""
+    yield
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[2].startswith("fuse")]
+    for point in points:
+        if point.startswith(str(tmp_path) + "/"):
+            force_unmount(Path(point))
+
+
 def one_line(p: subprocess.CompletedProcess, status: int, *words: str, prog: str = "mountctl") -> str:
     err = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
     assert p.returncode == status and err.count("\n") == 1 and err.startswith(f"{prog}: "), (p.returncode, err)
@@ -250,3 +262,33 @@ def test_datastore_reports_a_missing_bucket_as_missing(moto_server):
         ds.get("x")
     with pytest.raises(BucketNotFound):
         ds["x"] = 1
+
+
+def test_empty_values_in_the_config_file_mean_not_set(tmp_path):
+    """Review finding: `endpoint_url = ""` (the example in fsdriver/config.py) made every mountctl
+    command exit 2; the Python API reads it as "not set", and so must the mount."""
+    from fsdriver.mountconfig import MountConfig
+
+    conf = tmp_path / "no-config" / "stashfs"
+    conf.mkdir(parents=True)
+    (conf / "config.toml").write_text('[mount]\nendpoint_url = ""\nbackend = ""\n')
+    env = clean_env(tmp_path)
+    p = mountctl("status", env=env, check=False, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    saved = dict(os.environ)
+    try:
+        os.environ.update({"XDG_CONFIG_HOME": env["XDG_CONFIG_HOME"]})
+        cfg = MountConfig.load()
+        assert cfg.endpoint_url is None and cfg.backend is None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_exec_without_mounting_ignores_options_only_mounting_uses(tmp_path):
+    """Review finding: a bad memory_limit in [mount] made a secrets-only `mountctl exec` exit 2."""
+    conf = tmp_path / "no-config" / "stashfs"
+    conf.mkdir(parents=True)
+    (conf / "config.toml").write_text('[mount]\nmemory_limit = "1X"\n')
+    p = mountctl("exec", "--", "true", env=clean_env(tmp_path, HOME=str(tmp_path)), check=False, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr

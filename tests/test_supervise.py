@@ -220,3 +220,33 @@ def test_a_change_is_not_abandoned_at_the_bound_but_is_at_shutdown(tmp_path):
         await until(lambda: ab.in_flight == 0)
 
     trio.run(main)
+
+
+def test_rmdir_of_a_directory_is_bounded_by_the_backend_timeout(tmp_path):
+    """Review finding: the LIST that checks a directory is empty ran as an anonymous function, so it
+    counted as a change (never abandoned): rmdir hung against a black-holed endpoint."""
+    from fsdriver.errors import Unavailable
+    from fsdriver.inodes import ROOT_INO
+    from fsdriver.staging import Cache
+
+    from .test_core_races import GatedDisk
+
+    backend = GatedDisk(tmp_path / "be")
+    clock = trio.testing.MockClock()  # virtual time stands still while the set-up's threads work
+
+    async def main():
+        fs = Filesystem(backend, Cache(tmp_path / "cache"), Options(uid=0, gid=0, backend_timeout=30.0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.mkdir((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            await fs.mkdir(ns, "d")
+            entered, release = backend.gate("list")
+            clock.autojump_threshold = 0  # now a wait for a thread jumps to the next deadline
+            t0 = trio.current_time()
+            with pytest.raises(Unavailable):
+                await fs.rmdir(ns, "d")
+            assert trio.current_time() - t0 <= 30.0 + 1e-6
+            release.set()  # the abandoned LIST ends
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)

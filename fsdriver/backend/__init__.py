@@ -17,9 +17,7 @@ from .base import Backend, CommonPrefix, ListEntry, ObjectInfo
 
 __all__ = ["Backend", "CommonPrefix", "ListEntry", "ObjectInfo", "open_url"]
 
-# Kept importable from here for callers not yet moved to `fsdriver.configured` (daemon.py,
-# mountctl/pipeline_cmd.py, tests): resolved on first use, so importing this package never
-# imports the configuration.
+
 def open_url(url: str, **options) -> Backend:
     """Open the backend named by ``url`` (see the module docstring).
 

@@ -47,11 +47,13 @@ class Backend(abc.ABC):
     Where backends differ in what they can do, the difference is a capability here, not a check of
     which backend it is: ``local_path`` (objects are local files the mount reads directly),
     ``keeps_empty_dirs`` (a directory with nothing below it still exists, so the mount needs no
-    marker object), ``set_mtime`` (an object's modification time can be set) and ``capacity``.
+    marker object), ``keeps_mtime``/``set_mtime`` (an object's modification time can be set) and
+    ``capacity``.
     """
 
     url: str
     keeps_empty_dirs = False  # a prefix with no object below it does not exist (S3)
+    keeps_mtime = False  # `set_mtime` works (an S3 object keeps the time it was written)
 
     @abc.abstractmethod
     def check(self) -> None:

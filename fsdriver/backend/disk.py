@@ -341,6 +341,7 @@ class DiskBackend(Backend):
         return self._path(key)
 
     keeps_empty_dirs = True  # a directory is a directory
+    keeps_mtime = True  # the backing file's mtime
 
     def set_mtime(self, key: str, mtime: float) -> ObjectInfo:
         """The backing file's mtime (its etag changes with it: `head` tells the new one)."""
