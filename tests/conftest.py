@@ -18,16 +18,24 @@ BUCKET = "stashfs-test"
 _counter = itertools.count()
 
 
+def _isolated(name: str) -> bool:
+    """AWS and stashfs settings of the machine; not the variables that steer the test run itself
+    (STASHFS_REQUIRE_FUSE in CI, STASHFS_MODEL_* for a longer model-based run)."""
+    if name == "STASHFS_REQUIRE_FUSE" or name.startswith("STASHFS_MODEL_"):
+        return False
+    return name.startswith("AWS_") or name.startswith("STASHFS_")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _aws_test_env():
     """Tests never use real credentials or depend on the machine's AWS settings."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.startswith("STASHFS_")}
+    saved = {k: v for k, v in os.environ.items() if _isolated(k)}
     for k in saved:
         del os.environ[k]
     os.environ.update(TEST_ENV)
     yield
     for k in list(os.environ):
-        if k.startswith("AWS_") or k.startswith("STASHFS_"):
+        if _isolated(k):
             del os.environ[k]
     os.environ.update(saved)
 
