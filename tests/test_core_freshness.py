@@ -197,17 +197,37 @@ class FlakyDisk(DiskBackend):
         return super().put_file(key, path, **kw)
 
 
+def _outage(kind: str, root):
+    """(backend, take it down, bring it back): a disk backend (the mount's local code path) or the
+    in-memory one with S3's semantics (the remote path: no local file to fall back on)."""
+    if kind == "disk":
+        backend = FlakyDisk(root)
+
+        def down(up=False):
+            backend.down = not up
+        return backend, down, lambda: down(up=True)
+    from fsdriver.backend.memory import MemoryBackend
+
+    backend = MemoryBackend()
+
+    def take_down():
+        for name in ("head", "get_range", "list", "lookup", "put_file", "put_bytes", "check"):
+            backend.fail(name, Unavailable("the backend is down (test)"), times=None)
+    return backend, take_down, backend.heal
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"])
 @pytest.mark.expected_log(r"cannot read its owner record|upload failed|cannot be asked")
-def test_pending_upload_is_read_back_through_an_outage(tmp_path):
+def test_pending_upload_is_read_back_through_an_outage(tmp_path, kind):
     """Issue 10, item 6: close() said EIO, the backend stays down, the TTLs pass and the kernel
     forgets every name: the file is still found and read from the cache dir."""
-    backend = FlakyDisk(tmp_path / "be")
+    backend, take_down, bring_back = _outage(kind, tmp_path / "be")
 
     async def body(fs, d, clock):
         sub = (await fs.mkdir(d, "sub")).ino
         fh, attr, _ = await fs.create(sub, "precious", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         await fs.write(fh, 0, b"do not lose me")
-        backend.down = True
+        take_down()
         with pytest.raises(FSError) as e:
             await fs.flush(fh)
         assert e.value.errno == errno.EIO
@@ -221,9 +241,8 @@ def test_pending_upload_is_read_back_through_an_outage(tmp_path):
         assert await read_all(fs, ino) == b"do not lose me"
         with pytest.raises(Unavailable):  # a name without local content is not invented
             await fs.lookup(found["d"], "other")
-        backend.down = False
-        remaining = await fs.uploader.flush_all()
-        assert remaining == []
+        bring_back()
+        assert await fs.uploader.flush_all() == []
         assert backend.get_range("pipeline/p1/d/sub/precious", 0) == b"do not lose me"
 
     run(tmp_path, backend, body)

@@ -1,8 +1,8 @@
 """The core tests that are parametrised over backends (tests/test_core_freshness.py), run on the
 in-memory backend too, and core failure paths on its S3 semantics driven by its fault injection:
-an outage of every read, and a close racing a rename (S3's copy-then-delete)."""
+a close racing a rename (S3's copy-then-delete).  (The outage test of test_core_freshness runs on
+the memory backend itself.)"""
 
-import errno
 import inspect
 import os
 
@@ -11,13 +11,11 @@ import trio
 import trio.testing
 
 from fsdriver.backend.memory import MemoryBackend
-from fsdriver.errors import Unavailable
-from fsdriver.errno_boundary import FSError
 from fsdriver.inodes import ROOT_INO
 
 from . import test_core_freshness
 from .memcore import entered, run_core
-from .test_core_freshness import read_all, run
+from .test_core_freshness import read_all
 
 # Every test of test_core_freshness that takes the ``backend`` fixture, on the memory backend
 # (this module's ``backend`` fixture overrides conftest's disk/s3 one for them).
@@ -29,40 +27,6 @@ for _name, _fn in vars(test_core_freshness).copy().items():
 @pytest.fixture
 def backend():
     return MemoryBackend()
-
-
-OUTAGE = ("head", "get_range", "list", "lookup", "put_file", "put_bytes", "check")
-
-
-@pytest.mark.expected_log(r"cannot read its owner record|upload failed|cannot be asked")
-def test_pending_upload_is_read_back_through_an_outage_on_s3_semantics(tmp_path):
-    """test_core_freshness's outage test, on the remote (S3) code path: no local file to fall back on."""
-    be = MemoryBackend()
-
-    async def body(fs, d, clock):
-        sub = (await fs.mkdir(d, "sub")).ino
-        fh, attr, _ = await fs.create(sub, "precious", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        await fs.write(fh, 0, b"do not lose me")
-        for name in OUTAGE:
-            be.fail(name, Unavailable("the backend is down (test)"), times=None)
-        with pytest.raises(FSError) as e:
-            await fs.flush(fh)
-        assert e.value.errno == errno.EIO
-        await fs.release(fh)
-        fs.forget([(n.ino, n.lookups) for n in list(fs.inodes.by_ino.values()) if n.ino != ROOT_INO])
-        clock.now += 3600  # every metadata and owner TTL has passed
-        ino, found = ROOT_INO, {}
-        for name in ("pipeline", "p1", "d", "sub", "precious"):
-            ino = found[name] = (await fs.lookup(ino, name)).ino
-        assert (await fs.getattr(ino)).size == len(b"do not lose me")
-        assert await read_all(fs, ino) == b"do not lose me"
-        with pytest.raises(Unavailable):  # a name without local content is not invented
-            await fs.lookup(found["d"], "other")
-        be.heal()
-        assert await fs.uploader.flush_all() == []
-        assert be.get_range("pipeline/p1/d/sub/precious", 0) == b"do not lose me"
-
-    run(tmp_path, be, body)
 
 
 def test_close_during_a_copy_then_delete_rename_lands_at_the_new_name(tmp_path):

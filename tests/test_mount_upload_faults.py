@@ -12,21 +12,10 @@ import pytest
 
 from .faultproxy import FaultProxy
 from .mounting import force_unmount, make_mount, mountctl, require_fuse
-from .servers import MotoServer
+from .test_mount_failures import BUCKET
+from .test_mount_failures import own_server  # noqa: F401  (a fixture: a moto server of the test's own)
 
 MiB = 1 << 20
-BUCKET = "faults"
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    server = MotoServer(tmp_path)
-    server.start()
-    server.create_bucket = lambda: boto3.client(
-        "s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    server.create_bucket()
-    yield server
-    server.stop()
 
 
 def _client(url):
