@@ -17,8 +17,8 @@ from . import masking, readers, report, scenarios
 from .harness import Env
 from .scenarios import random_offsets
 
-FULL = {"object_mib": 256, "files": 5000, "random_reads": 200, "creates": 300, "repeat": 3}
-QUICK = {"object_mib": 64, "files": 1000, "random_reads": 100, "creates": 100, "repeat": 1}
+FULL = {"object_mib": 256, "files": 5000, "random_reads": 200, "creates": 300, "repeat": 3, "tar_files": 500}
+QUICK = {"object_mib": 64, "files": 1000, "random_reads": 100, "creates": 100, "repeat": 1, "tar_files": 100}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -36,13 +36,17 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 64 MiB object, 1,000 files, 100 random reads, 100 creates, 1 run each")
+                   help="smoke run: 64 MiB object, 1,000 files, 100 random reads, 100 creates, "
+                        "100 files in the tar x archive, 1 run each")
     p.add_argument("--json", default="/tmp/stashfs-bench.json", metavar="FILE",
                    help="write the results here as JSON (default /tmp/stashfs-bench.json)")
     p.add_argument("--object-mib", type=int, help="size of the object read sequentially and randomly")
     p.add_argument("--files", type=int, help="objects in the directory listed with ls -l")
     p.add_argument("--random-reads", type=int, help="number of random 4 KiB reads")
-    p.add_argument("--creates", type=int, help="number of 1 KiB files created")
+    p.add_argument("--creates", type=int, help="number of 1 KiB files created (and of files chmod-ed through "
+                   "the mount for the second ls -l)")
+    p.add_argument("--tar-files", type=int, help="files and symlinks in the archive extracted with tar xzf "
+                   "(default 500)")
     p.add_argument("--repeat", type=int, help="runs of each sequential read (the median is reported)")
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the S3 mount (default 256M)")
     p.add_argument("--readers", type=int, default=8,
@@ -110,6 +114,11 @@ def main(argv=None) -> int:
         results["ls_raw"] = scenarios.raw_listing(env, cfg["files"])
         step("ls -l: through a fresh S3 mount")
         results["ls_mount"] = scenarios.mount_ls(env, cfg["files"])
+        step(f"ls -l: {cfg['creates']} files written and chmod-ed through an S3 mount, listed from a fresh mount")
+        results["ls_attrs"] = scenarios.mount_ls_attrs(env, cfg["creates"])
+        step(f"tar x: {cfg['tar_files']} files and symlinks into a new pipeline of a fresh S3 mount (and locally); "
+             "ls -lR and tar d from another fresh mount")
+        results["tar_x"] = scenarios.mount_tar_x(env, cfg["tar_files"])
 
         step(f"creates: {cfg['creates']} x 1 KiB through the S3 mount")
         results["create_s3"] = scenarios.mount_s3_creates(env, cfg["creates"])

@@ -17,6 +17,9 @@ TARGETS = {
     "memory_budget": "memory budget peak <= --memory-limit",
     "memory_readers": "concurrent readers: daemon peak RSS <= --memory-limit + RSS after mount + 32 MiB",
     "masking": "mountctl exec output masking (100 MB, 50 secrets) >= 50 MB/s",
+    "ls_attrs": "ls -l of files chmod-ed through the mount, fresh mount: HEAD = 0, modes/mtimes as set",
+    "tar_ls_heads": "ls -l after tar x: no request per entry (HEAD = 0), attributes as a local tar x shows",
+    "tar_d": "tar x keeps modes/mtimes/symlinks (tar d differences = 0)",
 }
 
 
@@ -78,6 +81,11 @@ def evaluate(r: dict) -> dict:
     if "ls_mount" in r and "ls_raw" in r:
         out["ls_heads"] = r["ls_mount"]["heads"] == 0
         out["ls_time"] = r["ls_mount"]["seconds"] <= 1.5 * r["ls_raw"]["seconds"]
+    if "ls_attrs" in r:
+        out["ls_attrs"] = r["ls_attrs"]["heads"] == 0 and r["ls_attrs"]["differences"] == 0
+    if "tar_x" in r:
+        out["tar_ls_heads"] = r["tar_x"]["ls"]["heads"] == 0 and r["tar_x"]["ls"]["differences"] == 0
+        out["tar_d"] = r["tar_x"]["tar_d"]["differences"] == 0
     return out
 
 
@@ -163,11 +171,14 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
 
     if "ls_mount" in r:
         m, raw = r["ls_mount"], r.get("ls_raw")
-        rows.append((f"ls -l {m['listed']} objects, fresh mount", f"{m['seconds']:.2f} s",
+        rows.append((f"ls -l {m['listed']} objects (boto3), fresh mount", f"{m['seconds']:.2f} s",
                      f"raw ListObjectsV2 {raw['seconds']:.2f} s" if raw else "",
                      f"{m['seconds'] / raw['seconds']:.2f}x" if raw else "",
                      f"<= 1.50x {mark[verdict['ls_time']]}"))
-        rows.append(("  HEAD requests during ls -l", str(m["heads"]), "", "",
+        sp = m["split"]
+        rows.append(("  HEAD requests during ls -l", str(m["heads"]),
+                     f"split: resolving {sp['resolve']['proxy']['requests'].get('HEAD', 0)}, "
+                     f"listing {sp['ls']['proxy']['requests'].get('HEAD', 0)}" if sp else "", "",
                      f"0 {mark[verdict['ls_heads']]}"))
         notes.append(f"ls -l (cold): {_kinds(m['proxy'])}; raw listing: {_kinds(raw['proxy'])}" if raw else "")
         if m["warm"] is None:
@@ -180,6 +191,10 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
                          f"({_kinds(sp['resolve']['proxy'])}), then ls -l {sp['ls']['seconds']:.2f} s "
                          f"({_kinds(sp['ls']['proxy'])})")
         notes.append("ls -l FUSE requests: " + ", ".join(f"{k} {v}" for k, v in sorted(m["fuse_requests"].items())))
+    if "ls_attrs" in r:
+        rows += _ls_attrs_rows(r["ls_attrs"], verdict, notes)
+    if "tar_x" in r:
+        rows += _tar_x_rows(r["tar_x"], verdict, notes)
 
     if "create_s3" in r:
         m, raw = r["create_s3"], r.get("create_raw")
@@ -209,6 +224,54 @@ def table(r: dict, cfg: dict, verdict: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines += [""] + [f"* {n}" for n in notes if n]
     return "\n".join(lines)
+
+
+def _ls_attrs_rows(a: dict, verdict: dict, notes: list) -> list[tuple]:
+    """Rows of `ls -l` of files written and chmod-ed through the mount, listed from a fresh mount."""
+    mark = {True: "met", False: "MISSED", None: ""}
+    rows = [(f"ls -l {a['count']} files chmod-ed via mount", f"{a['seconds']:.2f} s", "fresh mount", "", ""),
+            ("  HEAD requests / entries shown wrong", f"{a['heads']} / {a['differences']}",
+             f"{a['listed']} entries listed", "", f"0 / 0 {mark[verdict['ls_attrs']]}")]
+    notes.append(f"ls -l of files chmod-ed through the mount: {_kinds(a['proxy'])} (resolving the directory "
+                 f"before: {_kinds(a['resolve']['proxy'])}); writing them (write, chmod, utime each; "
+                 f"{a['write_files_s']:.0f} files/s): {_kinds(a['write_proxy'])}, "
+                 f"{a['write_proxy']['total'] / a['count']:.1f} requests per file, "
+                 f"at unmount {_kinds(a['unmount_proxy'])}")
+    if a["difference_lines"]:
+        notes.append("ls -l shown wrong (first lines): " + "; ".join(a["difference_lines"]))
+    return rows
+
+
+def _tar_x_rows(t: dict, verdict: dict, notes: list) -> list[tuple]:
+    """Rows of `tar xzf` into a fresh S3 mount, then `ls -lR` and `tar dzf` from another."""
+    mark = {True: "met", False: "MISSED", None: ""}
+    m, loc, ls, d = t["mount"], t["local"], t["ls"], t["tar_d"]
+    n = t["entries"]
+    rows = [(f"tar xzf {n} entries, S3 (exit {m['exit']})", f"{m['files_s']:.0f} entries/s",
+             f"local dir {loc['files_s']:.0f} entries/s", f"{m['files_s'] / loc['files_s']:.3f}x", ""),
+            ("  requests per entry (tar + unmount)", f"{m['requests_per_entry']:.2f}",
+             f"{m['requests_total']} req / {n} entries", "", ""),
+            ("  ls -lR, fresh mount: HEAD/GET/range", f"{ls['heads']} / {ls['gets']} / {ls['get_ranges']}",
+             f"{t['dirs']} dirs, {t['symlinks']} symlinks", "", f"HEAD 0 {mark[verdict['tar_ls_heads']]}"),
+            ("  ls -lR entries shown unlike local", str(ls["differences"]), f"{ls['listed']} entries listed", "",
+             "0 (same target)"),
+            ("  tar dzf differences, fresh mount", str(d["differences"]), f"local dir {loc['tar_d']['differences']}",
+             "", f"0 {mark[verdict['tar_d']]}")]
+    notes.append(f"tar xzf: {t['files']} files, {t['symlinks']} symlinks, {t['dirs']} directories "
+                 f"({t['archive_bytes']} bytes of .tar.gz); {m['seconds']:.1f} s through the mount, "
+                 f"{loc['seconds']:.2f} s locally; requests during tar: {_kinds(m['proxy'])}; "
+                 f"at unmount ({m['unmount']['seconds']:.1f} s): {_kinds(m['unmount']['proxy'])}")
+    notes.append("tar xzf FUSE requests: " + ", ".join(f"{k} {v}" for k, v in sorted(m["fuse_requests"].items())))
+    if m["exit"] != 0 or m["stderr_lines"]:
+        notes.append("tar xzf stderr (first lines): " + "; ".join(m["stderr_lines"]))
+    notes.append(f"ls -lR after tar x: {ls['seconds']:.2f} s, {_kinds(ls['proxy'])} (GET: each directory's "
+                 f"index; GET range: one readlink per symlink; resolving the tree before, not counted in the "
+                 f"row: {_kinds(ls['resolve']['proxy'])}); tar dzf: {d['seconds']:.1f} s, {_kinds(d['proxy'])}")
+    if ls["difference_lines"]:
+        notes.append("ls -lR shown unlike local (first lines): " + "; ".join(ls["difference_lines"]))
+    if d["lines"]:
+        notes.append(f"tar dzf (exit {d['exit']}, first lines): " + "; ".join(d["lines"]))
+    return rows
 
 
 def summary(verdict: dict) -> str:

@@ -7,6 +7,7 @@ the same moto server; the proxy's counters give requests by kind and bytes downl
 import os
 import random
 import shutil
+import stat
 import statistics
 import subprocess
 import time
@@ -309,3 +310,231 @@ def disk_sequential(env: Env, store: Path, local: Path, size: int) -> dict:
     return {"caches_dropped": dropped, "direct_s": direct.seconds, "direct_mb_s": size / direct.seconds / 1e6,
             "mount_s": mounted.seconds, "mount_mb_s": size / mounted.seconds / 1e6,
             "daemon_cpu_s": cpu, "fuse_reads": reads, "fuse_read_kib": size / max(reads, 1) / 1024}
+
+
+# -- POSIX attributes (issue 11): ls -l of files with their own modes, tar x ----------------------
+
+OLD_MTIME = 981173106  # 2001-02-03 04:05:06 UTC: explicit old times, distinct per entry
+OTHER_UID, OTHER_GID = 4321, 5432  # owners that need not exist in /etc/passwd (tar keeps the numbers)
+FILE_MODES = (0o644, 0o755, 0o600)
+
+
+def parse_ls_lr(text: str, top: str) -> dict[str, tuple]:
+    """``ls -lRn --time-style=+%s`` output -> {path relative to ``top``: (mode string, uid, gid,
+    size or None for a directory, mtime, symlink target or None)}.
+
+    A plain ``ls -ln`` (no -R) works too: its entries are relative to ``top``.  The link count is
+    left out (directories count their subdirectories on ext4, not on every filesystem), and so is a
+    directory's size; an ACL/label marker after the mode ("+", ".") is dropped.
+    """
+    out: dict[str, tuple] = {}
+    prefix = ""
+    for line in text.splitlines():
+        parts = line.split(None, 6)
+        if len(parts) < 7 or len(parts[0]) < 10 or parts[0][:1] not in "-dlpscb" or not parts[1].isdigit():
+            if line.endswith(":"):  # "pkg/d01:", the directory whose entries follow
+                d = line[:-1]
+                prefix = "" if d == top else str(Path(d).relative_to(top)) + "/"
+            continue  # else "total N", a blank line
+        mode, _nlink, uid, gid, size, mtime, name = parts
+        target = None
+        if mode[0] == "l" and " -> " in name:
+            name, target = name.split(" -> ", 1)
+        out[prefix + name] = (mode[:10], int(uid), int(gid), None if mode[0] == "d" else int(size),
+                              int(mtime), target)
+    return out
+
+
+def _ls_lr(env: Env, path: Path, recursive: bool) -> tuple[float, dict, dict, str]:
+    """``ls -ln[R]`` of ``path`` (a subprocess, cwd = its parent) -> seconds, requests, entries, stderr."""
+    before = env.proxy.snapshot()
+    with Timer() as t:
+        p = subprocess.run(["ls", "-lRn" if recursive else "-ln", "--time-style=+%s", path.name],
+                           cwd=path.parent, capture_output=True, text=True, timeout=1800)
+    proxy = _delta(env, before)
+    if p.returncode != 0:
+        raise RuntimeError(f"ls -l{'R' if recursive else ''} {path} failed ({p.returncode}): "
+                           f"{p.stderr.strip()[-2000:]}")
+    return t.seconds, proxy, parse_ls_lr(p.stdout, path.name), p.stderr
+
+
+def _ls_differences(expected: dict, actual: dict) -> list[str]:
+    """One line per entry that ``ls`` shows differently (or only on one side)."""
+    fields = ("mode", "uid", "gid", "size", "mtime", "target")
+    lines = []
+    for name in sorted(expected.keys() | actual.keys()):
+        e, a = expected.get(name), actual.get(name)
+        if e == a:
+            continue
+        if e is None or a is None:
+            lines.append(f"{name}: {'missing' if a is None else 'unexpected'}")
+        else:
+            lines.append(f"{name}: " + ", ".join(f"{f} {x} shown as {y}" for f, x, y in zip(fields, e, a) if x != y))
+    return lines
+
+
+def mount_ls_attrs(env: Env, count: int) -> dict:
+    """``count`` files written *through* an S3 mount, each chmod-ed (0644/0755/0600/0640/0700) and
+    given an old mtime; then ``ls -l`` of the directory from a fresh mount: no request per entry
+    (HEAD = 0) and every mode and mtime shown as set (the directory index, docs/storage-layout.md).
+    """
+    modes = (0o644, 0o755, 0o600, 0o640, 0o700)
+    rel = Path("pipeline") / "bench" / "attrs"
+    expected = {}
+    with env.mount_s3("attrs-w") as m:
+        d = m.path / rel
+        d.mkdir(parents=True)
+        before = env.proxy.snapshot()
+        with Timer() as t:
+            for i in range(count):
+                path = d / f"a{i:05d}.dat"
+                data = f"attributes {i}\n".encode() * 8
+                path.write_bytes(data)
+                os.chmod(path, modes[i % len(modes)])
+                mtime = OLD_MTIME + 3601 * i
+                os.utime(path, (mtime, mtime))
+                st = os.lstat(path)  # the owner the mount gave it (the caller's, or a setgid group)
+                expected[path.name] = (stat.filemode(stat.S_IFREG | modes[i % len(modes)]), st.st_uid,
+                                       st.st_gid, len(data), mtime, None)
+        written = _delta(env, before)
+        before = env.proxy.snapshot()
+    flush = _delta(env, before)  # the unmount: the directory index is written at the latest here
+    with env.mount_s3("attrs-ls") as m:
+        os.stat(m.path / "pipeline")  # the fixed top level: no backend request
+        before = env.proxy.snapshot()
+        with Timer() as r:
+            os.stat(m.path / rel)
+        resolve = {"seconds": r.seconds, "proxy": _delta(env, before)}
+        seconds, proxy, shown, _ = _ls_lr(env, m.path / rel, recursive=False)
+    diffs = _ls_differences(expected, shown)
+    return {"count": count, "write_seconds": t.seconds, "write_files_s": count / t.seconds,
+            "write_proxy": written, "unmount_proxy": flush, "resolve": resolve,
+            "seconds": seconds, "listed": len(shown), "proxy": proxy,
+            "heads": proxy["requests"].get("HEAD", 0), "differences": len(diffs), "difference_lines": diffs[:10]}
+
+
+def make_tar_tree(root: Path, count: int, subdirs: int = 10) -> dict:
+    """A tree of ``count`` files and symlinks (about 5% symlinks) spread over ``subdirs``
+    directories under ``root`` (which must not exist), like an unpacked package.
+
+    Files have modes 0644/0755/0600 in turn and sizes of 18 B to 10 KiB; every fourth file, and
+    one directory, belongs to OTHER_UID:OTHER_GID when run as root; directories are 0755, 0750 or
+    0775.  Every entry, symlinks included, has its own old mtime (children first, so setting one
+    does not move its directory's afterwards).  Returns the numbers of files, symlinks, dirs.
+    """
+    root.mkdir()
+    dirs = [root / f"d{j:02d}" for j in range(subdirs)]
+    for d in dirs:
+        d.mkdir()
+    files, links = [], []
+    for i in range(count):
+        d = dirs[i % subdirs]
+        if i % 20 == 19:  # 5%: a symlink to a file of another directory, or of the same
+            target = f"../d{(i + 3) % subdirs:02d}/f{i - 19:05d}" if i % 40 == 39 else f"f{i - 10:05d}"
+            os.symlink(target, d / f"l{i:05d}")
+            links.append(d / f"l{i:05d}")
+            continue
+        path = d / f"f{i:05d}"
+        path.write_bytes(f"file {i:05d} of the archive\n".encode() * (1 + (i * 37) % 360))
+        os.chmod(path, FILE_MODES[i % len(FILE_MODES)])
+        if os.geteuid() == 0 and i % 4 == 1:
+            os.chown(path, OTHER_UID, OTHER_GID)
+        files.append(path)
+    for j, d in enumerate(dirs):
+        os.chmod(d, (0o755, 0o750, 0o775)[j % 3])
+    if os.geteuid() == 0:
+        os.chown(dirs[1], OTHER_UID, OTHER_GID)
+    for i, path in enumerate(files + links):
+        t = OLD_MTIME + 3601 * i
+        os.utime(path, (t, t), follow_symlinks=False)
+    for j, d in enumerate([*dirs, root]):
+        t = OLD_MTIME - 86400 * (j + 1)
+        os.utime(d, (t, t))
+    return {"files": len(files), "symlinks": len(links), "dirs": len(dirs) + 1}
+
+
+def _tar(args: list, where: Path, *members: str, timeout: float = 1800) -> tuple[float, subprocess.CompletedProcess]:
+    """``tar ARGS -C WHERE MEMBERS``, timed."""
+    with Timer() as t:
+        p = subprocess.run(["tar", *args, "-C", str(where), *members], capture_output=True, text=True,
+                           timeout=timeout)
+    return t.seconds, p
+
+
+def _tar_d(archive: Path, where: Path) -> dict:
+    """``tar dzf`` (compare the archive with the tree): exit status and the differences it prints
+    (modes, owners, mtimes, sizes, contents, symlink targets; a missing file is one too)."""
+    seconds, p = _tar(["dzf", str(archive)], where)
+    lines = [l for l in (p.stdout + p.stderr).splitlines() if l.strip()]
+    return {"exit": p.returncode, "seconds": seconds, "differences": len(lines), "lines": lines[:10]}
+
+
+def mount_tar_x(env: Env, count: int) -> dict:
+    """``tar xzf`` (as root: owners too) of a .tar.gz of ``count`` files and symlinks into a new
+    pipeline directory of a fresh S3 mount, and onto a local directory as the time reference.
+
+    Then, from another fresh mount: ``ls -lR`` of the extracted tree (requests by kind: no HEAD, a
+    GET per directory for its index; and every line compared with ``ls -lR`` of the local copy),
+    and ``tar dzf`` (tar's compare) for modes, owners, mtimes, contents and symlinks.
+    """
+    src_parent = env.root / "tarx-src"
+    src_parent.mkdir()
+    tree = make_tar_tree(src_parent / "pkg", count)
+    entries = tree["files"] + tree["symlinks"] + tree["dirs"]
+    archive = env.root / "tarx.tar.gz"
+    _, p = _tar(["czf", str(archive)], src_parent, "pkg")
+    if p.returncode != 0:
+        raise RuntimeError(f"tar czf failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+
+    local = env.root / "tarx-local"
+    local.mkdir()
+    local_s, p = _tar(["xzf", str(archive)], local)
+    if p.returncode != 0:
+        raise RuntimeError(f"tar xzf onto a local directory failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    local_ls = subprocess.run(["ls", "-lRn", "--time-style=+%s", "pkg"], cwd=local, capture_output=True,
+                              text=True, timeout=600)
+    local_listing = parse_ls_lr(local_ls.stdout, "pkg")
+    out = {"entries": entries, **tree, "archive_bytes": archive.stat().st_size,
+           "local": {"seconds": local_s, "files_s": entries / local_s, "tar_d": _tar_d(archive, local)}}
+
+    rel = Path("pipeline") / "tarx"
+    with env.mount_s3("tarx") as m:
+        (m.path / rel).mkdir()  # a new pipeline: its owner record is written here, not counted
+        st0 = m.status()
+        before = env.proxy.snapshot()
+        seconds, p = _tar(["xzf", str(archive)], m.path / rel)
+        proxy = _delta(env, before)
+        st1 = m.status()
+        before = env.proxy.snapshot()
+        with Timer() as u:
+            m.umount()
+    flush = _delta(env, before)
+    total = dict(proxy["requests"])
+    for k, v in flush["requests"].items():
+        total[k] = total.get(k, 0) + v
+    out["mount"] = {
+        "exit": p.returncode, "stderr_lines": p.stderr.splitlines()[:10], "seconds": seconds,
+        "files_s": entries / seconds, "proxy": proxy, "unmount": {"seconds": u.seconds, "proxy": flush},
+        "requests_total": sum(total.values()), "requests_by_kind": dict(sorted(total.items())),
+        "requests_per_entry": sum(total.values()) / entries,
+        "fuse_requests": {k: v - st0["requests"].get(k, 0) for k, v in st1["requests"].items()
+                          if v - st0["requests"].get(k, 0)},
+    }
+
+    with env.mount_s3("tarx-ls") as m:
+        os.stat(m.path / "pipeline")
+        before = env.proxy.snapshot()
+        with Timer() as r:
+            os.stat(m.path / rel / "pkg")
+        resolve = {"seconds": r.seconds, "proxy": _delta(env, before)}
+        ls_s, ls_proxy, shown, _ = _ls_lr(env, m.path / rel / "pkg", recursive=True)
+        diffs = _ls_differences(local_listing, shown)
+        before = env.proxy.snapshot()
+        tar_d = _tar_d(archive, m.path / rel)
+        tar_d["proxy"] = _delta(env, before)
+    out["ls"] = {"resolve": resolve, "seconds": ls_s, "proxy": ls_proxy, "listed": len(shown),
+                 "heads": ls_proxy["requests"].get("HEAD", 0), "gets": ls_proxy["requests"].get("GET", 0),
+                 "get_ranges": ls_proxy["requests"].get("GET range", 0),
+                 "differences": len(diffs), "difference_lines": diffs[:10]}
+    out["tar_d"] = tar_d
+    return out

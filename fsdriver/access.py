@@ -1,9 +1,10 @@
-"""Who may use which part of the tree: owners, modes and the check on the caller's uid.
+"""Who may use which namespace: owners, modes and the check on the caller's uid.
 
-Access is decided per *namespace* (``/user/<name>``, ``/pipeline/<id>``, ``/kv/<store>``), never
-per file: everything inside a namespace is usable by exactly the callers who may use the namespace.
-The modes the mount reports say the same thing, so the kernel's ``default_permissions`` checks and
-the daemon's own checks (`may_use`, on the uid and groups of the calling process) agree::
+A *namespace* (``/user/<name>``, ``/pipeline/<id>``, ``/kv/<store>``) is the outer gate: whoever may
+not use it is refused everything inside it.  Inside, files and directories carry their own POSIX
+attributes, checked by `fsdriver.posixattrs`.  The modes the mount reports say the same thing, so
+the kernel's ``default_permissions`` checks and the daemon's own checks (`may_use`, on the uid and
+groups of the calling process) agree::
 
     /                       0755  mount owner
     /pipeline, /user        1777  mount owner         anyone may create (sticky: only the owner
@@ -12,6 +13,7 @@ the daemon's own checks (`may_use`, on the uid and groups of the calling process
     /user/<name>            0700  <name>:<name's group>           files 0600, directories 0700
     /pipeline/<id>          0770  <owner>:ORG  (0700 <owner>:<owner's group> without ORG)
                                                       files 0660 (0600), directories as the namespace
+                                                      (the defaults of objects without attributes)
     /kv/<store>             0770  mount owner:ORG  (0777)         records 0660 (0666)
 
 Root may use everything.  A user tree whose name is not a user of this node, a pipeline whose

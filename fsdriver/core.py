@@ -32,8 +32,10 @@ from typing import Optional
 
 import trio
 
-from . import kvnames, owners
+from . import kvnames, owners, posixattrs
 from .access import Caller, Policy
+from .attributes import Attributes
+from .dirindex import DirIndex
 from .backend import Backend
 from .backend.aio import AsyncBackend
 from .coretypes import Attr, Options
@@ -45,6 +47,7 @@ from .inodes import CONTROL_INO, ROOT_INO, InodeTable, Listing, Node
 from .memory import MemoryBudget
 from .namespaces import Namespaces
 from .openfiles import OpenFiles
+from .posixattrs import R_OK, W_OK, X_OK, Meta
 from .records import Records
 from .renames import Renames
 from .staging import Cache
@@ -78,6 +81,9 @@ class Filesystem:
         self.uploader.on_uploaded = self.files.uploaded
         self.uploader.budget = self.budget  # checking a record reserves its memory
         self.records = Records(self)  # when record handles commit (fsdriver.records)
+        self.attributes = Attributes(self)  # chmod/chown/utimens and directory times, stored
+        self.dirindex = DirIndex(self)  # S3: the attributes of each directory's entries, for listings
+        self.uploader.meta_for = self.upload_meta
         self.policy = Policy(options.uid, options.gid, options.org_gid, options.read_only)
         self.namespaces = Namespaces(self.policy, self.backend, Caller(options.uid, options.gid), clock)
         self.dir_handles: dict[int, tuple[Node, Optional[list]]] = {}
@@ -91,6 +97,10 @@ class Filesystem:
             self.nursery = nursery
             spawn(nursery, self.stats, "upload-retry", self.uploader.retry_forever,
                   what="upload retry loop", retries=None)
+            spawn(nursery, self.stats, "dir-times", self.attributes.run,
+                  what="storing directory times", retries=None)
+            spawn(nursery, self.stats, "dir-index", self.dirindex.run,
+                  what="writing directory indexes", retries=None)
             task_status.started()
             await trio.sleep_forever()
 
@@ -99,10 +109,74 @@ class Filesystem:
     def attr(self, node: Node) -> Attr:
         if node.ino == CONTROL_INO:
             return Attr(CONTROL_INO, False, 0, self.stats.started, stat.S_IFREG | 0o600, self.options.uid, self.options.gid)
+        size = node.staged.size if node.staged is not None else node.size
+        # a directory shows 2 whatever its subdirectories (counting them would cost a listing)
+        nlink = 2 if node.is_dir else node.nlink
+        meta = node.meta if self.has_posix(node) else None
+        if meta is not None:
+            mode = meta.mode & ~0o222 if self.options.read_only else meta.mode
+            return Attr(node.ino, node.is_dir, size, meta.mtime, mode, meta.uid, meta.gid,
+                        ctime=meta.ctime, atime=meta.atime, nlink=nlink, rdev=meta.rdev,
+                        mtime_ns=meta.mtime_ns, atime_ns=meta.atime_ns)
         owner = self.namespaces.owner_of(node)
         mode = self.policy.dir_mode(owner) if node.is_dir else self.policy.file_mode(owner)
-        size = node.staged.size if node.staged is not None else node.size
-        return Attr(node.ino, node.is_dir, size, node.mtime or self.stats.started, mode, owner.uid, owner.gid)
+        uid, gid = owner.uid, owner.gid
+        if self.has_posix(node):  # an object without attributes of its own: the mount's defaults
+            given = self.options.dir_mode if node.is_dir else self.options.file_mode
+            if given is not None:
+                mode = stat.S_IFMT(mode) | (given & ~0o222 if self.options.read_only else given)
+            uid, gid = self.default_owner(node)
+        return Attr(node.ino, node.is_dir, size, node.mtime or self.stats.started, mode, uid, gid, nlink=nlink)
+
+    def default_owner(self, node: Node) -> tuple[int, int]:
+        """The owner shown for an object that names none: ``--uid``/``--gid``, else its namespace's."""
+        owner = self.namespaces.owner_of(node)
+        uid = owner.uid if self.options.default_uid is None else self.options.default_uid
+        gid = owner.gid if self.options.default_gid is None else self.options.default_gid
+        return uid, gid
+
+    @staticmethod
+    def has_posix(node: Node) -> bool:
+        """Files and directories inside /pipeline/<id> and /user/<name> carry their own attributes;
+        namespaces, trees and key/value records show their namespace's (docs/permissions.md)."""
+        return node.depth >= 3 and node.path[0] != "kv"
+
+    def upload_meta(self, node: Node) -> Optional[dict]:
+        """The user metadata an upload of ``node`` stores with its content (None: none)."""
+        if node.meta is None or not self.has_posix(node):
+            return None
+        return posixattrs.to_headers(node.meta)
+
+    def _caller(self, caller: Optional[Caller]) -> Caller:
+        return caller or self.namespaces.mount_caller
+
+    def _check(self, caller: Optional[Caller], node: Node, want: int) -> None:
+        """The POSIX permission check on a file or directory's own mode (inside a namespace; the
+        namespace itself is checked by `Namespaces.enter`)."""
+        if self.has_posix(node):
+            a = self.attr(node)
+            posixattrs.check_access(self._caller(caller), a.mode, a.uid, a.gid, want, node.display)
+
+    def _check_remove(self, caller: Optional[Caller], parent: Node, node: Node) -> None:
+        """Removing or replacing ``node`` in ``parent``: write and search on it, the sticky rule."""
+        self._check(caller, parent, W_OK | X_OK)
+        if self.has_posix(parent):
+            p = self.attr(parent)
+            posixattrs.check_sticky(self._caller(caller), p.mode, p.uid, self.attr(node).uid, node.display)
+
+    def _new_meta(self, caller: Optional[Caller], parent: Node, mode: int, rdev: int = 0) -> Meta:
+        """A new inode belongs to its creator; in a setgid directory to the directory's group
+        (and a new directory there is setgid too)."""
+        caller = self._caller(caller)
+        gid = caller.gid
+        if parent.depth >= 2:  # a namespace's directory too: a shared pipeline is setgid
+            p = self.attr(parent)
+            if p.mode & stat.S_ISGID:
+                gid = p.gid
+                if stat.S_ISDIR(mode):
+                    mode |= stat.S_ISGID
+        now = time.time()
+        return Meta(mode, caller.uid, gid, now, now, now, rdev)
 
     async def getattr(self, ino: int, caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
@@ -150,9 +224,11 @@ class Filesystem:
             raise FSError(errno.ENOENT, str(e)) from None
         if parent.is_store:
             await self.records.settled_at(parent.path + (name,))
+        self._check(caller, parent, X_OK)
         node = await self.names.resolve(parent, name)
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
+        await self.names.need_meta(node)
         if node.depth == 2:
             await self.namespaces.owner(node.path)
         node.lookups += 1
@@ -170,6 +246,7 @@ class Filesystem:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
         if self.namespaces.checked(node.path):
             await self.namespaces.enter(caller, node.path)
+        self._check(caller, node, R_OK)
         fh = self.files.new_fh()
         self.dir_handles[fh] = (node, None)
         return fh
@@ -194,27 +271,35 @@ class Filesystem:
             child.pins -= 1
             self.inodes.release_unreferenced(child)
 
-    async def mkdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
+    async def mkdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None,
+                    mode: Optional[int] = None) -> Attr:
         parent = self._node(parent_ino)
         if parent.is_store:
             raise FSError(errno.EPERM, f"{parent.display}/{name}: a store holds records (<key>.json files), not directories", logging.INFO)
         path = self.names.child_path(parent, name, creating=True)
         if parent.depth >= 2:
             await self.namespaces.enter(caller, parent.path)
+        self._check(caller, parent, W_OK | X_OK)
         exists = await self.names.resolve(parent, name) is not None
         if parent.depth == 1:
             await self.namespaces.create(caller, parent.path[0], name, exists)
         if exists:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
         prefix = "/".join(path) + "/"
+        meta = None
+        if mode is not None and len(path) >= 3 and path[0] != "kv":
+            meta = self._new_meta(caller, parent, stat.S_IFDIR | stat.S_IMODE(mode))
         try:
-            await self.backend.put_bytes(prefix, b"", if_none_match=True)
+            await self.backend.put_bytes(prefix, b"", if_none_match=True,
+                                         meta=posixattrs.to_headers(meta) if meta else None)
         except PreconditionFailed:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} was created meanwhile") from None
         node = self.inodes.node_for(path, True)
         node.has_marker, node.mtime = True, time.time()
+        node.meta, node.meta_known = meta, True
         node.listing = Listing({}, self.clock())
         self.names.listed(parent, name, (True, None))
+        self.attributes.touch_dir(parent)
         node.lookups += 1
         return self.attr(node)
 
@@ -233,9 +318,12 @@ class Filesystem:
         parent, node = await self._to_remove(parent_ino, name, caller, "directory")
         if not node.is_dir:
             raise FSError(errno.ENOTDIR, f"{node.display} is not a directory")
+        await self.names.need_meta(node)
+        self._check_remove(caller, parent, node)
         if node.depth == 2:
             await self.namespaces.may_remove(caller, node)
         await self.names.check_empty(node)
+        await self.dirindex.removed(node)  # no index write of it may make its marker again
         if node.is_store:
             await self.backend.delete_prefix(node.prefix + kvnames.EXPIRES)
         await self.backend.delete(node.prefix)
@@ -244,6 +332,7 @@ class Filesystem:
             self.namespaces.forget_pipeline(name)
         self.inodes.remove(node)
         self.names.listed(parent, name, None)
+        self.attributes.touch_dir(parent)
         await self.names.keep_parent(parent)
 
     # -- files -------------------------------------------------------------------------------
@@ -260,6 +349,8 @@ class Filesystem:
             await self.records.settled(node)  # a commit at release (after close returned) counts
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         truncate = bool(flags & os.O_TRUNC) and writable
+        await self.names.need_meta(node)
+        self._check(caller, node, (W_OK if writable else 0) | (R_OK if flags & os.O_ACCMODE != os.O_WRONLY else 0))
         if writable and self.options.read_only:
             raise FSError(errno.EROFS, "mounted read-only")
         if writable and node.is_record:
@@ -268,9 +359,16 @@ class Filesystem:
             await self.names.refresh(node)  # close-to-open: see another node's change once the TTL passed
         # else: a file created here whose content never reached the backend (its write failed):
         # the kernel still knows the name, and writing it creates it (not ENOENT from a HEAD).
-        return await self.files.open(node, writable, truncate, bool(flags & os.O_APPEND))
+        if flags & os.O_TRUNC and not writable and self.has_posix(node):
+            # Linux truncates on O_TRUNC whatever the access mode (given write permission)
+            self._check(caller, node, W_OK)
+            await self.setattr(ino, size=0, caller=caller)
+        fh, keep_cache, direct_io = await self.files.open(node, writable, truncate, bool(flags & os.O_APPEND))
+        self.files.handles[fh].caller = caller
+        return fh, keep_cache, direct_io
 
-    async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None) -> tuple[int, Attr, bool]:
+    async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None,
+                     mode: Optional[int] = None) -> tuple[int, Attr, bool]:
         await self._records_settled(parent_ino, name)
         parent = self._node(parent_ino)
         path = self.names.child_path(parent, name, creating=True)
@@ -287,11 +385,28 @@ class Filesystem:
                 raise FSError(errno.EEXIST, f"{existing.display} exists")
             if existing.is_dir:
                 raise FSError(errno.EISDIR, f"{existing.display} is a directory")
+            try:
+                await self.names.need_meta(existing)
+            except FSError as e:
+                if e.errno != errno.ENOENT:
+                    raise  # removed elsewhere meanwhile: created anew below
+            else:
+                writing = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC
+                self._check(caller, existing, W_OK if writing else R_OK)
+        else:
+            self._check(caller, parent, W_OK | X_OK)
         node = self.inodes.node_for(path, False)
         fh = await self.files.create(node, bool(flags & os.O_APPEND), bool(flags & os.O_EXCL))
+        self.files.handles[fh].caller = caller
         node.mtime = time.time()
         if existing is None:
             node.size, node.etag = 0, None
+            node.meta_known = True  # created here: what it carries is what this mount gives it
+            if mode is not None and self.has_posix(node):
+                node.meta = self._new_meta(caller, parent, stat.S_IFREG | stat.S_IMODE(mode))
+            self.attributes.touch_dir(parent)
+        elif node.meta is not None:
+            node.meta = node.meta.touched(data=True)
         if not node.is_record:  # a new record appears when it is closed
             self.names.listed(parent, name, (False, None))
         node.lookups += 1
@@ -306,6 +421,9 @@ class Filesystem:
     async def flush(self, fh: int) -> None:
         """close(): a file written through this handle is durable in the backend on return."""
         await self.files.flush(fh)
+        handle = self.files.handles.get(fh)
+        if handle is not None and handle.writable and handle.node.nlink > 1:
+            await self._links_changed()  # the other names of a hard-linked file show the new content
 
     async def fsync(self, fh: int) -> None:
         await self.files.fsync(fh)
@@ -314,7 +432,9 @@ class Filesystem:
         await self.files.release(fh)
 
     async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None,
-                      caller: Optional[Caller] = None) -> Attr:
+                      caller: Optional[Caller] = None, atime_ns=None, mtime_ns=None, ctime=False) -> Attr:
+        """truncate, chmod, chown and utimens (``mtime`` in seconds, or ``mtime_ns``/``atime_ns``);
+        ``ctime`` alone (a chown to -1/-1 by the owner) stamps the change time."""
         node = self._node(ino)
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file cannot be changed")
@@ -324,33 +444,98 @@ class Filesystem:
             await self.namespaces.enter(caller, node.path)
         elif node.depth == 2:
             await self.namespaces.owner(node.path)
-        now = self.attr(node)
-        if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode) or (
-                uid is not None and uid != now.uid) or (gid is not None and gid != now.gid):
-            raise FSError(errno.EPERM, f"{node.display}: modes and owners follow the namespace and cannot be "
-                          "changed (see docs/permissions.md)", logging.INFO)
+        if mtime_ns is None and mtime is not None:
+            mtime_ns = int(round(mtime * 1e9))
+        if not self.has_posix(node):
+            self._fixed_attributes(node, mode, uid, gid)
+        elif mode is not None or uid is not None or gid is not None or mtime_ns is not None or atime_ns is not None \
+                or (ctime and size is None):
+            if self.options.read_only:
+                raise FSError(errno.EROFS, "mounted read-only")
+            await self.names.need_meta(node)
+            await self.attributes.change(node, self._setattr_edit(node, caller, mode, uid, gid, atime_ns, mtime_ns))
+            mtime_ns = None  # stored with the other attributes
+            if node.nlink > 1:
+                await self._links_changed()
         if size is not None:
             if node.is_dir:
                 raise FSError(errno.EISDIR, f"{node.display} is a directory")
             if self.options.read_only:
                 raise FSError(errno.EROFS, "mounted read-only")
+            if fh is None:
+                self._check(caller, node, W_OK)
+                await self.names.refresh(node)  # the times set below go on the current attributes
+            if node.meta is not None:
+                node.meta = node.meta.touched(data=True)
+                node.meta = node.meta.with_(mode=posixattrs.mode_after_write(node.meta.mode, node.meta.gid,
+                                                                             self._caller(caller)))
             await self.files.truncate(node, size, fh)
             node.mtime = time.time()
-        if mtime is not None and not node.is_dir:
-            await self.files.set_mtime(node, mtime)
+            if node.nlink > 1 and fh is None:
+                await self._links_changed()
+        if mtime_ns is not None and not node.is_dir:
+            await self.files.set_mtime(node, mtime_ns / 1e9)
         return self.attr(node)
+
+    def _fixed_attributes(self, node: Node, mode, uid, gid) -> None:
+        """Namespaces and records show their namespace's owner and mode: setting the value they
+        have succeeds, anything else is EPERM (docs/permissions.md)."""
+        now = self.attr(node)
+        if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode) or (
+                uid is not None and uid != now.uid) or (gid is not None and gid != now.gid):
+            raise FSError(errno.EPERM, f"{node.display}: the modes and owners of namespaces and records follow "
+                          "the namespace and cannot be changed (see docs/permissions.md)", logging.INFO)
+
+    def _setattr_edit(self, node: Node, caller, mode, uid, gid, atime_ns, mtime_ns):
+        """Check a chmod/chown/utimens against the POSIX rules; the edit it makes to `Meta`."""
+        caller = self._caller(caller)
+        now = self.attr(node)
+        if mode is not None:
+            writer = posixattrs.may_access(caller, now.mode, now.uid, now.gid, W_OK)
+            mode = stat.S_IFMT(now.mode) | posixattrs.check_chmod(caller, now.uid, now.gid, mode, node.display,
+                                                                  now.mode, writer)
+        if uid is not None or gid is not None:
+            posixattrs.check_chown(caller, now.uid, now.gid, uid, gid, node.display)
+        if atime_ns is not None or mtime_ns is not None:
+            # the kernel refuses explicit times to non-owners; UTIME_NOW needs write permission
+            posixattrs.check_utimens(caller, now.mode, now.uid, now.gid, False, node.display)
+
+        def edit(meta: Meta) -> Meta:
+            changes = {"ctime": time.time()}
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(meta.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                changes["uid"] = uid
+            if gid is not None:
+                changes["gid"] = gid
+            if mtime_ns is not None:
+                changes["mtime"], changes["mtime_ns"] = mtime_ns / 1e9, mtime_ns
+            if atime_ns is not None:
+                changes["atime"], changes["atime_ns"] = atime_ns / 1e9, atime_ns
+            return meta.with_(**changes)
+
+        return edit
 
     async def unlink(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
         await self._records_settled(parent_ino, name)
         parent, node = await self._to_remove(parent_ino, name, caller, "file")
         if node.is_dir:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
+        await self.names.need_meta(node)
+        self._check_remove(caller, parent, node)
+        links = node.nlink
+        if links > 1 and node.meta is not None and node.staged is None:
+            await self.attributes.change(node, lambda m: m.touched())  # the other names' ctime
         await self.files.delete(node)
         if node.is_record:
             await self.records.drop_expiry_markers(parent.prefix, name)
         self.inodes.remove(node)
+        node.nlink = max(links - 1, 0)  # fstat of an open descriptor: the other names remain
         self.files.drop_staged(node)
         self.names.listed(parent, name, None)
+        self.attributes.touch_dir(parent)
+        if links > 1:
+            await self._links_changed()
         await self.names.keep_parent(parent)
 
     async def _records_settled(self, parent_ino: int, name: str) -> None:
@@ -380,8 +565,16 @@ class Filesystem:
         if new_path[: node.depth] == node.path and node.is_dir and new_path != node.path:
             raise FSError(errno.EINVAL, f"cannot move {node.display} into itself")
         target = await self.names.resolve(new_parent, new_name)
-        if target is node:
-            return
+        if target is node or self._same_file(node, target):
+            return  # POSIX: renaming a file onto another name of itself does nothing
+        await self.names.need_meta(node)
+        self._check_remove(caller, old_parent, node)
+        self._check(caller, new_parent, W_OK | X_OK)
+        if node.is_dir and old_parent is not new_parent:
+            self._check(caller, node, W_OK)  # its ".." entry changes
+        if target is not None:
+            await self.names.need_meta(target)
+            self._check_remove(caller, new_parent, target)
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FSError(errno.EEXIST, f"{target.display} exists")
@@ -392,7 +585,113 @@ class Filesystem:
             if target.is_dir:
                 await self.names.check_empty(target)
                 await self.backend.delete(target.prefix)
+        replaced_links = target.nlink if target is not None else 0
+        if replaced_links > 1 and target.meta is not None and target.staged is None:
+            await self.attributes.change(target, lambda m: m.touched())  # the other names' ctime
         await self.renames.move(node, target, old_parent, new_parent, new_path)
+        if replaced_links > 1:
+            await self._links_changed()
+        self.attributes.touch_dir(old_parent)
+        if new_parent is not old_parent:
+            self.attributes.touch_dir(new_parent)
+
+    # -- symbolic links, special files, hard links ------------------------------------------
+
+    async def symlink(self, parent_ino: int, name: str, target: bytes, caller: Optional[Caller] = None) -> Attr:
+        """A symbolic link: an object whose content is the target (as s3fs stores them)."""
+        now = await self._new_object(parent_ino, name, caller, stat.S_IFLNK | 0o777, 0, target)
+        now.target = target
+        return self.attr(now)
+
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Optional[Caller] = None) -> Attr:
+        """A FIFO, socket or device node (metadata only, never data), or an empty regular file."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FSError(errno.EINVAL, f"mknod: file type {kind:o} is not a special file", logging.INFO)
+        rdev = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        return self.attr(await self._new_object(parent_ino, name, caller, kind | stat.S_IMODE(mode), rdev, b""))
+
+    async def _new_object(self, parent_ino: int, name: str, caller: Optional[Caller], mode: int, rdev: int,
+                          content: bytes) -> Node:
+        """Create ``parent/name`` with ``content`` and attributes at once (durable on return)."""
+        parent = self._node(parent_ino)
+        path = self.names.child_path(parent, name, creating=True)
+        if parent.depth < 2 or parent.path[0] == "kv":
+            raise FSError(errno.EPERM, f"{parent.display}/{name}: only regular files live here", logging.INFO)
+        await self.namespaces.enter(caller, parent.path)
+        self._check(caller, parent, W_OK | X_OK)
+        if await self.names.resolve(parent, name) is not None:
+            raise FSError(errno.EEXIST, f"{parent.display}/{name} exists")
+        meta = self._new_meta(caller, parent, mode, rdev)
+        key = "/".join(path)
+        await self.uploader.supersede(key)
+        try:
+            info = await self.backend.put_bytes(key, content, if_none_match=True, meta=posixattrs.to_headers(meta))
+        except PreconditionFailed:
+            raise FSError(errno.EEXIST, f"{parent.display}/{name} was created meanwhile") from None
+        node = self.inodes.node_for(path, False)
+        self.inodes.changed(node)
+        node.meta, node.meta_known = meta, True
+        self.files.uploaded(node, info)
+        self.attributes.touch_dir(parent)
+        node.lookups += 1
+        return node
+
+    async def readlink(self, ino: int, caller: Optional[Caller] = None) -> bytes:
+        node = self._node(ino)
+        await self.namespaces.enter(caller, node.path)
+        await self.names.need_meta(node)
+        if node.meta is None or not stat.S_ISLNK(node.meta.mode):
+            raise FSError(errno.EINVAL, f"{node.display} is not a symbolic link", logging.DEBUG)
+        if node.target is None:
+            node.target = await self.backend.get_range(node.key, 0, None, if_match=node.etag)
+        return node.target
+
+    async def link(self, ino: int, new_parent_ino: int, new_name: str, caller: Optional[Caller] = None) -> Attr:
+        """A hard link: on backends that have them (disk); EPERM elsewhere (as s3fs, mountpoint-s3)."""
+        node = self._node(ino)
+        if not getattr(self.sync_backend, "hard_links", False) or not self.has_posix(node) or node.is_dir:
+            raise FSError(errno.EPERM, f"{node.display}: hard links are not supported "
+                          f"{'here' if self.has_posix(node) else 'by this backend'}", logging.INFO)
+        parent = self._node(new_parent_ino)
+        path = self.names.child_path(parent, new_name, creating=True)
+        if parent.depth < 2 or parent.path[0] == "kv":
+            raise FSError(errno.EPERM, f"{parent.display}/{new_name}: only regular files live here", logging.INFO)
+        await self.namespaces.enter(caller, node.path)
+        await self.namespaces.enter(caller, parent.path)
+        self._check(caller, parent, W_OK | X_OK)
+        if await self.names.resolve(parent, new_name) is not None:
+            raise FSError(errno.EEXIST, f"{parent.display}/{new_name} exists")
+        if node.staged is not None and (node.staged.dirty or node.staged.pending):
+            await self.files.upload(node, node.staged)  # the link shares the content written so far
+        try:
+            info = await self.backend.link(node.key, "/".join(path))
+        except PreconditionFailed:
+            raise FSError(errno.EEXIST, f"{parent.display}/{new_name} was created meanwhile") from None
+        if node.meta is not None:
+            await self.attributes.change(node, lambda m: m.touched())
+        new = self.inodes.node_for(path, False)
+        self.names.set_info(new, info, self.clock(), self.inodes.seq)
+        new.meta, new.meta_known, new.nlink, node.nlink = node.meta, True, info.nlink, info.nlink
+        self.names.listed(parent, new_name, (False, info))
+        self.attributes.touch_dir(parent)
+        await self._links_changed()
+        new.lookups += 1
+        return self.attr(new)
+
+    @staticmethod
+    def _same_file(a: Node, b: Optional[Node]) -> bool:
+        """Two names of one file (hard links on disk share the etag: inode, mtime, size)."""
+        return (b is not None and not a.is_dir and not b.is_dir and a.nlink > 1 and b.nlink > 1
+                and a.etag is not None and a.etag == b.etag and a.staged is None and b.staged is None)
+
+    async def _links_changed(self) -> None:
+        """Hard links share one inode on disk but have a node each here: the others' link counts and
+        attributes are read again, and the kernel asked to forget what it cached of them."""
+        for other in list(self.inodes.by_ino.values()):
+            if other.nlink > 1 and not other.is_dir:
+                other.attr_time = 0
+                await self.records.invalidate_attrs(other.ino)
 
     async def xattrs(self, ino: int, caller: Optional[Caller] = None) -> dict:
         """What a file exposes as read-only xattrs: its etag and last-modified time."""
@@ -413,6 +712,11 @@ class Filesystem:
         big = 1 << 40  # object stores have no fixed size: report a large, constant capacity
         return {"bsize": 4096, "frsize": 4096, "blocks": big, "bfree": big, "bavail": big,
                 "files": big, "ffree": big, "namemax": 255}
+
+    async def flush_metadata(self) -> None:
+        """Store the directory times and index rows gathered in the background (at unmount)."""
+        await self.attributes.flush()
+        await self.dirindex.flush()
 
     # -- control -----------------------------------------------------------------------------
 

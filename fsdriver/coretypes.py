@@ -10,6 +10,8 @@ from .mountconfig import DEFAULTS
 
 @dataclass
 class Attr:
+    """What stat(2) shows of one inode (``mode`` carries the file type bits)."""
+
     ino: int
     is_dir: bool
     size: int
@@ -17,6 +19,12 @@ class Attr:
     mode: int
     uid: int
     gid: int
+    ctime: Optional[float] = None  # None: the same as mtime
+    atime: Optional[float] = None  # None: the same as mtime
+    nlink: int = 1
+    rdev: int = 0
+    mtime_ns: Optional[int] = None  # exact, where set to the nanosecond (utimensat); else from mtime
+    atime_ns: Optional[int] = None
 
 
 @dataclass
@@ -34,3 +42,10 @@ class Options:
     max_requests: int = 32  # backend calls in flight
     org_gid: Optional[int] = None  # the organisation group: shares pipelines and stores
     backend_timeout: Optional[float] = None  # seconds a caller waits for a backend call (fsdriver.backend.aio)
+    # Shown for objects inside a namespace that carry no attributes of their own (written by other
+    # tools): --uid, --gid, --file-mode, --dir-mode (permission bits only, no type bits).  None: the
+    # namespace's owner and group, and its modes (files 0600/0660/0666, dirs 0700/0770/0777).
+    default_uid: Optional[int] = None
+    default_gid: Optional[int] = None
+    file_mode: Optional[int] = None
+    dir_mode: Optional[int] = None

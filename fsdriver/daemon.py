@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     fs = Filesystem(backend, cache, Options(
         metadata_ttl=args.metadata_ttl, memory_limit=args.memory_limit,
         max_prefetch=args.max_prefetch, read_only=args.read_only, org_gid=org_gid,
-        backend_timeout=args.backend_timeout,
+        backend_timeout=args.backend_timeout, default_uid=args.uid, default_gid=args.gid,
+        file_mode=args.file_mode, dir_mode=args.dir_mode,
     ))
     try:
         code = trio.run(_serve, fs, mountpoint, args, ready)
@@ -195,6 +196,12 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
                 spawn(nursery, fs.stats, "readahead", _set_readahead, mountpoint, args.readahead)
             ready.ok()
             await pyfuse3.main()
+            with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
+                await fs.flush_metadata()
+            if bound.cancelled_caught:
+                log.error("directory times and index rows not stored at unmount (the backend did not "
+                          "answer within %s s): the files' own attributes are stored, listings on other "
+                          "nodes read them with one HEAD per entry", fs.backend.timeout or 30)
             # Unmounted: stop waiting for backend calls in flight (an upload retry against a dead
             # endpoint), or the daemon would outlive its mount by as long as they take.
             fs.backend.abandon_all()

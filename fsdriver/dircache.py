@@ -15,10 +15,10 @@ import logging
 import time
 from typing import Optional
 
-from . import kvexpiry, kvnames, layout
+from . import dirindex, kvexpiry, kvnames, layout, posixattrs
 from .backend import CommonPrefix, ObjectInfo
 from .backend.aio import AsyncBackend
-from .errors import BackendError, InvalidName, NotFound
+from .errors import BackendError, InvalidName, NameTooLong, NotFound, PreconditionFailed
 from .errno_boundary import FSError
 from .inodes import InodeTable, Listing, Node
 from .stats import Stats
@@ -50,7 +50,11 @@ class Names:
             layout.check_segment(name)
             if parent.is_store and not kvnames.is_scratch(name):
                 kvnames.key_of(name)  # InvalidName for a .json name that is not a canonical encoding
-        return parent.path + (name,)
+        path = parent.path + (name,)
+        limit = self.backend.sync.max_key_bytes
+        if limit is not None and len("/".join(path).encode()) + 1 > limit:  # +1: a directory's marker
+            raise NameTooLong(f"/{'/'.join(path)}: longer than the backend's keys may be ({limit} bytes)")
+        return path
 
     def fresh(self, t: float) -> bool:
         return self.clock() - t < self.ttl
@@ -60,10 +64,50 @@ class Names:
         ``seq``, unless this mount has local content or changed the object after that request began
         (a listing or HEAD taken before our own write must never overwrite what the write told us)."""
         if node.staged is None and self.inodes.observed(node, seq):
-            node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
+            if isinstance(info, ObjectInfo) and not node.is_dir:
+                if info.etag != node.etag:
+                    node.target = None  # a symbolic link's target is read again
+                node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, when
+                node.nlink = info.nlink
+            # this answer carries the object's attributes (a directory's times changed here and not
+            # stored yet are newer)
+            if info.meta is not None and not (node.is_dir and self.fs.attributes.pending(node)):
+                node.meta = posixattrs.from_headers(info.meta, getattr(info, "mtime", node.mtime), node.is_dir,
+                                                    *self.fs.default_owner(node))
+                node.meta_known = True
+
+    async def need_meta(self, node: Node) -> None:
+        """Make sure a file or directory's own attributes are known: read them (one HEAD) when it
+        was only seen in a listing that carries none (S3 without a directory index)."""
+        if node.meta_known or node.staged is not None or not self.fs.has_posix(node):
+            return
+        when, seq = self.clock(), self.inodes.seq
+        try:
+            info = await self.backend.head(node.prefix if node.is_dir else node.key)
+        except NotFound:
+            if node.is_dir:  # a directory implied by the keys below it: no attributes of its own
+                if self.inodes.observed(node, seq):
+                    node.meta_known, node.attr_time = True, when
+                return
+            raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
+        except BackendError as e:
+            if not node.is_dir:
+                raise
+            # A directory stays usable through an outage (it may hold pending uploads): shown
+            # with the attributes known so far, read again at the next use.
+            log.info("%s: its attributes cannot be read now (%s)", node.display, e)
+            return
+        if node.is_dir:
+            node.has_marker = True
+            if self.inodes.observed(node, seq):
+                node.attr_time = when
+        self.set_info(node, info, when, seq)
 
     async def refresh(self, node: Node) -> None:
-        """Re-read a file's attributes from the backend when they are older than the TTL."""
+        """Re-read a file's attributes from the backend when they are older than the TTL.
+
+        A directory's own attributes are read again with its parent's listing, when its name is
+        looked up again (the kernel does so once the entry timeout passed), not by a HEAD here."""
         if node.is_dir or node.staged is not None or self.fresh(node.attr_time):
             return
         when, seq = self.clock(), self.inodes.seq
@@ -86,7 +130,7 @@ class Names:
             node.edits = {}
         node.listings_in_flight += 1
         try:
-            entries = await self._list_dir(node)
+            entries = await self._list_dir(node, seq)
         finally:
             node.listings_in_flight -= 1
         edits = node.edits or {}
@@ -105,7 +149,7 @@ class Names:
         node.absent.clear()
         return entries
 
-    async def _list_dir(self, node: Node) -> dict:
+    async def _list_dir(self, node: Node, seq: int) -> dict:
         """``name -> (is_dir, info or None)`` of a directory, from the backend."""
         entries: dict = {}
         if node.depth == 0:
@@ -119,9 +163,10 @@ class Names:
             entries = await self._store_listing(node)
         else:
             node.has_marker = False
+            marker = None
             for e in await self.backend.list(node.prefix, "/"):
                 if e.key == node.prefix:
-                    node.has_marker = True
+                    node.has_marker, marker = True, e
                     continue
                 is_dir = isinstance(e, CommonPrefix)
                 name = e.key[len(node.prefix):].rstrip("/") if is_dir else e.key[len(node.prefix):]
@@ -131,7 +176,9 @@ class Names:
                     log.debug("%s: skipping key %r, not a valid file name", node.display, e.key)
                     continue
                 if is_dir or name not in entries:  # a directory shadows a file of the same name
-                    entries[name] = (is_dir, None if is_dir else e)
+                    # a directory's entry carries its attributes where the listing has them (disk)
+                    entries[name] = (is_dir, e if not is_dir or e.meta is not None else None)
+            await self.fs.dirindex.annotate(node, entries, marker, seq)  # S3: attributes from the index
         return entries
 
     async def _store_listing(self, node: Node) -> dict:
@@ -268,7 +315,11 @@ class Names:
         return node
 
     def listed(self, parent: Node, name: str, entry) -> None:
-        """Keep a directory's cached listing in step with a change made through this mount."""
+        """Keep a directory's cached listing (and its index, `fsdriver.dirindex`) in step with a
+        change made through this mount."""
+        row = self._row(parent, name, entry)
+        if entry is None or row is not None:
+            self.fs.dirindex.note(parent, name, row)
         if parent.edits is not None:
             parent.edits[name] = entry
         if parent.listing is not None:
@@ -277,12 +328,25 @@ class Names:
             else:
                 parent.listing.entries[name] = entry
 
+    def _row(self, parent: Node, name: str, entry) -> Optional[dict]:
+        """The directory index row of a listing entry (None: no row, the entry is gone)."""
+        if entry is None:
+            return None
+        is_dir, info = entry
+        if info is not None and info.meta is not None:
+            return {"e": None, "t": time.time(), "m": info.meta} if is_dir else dirindex.row_of(info)
+        child = self.inodes.at(parent.path + (name,))
+        if is_dir and child is not None and child.meta is not None:
+            return {"e": None, "t": time.time(), "m": posixattrs.to_headers(child.meta)}
+        return None
+
     @staticmethod
     def known_info(node: Node) -> Optional[ObjectInfo]:
         """What this mount knows of a file's object, for a cached listing (None: nothing, or a dir)."""
         if node.is_dir or node.etag is None:
             return None
-        return ObjectInfo(node.key, node.size, node.mtime, node.etag)
+        meta = posixattrs.to_headers(node.meta) if node.meta is not None else ({} if node.meta_known else None)
+        return ObjectInfo(node.key, node.size, node.mtime, node.etag, meta=meta, nlink=node.nlink)
 
     async def check_empty(self, node: Node) -> None:
         """ENOTEMPTY unless the directory holds nothing here or in the backend (a store's expiry
@@ -302,7 +366,11 @@ class Names:
         """On S3 a directory whose last entry went away would vanish: give it a marker."""
         if self.backend.sync.keeps_empty_dirs or parent.depth < 2 or parent.has_marker:
             return
-        await self.backend.put_bytes(parent.prefix, b"")
+        meta = posixattrs.to_headers(parent.meta) if parent.meta is not None and self.fs.has_posix(parent) else None
+        try:  # never over a marker made meanwhile: it may hold the directory's attributes and index
+            await self.backend.put_bytes(parent.prefix, b"", meta=meta, if_none_match=True)
+        except PreconditionFailed:
+            pass
         parent.has_marker = True
 
     async def entries(self, node: Node) -> dict:

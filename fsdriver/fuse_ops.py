@@ -46,7 +46,7 @@ def _caller(ctx) -> Caller | None:
 # Requests whose backend reads share one deadline (--backend-timeout): a black-holed endpoint gives
 # EIO within the bound, not within one bound per backend call.  Not the uploads (flush, fsync,
 # release, the control file's flush): fetching the unwritten parts of a large file may take long.
-BOUNDED_OPS = frozenset({"lookup", "getattr", "open", "opendir", "readdir", "read", "create", "mkdir",
+BOUNDED_OPS = frozenset({"lookup", "getattr", "readlink", "open", "opendir", "readdir", "read", "create", "mkdir",
                          "statfs", "listxattr"})
 
 
@@ -133,14 +133,16 @@ class Operations(pyfuse3.Operations):
         e.st_ino = a.ino
         e.generation = 0
         e.st_mode = a.mode
-        e.st_nlink = 2 if a.is_dir else 1
+        e.st_nlink = a.nlink
         e.st_uid, e.st_gid = a.uid, a.gid
-        e.st_rdev = 0
+        e.st_rdev = a.rdev
         e.st_size = a.size
         e.st_blksize = 128 * 1024
         e.st_blocks = (a.size + 511) // 512
-        ns = int(a.mtime * 1e9)
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = ns
+        ns = int(round(a.mtime * 1e9))
+        e.st_mtime_ns = ns if a.mtime_ns is None else a.mtime_ns
+        e.st_ctime_ns = ns if a.ctime is None else int(round(a.ctime * 1e9))
+        e.st_atime_ns = ns if a.atime is None else (int(round(a.atime * 1e9)) if a.atime_ns is None else a.atime_ns)
         ttl = self.fs.options.metadata_ttl
         e.entry_timeout = e.attr_timeout = ttl
         return e
@@ -166,7 +168,9 @@ class Operations(pyfuse3.Operations):
         a = await self.fs.setattr(
             inode,
             size=attr.st_size if fields.update_size else None,
-            mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            ctime=bool(getattr(fields, "update_ctime", False)),
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
@@ -206,7 +210,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("parent")
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(await self.fs.mkdir(parent_inode, _name(name), _caller(ctx)))
+        return self._entry(await self.fs.mkdir(parent_inode, _name(name), _caller(ctx), mode=mode))
 
     @_boundary("parent")
     async def rmdir(self, parent_inode, name, ctx):
@@ -221,19 +225,23 @@ class Operations(pyfuse3.Operations):
         await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags,
                              _caller(ctx))
 
-    # -- refused, with a clear errno ---------------------------------------------------------
+    # -- links and special files -------------------------------------------------------------
 
     @_boundary("ino")
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise FSError(errno.EPERM, "hard links are not supported", logging.INFO)
+        return self._entry(await self.fs.link(inode, new_parent_inode, _name(new_name), _caller(ctx)))
 
     @_boundary("parent")
     async def symlink(self, parent_inode, name, target, ctx):
-        raise FSError(errno.EPERM, "symbolic links are not supported", logging.INFO)
+        return self._entry(await self.fs.symlink(parent_inode, _name(name), target, _caller(ctx)))
+
+    @_boundary("ino")
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode, _caller(ctx))
 
     @_boundary("parent")
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        raise FSError(errno.EPERM, "only regular files and directories are supported", logging.INFO)
+        return self._entry(await self.fs.mknod(parent_inode, _name(name), mode, rdev, _caller(ctx)))
 
     # -- files -------------------------------------------------------------------------------
 
@@ -246,7 +254,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FSError(errno.EPERM, "only regular files can be created", logging.INFO)
-        fh, attr, direct_io = await self.fs.create(parent_inode, _name(name), flags, _caller(ctx))
+        fh, attr, direct_io = await self.fs.create(parent_inode, _name(name), flags, _caller(ctx), mode=mode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct_io), self._entry(attr)
 
     @_boundary("fh")

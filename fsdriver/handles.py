@@ -48,6 +48,7 @@ class Handle:
 
     writable = False
     staged = None  # the StagedFile a writing handle writes
+    caller = None  # who opened it (access.Caller; None: the mount owner)
 
     def __init__(self, node: Node):
         self.node = node

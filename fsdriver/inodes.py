@@ -59,6 +59,15 @@ class Node:
     changed: int = 0
     pins: int = 0  # directory handles whose snapshot lists this node (not yet sent to the kernel)
     mtime_wanted: Optional[float] = None  # utimens on a file being written: applied after upload
+    # POSIX attributes of a file or directory inside a namespace (fsdriver.posixattrs.Meta), None
+    # where the object carries none (defaults apply); ``meta_known``: read from an answer that
+    # carries metadata (a HEAD, a disk listing, the directory index) or set here
+    meta: object = None
+    meta_known: bool = False
+    nlink: int = 1  # hard links (disk backend); 0 once unlinked
+    target: Optional[bytes] = None  # symbolic links: the target, once read or written
+    index: object = None  # directories on S3: their index as last read (fsdriver.dirindex.Index)
+    attrs_pending: bool = False  # directories: times changed here, not stored yet (kept until then)
 
     @property
     def depth(self) -> int:
@@ -103,6 +112,10 @@ class InodeTable:
         root.lookups = 1  # never forgotten
         self.by_ino: dict[int, Node] = {ROOT_INO: root}
         self.by_path: dict[tuple, Node] = {(): root}
+        # The inode number a path had when its node was dropped (the kernel forgot it): reused for
+        # the same path and kind while the object exists, so st_ino of a path is stable (tar,
+        # rsync and find compare it).  Removing or renaming the object forgets it.
+        self._numbers: dict[tuple, tuple[int, bool]] = {}
         # A counter of this mount's changes.  A backend answer carries the value read when its
         # request started; it describes a node only if no change of ours came after that.
         self.seq = 0
@@ -133,7 +146,10 @@ class InodeTable:
             return node
         if node is not None:
             self._detach(node)
-        node = Node(next(self._next), path, is_dir)
+        number = self._numbers.pop(path, None)
+        ino = number[0] if number is not None and number[1] == is_dir and number[0] not in self.by_ino \
+            else next(self._next)
+        node = Node(ino, path, is_dir)
         self.by_ino[node.ino] = node
         self.by_path[path] = node
         return node
@@ -146,11 +162,22 @@ class InodeTable:
 
     def remove(self, node: Node) -> None:
         node.unlinked = True
+        node.nlink = 0
+        self._forget_numbers(node.path, node.is_dir)
         self._detach(node)
+
+    def _forget_numbers(self, path: tuple, tree: bool) -> None:
+        self._numbers.pop(path, None)
+        if tree and self._numbers:
+            n = len(path)
+            for p in [p for p in self._numbers if p[:n] == path]:
+                del self._numbers[p]
 
     def move(self, node: Node, new_path: tuple) -> None:
         """Rename ``node`` (and, for a directory, every known node below it) to ``new_path``."""
         old = node.path
+        self._forget_numbers(old, node.is_dir)
+        self._forget_numbers(new_path, node.is_dir)
         moved = [n for p, n in self.by_path.items() if p[: len(old)] == old]
         for n in moved:
             if self.by_path.get(n.path) is n:
@@ -174,11 +201,16 @@ class InodeTable:
         """Drop a node nobody refers to any more (not the kernel, a handle, a listing snapshot or
         local content)."""
         if (node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.pins > 0
-                or node.staged is not None):
+                or node.staged is not None or node.attrs_pending):
             return
         self.by_ino.pop(node.ino, None)
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
+            if not node.unlinked:
+                if len(self._numbers) >= 200_000:  # bounded: the oldest half goes
+                    for p in list(self._numbers)[:100_000]:
+                        del self._numbers[p]
+                self._numbers[node.path] = (node.ino, node.is_dir)
 
     def children(self, parent: Node) -> list[Node]:
         n = len(parent.path) + 1

@@ -107,6 +107,41 @@ def _backend(text) -> str:
     return url
 
 
+MAX_ID = (1 << 32) - 2  # uid_t is 32 bits and (uid_t)-1 means "no change" to chown(2)
+
+
+def _id(text) -> int:
+    """A numeric uid or gid: ``1000`` (an int from a config file is taken as is)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    elif isinstance(text, str) and re.fullmatch(r"\s*[0-9]+\s*", text):
+        value = int(text)
+    else:
+        raise ValueError("not a numeric id (a non-negative integer)")
+    if not 0 <= value <= MAX_ID:
+        raise ValueError(f"out of range (0 to {MAX_ID})")
+    return value
+
+
+def _mode(text) -> int:
+    """Permission bits in octal: ``644``, ``0644`` or ``0o644`` -> 0o644 (at most 0o7777).  A number in
+    a config file is refused: TOML reads ``644`` as decimal, so only a string says octal."""
+    if not isinstance(text, str):
+        raise ValueError('not an octal string (write it quoted: "0644")')
+    m = re.fullmatch(r"\s*(?:0o)?([0-7]{1,5})\s*", text.lower())
+    if not m:
+        raise ValueError("not an octal mode (examples: 644, 0755)")
+    value = int(m.group(1), 8)
+    if value > 0o7777:
+        raise ValueError("more than the permission bits (at most 7777)")
+    return value
+
+
+def format_mode(mode: int) -> str:
+    """``0644``: what `_mode` reads back."""
+    return f"{mode:04o}"
+
+
 def _endpoint(text) -> str:
     parsed = urlparse(str(text))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -127,6 +162,7 @@ class Opt:
     fstab: str | None = None
     shown_default: str | None = None  # for --help, when the default is not a plain value
     size: bool = False  # bytes: shown and passed on as 512M, not 536870912
+    octal: bool = False  # permission bits: shown and passed on as 0644, not 420
 
 
 def _field(default, opt: Opt):
@@ -159,6 +195,20 @@ class MountConfig:
     allow_other: bool = _field(False, Opt(_bool, "let other users use the mount", flag=True))
     org_group: str = _field("", Opt(_text, "share pipelines and key/value stores with this group", "GROUP",
                                     env="STASHFS_ORG_GROUP", shown_default="[secrets] org_group"))
+    # Objects that carry no attributes of their own (written by boto3, the Python API, other tools)
+    # are shown with these; not set: the namespace's owner and modes (fsdriver.access).
+    uid: int | None = _field(None, Opt(
+        _id, "owner shown for objects that carry no attributes of their own (written by other tools)",
+        "UID", shown_default="the namespace owner"))
+    gid: int | None = _field(None, Opt(
+        _id, "group shown for objects that carry no attributes of their own (written by other tools)",
+        "GID", shown_default="the namespace's group"))
+    file_mode: int | None = _field(None, Opt(
+        _mode, "mode (octal) shown for files that carry no attributes of their own (written by other tools)",
+        "MODE", shown_default="the namespace's: 0600, 0660 or 0666", octal=True))
+    dir_mode: int | None = _field(None, Opt(
+        _mode, "mode (octal) shown for directories that carry no attributes of their own (written by other "
+               "tools)", "MODE", shown_default="the namespace's: 0700, 0770 or 0777", octal=True))
     log_file: str | None = _field(None, Opt(
         _text, "the daemon's log, created 0600", "FILE",
         shown_default="none in the background, stderr with --foreground"))
@@ -228,7 +278,7 @@ class MountConfig:
                 continue
             out.append(option_name(f.name))
             if not opt.flag:
-                out.append(format_size(value) if opt.size else str(value))
+                out.append(format_size(value) if opt.size else format_mode(value) if opt.octal else str(value))
         return out
 
 
@@ -261,6 +311,8 @@ def default_text(name: str) -> str:
         return "off"
     if opt.size:
         return format_size(value)
+    if opt.octal:
+        return format_mode(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

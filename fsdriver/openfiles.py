@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Optional
 
 
+from . import posixattrs
 from .backend import ObjectInfo
 from .backend.disk import etag_of
 from .errno_boundary import FSError
@@ -70,6 +71,8 @@ class OpenFiles:
             handle = WriteHandle(node, await self.writable_staged(node, truncate), append, truncate)
             if truncate:
                 node.mtime = time.time()
+                if node.meta is not None:
+                    node.meta = node.meta.touched(node.mtime, data=True)
         else:
             handle = ReadHandle(node, await self.reader(node) if node.staged is None else None)
         keep_cache = node.staged is None and node.etag is not None and node.cache_etag == node.etag
@@ -132,7 +135,13 @@ class OpenFiles:
         finally:
             self.fs.budget.release(len(data))
         handle.written = True
-        handle.node.mtime = time.time()
+        node = handle.node
+        node.mtime = time.time()
+        if node.meta is not None:
+            node.meta = node.meta.touched(node.mtime, data=True)
+            kept = posixattrs.mode_after_write(node.meta.mode, node.meta.gid, handle.caller)
+            if kept != node.meta.mode:  # a write by another user: no setuid/setgid any more
+                node.meta = node.meta.with_(mode=kept)
         return n
 
     async def flush(self, fh: int) -> None:
@@ -178,6 +187,11 @@ class OpenFiles:
         for the node and for its parent's cached listing (which later lookups and readdirs reuse)."""
         self.fs.inodes.changed(node)
         node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
+        node.meta_known, node.nlink = True, info.nlink  # the upload stored the attributes this mount holds
+        if info.nlink > 1:  # hard links (disk): the other names share the new content
+            for other in self.fs.inodes.by_ino.values():
+                if other is not node and other.nlink > 1 and not other.is_dir:
+                    other.attr_time = 0
         parent = self.fs.inodes.at(node.path[:-1])
         if parent is not None and not node.unlinked:
             self.fs.names.listed(parent, node.path[-1], (False, info))

@@ -10,8 +10,10 @@ object (not atomic); a copy may give an object a new etag (multipart), which the
 Renames inside a store turn scratch files into records and back (`Records.rename_in_store`).
 """
 
+import time
 from contextlib import AsyncExitStack
 
+from . import posixattrs
 from .inodes import Node
 
 
@@ -46,6 +48,10 @@ class Renames:
                 await self.fs.uploader.supersede("/".join(new_path))  # no older leftover lands after the copy
                 if node.is_dir:
                     moved = await self.fs.backend.rename(node.prefix, "/".join(new_path) + "/")
+                elif node.meta is not None and self.fs.has_posix(node):
+                    node.meta = node.meta.touched()  # a rename changes the file's ctime: kept with it
+                    moved = await self.fs.backend.rename(node.key, "/".join(new_path),
+                                                         meta=posixattrs.to_headers(node.meta))
                 else:
                     moved = await self.fs.backend.rename(node.key, "/".join(new_path))
             if target is not None:
@@ -62,6 +68,9 @@ class Renames:
                 info = (moved or {}).get(n.key)
                 if info is not None:  # a copy may give the object a new etag (S3 multipart)
                     n.size, n.mtime, n.etag, n.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
+        if node.is_dir and node.meta is not None and self.fs.has_posix(node):
+            now = time.time()
+            self.fs.attributes.store_later(node, lambda m: m.touched(now))  # its ctime, as of now
         self.fs.names.listed(old_parent, old_name, None)
         self.fs.names.listed(new_parent, new_name, (node.is_dir, self.fs.names.known_info(node)))
         new_parent.listing = None if node.is_dir else new_parent.listing

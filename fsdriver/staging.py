@@ -51,6 +51,7 @@ class Pending:
     path: Path
     journal: Path
     conditions: dict
+    meta: Optional[dict] = None  # the user metadata (POSIX attributes) stored with it
 
 
 class Cache:
@@ -100,7 +101,8 @@ class Cache:
         On a full disk the reserve is given up for it; OSError when even that is not enough.
         """
         entry = self.pending_dir / (staged.path.name + ".json")
-        meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions}).encode()
+        meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions,
+                           "meta": staged.meta}).encode()
         try:
             tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
         except OSError as e:
@@ -129,7 +131,7 @@ class Cache:
             try:
                 meta = json.loads(entry.read_text())
                 out.append(Pending(meta["key"], self.staged_dir / meta["staged"], entry,
-                                   meta.get("conditions", {})))
+                                   meta.get("conditions", {}), meta.get("meta")))
             except (ValueError, KeyError, OSError) as e:
                 log.error("pending upload %s is unreadable (%s); left in place", entry, e)
         return out
@@ -186,6 +188,8 @@ class StagedFile:
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
         self.conditions: dict = conditions or {}
+        # The user metadata (POSIX attributes) its upload stores: set when an upload starts
+        self.meta: Optional[dict] = None
         self.lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)

@@ -44,6 +44,7 @@ class Uploader:
         self.on_settled = lambda node, staged: None
         # Called when an upload landed, with what the backend now holds: the core records it.
         self.on_uploaded = lambda node, info: None
+        self.meta_for = lambda node: None  # the user metadata an upload of a node stores
         # The daemon's memory budget: checking a record reserves its memory there (set by the core).
         self.budget: Optional[MemoryBudget] = None
 
@@ -86,6 +87,7 @@ class Uploader:
         if node.is_record:
             await self._prepare_record(node, staged)
         key = node.key
+        staged.meta = self.meta_for(node)  # the attributes as they are now travel with the content
         try:
             await trio.to_thread.run_sync(self.cache.journal, staged, key, limiter=self.cache.io_limiter)
             staged.journal_error = None
@@ -96,7 +98,7 @@ class Uploader:
         await self.supersede(key)  # older leftovers of this key must not land after this upload
         staged.begin_upload()
         try:
-            info = await self.backend.put_file(key, staged.path, **staged.conditions)
+            info = await self.backend.put_file(key, staged.path, meta=staged.meta, **staged.conditions)
         except PreconditionFailed as e:
             self._reject(node, staged, FSError(
                 errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
@@ -266,7 +268,7 @@ class Uploader:
             self._orphans_busy[p.key] = done = trio.Event()
             try:
                 progress(f"uploading {p.key} left pending by a previous run")
-                await self.backend.put_file(p.key, p.path, **p.conditions)
+                await self.backend.put_file(p.key, p.path, meta=p.meta, **p.conditions)
             except PreconditionFailed:
                 log.error("pending upload of %s from a previous run lost a conditional write "
                           "(the record changed meanwhile); dropped", p.key)

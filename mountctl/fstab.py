@@ -10,8 +10,10 @@ install`` links it into /usr/local/bin.
 
 SOURCE is the backend URL, or ``stashfs`` for the configured one ([mount] backend).  The options
 are `fsdriver.mountconfig`'s, by their names (``memory_limit=1G``, ``allow_other``, ``ro``,
-``create``); options not given fall back to the [mount] section like ``mountctl mount``.  Returns
-once the mount is ready; an error is one line on stderr and exit status 1 (2 for a bad option).
+``create``; ``uid=``, ``gid=`` as in s3fs, ``file_mode=``, ``dir_mode=`` as mountpoint-s3's
+``--file-mode``, ``--dir-mode``: the owner and mode shown for objects written by other tools);
+options not given fall back to the [mount] section like ``mountctl mount``.  Returns once the
+mount is ready; an error is one line on stderr and exit status 1 (2 for a bad option).
 """
 
 import argparse

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the Debian packages stashfs needs, only those that are missing.
 # pyfuse3 has no wheel: it builds against libfuse3 (headers via pkg-config) and Python's headers.
+# rsync and git: the real-tools tests run them through the mount (tests/test_mount_tools.py).
 set -eu
-PKGS="${STASHFS_DEB_PACKAGES:-fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev}"  # override: tests
+PKGS="${STASHFS_DEB_PACKAGES:-fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync git}"  # override: tests
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

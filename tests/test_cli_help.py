@@ -25,6 +25,20 @@ def test_every_option_has_help():
     assert missing == []
 
 
+def test_mount_help_lists_the_owner_and_mode_options():
+    p = subprocess.run([sys.executable, "-m", "mountctl", "mount", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())  # as wrapped for any terminal width
+    for option, metavar, what, default in [
+            ("--uid", "UID", "owner shown for objects", "the namespace owner"),
+            ("--gid", "GID", "group shown for objects", "the namespace's group"),
+            ("--file-mode", "MODE", "mode (octal) shown for files", "the namespace's: 0600, 0660 or 0666"),
+            ("--dir-mode", "MODE", "mode (octal) shown for directories", "the namespace's: 0700, 0770 or 0777")]:
+        assert (f"{option} {metavar} {what} that carry no attributes of their own (written by other tools) "
+                f"(default: {default})") in text, option
+
+
 def test_version():
     p = subprocess.run([sys.executable, "-m", "mountctl", "--version"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == f"mountctl (stashfs) {__version__}"

@@ -58,6 +58,12 @@ def clean_env(tmp_path: Path, **extra) -> dict:
     (["--backend", "s3://"], ["--backend 's3://'", "no bucket"]),
     (["--backend", "ftp://host/x"], ["--backend 'ftp://host/x'", "unknown scheme"]),
     (["--endpoint-url", "localhost:9000"], ["--endpoint-url 'localhost:9000'"]),
+    (["--uid", "-1"], ["--uid '-1'", "non-negative"]),
+    (["--gid", "staff"], ["--gid 'staff'", "numeric"]),
+    (["--uid", "4294967295"], ["--uid '4294967295'", "out of range"]),
+    (["--file-mode", "0o8"], ["--file-mode '0o8'", "octal"]),
+    (["--dir-mode", "17777"], ["--dir-mode '17777'", "at most 7777"]),
+    (["--file-mode", "rw-r--r--"], ["--file-mode 'rw-r--r--'", "octal"]),
 ])
 def test_mount_usage_errors_exit_2_before_any_daemon(tmp_path, args, words):
     (tmp_path / "mp").mkdir()
@@ -292,3 +298,105 @@ def test_exec_without_mounting_ignores_options_only_mounting_uses(tmp_path):
     (conf / "config.toml").write_text('[mount]\nmemory_limit = "1X"\n')
     p = mountctl("exec", "--", "true", env=clean_env(tmp_path, HOME=str(tmp_path)), check=False, timeout=TIMEOUT)
     assert p.returncode == 0, p.stderr
+
+
+# -- owner and mode shown for objects without attributes of their own (issue 11)
+
+
+@pytest.mark.parametrize("text,mode", [("644", 0o644), ("0644", 0o644), ("0o644", 0o644), ("0O755", 0o755),
+                                       ("7777", 0o7777), ("0", 0), (" 0750 ", 0o750)])
+def test_modes_are_octal_in_every_spelling(text, mode):
+    from fsdriver.mountconfig import MountConfig
+
+    assert MountConfig.load({"file_mode": text, "dir_mode": text}).file_mode == mode
+    assert MountConfig.load({"dir_mode": text}).dir_mode == mode
+
+
+def test_owner_and_mode_options_reach_the_daemon_unchanged(tmp_path, monkeypatch):
+    """Given on mountctl's command line or in [mount], the values arrive in the daemon's own parse
+    of the command line mountctl starts it with (modes passed on in octal, not as 420)."""
+    from fsdriver.daemon import build_parser
+    from fsdriver.mountconfig import MountConfig, given
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    cfg = MountConfig.load({"uid": "1000", "gid": "0", "file_mode": "0644", "dir_mode": "0o2775"})
+    assert (cfg.uid, cfg.gid, cfg.file_mode, cfg.dir_mode) == (1000, 0, 0o644, 0o2775)
+    argv = cfg.argv()
+    assert argv[argv.index("--file-mode") + 1] == "0644" and argv[argv.index("--dir-mode") + 1] == "2775"
+    assert argv[argv.index("--gid") + 1] == "0"  # root's group is a value, not "not set"
+    assert MountConfig.load(given(build_parser().parse_args(argv))) == cfg
+    unset = MountConfig.load()
+    assert (unset.uid, unset.gid, unset.file_mode, unset.dir_mode) == (None, None, None, None)
+    assert not {"--uid", "--gid", "--file-mode", "--dir-mode"} & set(unset.argv())
+
+    conf = tmp_path / "no-config" / "stashfs"
+    conf.mkdir(parents=True)
+    (conf / "config.toml").write_text('[mount]\nuid = 1001\ngid = "100"\nfile_mode = "640"\ndir_mode = "0750"\n')
+    cfg = MountConfig.load()
+    assert (cfg.uid, cfg.gid, cfg.file_mode, cfg.dir_mode) == (1001, 100, 0o640, 0o750)
+    cfg = MountConfig.load({"uid": "7"})  # the command line over the config file
+    assert (cfg.uid, cfg.gid) == (7, 100)
+
+
+def test_a_mode_written_as_a_toml_number_is_refused(tmp_path):
+    """``file_mode = 644`` in TOML is the decimal 644 (0o1204): only a string can say octal."""
+    conf = tmp_path / "config" / "stashfs"
+    conf.mkdir(parents=True)
+    (conf / "config.toml").write_text("[mount]\nfile_mode = 644\n")
+    (tmp_path / "mp").mkdir()
+    p = mountctl("mount", str(tmp_path / "mp"), env=clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config")),
+                 check=False, timeout=TIMEOUT)
+    one_line(p, 2, "[mount] file_mode in the config file 644", 'quoted: "0644"')
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.parametrize("option,words", [("uid=-5", ["uid= '-5'", "non-negative"]),
+                                          ("gid=wheel", ["gid= 'wheel'", "numeric"]),
+                                          ("file_mode=0999", ["file_mode= '0999'", "octal"]),
+                                          ("dir_mode=u+rwx", ["dir_mode= 'u+rwx'", "octal"]),
+                                          ("dir_mode", ["mount option dir_mode needs a value"])])
+def test_the_fstab_helper_refuses_bad_owner_and_mode_options(tmp_path, option, words):
+    (tmp_path / "mp").mkdir()
+    p = subprocess.run([sys.executable, "-m", "mountctl.fstab", str(tmp_path), str(tmp_path / "mp"),
+                        "-o", f"rw,allow_other,{option}"], env=clean_env(tmp_path), capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    one_line(p, 2, *words, prog="stashfs")
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--uid", "1234", "--gid", "0", "--file-mode", "640", "--dir-mode", "0o2750"], (1234, 0, 0o640, 0o2750)),
+    ([], (None, None, None, None)),
+])
+def test_the_daemon_hands_the_owner_and_mode_options_to_the_core(tmp_path, monkeypatch, args, expected):
+    """What the daemon parses reaches the core's `Options` (None: not set, the namespace's own)."""
+    import logging
+
+    from fsdriver import daemon
+
+    class Built(Exception):
+        pass
+
+    def filesystem(backend, cache, options):
+        backend.close()
+        cache.close()
+        raise Built(options)
+
+    monkeypatch.setattr(daemon, "Filesystem", filesystem)
+    monkeypatch.setattr(daemon, "raise_descriptor_limit", lambda: None)
+    monkeypatch.setattr(daemon.allocator, "configure", lambda: None)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    root, ours = logging.getLogger(), logging.getLogger("stashfs")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    try:
+        with pytest.raises(Built) as built:
+            daemon.main([str(tmp_path / "mp"), "--backend", str(tmp_path / "be"), "--create",
+                         "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "log"), *args])
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
+    options = built.value.args[0]
+    assert (options.default_uid, options.default_gid, options.file_mode, options.dir_mode) == expected

@@ -45,12 +45,12 @@ class GatedDisk(DiskBackend):
         self._pass("put_file")
         return super().put_file(key, path, **kw)
 
-    def rename(self, src, dst):
+    def rename(self, src, dst, meta=None):
         self._pass("rename")
         # what S3 does: copy, then delete
         if src.endswith("/"):
             return super().rename(src, dst)
-        self.copy(src, dst)
+        self.copy(src, dst, meta=meta)
         self.delete(src)
 
     def head(self, key):

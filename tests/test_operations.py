@@ -277,6 +277,9 @@ def test_fstab_helper_options(tmp_path):
                           "ro,org_group=staff,cache_dir=/var/cache/stashfs,memory_limit=1G"]) == {
         "allow_other": True, "read_only": True, "org_group": "staff", "cache_dir": "/var/cache/stashfs",
         "memory_limit": "1G"}
+    # s3fs's and mountpoint-s3's spellings: the owner and mode shown for objects of other tools
+    assert parse_options(["rw,nofail,uid=1000,gid=100", "file_mode=0644,dir_mode=0o755"]) == {
+        "uid": "1000", "gid": "100", "file_mode": "0644", "dir_mode": "0o755"}
     mp = tmp_path / "mnt"
     mp.mkdir()
     for opts, message in [("allow_other,default_permissions", "unknown mount option 'default_permissions'"),

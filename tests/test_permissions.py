@@ -31,6 +31,8 @@ from fsdriver.staging import Cache
 from .conftest import backend_env
 from .mounting import force_unmount, make_mount, require_fuse
 
+UMASK = os.umask(0o022)  # what the probes inherit: new files are 0o666 & ~UMASK
+os.umask(UMASK)
 SYSTEM_PYTHON = "/usr/bin/python3"  # the test interpreter may live where other users cannot go
 
 PROBE = r"""
@@ -180,8 +182,9 @@ def test_user_tree_is_private(shared, users):
     assert users.run("a", ("mkdir", home), ("write", home / "f", "mine"), ("mkdir", home / "d"),
                      ("write", home / "d" / "g", "deep")) == [0, 0, 0, 0]
     st = users.run("a", ("stat", home), ("stat", home / "f"), ("stat", home / "d"))
-    assert st == [[users.uid("a"), users.gid("a"), 0o700], [users.uid("a"), users.gid("a"), 0o600],
-                  [users.uid("a"), users.gid("a"), 0o700]]
+    # the tree has its namespace's mode; what a creates inside is a's, with a's umask (POSIX)
+    assert st == [[users.uid("a"), users.gid("a"), 0o700], [users.uid("a"), users.gid("a"), 0o666 & ~UMASK],
+                  [users.uid("a"), users.gid("a"), 0o777 & ~UMASK]]
     # b (and c, whatever its groups) can do nothing inside, whatever the files' own modes say
     for k in "bc":
         assert users.run(
@@ -193,8 +196,10 @@ def test_user_tree_is_private(shared, users):
     # nobody creates another user's tree; everyone may create their own
     assert users.run("b", ("mkdir", shared.path / "user" / c)) == [errno.EACCES]
     assert users.run("c", ("mkdir", shared.path / "user" / c)) == [0]
-    # modes follow the tree: chmod is refused, the data is unchanged
-    assert users.run("a", ("chmod", home / "f", 0o644)) == [errno.EPERM]
+    # inside the tree a file's owner sets its mode; the namespace's own mode stays as it is
+    assert users.run("a", ("chmod", home / "f", 0o640), ("stat", home / "f")) == [
+        0, [users.uid("a"), users.gid("a"), 0o640]]
+    assert users.run("a", ("chmod", home, 0o755)) == [errno.EPERM]
     assert shared.backend.get_range(f"user/{a}/f", 0) == b"mine"
     assert shared.backend.get_range(f"user/{a}/d/g", 0) == b"deep"
     # root manages every tree
@@ -208,8 +213,10 @@ def test_pipeline_owner_group_and_others(shared, users):
     p = shared.path / "pipeline" / "p1"
     assert users.run("a", ("mkdir", p), ("write", p / "out.csv", "a,b"), ("mkdir", p / "stage")) == [0, 0, 0]
     org = users.org_gid()
+    # the pipeline has its namespace's owner and mode; what a creates in it is a's (POSIX)
     assert users.run("a", ("stat", p), ("stat", p / "out.csv"), ("stat", p / "stage")) == [
-        [users.uid("a"), org, 0o770], [users.uid("a"), org, 0o660], [users.uid("a"), org, 0o770]]
+        [users.uid("a"), org, 0o770], [users.uid("a"), users.gid("a"), 0o666 & ~UMASK],
+        [users.uid("a"), users.gid("a"), 0o777 & ~UMASK]]
     record = owners.get(shared.backend, "p1")
     assert record.owner == users.names["a"] and record.uid == users.uid("a")
     # b is neither the owner nor in the group
@@ -221,9 +228,12 @@ def test_pipeline_owner_group_and_others(shared, users):
     assert users.run("b", ("mkdir", pb), ("write", pb / "mine", "b"), ("rename", pb / "mine", p / "mine")) == [
         0, 0, errno.EACCES]
     assert users.run("a", ("rename", p / "out.csv", pb / "out.csv")) == [errno.EACCES]
-    # c is in the organisation group: reads, writes and deletes like the owner
+    # c is in the organisation group: enters the pipeline (0770) and works by the files' own modes
     assert users.run("c", ("list", p), ("read", p / "out.csv"), ("write", p / "c.txt", "from c"),
-                     ("unlink", p / "c.txt"), ("write", p / "stage" / "x", "1")) == [0, 0, 0, 0, 0]
+                     ("unlink", p / "c.txt")) == [0, 0, 0, 0]
+    assert users.run("c", ("write", p / "stage" / "x", "1")) == [errno.EACCES]  # a's 0755 directory
+    assert users.run("a", ("chmod", p / "stage", 0o777)) == [0]  # a lets others write there
+    assert users.run("c", ("write", p / "stage" / "x", "1")) == [0]
     assert shared.backend.get_range("pipeline/p1/stage/x", 0) == b"1"
     # the owner of an existing pipeline stays the owner
     assert owners.get(shared.backend, "p1").owner == users.names["a"]
@@ -370,9 +380,13 @@ def test_daemon_checks_callers_itself(tmp_path, users):
             assert e.value.errno == errno.EACCES
             await fs.opendir(kv.ino, c)
             with pytest.raises(FSError) as e:
-                await fs.setattr(f.ino, mode=stat.S_IFREG | 0o644, caller=a)
+                await fs.setattr(f.ino, mode=stat.S_IFREG | 0o644, caller=b)  # outside the gate
+            assert e.value.errno == errno.EACCES
+            with pytest.raises(FSError) as e:  # the namespace's own mode follows the namespace
+                await fs.setattr(home.ino, mode=stat.S_IFDIR | 0o755, caller=a)
             assert e.value.errno == errno.EPERM
-            await fs.setattr(f.ino, mode=stat.S_IFREG | 0o600, caller=a)  # unchanged: accepted
+            await fs.setattr(f.ino, mode=stat.S_IFREG | 0o640, caller=a)  # the owner's file: POSIX
+            assert stat.S_IMODE((await fs.getattr(f.ino, a)).mode) == 0o640
             assert (await fs.getattr(f.ino, Caller(0, 0))).size == 6  # root manages everything
             nursery.cancel_scope.cancel()
 

@@ -37,3 +37,19 @@ def test_apt_waits_for_the_dpkg_lock(tmp_path):
 def test_nothing_runs_when_nothing_is_missing(tmp_path):
     p, calls = run(tmp_path, "dpkg")  # always installed on Debian
     assert p.returncode == 0 and calls == [] and p.stdout == ""
+
+
+def test_default_packages_include_the_tools_the_real_tools_tests_run(tmp_path):
+    """tests/test_mount_tools.py runs rsync and git through the mount: `make test` installs them.
+    dpkg-query is replaced as well (it reports nothing installed), so the whole default list shows."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name, body in (("apt-get", f'echo "$*" >> {calls}'), ("dpkg-query", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "STASHFS_DEB_PACKAGES"}
+    p = subprocess.run(["sh", str(SCRIPT)], capture_output=True, text=True, timeout=60,
+                       env=dict(env, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert p.returncode == 0, p.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 and {"rsync", "git"} <= set(lines[1].split()), lines

@@ -118,12 +118,19 @@ class AsyncBackend:
     async def head(self, key: str) -> ObjectInfo:
         return await self.run(self.sync.head, key)
 
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        data, info = await self.run(self.sync.get_object, key)
+        if self.stats is not None:
+            self.stats.bytes_down += len(data)
+        return data, info
+
     async def get_range(self, key: str, start: int, end: int | None = None, **cond) -> bytes:
         data = await self.run(self.sync.get_range, key, start, end, **cond)
         if self.stats is not None:
             self.stats.bytes_down += len(data)
         return data
 
+    # put_bytes/put_file pass ``if_match``, ``if_none_match`` and ``meta`` through ``cond``.
     async def put_bytes(self, key: str, data: bytes, **cond) -> ObjectInfo:
         return await self.run(self.sync.put_bytes, key, data, **cond)
 
@@ -132,6 +139,22 @@ class AsyncBackend:
         if self.stats is not None:
             self.stats.bytes_up += info.size
         return info
+
+    async def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
+        """A change: never abandoned (see the module docstring)."""
+        return await self.run(self.sync.set_meta, key, meta, if_match=if_match, if_meta=if_meta)
+
+    async def link(self, src: str, dst: str) -> ObjectInfo:
+        """A change: never abandoned."""
+        return await self.run(self.sync.link, src, dst)
+
+    @property
+    def lists_meta(self) -> bool:
+        return self.sync.lists_meta
+
+    @property
+    def hard_links(self) -> bool:
+        return self.sync.hard_links
 
     async def list(self, prefix: str = "", delimiter: str | None = None) -> list[ListEntry]:
         """The whole listing, collected in one worker thread (pages fetched there)."""
@@ -147,8 +170,8 @@ class AsyncBackend:
     async def delete_prefix(self, prefix: str) -> int:
         return await self.run(self.sync.delete_prefix, prefix)
 
-    async def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
-        return await self.run(self.sync.rename, src, dst)
+    async def rename(self, src: str, dst: str, **kw) -> dict[str, ObjectInfo]:
+        return await self.run(self.sync.rename, src, dst, **kw)
 
     async def first(self, prefix: str):
         """The first entry under ``prefix`` or None: is there anything below it?"""

@@ -4,41 +4,96 @@ Keys are "/"-separated strings relative to the backend's root.  A key ending in 
 marker (a zero-byte object on S3, a real directory on disk).  All methods block; async code goes
 through `fsdriver.backend.aio.AsyncBackend`, which runs them in worker threads.
 
+Every object (and directory marker) carries *user metadata*: a flat ``dict[str, str]`` stored with
+it atomically (S3 user metadata, an xattr on disk), replaced as a whole by every put and by
+`Backend.set_meta`, kept by copy and rename.  `check_meta` states what a valid one is.
+
 Errors are always one of `fsdriver.errors` (NotFound, PreconditionFailed, PermissionDenied,
 Unavailable, InvalidRequest) — never OSError or botocore exceptions.
 """
 
 import abc
 import os
+import re
 
-from ..errors import NotFound
-from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Union
+from ..errors import InvalidRequest, NotFound, PermissionDenied
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable, Iterator, Mapping, Union
 
 # Multipart/parallel transfer defaults, shared by the backends and the mount.
 PART_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 
+# User metadata limits.  S3 allows 2 KiB of user metadata per object, counted as the UTF-8 bytes of
+# every name and value; 64 of them stay free for the S3 backend's own put token ("stashfs-put").
+# The count of names is bounded so that the disk backend's JSON xattr stays well under a block.
+MAX_META_BYTES = 2048 - 64
+MAX_META_NAMES = 64
+RESERVED_META = frozenset({"stashfs-put"})  # the S3 backend's own
+_META_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_META_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?)?\Z")
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What a listing or a HEAD tells about one object."""
+    """What a listing or a HEAD tells about one object.
+
+    ``meta``: the object's user metadata ({} when it has none), or None when this answer does not
+    carry it (S3 listings).  ``nlink``: how many keys name this object (hard links, disk only; a
+    directory marker is 1).  Neither takes part in equality: two answers about the same version of
+    an object compare equal whether or not they carry its metadata.
+    """
 
     key: str
     size: int
     mtime: float  # seconds since the epoch
-    etag: str  # changes whenever the content changes; opaque
+    etag: str  # changes whenever the content changes (not with the metadata); opaque
+    meta: "dict[str, str] | None" = field(default=None, compare=False)
+    nlink: int = field(default=1, compare=False)
 
 
 @dataclass(frozen=True)
 class CommonPrefix:
-    """A "directory" in a delimited listing: every key below starts with ``key`` (ends in "/")."""
+    """A "directory" in a delimited listing: every key below starts with ``key`` (ends in "/").
+
+    ``meta``: the user metadata of the directory's marker ``key`` ({} without one), or None when
+    the listing does not carry it (S3).
+    """
 
     key: str
+    meta: "dict[str, str] | None" = field(default=None, compare=False)
 
 
 ListEntry = Union[ObjectInfo, CommonPrefix]
 PathLike = Union[str, os.PathLike]
+
+
+def check_meta(key: str, meta: "Mapping[str, str] | None") -> dict[str, str]:
+    """A copy of ``meta`` ({} for None) after checking that every backend can store it;
+    InvalidRequest otherwise.
+
+    Names are lowercase ``[a-z0-9][a-z0-9._-]*`` (S3 lowercases them), not in `RESERVED_META`;
+    values are printable ASCII without leading or trailing blanks (they travel as HTTP headers);
+    at most `MAX_META_NAMES` names and `MAX_META_BYTES` bytes of names and values together.
+    """
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise InvalidRequest(f"{key}: metadata must be a mapping of str to str", key)
+    out: dict[str, str] = {}
+    size = 0
+    for name, value in meta.items():
+        if not isinstance(name, str) or not _META_NAME.match(name) or name in RESERVED_META:
+            raise InvalidRequest(f"{key}: invalid metadata name {name!r}", key)
+        if not isinstance(value, str) or not _META_VALUE.match(value):
+            raise InvalidRequest(f"{key}: invalid value of metadata {name!r} (printable ASCII only)", key)
+        size += len(name) + len(value)
+        out[name] = value
+    if len(out) > MAX_META_NAMES or size > MAX_META_BYTES:
+        raise InvalidRequest(
+            f"{key}: metadata too large ({len(out)} names, {size} bytes; at most "
+            f"{MAX_META_NAMES} names and {MAX_META_BYTES} bytes)", key)
+    return out
 
 
 class Backend(abc.ABC):
@@ -47,13 +102,16 @@ class Backend(abc.ABC):
     Where backends differ in what they can do, the difference is a capability here, not a check of
     which backend it is: ``local_path`` (objects are local files the mount reads directly),
     ``keeps_empty_dirs`` (a directory with nothing below it still exists, so the mount needs no
-    marker object), ``keeps_mtime``/``set_mtime`` (an object's modification time can be set) and
-    ``capacity``.
+    marker object), ``keeps_mtime``/``set_mtime`` (an object's modification time can be set),
+    ``lists_meta`` (`list` fills ``meta``), ``hard_links`` (`link` works) and ``capacity``.
     """
 
     url: str
     keeps_empty_dirs = False  # a prefix with no object below it does not exist (S3)
     keeps_mtime = False  # `set_mtime` works (an S3 object keeps the time it was written)
+    lists_meta = False  # `list` fills ``meta`` of every ObjectInfo and CommonPrefix (S3: None)
+    max_key_bytes: "int | None" = None  # the longest key it can store (UTF-8 bytes), if limited
+    hard_links = False  # `link` works (S3: PermissionDenied)
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -61,7 +119,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:
-        """Size, mtime and etag of ``key``; NotFound if it does not exist."""
+        """Size, mtime, etag and user metadata of ``key``; NotFound if it does not exist."""
 
     @abc.abstractmethod
     def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
@@ -70,6 +128,12 @@ class Backend(abc.ABC):
         A range starting at or past EOF gives ``b""`` (the object must still exist).
         ``if_match``: PreconditionFailed unless the object still has this etag.
         """
+
+    def get_object(self, key: str) -> "tuple[bytes, ObjectInfo]":
+        """The whole object with its info (metadata included), in one request where the backend
+        can (S3: one GET); NotFound if it does not exist.  For small objects (directory markers)."""
+        info = self.head(key)
+        return self.get_range(key, 0, None, if_match=info.etag), info
 
     @abc.abstractmethod
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -85,19 +149,39 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def put_bytes(
-        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
+        meta: "Mapping[str, str] | None" = None,
     ) -> ObjectInfo:
-        """Store ``data`` at ``key`` atomically.
+        """Store ``data`` at ``key`` atomically, with the user metadata ``meta`` (None: none),
+        which replaces the old object's.  The answer's ``meta`` is what was stored.
 
         ``if_match``: only if the current etag equals it (else PreconditionFailed, also when the
         object is missing).  ``if_none_match``: only if the key does not exist yet.
+        A key ending in "/" is a directory marker: ``data`` must be empty.
         """
 
     @abc.abstractmethod
     def put_file(
-        self, key: str, path: PathLike, *, if_match: str | None = None, if_none_match: bool = False
+        self, key: str, path: PathLike, *, if_match: str | None = None, if_none_match: bool = False,
+        meta: "Mapping[str, str] | None" = None,
     ) -> ObjectInfo:
         """Store the content of the local file ``path`` at ``key``, same rules as put_bytes."""
+
+    def set_meta(self, key: str, meta: "Mapping[str, str] | None", *, if_match: str | None = None,
+                 if_meta: "Mapping[str, str] | None" = None) -> ObjectInfo:
+        """Replace the user metadata of the object or marker ``key`` without changing its content;
+        returns its new info.  NotFound if it does not exist; PreconditionFailed if ``if_match``
+        is given and is not its etag, or ``if_meta`` is given and is not its metadata now (a
+        metadata change alone may keep the etag).  The etag may change (S3 multipart objects) or not.
+
+        Every backend here implements it; this default (PermissionDenied) is for wrappers."""
+        raise PermissionDenied("setting user metadata is not supported by this backend", key)
+
+    def link(self, src: str, dst: str) -> ObjectInfo:
+        """Make ``dst`` a hard link of object ``src``: one object (content and metadata) under two
+        keys; returns the info of ``dst``.  NotFound if ``src`` is missing, PreconditionFailed if
+        ``dst`` exists.  Only where ``hard_links``; elsewhere PermissionDenied."""
+        raise PermissionDenied("hard links are not supported by this backend", dst)
 
     @abc.abstractmethod
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
@@ -125,11 +209,13 @@ class Backend(abc.ABC):
         """Delete every key starting with ``prefix``; returns how many objects were deleted."""
 
     @abc.abstractmethod
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        """Copy object ``src`` to ``dst`` inside the backend (no download)."""
+    def copy(self, src: str, dst: str, *, meta: "Mapping[str, str] | None" = None) -> ObjectInfo:
+        """Copy object ``src`` to ``dst`` inside the backend (no download), user metadata included
+        (``meta``: the copy's metadata instead, in the same request)."""
 
-    def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
-        """Move object ``src`` to ``dst`` (keys ending in "/": a whole directory).
+    def rename(self, src: str, dst: str, *, meta: "Mapping[str, str] | None" = None) -> dict[str, ObjectInfo]:
+        """Move object ``src`` to ``dst`` (keys ending in "/": a whole directory), metadata included
+        (``meta``, for an object: its metadata after the move instead, e.g. a new ctime).
 
         Returns what the objects at their new keys are now (new key -> ObjectInfo) where that
         changed: a copy can give an object a new etag (S3 does for multipart objects).
@@ -138,7 +224,7 @@ class Backend(abc.ABC):
         better (disk: one rename(2), etags unchanged) override it.
         """
         if not src.endswith("/"):
-            info = self.copy(src, dst)
+            info = self.copy(src, dst, meta=meta)
             self.delete(src)
             return {dst: info}
         entries = [e for e in self.list(src) if isinstance(e, ObjectInfo)]

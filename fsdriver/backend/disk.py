@@ -11,11 +11,18 @@
   Unconditional puts take the same lock so they cannot slip in between a check and its rename.
 - A directory marker (key ending in "/") is a real directory.  A file and a directory cannot share
   a name on disk (S3 allows it): such a put raises InvalidRequest.
+- User metadata is one xattr, ``user.stashfs.meta`` (compact JSON of the dict), on the backing
+  file, or directory for a marker; no xattr means {}.  A put sets it on the temp file before the
+  rename, so content and metadata land together; `set_meta` rewrites it in place (etag unchanged).
+- Hard links (`link`) are hard links of the backing files: two keys, one inode, so content,
+  metadata and etag are shared.  A put to either key renames a new file over it, which detaches
+  that key from the other (it keeps the old object).
 """
 
 import errno
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import stat
@@ -25,14 +32,16 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ..errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed, Unavailable
-from ..fsutil import durable_temp, fsync_dir
-from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
+from ..fsutil import fsync_dir
+from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike, check_meta
 
 INTERNAL = ".stashfs"
 LOCK_STRIPES = 64
+META_XATTR = "user.stashfs.meta"
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 _last_ns = 0
@@ -51,9 +60,68 @@ def etag_of(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
-def _info(key: str, st: os.stat_result) -> ObjectInfo:
-    size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
-    return ObjectInfo(key=key, size=size, mtime=st.st_mtime, etag=etag_of(st))
+def _info(key: str, st: os.stat_result, meta: dict | None = None) -> ObjectInfo:
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return ObjectInfo(key=key, size=0 if is_dir else st.st_size, mtime=st.st_mtime, etag=etag_of(st),
+                      meta=meta, nlink=1 if is_dir else st.st_nlink)
+
+
+def read_meta(target) -> dict[str, str]:
+    """The user metadata of a backing file or directory (a path or an open fd): {} without the
+    xattr, on a filesystem without user xattrs, or if the xattr is not a JSON object of strings."""
+    try:
+        raw = os.getxattr(target, META_XATTR)
+    except OSError as e:
+        if e.errno == errno.ENODATA or e.errno in _NO_XATTRS:
+            return {}
+        raise
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return {}
+    return meta
+
+
+def _linked(path: Path) -> bool:
+    """Whether ``path`` is a file with other hard links (a put must keep them: write in place)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+
+
+def _overwrite(path: Path, tmp: str, meta: Mapping[str, str], key: str) -> os.stat_result:
+    """A put to a hard-linked file: its one inode gets the new content and metadata, so every
+    link sees them (as a write on ext4 would; readers may see it half-written, unlike a rename)."""
+    with open(tmp, "rb") as src, open(path, "r+b") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.truncate()
+        _write_meta(dst.fileno(), meta, key)
+        stamp = _unique_ns()
+        os.utime(dst.fileno(), ns=(stamp, stamp))
+        os.fsync(dst.fileno())
+        return os.fstat(dst.fileno())
+
+
+def _write_meta(target, meta: Mapping[str, str], key: str) -> None:
+    """Set (or, for an empty ``meta``, remove) the metadata xattr of a path or an open fd."""
+    try:
+        if meta:
+            os.setxattr(target, META_XATTR, json.dumps(meta, separators=(",", ":"), sort_keys=True).encode())
+        else:
+            try:
+                os.removexattr(target, META_XATTR)
+            except OSError as e:
+                if e.errno != errno.ENODATA and e.errno not in _NO_XATTRS:
+                    raise
+    except OSError as e:
+        if e.errno in _NO_XATTRS:
+            raise InvalidRequest(f"{key}: the disk backend's filesystem does not support user "
+                                 f"extended attributes ({META_XATTR}): cannot store metadata", key) from None
+        raise
 
 
 @contextmanager
@@ -77,6 +145,8 @@ class DiskBackend(Backend):
     def __init__(self, root: PathLike):
         self.root = Path(root).resolve()
         self.url = f"file://{self.root}"
+        # PATH_MAX (4096, with its NUL) holds the root, a "/", and the key
+        self.max_key_bytes = 4095 - len(os.fsencode(self.root)) - 1
         self._tmp = self.root / INTERNAL / "tmp"
         self._locks = self.root / INTERNAL / "locks"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store is private to its user
@@ -115,8 +185,8 @@ class DiskBackend(Backend):
             return None
         return None if stat.S_ISDIR(st.st_mode) else etag_of(st)
 
-    def _commit(self, key: str, tmp: str, if_match: str | None, if_none_match: bool) -> ObjectInfo:
-        """Rename the fsynced temp file ``tmp`` into place under the key's lock."""
+    def _commit(self, key: str, tmp: str, if_match: str | None, if_none_match: bool, meta: dict) -> ObjectInfo:
+        """Rename the fsynced temp file ``tmp`` (holding ``meta`` already) into place under the key's lock."""
         path = self._path(key)
         os.utime(tmp, ns=(_unique_ns(), _unique_ns()))
         try:
@@ -131,10 +201,13 @@ class DiskBackend(Backend):
                 if path.is_dir():
                     raise InvalidRequest(f"{key}: is a prefix (directory), not an object", key)
                 with _os_errors(key):
-                    os.replace(tmp, path)
-                    st = os.stat(path)
-                    fsync_dir(path.parent)
-                return _info(key, st)
+                    if _linked(path):
+                        st = _overwrite(path, tmp, meta, key)
+                    else:
+                        os.replace(tmp, path)
+                        st = os.stat(path)
+                        fsync_dir(path.parent)
+                return _info(key, st, meta)
         finally:
             try:
                 os.unlink(tmp)
@@ -152,19 +225,47 @@ class DiskBackend(Backend):
     def _new_tmp(self) -> tuple[int, str]:
         return tempfile.mkstemp(dir=self._tmp, prefix="put-")
 
+    def _write_tmp(self, key: str, fill: Callable[[int], None], meta: dict) -> str:
+        """A new temp file holding ``meta`` and what ``fill(fd)`` writes, fsynced; its path."""
+        fd, tmp = self._new_tmp()
+        try:
+            with _os_errors(key):
+                if meta:
+                    _write_meta(fd, meta, key)
+                fill(fd)
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
     # -- protocol ----------------------------------------------------------------------------
 
     def check(self) -> None:
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise PermissionDenied(f"{self.root}: not readable and writable")
+        probe = f"user.stashfs.check.{os.getpid()}.{threading.get_ident()}"  # one per caller: checks run at once
+        try:
+            os.setxattr(self._tmp, probe, b"1")
+            os.removexattr(self._tmp, probe)
+        except OSError as e:
+            if e.errno in _NO_XATTRS:
+                raise InvalidRequest(
+                    f"{self.root}: its filesystem does not support user extended attributes "
+                    f"({e.strerror}); the disk backend keeps file attributes in the xattr {META_XATTR}"
+                ) from None
+            with _os_errors(str(self.root)):
+                raise
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
         with _os_errors(key):
             st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode) != key.endswith("/") or key in ("", "/"):
-            raise NotFound(f"{key}: no such object", key)
-        return _info(key, st)
+            if stat.S_ISDIR(st.st_mode) != key.endswith("/") or key in ("", "/"):
+                raise NotFound(f"{key}: no such object", key)
+            return _info(key, st, read_meta(path))
 
     def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         if start < 0 or (end is not None and end < start):
@@ -208,43 +309,118 @@ class DiskBackend(Backend):
 
         return chunks()
 
-    def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
+    def put_bytes(self, key, data, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
+        meta = check_meta(key, meta)
         if key.endswith("/"):
-            return self._put_marker(key, data, if_none_match)
+            return self._put_marker(key, data, if_none_match, meta)
         self._path(key)  # validate before writing anything
-        with _os_errors(key):
-            tmp = durable_temp(self._tmp, data, prefix="put-")
-        return self._commit(key, tmp, if_match, if_none_match)
 
-    def put_file(self, key, path, *, if_match=None, if_none_match=False) -> ObjectInfo:
+        def fill(fd):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+        return self._commit(key, self._write_tmp(key, fill, meta), if_match, if_none_match, meta)
+
+    def put_file(self, key, path, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
+        meta = check_meta(key, meta)
         if key.endswith("/"):
-            return self._put_marker(key, b"")
+            return self._put_marker(key, b"", if_none_match, meta)
         self._path(key)
         with open(path, "rb") as src:  # a problem with the local file is the caller's OSError
-            fd, tmp = self._new_tmp()
-            try:
-                with _os_errors(key), open(fd, "wb", closefd=True) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        return self._commit(key, tmp, if_match, if_none_match)
+            tmp = self._write_tmp(key, lambda fd: _copy_into(src, fd), meta)
+        return self._commit(key, tmp, if_match, if_none_match, meta)
 
-    def _put_marker(self, key: str, data: bytes, if_none_match: bool = False) -> ObjectInfo:
-        if data:
-            raise InvalidRequest(f"{key}: a directory marker must be empty", key)
+    def _put_marker(self, key: str, data: bytes, if_none_match: bool = False, meta: dict | None = None) -> ObjectInfo:
+        """A marker is a directory: a new one is made in the temp area with its metadata and
+        renamed into place; on an existing one (unless ``if_none_match``) the metadata is replaced."""
+        if data or key == "/":
+            raise InvalidRequest(f"{key}: a directory marker must be empty and not the root", key)
+        meta = meta or {}
         path = self._path(key)
+        self._make_parents(key, path)
+        with self._lock(key.rstrip("/")), _os_errors(key):
+            if not os.path.lexists(path) and self._new_dir(key, path, meta):
+                return _info(key, os.stat(path), meta)
+            if not path.is_dir():
+                raise InvalidRequest(f"{key}: exists as an object, not a prefix", key)
+            if if_none_match:
+                raise PreconditionFailed(f"{key}: already exists", key)
+            if meta or read_meta(path):
+                _write_meta(path, meta, key)
+                fsync_dir(path)
+            return _info(key, os.stat(path), meta)
+
+    def _new_dir(self, key: str, path: Path, meta: dict) -> bool:
+        """Create directory ``path`` holding ``meta``; False if something appeared there first."""
+        if not meta:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                return False
+            fsync_dir(path.parent)
+            return True
+        tmp = self._tmp / f"mkdir-{os.urandom(8).hex()}"
+        os.mkdir(tmp)
         try:
-            with _os_errors(key):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.mkdir(exist_ok=not if_none_match)
-        except FileExistsError:
-            if path.is_dir():
-                raise PreconditionFailed(f"{key}: already exists", key) from None
-            raise InvalidRequest(f"{key}: exists as an object, not a prefix", key) from None
-        return self.head(key)
+            _write_meta(tmp, meta, key)
+            fsync_dir(tmp)
+            # rename(2) would replace an empty directory made meanwhile (by a put below it, which
+            # takes no lock on this key): harmless, it had no metadata and nothing in it yet.
+            os.rename(tmp, path)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                return False
+            raise
+        finally:
+            if os.path.lexists(tmp):
+                os.rmdir(tmp)
+        fsync_dir(path.parent)
+        return True
+
+    def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
+        """Rewrite the xattr in place under the key's lock and fsync it; the etag stays."""
+        meta = check_meta(key, meta)
+        path = self._path(key)
+        with self._lock(key.rstrip("/")), _os_errors(key):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode) != key.endswith("/") or key in ("", "/"):
+                    raise NotFound(f"{key}: no such object", key)
+                if if_match is not None and etag_of(st) != if_match:
+                    raise PreconditionFailed(f"{key}: etag changed since it was read", key)
+                if if_meta is not None and read_meta(fd) != dict(if_meta):
+                    raise PreconditionFailed(f"{key}: its metadata changed since it was read", key)
+                _write_meta(fd, meta, key)
+                os.fsync(fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        return _info(key, st, meta)
+
+    hard_links = True
+
+    def link(self, src: str, dst: str) -> ObjectInfo:
+        """A hard link of the backing file (one inode under two names), made durable."""
+        if src.endswith("/") or dst.endswith("/"):
+            raise InvalidRequest(f"{dst}: hard links are made between objects, not directories", dst)
+        src_path, dst_path = self._path(src), self._path(dst)
+        with _os_errors(src):
+            if not stat.S_ISREG(os.lstat(src_path).st_mode):
+                raise NotFound(f"{src}: no such object", src)
+        self._make_parents(dst, dst_path)
+        with self._lock(dst):
+            try:
+                with _os_errors(src):
+                    os.link(src_path, dst_path, follow_symlinks=False)
+            except FileExistsError:
+                raise PreconditionFailed(f"{dst}: already exists", dst) from None
+            with _os_errors(dst):
+                st = os.stat(dst_path)
+                meta = read_meta(dst_path)
+        fsync_dir(dst_path.parent)
+        return _info(dst, st, meta)
 
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         if delimiter not in (None, "/"):
@@ -267,7 +443,7 @@ class DiskBackend(Backend):
         except PermissionError as e:
             raise PermissionDenied(f"{dir_key}: permission denied: {e.strerror}", dir_key) from None
         if emit_self:
-            yield _info(dir_key, os.stat(base))
+            yield _info(dir_key, os.stat(base), read_meta(base))
         if not dir_key:
             entries = [e for e in entries if e.name != INTERNAL]
         # S3 order: UTF-8 bytes of the full key, where a directory "d" sorts as "d/".
@@ -275,16 +451,17 @@ class DiskBackend(Backend):
         for e in entries:
             try:
                 st = e.stat(follow_symlinks=False)
+                meta = read_meta(e.path) if delimiter or not stat.S_ISDIR(st.st_mode) else None
             except FileNotFoundError:
                 continue  # removed while listing
             if stat.S_ISDIR(st.st_mode):
                 sub_key = f"{dir_key}{e.name}/"
                 if delimiter:
-                    yield CommonPrefix(sub_key)
+                    yield CommonPrefix(sub_key, meta)
                 else:
                     yield from self._walk(Path(e.path), sub_key, "", None, emit_self=True)
             elif stat.S_ISREG(st.st_mode):
-                yield _info(dir_key + e.name, st)
+                yield _info(dir_key + e.name, st, meta)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -322,7 +499,7 @@ class DiskBackend(Backend):
             self.delete(d)
         return count
 
-    def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
+    def rename(self, src: str, dst: str, *, meta=None) -> dict[str, ObjectInfo]:
         """One atomic rename(2); a directory (keys ending in "/") moves with everything below.
         Inode, mtime and size stay, and so do the etags: nothing to report."""
         src_path, dst_path = self._path(src), self._path(dst)
@@ -331,6 +508,8 @@ class DiskBackend(Backend):
         self._make_parents(dst, dst_path)
         with self._lock(dst.rstrip("/")), _os_errors(src):
             os.rename(src_path, dst_path)
+            if meta is not None and not src.endswith("/"):
+                _write_meta(dst_path, check_meta(dst, meta), dst)
         fsync_dir(dst_path.parent)
         if src_path.parent != dst_path.parent:
             fsync_dir(src_path.parent)
@@ -342,6 +521,7 @@ class DiskBackend(Backend):
 
     keeps_empty_dirs = True  # a directory is a directory
     keeps_mtime = True  # the backing file's mtime
+    lists_meta = True  # one getxattr per entry: a local syscall
 
     def set_mtime(self, key: str, mtime: float) -> ObjectInfo:
         """The backing file's mtime (its etag changes with it: `head` tells the new one)."""
@@ -354,9 +534,22 @@ class DiskBackend(Backend):
         return {"bsize": st.f_bsize, "frsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
                 "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree}
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        self.head(src)  # NotFound for a missing source or a prefix
-        try:
-            return self.put_file(dst, self._path(src))
-        except FileNotFoundError:
-            raise NotFound(f"{src}: no such object", src) from None
+    def copy(self, src: str, dst: str, *, meta=None) -> ObjectInfo:
+        """Content and metadata, read from one open file (one version of the source)."""
+        info = self.head(src)  # NotFound for a missing source or a prefix
+        if src.endswith("/"):
+            return self._put_marker(dst, b"", meta=info.meta)
+        self._path(dst)
+        with _os_errors(src):
+            f = open(self._path(src), "rb")
+        with f:
+            with _os_errors(src):
+                meta = read_meta(f.fileno()) if meta is None else check_meta(dst, meta)
+            tmp = self._write_tmp(dst, lambda fd: _copy_into(f, fd), meta)
+        return self._commit(dst, tmp, None, False, meta)
+
+
+def _copy_into(src, fd: int) -> None:
+    """Copy the rest of the open file ``src`` into the file descriptor ``fd``."""
+    with open(fd, "wb", closefd=False) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)

@@ -12,6 +12,9 @@ Semantics (where the disk backend differs, this one does what S3 does):
   read at its own moment, so a key added or removed during a listing may or may not be seen.
 - `rename` copies then deletes, key by key, without being atomic; `local_path` is None, so the core
   takes its remote (S3) code paths: prefetcher reads, directory markers kept on S3.
+- User metadata is kept per object (markers too) and, unlike S3, listed: a CommonPrefix carries
+  the metadata of its marker ({} without one).  `set_meta` keeps the etag and gives a new mtime
+  (S3's in-place copy of a single-part object does the same); `link` is refused as on S3.
 
 Fault injection (never used in production): every protocol method counts its calls
 (``calls[name]``), can fail (`fail`: raise a given exception once, n times or always) and can be
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, Optional
 
 from ..errors import InvalidRequest, NotFound, PreconditionFailed
-from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike
+from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike, check_meta
 
 MAX_KEY_BYTES = 1024  # S3's limit
 
@@ -42,6 +45,10 @@ class _Object:
     data: bytes
     mtime: float
     etag: str
+    meta: dict  # never mutated: replaced with the object
+
+    def info(self, key: str) -> ObjectInfo:
+        return ObjectInfo(key, len(self.data), self.mtime, self.etag, meta=dict(self.meta))
 
 
 class Gate:
@@ -87,6 +94,8 @@ def _matches(prefix: Optional[str], keys: tuple) -> bool:
 
 
 class MemoryBackend(Backend):
+    lists_meta = True
+
     def __init__(self, name: str = "test", *, page_size: int = 1000, clock=time.time, gate_timeout: float = 20.0):
         self.url = f"memory://{name}"
         self.page_size = page_size
@@ -165,7 +174,7 @@ class MemoryBackend(Backend):
             raise NotFound(f"{key}: no such object", key)
         return obj
 
-    def _store(self, key: str, data: bytes, if_match=None, if_none_match=False) -> ObjectInfo:
+    def _store(self, key: str, data: bytes, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
         self._check_key(key)
         with self._lock:
             current = self._objects.get(key)
@@ -173,14 +182,14 @@ class MemoryBackend(Backend):
                 raise PreconditionFailed(f"{key}: already exists", key)
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"{key}: etag changed since it was read", key)
-            obj = _Object(bytes(data), self.clock(), f"mem-{next(self._etags):x}")
+            obj = _Object(bytes(data), self.clock(), f"mem-{next(self._etags):x}", dict(meta or {}))
             self._objects[key] = obj
-        return ObjectInfo(key, len(obj.data), obj.mtime, obj.etag)
+        return obj.info(key)
 
-    def _copy(self, src: str, dst: str) -> ObjectInfo:
+    def _copy(self, src: str, dst: str, meta=None) -> ObjectInfo:
         with self._lock:
-            data = self._get(src).data
-        return self._store(dst, data)
+            o = self._get(src)
+        return self._store(dst, o.data, meta=o.meta if meta is None else meta)
 
     def _delete(self, key: str) -> bool:
         with self._lock:
@@ -203,10 +212,10 @@ class MemoryBackend(Backend):
             cut = key.find("/", len(prefix)) if delimiter else -1
             if cut >= 0:
                 rolled = key[: cut + 1]
-                out.append(CommonPrefix(rolled))
+                marker = infos.get(rolled)
+                out.append(CommonPrefix(rolled, {} if marker is None else dict(marker.meta)))
             else:
-                o = infos[key]
-                out.append(ObjectInfo(key, len(o.data), o.mtime, o.etag))
+                out.append(infos[key].info(key))
             after = key
         return out, after, rolled
 
@@ -220,7 +229,7 @@ class MemoryBackend(Backend):
         with self._lock:
             o = self._get(key)
         self._leave(gate, (key,))
-        return ObjectInfo(key, len(o.data), o.mtime, o.etag)
+        return o.info(key)
 
     def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         gate = self._enter("get_range", key)
@@ -248,19 +257,38 @@ class MemoryBackend(Backend):
         self._leave(gate, (key,))
         return len(data)
 
-    def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
+    def put_bytes(self, key, data, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
         gate = self._enter("put_bytes", key)
-        info = self._store(key, data, if_match, if_none_match)
+        meta = check_meta(key, meta)
+        info = self._store(key, data, if_match, if_none_match, meta)
         self._leave(gate, (key,))
         return info
 
-    def put_file(self, key, path: PathLike, *, if_match=None, if_none_match=False) -> ObjectInfo:
+    def put_file(self, key, path: PathLike, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
         gate = self._enter("put_file", key)
+        meta = check_meta(key, meta)
         with open(path, "rb") as f:  # a problem with the local file is the caller's OSError
             data = f.read()
-        info = self._store(key, data, if_match, if_none_match)
+        info = self._store(key, data, if_match, if_none_match, meta)
         self._leave(gate, (key,))
         return info
+
+    def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
+        gate = self._enter("set_meta", key)
+        meta = check_meta(key, meta)
+        with self._lock:
+            o = self._get(key)
+            if if_match is not None and o.etag != if_match:
+                raise PreconditionFailed(f"{key}: etag changed since it was read", key)
+            if if_meta is not None and (o.meta or {}) != dict(if_meta):
+                raise PreconditionFailed(f"{key}: its metadata changed since it was read", key)
+            o = self._objects[key] = _Object(o.data, self.clock(), o.etag, meta)
+        self._leave(gate, (key,))
+        return o.info(key)
+
+    def link(self, src: str, dst: str) -> ObjectInfo:
+        self._leave(self._enter("link", src, dst), (src, dst))
+        return super().link(src, dst)
 
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         gate = self._enter("list", prefix)
@@ -289,7 +317,7 @@ class MemoryBackend(Backend):
             o = self._objects.get(key)
             is_dir = any(k.startswith(key + "/") for k in self._objects)
         self._leave(gate, (key,))
-        return (None if o is None else ObjectInfo(key, len(o.data), o.mtime, o.etag)), is_dir
+        return (None if o is None else o.info(key)), is_dir
 
     def delete(self, key: str) -> None:
         gate = self._enter("delete", key)
@@ -311,13 +339,13 @@ class MemoryBackend(Backend):
         self._leave(gate, (prefix,))
         return count
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
+    def copy(self, src: str, dst: str, *, meta=None) -> ObjectInfo:
         gate = self._enter("copy", src, dst)
-        info = self._copy(src, dst)
+        info = self._copy(src, dst, meta)
         self._leave(gate, (src, dst))
         return info
 
-    def rename(self, src: str, dst: str) -> dict[str, ObjectInfo]:
+    def rename(self, src: str, dst: str, *, meta=None) -> dict[str, ObjectInfo]:
         """Copy then delete, object by object (not atomic, as on S3); every copy has a new etag."""
         gate = self._enter("rename", src, dst)
         if src.endswith("/"):
@@ -329,7 +357,7 @@ class MemoryBackend(Backend):
             for k in keys:
                 self._delete(k)
         else:
-            moved = {dst: self._copy(src, dst)}
+            moved = {dst: self._copy(src, dst, meta)}
             self._delete(src)
         self._leave(gate, (src, dst))
         return moved

@@ -8,10 +8,14 @@
   Credentials come from the standard AWS chain.
 - Large puts use multipart uploads whose parts are uploaded in parallel; conditional writes use
   S3's ``If-Match`` / ``If-None-Match`` on PutObject and CompleteMultipartUpload.
+- User metadata is S3's (``x-amz-meta-*``), sent with PutObject and CreateMultipartUpload;
+  `set_meta` copies the object onto itself with MetadataDirective=REPLACE.  Listings do not carry
+  it (``meta`` None); HEAD does.  Every put adds its own token (``stashfs-put``), never reported.
 - botocore errors become `fsdriver.errors` exceptions in `s3_errors` (`fsdriver.backend.s3_errors`).
 """
 
 import os
+import email.utils
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +37,7 @@ from ..errors import (
     Unavailable,
 )
 from .s3_errors import s3_errors
-from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo
+from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, check_meta
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -60,8 +64,25 @@ def _quote(etag: str) -> str:
     return etag if etag.startswith('"') else f'"{etag}"'
 
 
-def _info(key: str, size: int, last_modified, etag: str) -> ObjectInfo:
-    return ObjectInfo(key=key, size=size, mtime=last_modified.timestamp(), etag=etag.strip('"'))
+def _info(key: str, size: int, last_modified, etag: str, meta: dict | None = None) -> ObjectInfo:
+    return ObjectInfo(key=key, size=size, mtime=last_modified.timestamp(), etag=etag.strip('"'), meta=meta)
+
+
+def _server_time(response: dict) -> float:
+    """When the server answered (its Date header, whole seconds), else our clock: the time a put
+    landed, on the same clock as the Last-Modified of listings."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            pass
+    return time.time()
+
+
+def _user_meta(response: dict) -> dict[str, str]:
+    """The user metadata of a HEAD (or GET) answer, without the put token."""
+    return {k: v for k, v in response.get("Metadata", {}).items() if k != _TOKEN}
 
 
 class S3Backend(Backend):
@@ -84,6 +105,7 @@ class S3Backend(Backend):
             raise ValueError("an s3:// backend URL needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.max_key_bytes = 1024 - len(self.prefix.encode())  # S3's key limit, our prefix included
         self.url = f"s3://{bucket}/{self.prefix}"
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
@@ -138,7 +160,13 @@ class S3Backend(Backend):
     def head(self, key: str) -> ObjectInfo:
         with self._errors(key):
             r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
-        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"])
+        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"], _user_meta(r))
+
+    def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        with self._errors(key):
+            r = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            data = r["Body"].read()
+        return data, _info(key, len(data), r["LastModified"], r["ETag"], _user_meta(r))
 
     def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
         if start < 0 or (end is not None and end < start):
@@ -205,44 +233,46 @@ class S3Backend(Backend):
             return None
         if r.get("Metadata", {}).get(_TOKEN) != token or r["ContentLength"] != size:
             return None
-        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"])
+        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"], _user_meta(r))
 
-    def _put_object(self, key: str, body, size: int, cond: dict) -> ObjectInfo:
+    def _put_object(self, key: str, body, size: int, cond: dict, meta: dict) -> ObjectInfo:
         token = uuid.uuid4().hex
         try:
             with self._put_errors(key, cond):
                 r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body,
-                                           Metadata={_TOKEN: token}, **cond)
+                                           Metadata={**meta, _TOKEN: token}, **cond)
         except _AMBIGUOUS:
             info = self._landed(key, token, size)
             if info is None:
                 raise
             return info
-        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+        return ObjectInfo(key, size, _server_time(r), r["ETag"].strip('"'), meta=meta)
 
-    def put_bytes(self, key, data, *, if_match=None, if_none_match=False) -> ObjectInfo:
+    def put_bytes(self, key, data, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
+        meta = check_meta(key, meta)
         cond = self._conditions(if_match, if_none_match)
         if len(data) > self.multipart_threshold:
             view = memoryview(data)
-            return self._multipart(key, len(data), lambda s, e: bytes(view[s:e]), cond)
-        return self._put_object(key, data, len(data), cond)
+            return self._multipart(key, len(data), lambda s, e: bytes(view[s:e]), cond, meta)
+        return self._put_object(key, data, len(data), cond, meta)
 
-    def put_file(self, key, path, *, if_match=None, if_none_match=False) -> ObjectInfo:
+    def put_file(self, key, path, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
+        meta = check_meta(key, meta)
         cond = self._conditions(if_match, if_none_match)
         with open(path, "rb") as f:  # a problem with the local file is the caller's OSError
             size = os.fstat(f.fileno()).st_size
             if size > self.multipart_threshold:
                 fd = f.fileno()
-                return self._multipart(key, size, lambda s, e: os.pread(fd, e - s, s), cond)
-            return self._put_object(key, f, size, cond)
+                return self._multipart(key, size, lambda s, e: os.pread(fd, e - s, s), cond, meta)
+            return self._put_object(key, f, size, cond, meta)
 
-    def _multipart(self, key: str, size: int, read_part, cond: dict) -> ObjectInfo:
+    def _multipart(self, key: str, size: int, read_part, cond: dict, meta: dict) -> ObjectInfo:
         """Upload ``size`` bytes as parallel parts; ``read_part(start, end)`` gives each part."""
         k = self._k(key)
         token = uuid.uuid4().hex
         with self._errors(key):
             upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=k, Metadata={_TOKEN: token})["UploadId"]
+                Bucket=self.bucket, Key=k, Metadata={**meta, _TOKEN: token})["UploadId"]
 
         def upload(number: int, start: int) -> dict:
             body = read_part(start, min(start + self.part_size, size))
@@ -276,7 +306,35 @@ class S3Backend(Backend):
             except (ClientError, BotoCoreError):
                 pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
             raise
-        return ObjectInfo(key, size, time.time(), r["ETag"].strip('"'))
+        return ObjectInfo(key, size, _server_time(r), r["ETag"].strip('"'), meta=meta)
+
+    def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
+        """CopyObject onto itself with MetadataDirective=REPLACE (a multipart copy above 5 GiB),
+        conditional on ``if_match`` through CopySourceIfMatch.  The HEAD first gives the size and
+        answers NotFound and a stale ``if_match`` (servers that ignore CopySourceIfMatch, such as
+        moto, still refuse the common case).  The etag changes for a multipart object."""
+        meta = check_meta(key, meta)
+        info = self.head(key)
+        if if_match is not None and info.etag != if_match:
+            raise PreconditionFailed(f"{key}: etag changed since it was read", key)
+        if if_meta is not None and info.meta != dict(if_meta):  # a metadata change keeps the etag
+            raise PreconditionFailed(f"{key}: its metadata changed since it was read", key)
+        source = {"Bucket": self.bucket, "Key": self._k(key)}
+        cond = {"CopySourceIfMatch": _quote(if_match)} if if_match is not None else {}
+        if info.size > _COPY_MAX:
+            with self._errors(key):
+                self.client.copy(
+                    source, self.bucket, self._k(key),
+                    ExtraArgs={"Metadata": meta, "MetadataDirective": "REPLACE", **cond},
+                    Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
+                )
+            return self.head(key)
+        with self._errors(key):
+            r = self.client.copy_object(
+                Bucket=self.bucket, Key=self._k(key), CopySource=source,
+                Metadata=meta, MetadataDirective="REPLACE", **cond,
+            )["CopyObjectResult"]
+        return _info(key, info.size, r["LastModified"], r["ETag"], meta)
 
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         params = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
@@ -357,15 +415,16 @@ class S3Backend(Backend):
             self._delete_batch(batch, prefix)
         return count
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        """Returns the copy's own etag: a copied multipart object gets a new one."""
-        if src.endswith("/"):  # a directory marker: copy_object would work, but a put is cheaper
-            return self.put_bytes(dst, b"")
+    def copy(self, src: str, dst: str, *, meta=None) -> ObjectInfo:
+        """Returns the copy's own etag: a copied multipart object gets a new one.  The user
+        metadata goes with it (CopyObject's default COPY directive; s3transfer's multipart copy
+        copies it too), markers included."""
         info = self.head(src)
+        replace = {} if meta is None else {"MetadataDirective": "REPLACE", "Metadata": check_meta(dst, meta)}
         if info.size > _COPY_MAX:  # over CopyObject's limit: a managed multipart copy
             with self._errors(src):
                 self.client.copy(
-                    {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
+                    {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst), ExtraArgs=replace or None,
                     Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
                 )
             return self.head(dst)
@@ -373,8 +432,9 @@ class S3Backend(Backend):
             r = self.client.copy_object(
                 Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)},
                 CopySourceIfMatch=_quote(info.etag),  # the version whose size we report
+                **replace,
             )["CopyObjectResult"]
-        return _info(dst, info.size, r["LastModified"], r["ETag"])
+        return _info(dst, info.size, r["LastModified"], r["ETag"], info.meta if meta is None else dict(meta))
 
     def close(self) -> None:
         # Parts still queued (a failed upload's siblings) are not started; a part in flight is not

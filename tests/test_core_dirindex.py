@@ -1,0 +1,313 @@
+"""The directory index on S3 (fsdriver/dirindex.py), through the core on a moto server.
+
+What must hold (issue 11, constraints 1-4): a listing shows each entry's own attributes with no
+request per entry; what one node stored is what another shows; two nodes writing one directory do
+not lose each other's rows; objects written by other tools (s3fs metadata) show their attributes
+when looked up.
+"""
+
+import os
+import stat
+
+import pytest
+import trio
+
+from fsdriver.backend.s3 import S3Backend
+from fsdriver.core import Filesystem, Options
+from fsdriver.inodes import ROOT_INO
+from fsdriver.staging import Cache
+
+
+def new_backend(moto_server, s3_url) -> S3Backend:
+    return S3Backend(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+
+
+def run_nodes(tmp_path, backends, body):
+    """Run ``body(nodes)`` with one core per backend (each its own cache dir: separate nodes)."""
+
+    async def main():
+        nodes = []
+        async with trio.open_nursery() as nursery:
+            for i, backend in enumerate(backends):
+                fs = Filesystem(backend, Cache(tmp_path / f"cache{i}"), Options(uid=0, gid=0))
+                await nursery.start(fs.run)
+                nodes.append(fs)
+            with trio.fail_after(120):
+                await body(nodes)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def path_ino(fs, *names, create=False) -> int:
+    ino = ROOT_INO
+    for i, name in enumerate(names):
+        try:
+            ino = (await fs.lookup(ino, name)).ino
+        except Exception:
+            if not create:
+                raise
+            ino = (await fs.mkdir(ino, name, mode=0o755 if i >= 2 else None)).ino
+    return ino
+
+
+async def new_file(fs, parent, name, data=b"x", mode=0o644):
+    fh, attr, _ = await fs.create(parent, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode=mode)
+    await fs.write(fh, 0, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    return attr.ino
+
+
+async def listed(fs, d):
+    fh = await fs.opendir(d)
+    try:
+        return {name: fs.attr(node) for name, node in await fs.readdir(fh)}
+    finally:
+        fs.releasedir(fh)
+
+
+def requests(fs) -> dict:
+    return dict(fs.stats.as_dict()["backend_requests"])
+
+
+def grew(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+def test_another_node_lists_stored_attributes_without_a_request_per_entry(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b = nodes
+        d = await path_ino(a, "pipeline", "p1", "d", create=True)
+        for i in range(40):
+            ino = await new_file(a, d, f"f{i:02d}", mode=0o600)
+            if i % 2:
+                await a.setattr(ino, mode=stat.S_IFREG | 0o755, uid=1000 + i, gid=2000 + i)
+        await a.setattr(await new_file(a, d, "old"), mtime_ns=1_600_000_000_123_456_789)
+        await a.symlink(d, "ln", b"f00")
+        sub = (await a.mkdir(d, "sub", mode=0o750)).ino
+        await a.setattr(sub, uid=1234)
+        want = {n: (x.mode, x.uid, x.gid, x.mtime) for n, x in (await listed(a, d)).items()}
+        await a.flush_metadata()
+
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        before = requests(b)
+        seen = await listed(b, bd)
+        used = grew(before, requests(b))
+        assert {n: (x.mode, x.uid, x.gid, x.mtime) for n, x in seen.items()} == want
+        assert seen["f01"].mode == stat.S_IFREG | 0o755 and seen["f01"].uid == 1001
+        assert seen["f02"].mode == stat.S_IFREG | 0o600
+        assert stat.S_ISLNK(seen["ln"].mode) and stat.S_ISDIR(seen["sub"].mode)
+        assert seen["sub"].uid == 1234 and stat.S_IMODE(seen["sub"].mode) == 0o750
+        assert seen["old"].mtime == 1_600_000_000.123456789
+        assert used.get("head", 0) == 0, used  # no request per entry
+        assert used.get("get_object", 0) <= 1 and used.get("list", 0) <= 1, used
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
+
+
+def test_two_nodes_writing_one_directory_keep_each_others_rows(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b, c = nodes
+        ad = await path_ino(a, "pipeline", "p1", "d", create=True)
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        await listed(a, ad)
+        await listed(b, bd)  # both know the same index version: their writes conflict
+        for i in range(5):
+            await new_file(a, ad, f"a{i}", mode=0o700)
+            await new_file(b, bd, f"b{i}", mode=0o640)
+        await a.flush_metadata()
+        await b.flush_metadata()  # If-Match fails: reads a's index and merges
+        cd = await path_ino(c, "pipeline", "p1", "d")
+        before = requests(c)
+        seen = await listed(c, cd)
+        assert {n: stat.S_IMODE(x.mode) for n, x in seen.items()} == (
+            {f"a{i}": 0o700 for i in range(5)} | {f"b{i}": 0o640 for i in range(5)})
+        assert grew(before, requests(c)).get("head", 0) == 0
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(3)], body)
+
+
+def test_an_object_written_behind_the_index_is_read_once_and_indexed(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b, c = nodes
+        d = await path_ino(a, "pipeline", "p1", "d", create=True)
+        await new_file(a, d, "mine")
+        await a.flush_metadata()
+        # s3fs writes its attributes as user metadata; boto3 here stands for it
+        raw = new_backend(moto_server, s3_url)
+        raw.put_bytes("pipeline/p1/d/theirs", b"data", meta={"mode": str(stat.S_IFREG | 0o711), "uid": "77",
+                                                            "gid": "88", "mtime": "1500000000"})
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        before = requests(b)
+        seen = await listed(b, bd)
+        assert grew(before, requests(b)).get("head", 0) == 1  # the one object the index lacks
+        assert (seen["theirs"].mode, seen["theirs"].uid, seen["theirs"].gid) == (stat.S_IFREG | 0o711, 77, 88)
+        assert seen["theirs"].mtime == 1_500_000_000
+        await b.flush_metadata()  # b adds the row it read
+        cd = await path_ino(c, "pipeline", "p1", "d")
+        before = requests(c)
+        assert stat.S_IMODE((await listed(c, cd))["theirs"].mode) == 0o711
+        assert grew(before, requests(c)).get("head", 0) == 0
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(3)], body)
+
+
+def test_s3fs_attributes_show_when_a_file_is_looked_up(tmp_path, moto_server, s3_url):
+    """A directory written by another tool has no index: its files show their own metadata when
+    looked up by name (one HEAD each), the mount's defaults in a bare listing."""
+    raw = new_backend(moto_server, s3_url)
+    raw.put_bytes("pipeline/p1/ext/a", b"a", meta={"mode": str(stat.S_IFREG | 0o751), "uid": "5", "gid": "6"})
+    raw.put_bytes("pipeline/p1/ext/link", b"a", meta={"mode": str(stat.S_IFLNK | 0o777)})
+
+    async def body(nodes):
+        (a,) = nodes
+        d = await path_ino(a, "pipeline", "p1", "ext")
+        await listed(a, d)
+        got = await a.lookup(d, "a")
+        assert (got.mode, got.uid, got.gid) == (stat.S_IFREG | 0o751, 5, 6)
+        link = await a.lookup(d, "link")
+        assert stat.S_ISLNK(link.mode) and await a.readlink(link.ino) == b"a"
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
+
+
+# -- found by review: conflicts between nodes, failures, read-only ---------------------------------
+
+
+async def flushed(*nodes):
+    for fs in nodes:
+        await fs.flush_metadata()
+
+
+def test_two_nodes_changing_one_files_attributes_keep_both_changes(tmp_path, moto_server, s3_url):
+    """A metadata change keeps an S3 object's etag: the conflict must be seen on the metadata."""
+    async def body(nodes):
+        a, b, c = nodes
+        ad = await path_ino(a, "pipeline", "p1", "d", create=True)
+        f = await new_file(a, ad, "f", mode=0o644)
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        bf = (await b.lookup(bd, "f")).ino  # b knows the file as it is now
+        await a.setattr(f, uid=1234)
+        await b.setattr(bf, mode=stat.S_IFREG | 0o600)  # b's view is older than a's chown
+        await flushed(a, b)
+        meta = new_backend(moto_server, s3_url).head("pipeline/p1/d/f").meta
+        assert (meta["uid"], meta["mode"]) == ("1234", str(stat.S_IFREG | 0o600))
+        cd = await path_ino(c, "pipeline", "p1", "d")
+        seen = (await listed(c, cd))["f"]
+        assert (seen.uid, stat.S_IMODE(seen.mode)) == (1234, 0o600)
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(3)], body)
+
+
+def test_an_older_row_never_hides_a_newer_chmod(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b, c = nodes
+        ad = await path_ino(a, "pipeline", "p1", "d", create=True)
+        await new_file(a, ad, "f", mode=0o644)  # a's row for f waits for its next round
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        await b.setattr((await b.lookup(bd, "f")).ino, mode=stat.S_IFREG | 0o600)
+        await b.flush_metadata()
+        await a.flush_metadata()  # a's older row must not win over b's
+        cd = await path_ino(c, "pipeline", "p1", "d")
+        assert stat.S_IMODE((await listed(c, cd))["f"].mode) == 0o600
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(3)], body)
+
+
+def test_directory_times_written_later_keep_another_nodes_chmod(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b = nodes
+        pd = await path_ino(a, "pipeline", "p1", "d", create=True)
+        sub = (await a.mkdir(pd, "sub", mode=0o755)).ino
+        await a.flush_metadata()
+        await new_file(a, sub, "x")  # a's new times for sub wait for its next round
+        bd = await path_ino(b, "pipeline", "p1", "d", "sub")
+        await b.setattr(bd, mode=stat.S_IFDIR | 0o700, uid=77)
+        await a.flush_metadata()
+        meta = new_backend(moto_server, s3_url).head("pipeline/p1/d/sub/").meta
+        assert (meta["mode"], meta["uid"]) == (str(stat.S_IFDIR | 0o700), "77")
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
+
+
+def test_a_directory_removed_elsewhere_is_not_made_again_by_a_late_index_write(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b = nodes
+        pd = await path_ino(a, "pipeline", "p1", "d", create=True)
+        sub = (await a.mkdir(pd, "sub", mode=0o755)).ino
+        await a.flush_metadata()
+        await new_file(a, sub, "x")  # a's row for x waits
+        bsub = await path_ino(b, "pipeline", "p1", "d", "sub")
+        await b.unlink(bsub, "x")
+        await b.rmdir(await path_ino(b, "pipeline", "p1", "d"), "sub")
+        await a.flush_metadata()
+        keys = [e.key for e in new_backend(moto_server, s3_url).list("pipeline/p1/d/")]
+        assert not any(k.startswith("pipeline/p1/d/sub") for k in keys), keys
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
+
+
+class FailingHeads(S3Backend):
+    """HEADs of names starting with "bad" fail as an unreachable backend would."""
+
+    def head(self, key):
+        if key.rsplit("/", 1)[-1].startswith("bad"):
+            from fsdriver.errors import Unavailable
+            raise Unavailable(f"{key}: down (test)")
+        return super().head(key)
+
+
+@pytest.mark.expected_log(r"cannot be read now")
+def test_a_listing_stands_when_heads_of_unindexed_entries_fail(tmp_path, moto_server, s3_url):
+    async def body(nodes):
+        a, b = nodes
+        d = await path_ino(a, "pipeline", "p1", "d", create=True)
+        await new_file(a, d, "ok")
+        await a.flush_metadata()
+        raw = new_backend(moto_server, s3_url)
+        for name in ("bad1", "bad2", "bad3", "fine"):
+            raw.put_bytes(f"pipeline/p1/d/{name}", b"x", meta={"mode": str(stat.S_IFREG | 0o700)})
+        seen = await listed(b, await path_ino(b, "pipeline", "p1", "d"))
+        assert set(seen) == {"ok", "bad1", "bad2", "bad3", "fine"}
+        assert stat.S_IMODE(seen["fine"].mode) == 0o700
+
+    bucket = s3_url.split("/")[2]
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url), FailingHeads(bucket, "data", endpoint_url=moto_server.url)],
+              body)
+
+
+def test_a_read_only_mount_writes_no_index(tmp_path, moto_server, s3_url):
+    raw = new_backend(moto_server, s3_url)
+    raw.put_bytes("pipeline/p1/d/", b"")
+    raw.put_bytes("pipeline/p1/d/f", b"x", meta={"mode": str(stat.S_IFREG | 0o700)})
+
+    async def main():
+        fs = Filesystem(new_backend(moto_server, s3_url), Cache(tmp_path / "c"), Options(uid=0, gid=0, read_only=True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            d = await path_ino(fs, "pipeline", "p1", "d")
+            assert stat.S_IMODE((await listed(fs, d))["f"].mode) == 0o500  # read-only: no write bits
+            await fs.flush_metadata()
+            assert fs.stats.as_dict()["backend_requests"].get("put_bytes", 0) == 0
+            nursery.cancel_scope.cancel()
+
+    before = raw.head("pipeline/p1/d/").etag
+    trio.run(main)
+    assert raw.head("pipeline/p1/d/").etag == before
+
+
+def test_metadata_naming_no_owner_shows_the_mount_default_owner(tmp_path, moto_server, s3_url):
+    raw = new_backend(moto_server, s3_url)
+    raw.put_bytes("pipeline/p1/d/f", b"x", meta={"mode": str(stat.S_IFREG | 0o755)})  # aws s3 cp --metadata
+
+    async def main():
+        fs = Filesystem(new_backend(moto_server, s3_url), Cache(tmp_path / "c"),
+                        Options(uid=0, gid=0, default_uid=4321, default_gid=5432))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            got = await fs.lookup(await path_ino(fs, "pipeline", "p1", "d"), "f")
+            assert (got.mode, got.uid, got.gid) == (stat.S_IFREG | 0o755, 4321, 5432)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
