@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import scenarios
+from . import listing
 from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
@@ -37,17 +37,17 @@ def main(argv=None) -> int:
     cwd = os.getcwd()
     try:
         env.start()
-        scenarios.make_many(env, args.files)
+        listing.make_many(env, args.files)
         for i in range(args.rounds):
             for name, tree in ((args.rev, other), ("this checkout", HERE)):
                 print(f"ab_ls: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
                 os.chdir(tree)
-                r = scenarios.mount_ls(env, args.files)
+                r = listing.mount_ls(env, args.files)
                 runs[name].append(r["seconds"])
                 if r["split"]:
                     runs[name].append(r["split"]["ls"]["seconds"])
             os.chdir(cwd)
-            runs["raw ListObjectsV2"].append(scenarios.raw_listing(env, args.files, repeat=1)["seconds"])
+            runs["raw ListObjectsV2"].append(listing.raw_listing(env, args.files, repeat=1)["seconds"])
     finally:
         os.chdir(cwd)
         env.close()

@@ -3,6 +3,11 @@
 Everything lives under one temp dir in /tmp and is torn down by `Env.close()`: every mount is
 unmounted (``mountctl umount``, then ``fusermount3 -u -z`` in a finally block), the proxy and the
 moto server are stopped, and the temp dir is removed.
+
+S3 mounts use ``env.bucket`` (`Env.use_bucket`: one bucket per latency pass) and are named with
+``env.tag`` appended, so each pass has its own mount points and caches.  An S3 mount records the
+proxy's counts over its whole life (``Mount.lifetime``: requests, errors, 404s by path, and the
+GETs answered 404 again within the daemon's ``--metadata-ttl``).
 """
 
 import json
@@ -89,6 +94,10 @@ class Mount:
         self.s3 = s3
         self.extra = list(extra)
         self.mounted = False
+        self._before: dict | None = None
+        self._t0 = 0.0
+        self.metadata_ttl = 1.0  # the daemon's --metadata-ttl (read from its command line)
+        self.lifetime: dict | None = None  # S3: the proxy's counts from mounting to unmounted
 
     def _mountctl(self, *args, check=True):
         p = subprocess.run([sys.executable, "-m", "mountctl", *args], env=self.env.child_env,
@@ -107,8 +116,13 @@ class Mount:
         else:
             args.append("--create")  # a fresh local store for each run
         self.env.mounts.append(self)
+        if self.s3:
+            self._before = self.env.proxy.snapshot()
+            self._t0 = time.perf_counter()
         self._mountctl(*args)
         self.mounted = True
+        if self.s3:
+            self.metadata_ttl = daemon_metadata_ttl(self.status()["pid"])
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,6 +137,11 @@ class Mount:
         finally:
             self.mounted = False
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=30)
+            if self._before is not None and self.lifetime is None:
+                self.lifetime = self.env.proxy.counts.delta(self._before, self.env.proxy.snapshot())
+                times = self.env.proxy.counts.not_found_between(self._t0, time.perf_counter())
+                self.lifetime["repeated_404"] = repeated_404(times, self.metadata_ttl)
+                self.lifetime["metadata_ttl"] = self.metadata_ttl
 
     def status(self) -> dict:
         return json.loads(os.getxattr(self.path / ".stashfs-control", "user.stashfs.status"))
@@ -144,6 +163,9 @@ class Env:
         self.mounts: list[Mount] = []
         self.moto: MotoServer | None = None
         self.proxy: CountingProxy | None = None
+        self.bucket = BUCKET  # the bucket S3 mounts and scenarios use; see `use_bucket`
+        self.buckets = {BUCKET}
+        self.tag = ""  # appended to the names of S3 mounts (and so to their mount points and cache dirs)
 
     def start(self) -> "Env":
         # boto3 in this process reads the same variables as the processes it starts.
@@ -159,8 +181,17 @@ class Env:
         self.direct.create_bucket(Bucket=BUCKET)
         return self
 
+    def use_bucket(self, name: str) -> None:
+        """Create bucket ``name`` straight on moto (uncounted) and make it the one scenarios use:
+        each latency pass gets a bucket of its own, so no pass sees what another left behind."""
+        if name not in self.buckets:
+            self.direct.create_bucket(Bucket=name)
+            self.buckets.add(name)
+        self.bucket = name
+
     def mount_s3(self, name: str, *extra) -> Mount:
-        return Mount(self, name, f"s3://{BUCKET}", s3=True, extra=extra)
+        """A fresh S3 mount of ``env.bucket``, named ``name`` + ``env.tag`` (its own mount point and cache)."""
+        return Mount(self, name + self.tag, f"s3://{self.bucket}", s3=True, extra=extra)
 
     def mount_disk(self, name: str, store: Path, *extra) -> Mount:
         return Mount(self, name, str(store), s3=False, extra=extra)
@@ -198,6 +229,38 @@ class Env:
         elif not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
         return problems
+
+
+def daemon_metadata_ttl(pid: int, default: float = 1.0) -> float:
+    """The ``--metadata-ttl`` on a daemon's command line (``default``, the daemon's, when absent)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+        return float(args[args.index("--metadata-ttl") + 1])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def repeated_404(times: dict[str, list[float]], ttl: float) -> dict[str, int]:
+    """GETs answered 404 sooner than ``ttl`` (less 10% for timing) after the previous 404 of the
+    same key: requests a mount that cached the absence for its metadata TTL would not have sent."""
+    out = {}
+    for key, ts in times.items():
+        if not key.startswith("GET "):
+            continue
+        n = sum(1 for a, b in zip(ts, ts[1:]) if b - a < 0.9 * ttl)
+        if n:
+            out[key] = n
+    return out
+
+
+def daemon_figures(m: "Mount", cpu0: float | None = None) -> dict:
+    """The daemon's pid, peak RSS (VmHWM), RSS now and CPU seconds (since ``cpu0`` when given)."""
+    pid = m.status()["pid"]
+    mem = proc_status(pid)
+    cpu = proc_cpu(pid)
+    return {"pid": pid, "vm_hwm": mem["VmHWM"], "rss": mem["VmRSS"],
+            "cpu_s": cpu - cpu0 if cpu0 is not None else cpu}
 
 
 class Timer:

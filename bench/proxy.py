@@ -16,7 +16,14 @@ back with its Content-Length.  Requests are classified by S3 operation:
     POST        POST (CreateMultipartUpload, CompleteMultipartUpload, DeleteObjects)
     DELETE      DELETE
 
-``bytes`` counts response-body bytes sent to clients.  The server listens on 127.0.0.1 only, on a
+``bytes`` counts response-body bytes sent to clients; ``errors`` counts responses with a status of
+400 or more by kind and status (``GET 404``: a GET of an object that does not exist, such as an
+absent owner record), so a wasted request shows; ``not_found`` counts the 404s by method and
+path (``GET /bucket/key``), so a key asked for again after a 404 shows too.
+
+``latency`` (seconds, settable at any time) delays every request by that much before it is
+forwarded, as the round trip to a nearby S3 region does.  Each client connection has its own proxy
+thread, so the delays of concurrent requests overlap as they would on the network.  The server listens on 127.0.0.1 only, on a
 free port, in daemon threads, and is shut down by `stop()` (or the context manager).
 """
 
@@ -59,12 +66,34 @@ class Counts:
         self._lock = threading.Lock()
         self.requests: Counter = Counter()
         self.bytes = 0
+        self.errors: Counter = Counter()  # "GET 404" -> count: responses with status >= 400
+        self.not_found: Counter = Counter()  # "GET /bucket/key" -> count of 404 answers
+        self.not_found_log: list[tuple[float, str]] = []  # (perf_counter at the answer, "GET /bucket/key")
         self.trace: list | None = None  # (start, end, kind, Range header, body bytes) while tracing
 
-    def record(self, start: float, kind: str, rng: str | None, nbytes: int) -> None:
+    def record(self, start: float, kind: str, rng: str | None, nbytes: int, target: str = "") -> None:
+        """One finished request, kept while tracing: (start, end, kind, Range, body bytes, target)."""
         with self._lock:
             if self.trace is not None:
-                self.trace.append((start, time.perf_counter(), kind, rng, nbytes))
+                self.trace.append((start, time.perf_counter(), kind, rng, nbytes, target))
+
+    def add_status(self, kind: str, status: int, method: str = "", target: str = "") -> None:
+        if status >= 400:
+            with self._lock:
+                self.errors[f"{kind} {status}"] += 1
+                if status == 404:
+                    key = f"{method} {urlsplit(target).path}"
+                    self.not_found[key] += 1
+                    self.not_found_log.append((time.perf_counter(), key))
+
+    def not_found_between(self, t0: float, t1: float) -> dict[str, list[float]]:
+        """The 404 answers between two perf_counter times: key -> their times, in order."""
+        out: dict[str, list[float]] = {}
+        with self._lock:
+            for t, key in self.not_found_log:
+                if t0 <= t <= t1:
+                    out.setdefault(key, []).append(t)
+        return out
 
     def start_trace(self) -> None:
         with self._lock:
@@ -86,13 +115,18 @@ class Counts:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"requests": dict(self.requests), "bytes": self.bytes}
+            return {"requests": dict(self.requests), "bytes": self.bytes, "errors": dict(self.errors),
+                    "not_found": dict(self.not_found)}
 
     @staticmethod
     def delta(before: dict, after: dict) -> dict:
         req = {k: after["requests"].get(k, 0) - before["requests"].get(k, 0) for k in after["requests"]}
+        err = {k: v - before.get("errors", {}).get(k, 0) for k, v in after.get("errors", {}).items()}
+        nf = {k: v - before.get("not_found", {}).get(k, 0) for k, v in after.get("not_found", {}).items()}
         return {"requests": {k: v for k, v in sorted(req.items()) if v},
-                "total": sum(req.values()), "bytes": after["bytes"] - before["bytes"]}
+                "total": sum(req.values()), "bytes": after["bytes"] - before["bytes"],
+                "errors": {k: v for k, v in sorted(err.items()) if v},
+                "not_found": {k: v for k, v in sorted(nf.items()) if v}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._forward_one()
         finally:
             self.server.counts.record(start, classify(self.command, self.path, self.headers),
-                                      self.headers.get("Range"), getattr(self, "_sent", 0))
+                                      self.headers.get("Range"), getattr(self, "_sent", 0), self.path)
 
     def _forward_one(self):
         self._sent = 0
@@ -156,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         kind = classify(self.command, self.path, self.headers)
+        if self.server.latency > 0:
+            time.sleep(self.server.latency)  # the round trip of a nearby region, before the server sees it
         reused = getattr(self, "_conn", None) is not None
         try:
             conn = self._upstream()
@@ -168,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
         self._responded = True
+        self.server.counts.add_status(kind, resp.status, self.command, self.path)
         self.send_response_only(resp.status, resp.reason)
         out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
         length = resp.getheader("Content-Length")
@@ -231,6 +268,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    latency = 0.0
 
 
 class CountingProxy:
@@ -260,6 +298,15 @@ class CountingProxy:
             self._thread.join(10)
             self._thread = None
         self._server.server_close()
+
+    @property
+    def latency(self) -> float:
+        """Seconds every request waits before it is forwarded (0: none)."""
+        return self._server.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._server.latency = max(0.0, float(seconds))
 
     def snapshot(self) -> dict:
         return self.counts.snapshot()

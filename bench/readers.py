@@ -7,10 +7,12 @@ FUSE replies and copies in flight (`OVERHEAD`, stated in docs/performance.md).
 
 import os
 import threading
+import time
 
-from .harness import BUCKET, MiB, Env, Timer, proc_status
+from .harness import MiB, Env, Timer, proc_status
 
 OVERHEAD = 32 * MiB
+TIMEOUT = 600.0  # seconds for all the readers together
 PREFIX = "pipeline/bench/readers/"
 
 
@@ -28,7 +30,7 @@ def make_objects(env: Env, readers: int, size: int) -> None:
     """``readers`` objects of ``size`` bytes, put straight to moto (uncounted)."""
     body = os.urandom(size)
     for i in range(readers):
-        env.direct.put_object(Bucket=BUCKET, Key=f"{PREFIX}r{i}.bin", Body=body)
+        env.direct.put_object(Bucket=env.bucket, Key=f"{PREFIX}r{i}.bin", Body=body)
 
 
 def mount_concurrent_readers(env: Env, readers: int, size: int, memory_limit: str) -> dict:
@@ -42,12 +44,14 @@ def mount_concurrent_readers(env: Env, readers: int, size: int, memory_limit: st
         pid, limit = st["pid"], st["memory"]["limit"]
         baseline = proc_status(pid)
         errors: list = []
-        threads = [threading.Thread(target=_read_all, args=(p, errors)) for p in paths]
+        threads = [threading.Thread(target=_read_all, args=(p, errors), daemon=True) for p in paths]
         with Timer() as t:
             for th in threads:
                 th.start()
-            for th in threads:
-                th.join()
+            for th in threads:  # a daemon that stops answering must not hang the benchmark
+                th.join(max(1.0, TIMEOUT - (time.perf_counter() - t.start)))
+        if any(th.is_alive() for th in threads):
+            raise RuntimeError(f"concurrent readers still reading after {TIMEOUT:.0f} s: the daemon stopped answering")
         after = m.status()
         mem = proc_status(pid)
     if errors:

@@ -11,12 +11,12 @@ import stat
 import statistics
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
-from .harness import BUCKET, MiB, Env, Timer, drop_caches, proc_cpu, proc_status
+from . import rawclient
+from .harness import MiB, Env, Timer, drop_caches, proc_cpu, proc_status
 
 READ_SIZE = 1 * MiB
 BIG_KEY = "pipeline/bench/big.bin"
@@ -39,8 +39,8 @@ def _read_all(path) -> int:
             total += n
 
 
-def make_big_file(env: Env, size: int) -> Path:
-    """Random content (incompressible), written locally and uploaded straight to moto (uncounted)."""
+def make_local_file(env: Env, size: int) -> Path:
+    """The object's content, random (incompressible), written locally; `upload_big` puts it on moto."""
     path = env.root / "big.bin"
     with open(path, "wb") as f:
         left = size
@@ -48,35 +48,36 @@ def make_big_file(env: Env, size: int) -> Path:
             n = min(8 * MiB, left)
             f.write(os.urandom(n))
             left -= n
-    env.direct.upload_file(str(path), BUCKET, BIG_KEY, Config=TransferConfig(
-        multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=8))
     return path
+
+
+def upload_big(env: Env, path: Path) -> None:
+    """The object of the sequential and random reads, put in ``env.bucket`` straight to moto."""
+    env.direct.upload_file(str(path), env.bucket, BIG_KEY, Config=TransferConfig(
+        multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=8))
 
 
 # -- S3: sequential read ------------------------------------------------------------------------
 
+def _read_figures(seconds: float, size: int, proxy: dict, cpu_s: float) -> dict:
+    """Throughput and the per-byte figures every sequential read reports."""
+    return {"seconds": seconds, "mb_s": size / seconds / 1e6, "proxy": proxy,
+            "requests_per_mib": proxy["total"] / (size / MiB), "bytes_per_byte": proxy["bytes"] / size,
+            "cpu_s": cpu_s, "cpu_s_per_gib": cpu_s / (size / (1 << 30))}
+
+
 def raw_single_get(env: Env, size: int) -> dict:
-    before = env.proxy.snapshot()
-    with Timer() as t:
-        body = env.raw.get_object(Bucket=BUCKET, Key=BIG_KEY)["Body"]
-        n = sum(len(c) for c in body.iter_chunks(READ_SIZE))
-    assert n == size, f"raw GET read {n} bytes of {size}"
-    return {"seconds": t.seconds, "mb_s": size / t.seconds / 1e6, "proxy": _delta(env, before)}
+    """One plain GET of the whole object (body read in 1 MiB chunks), in a process of its own."""
+    r = rawclient.run(env, "get", BIG_KEY, size)
+    return dict(_read_figures(r["seconds"], size, r["proxy"], r["cpu_s"]), max_rss=r["max_rss"])
 
 
 def raw_parallel_get(env: Env, size: int, part: int = 8 * MiB, threads: int = 8) -> dict:
-    ranges = [(o, min(o + part, size) - 1) for o in range(0, size, part)]
-
-    def get(r):
-        body = env.raw.get_object(Bucket=BUCKET, Key=BIG_KEY, Range=f"bytes={r[0]}-{r[1]}")["Body"]
-        return len(body.read())
-
-    before = env.proxy.snapshot()
-    with Timer() as t, ThreadPoolExecutor(threads) as pool:
-        n = sum(pool.map(get, ranges))
-    assert n == size, f"raw ranged GETs read {n} bytes of {size}"
-    return {"seconds": t.seconds, "mb_s": size / t.seconds / 1e6, "parts": len(ranges),
-            "part_size": part, "threads": threads, "proxy": _delta(env, before)}
+    """GETs of 8 MiB ranges on 8 threads, in a process of its own (moto copies the whole object
+    for each ranged GET, which makes this slower than one GET there, unlike on S3)."""
+    r = rawclient.run(env, "ranged", BIG_KEY, size)
+    return dict(_read_figures(r["seconds"], size, r["proxy"], r["cpu_s"]), max_rss=r["max_rss"],
+                parts=-(-size // part), part_size=part, threads=threads)
 
 
 def trace_summary(trace: list) -> dict:
@@ -111,7 +112,7 @@ def mount_sequential(env: Env, size: int, memory_limit: str, name: str = "seq") 
     assert n == size, f"the mount read {n} bytes of {size}"
     reads = after["requests"].get("read", 0) - st["requests"].get("read", 0)
     return {
-        "seconds": t.seconds, "mb_s": size / t.seconds / 1e6, "proxy": proxy, "trace": trace_summary(trace),
+        **_read_figures(t.seconds, size, proxy, cpu), "trace": trace_summary(trace),
         "daemon_cpu_s": cpu, "fuse_reads": reads, "fuse_read_kib": size / max(reads, 1) / 1024,
         "daemon": {"backend_requests": after["backend_requests"], "bytes_down": after["bytes_down"],
                    "prefetch_hit_bytes": after["prefetch_hit_bytes"]},
@@ -157,7 +158,7 @@ def raw_random(env: Env, offsets: list[int], block: int = 4096) -> dict:
     before = env.proxy.snapshot()
     for off in offsets:
         t0 = time.perf_counter()
-        data = env.raw.get_object(Bucket=BUCKET, Key=BIG_KEY, Range=f"bytes={off}-{off + block - 1}")["Body"].read()
+        data = env.raw.get_object(Bucket=env.bucket, Key=BIG_KEY, Range=f"bytes={off}-{off + block - 1}")["Body"].read()
         lat.append(time.perf_counter() - t0)
         assert len(data) == block
     proxy = _delta(env, before)
@@ -168,119 +169,6 @@ def raw_random(env: Env, offsets: list[int], block: int = 4096) -> dict:
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
-
-
-# -- S3: ls -l of a large directory -------------------------------------------------------------
-
-def make_many(env: Env, count: int, threads: int = 16) -> float:
-    """``count`` small objects under pipeline/bench/many/, put straight to moto (uncounted)."""
-    def put(i):
-        env.direct.put_object(Bucket=BUCKET, Key=f"{MANY_PREFIX}f{i:05d}.dat", Body=f"object {i}\n".encode())
-
-    with Timer() as t, ThreadPoolExecutor(threads) as pool:
-        list(pool.map(put, range(count)))
-    return t.seconds
-
-
-def raw_listing(env: Env, count: int, repeat: int = 3) -> dict:
-    runs = []
-    for _ in range(repeat):
-        before = env.proxy.snapshot()
-        with Timer() as t:
-            n = 0
-            for page in env.raw.get_paginator("list_objects_v2").paginate(
-                    Bucket=BUCKET, Prefix=MANY_PREFIX, Delimiter="/"):
-                n += len(page.get("Contents", ()))
-        assert n == count, f"raw listing found {n} of {count} objects"
-        runs.append((t.seconds, _delta(env, before)))
-    seconds = statistics.median(r[0] for r in runs)
-    return {"seconds": seconds, "runs": [r[0] for r in runs], "proxy": runs[0][1]}
-
-
-def _ls(env: Env, path: Path) -> tuple[float, dict, int]:
-    before = env.proxy.snapshot()
-    with Timer() as t:
-        p = subprocess.run(["ls", "-l", str(path)], capture_output=True, text=True, timeout=600)
-    proxy = _delta(env, before)
-    if p.returncode != 0:
-        raise RuntimeError(f"ls -l {path} failed: {p.stderr.strip()}")
-    return t.seconds, proxy, len(p.stdout.splitlines()) - 1  # minus the "total" line
-
-
-def mount_ls(env: Env, count: int, slow: float = 30.0) -> dict:
-    """``ls -l`` of the directory through a fresh mount (path resolution included), then again.
-
-    The extra runs (again on the same mount; split into path resolution and listing on another fresh
-    mount) are skipped when the first one took more than ``slow`` seconds, to bound the run time.
-    """
-    with env.mount_s3("ls") as m:
-        os.stat(m.path / "pipeline")  # the fixed top level: no backend request
-        st0 = m.status()
-        seconds, proxy, listed = _ls(env, m.path / MANY_PREFIX)
-        st1 = m.status()
-        warm = None
-        if seconds <= slow:
-            warm = _ls(env, m.path / MANY_PREFIX)  # within the metadata TTL or not
-    assert listed == count, f"ls -l listed {listed} of {count} entries"
-    fuse = {k: v - st0["requests"].get(k, 0) for k, v in st1["requests"].items() if v - st0["requests"].get(k, 0)}
-    out = {"seconds": seconds, "listed": listed, "proxy": proxy, "heads": proxy["requests"].get("HEAD", 0),
-           "fuse_requests": fuse, "warm": None, "split": None}
-    if warm is None:
-        return out
-    out["warm"] = {"seconds": warm[0], "proxy": warm[1]}
-    # The same on another fresh mount, in two steps: resolving the directory's path, then ls -l.
-    with env.mount_s3("ls-split") as m:
-        os.stat(m.path / "pipeline")
-        before = env.proxy.snapshot()
-        with Timer() as t:
-            os.stat(m.path / MANY_PREFIX)
-        resolve = {"seconds": t.seconds, "proxy": _delta(env, before)}
-        ls_seconds, ls_proxy, _ = _ls(env, m.path / MANY_PREFIX)
-    out["split"] = {"resolve": resolve, "ls": {"seconds": ls_seconds, "proxy": ls_proxy}}
-    return out
-
-
-# -- small-file creates ------------------------------------------------------------------------
-
-def creates(root: Path, count: int, size: int = 1024) -> dict:
-    """Create ``count`` files of ``size`` bytes in a new directory ``root`` (each closed: durable)."""
-    root.mkdir()
-    payload = os.urandom(size)
-    with Timer() as t:
-        for i in range(count):
-            with open(root / f"s{i:05d}.dat", "wb") as f:
-                f.write(payload)
-    return {"count": count, "seconds": t.seconds, "files_s": count / t.seconds}
-
-
-def mount_s3_creates(env: Env, count: int) -> dict:
-    with env.mount_s3("create") as m:
-        os.stat(m.path / "pipeline" / "bench")
-        before = env.proxy.snapshot()
-        r = creates(m.path / "pipeline" / "bench" / "small", count)
-        r["proxy"] = _delta(env, before)
-    n = sum(1 for _ in env.direct.get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET, Prefix="pipeline/bench/small/s").search("Contents"))
-    assert n == count, f"{n} of {count} created files reached S3"
-    return r
-
-
-def mount_disk_creates(env: Env, store: Path, count: int) -> dict:
-    with env.mount_disk("disk-create", store) as m:
-        (m.path / "pipeline" / "bench").mkdir(parents=True, exist_ok=True)
-        r = creates(m.path / "pipeline" / "bench" / "small", count)
-    n = len(list((store / "pipeline" / "bench" / "small").iterdir()))
-    assert n == count, f"{n} of {count} created files reached the disk backend"
-    return r
-
-
-def raw_puts(env: Env, count: int, size: int = 1024) -> dict:
-    payload = os.urandom(size)
-    before = env.proxy.snapshot()
-    with Timer() as t:
-        for i in range(count):
-            env.raw.put_object(Bucket=BUCKET, Key=f"pipeline/bench/raw-small/s{i:05d}.dat", Body=payload)
-    return {"count": count, "seconds": t.seconds, "files_s": count / t.seconds, "proxy": _delta(env, before)}
 
 
 # -- disk backend: sequential read -------------------------------------------------------------
@@ -477,16 +365,16 @@ def mount_tar_x(env: Env, count: int) -> dict:
     GET per directory for its index; and every line compared with ``ls -lR`` of the local copy),
     and ``tar dzf`` (tar's compare) for modes, owners, mtimes, contents and symlinks.
     """
-    src_parent = env.root / "tarx-src"
+    src_parent = env.root / f"tarx-src{env.tag}"
     src_parent.mkdir()
     tree = make_tar_tree(src_parent / "pkg", count)
     entries = tree["files"] + tree["symlinks"] + tree["dirs"]
-    archive = env.root / "tarx.tar.gz"
+    archive = env.root / f"tarx{env.tag}.tar.gz"
     _, p = _tar(["czf", str(archive)], src_parent, "pkg")
     if p.returncode != 0:
         raise RuntimeError(f"tar czf failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
 
-    local = env.root / "tarx-local"
+    local = env.root / f"tarx-local{env.tag}"
     local.mkdir()
     local_s, p = _tar(["xzf", str(archive)], local)
     if p.returncode != 0:

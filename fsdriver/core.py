@@ -90,6 +90,9 @@ class Filesystem:
         self.nursery: Optional[trio.Nursery] = None  # owner of background work (prefetch, retries)
         # Tells the kernel to drop a cached name (set by the FUSE adapter; a no-op without kernel).
         self.invalidate_entry = lambda parent_ino, name: None
+        # Where the kernel shows this tree (set by the FUSE adapter): which close() comes from an
+        # inherited descriptor is told by the paths in /proc/<pid>/fd (fsdriver.closes).
+        self.mountpoint: Optional[str] = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work: prefetch parts and upload retries live in this nursery."""
@@ -396,7 +399,8 @@ class Filesystem:
         else:
             self._check(caller, parent, W_OK | X_OK)
         node = self.inodes.node_for(path, False)
-        fh = await self.files.create(node, bool(flags & os.O_APPEND), bool(flags & os.O_EXCL))
+        fh = await self.files.create(node, bool(flags & os.O_APPEND), bool(flags & os.O_EXCL),
+                                     create_only=existing is None and not flags & os.O_TRUNC)
         self.files.handles[fh].caller = caller
         node.mtime = time.time()
         if existing is None:

@@ -192,9 +192,7 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
             spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
-            if args.readahead:
-                spawn(nursery, fs.stats, "readahead", _set_readahead, mountpoint, args.readahead)
-            ready.ok()
+            nursery.start_soon(_readahead_then_ready, mountpoint, args.readahead, ready)
             await pyfuse3.main()
             with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
                 await fs.flush_metadata()
@@ -222,6 +220,19 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
                       "mount discards its data (%s)", item["key"], item["error"])
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+async def _readahead_then_ready(mountpoint: str, size: int, ready: Readiness) -> None:
+    """Report readiness once the kernel read-ahead is set (``size`` 0: at once), so the very first
+    sequential read is already made of large FUSE reads.  It cannot be set before the main loop
+    answers: the kernel takes the smaller of its setting and the one the FUSE init handshake
+    (answered by the main loop) reports, and asks nothing until that handshake is done."""
+    if size:
+        try:
+            await _set_readahead(mountpoint, size)
+        except Exception:  # advice only: it never keeps the mount from being used
+            log.exception("kernel read-ahead of %s not set", mountpoint)
+    ready.ok()
 
 
 async def _set_readahead(mountpoint: str, size: int) -> None:

@@ -26,6 +26,11 @@ from .supervise import spawn
 
 log = logging.getLogger("stashfs.fs")
 
+# A directory with fewer entries than this (one ListObjectsV2 page) is listed again instead of
+# looked up one name at a time (`Names._resolve_remote`).
+RELIST_MAX = 1000
+RELIST_RECENT = 10  # ... and in which this mount changed entries within that many TTLs
+
 
 class Names:
     def __init__(self, fs, inodes: InodeTable, backend: AsyncBackend, stats: Stats, ttl: float, clock):
@@ -72,8 +77,15 @@ class Names:
             # this answer carries the object's attributes (a directory's times changed here and not
             # stored yet are newer)
             if info.meta is not None and not (node.is_dir and self.fs.attributes.pending(node)):
-                node.meta = posixattrs.from_headers(info.meta, getattr(info, "mtime", node.mtime), node.is_dir,
-                                                    *self.fs.default_owner(node))
+                meta = posixattrs.from_headers(info.meta, getattr(info, "mtime", node.mtime), node.is_dir,
+                                               *self.fs.default_owner(node))
+                if node.is_dir and meta is not None and node.meta is not None and node.meta_known \
+                        and meta.ctime < node.meta.ctime:
+                    # A directory has no etag to order versions by: attributes changed here later
+                    # than these (its times, a chmod: every change sets the ctime) stay.  A parent's
+                    # index row is written after the change and may be read before it was.
+                    return
+                node.meta = meta
                 node.meta_known = True
 
     async def need_meta(self, node: Node) -> None:
@@ -147,7 +159,18 @@ class Names:
         done = self.clock()
         node.listing = Listing(entries, done, valid=5 * (done - started), seq=seq)
         node.absent.clear()
+        if entries or node.has_marker:
+            self._proven(node, done + max(self.ttl, node.listing.valid))
         return entries
+
+    def _proven(self, node: Node, until: float) -> None:
+        """``node`` and the directories above it exist (a listing found something in it): their
+        names are answered without a request until ``until`` (`resolve`)."""
+        for depth in range(node.depth, 1, -1):
+            d = node if depth == node.depth else self.inodes.at(node.path[:depth])
+            if d is None or not d.is_dir:
+                break
+            d.exists_until = max(d.exists_until, until)
 
     async def _list_dir(self, node: Node, seq: int) -> dict:
         """``name -> (is_dir, info or None)`` of a directory, from the backend."""
@@ -245,6 +268,8 @@ class Names:
         known = self.inodes.at(path)
         if known is not None and (known.staged is not None or known.depth <= 1):
             return known
+        if known is not None and known.is_dir and self.clock() < known.exists_until:
+            return known  # its listing (or one below it) is in use: no LIST of it again meanwhile
         if parent.depth == 0:
             return self.inodes.node_for(path, True) if name in layout.TREES else None
         try:
@@ -265,7 +290,16 @@ class Names:
                    for p, c in self.inodes.by_path.items())
 
     async def _resolve_remote(self, parent: Node, name: str, path: tuple) -> Optional[Node]:
-        """`resolve` for a name that only a listing, a HEAD or a LIST can answer."""
+        """`resolve` for a name that only a listing, a HEAD or a LIST can answer.
+
+        A directory this mount is filling (it created, removed or renamed an entry in it within
+        `RELIST_RECENT` TTLs) and that was small enough for one LIST page when last listed is
+        listed again rather than asked about one name: one request as well, and the names looked
+        up next (the next files created) are answered from it for a TTL."""
+        if (not self.listing_fresh(parent) and parent.listing is not None and parent.depth >= 2
+                and not parent.is_store and len(parent.listing.entries) < RELIST_MAX
+                and self.clock() - parent.changed_entries < RELIST_RECENT * self.ttl):
+            await self.listing(parent)
         if self.listing_fresh(parent):
             entry = parent.listing.entries.get(name)
             if entry is None and parent.is_store:
@@ -317,6 +351,7 @@ class Names:
     def listed(self, parent: Node, name: str, entry) -> None:
         """Keep a directory's cached listing (and its index, `fsdriver.dirindex`) in step with a
         change made through this mount."""
+        parent.changed_entries = self.clock()
         row = self._row(parent, name, entry)
         if entry is None or row is not None:
             self.fs.dirindex.note(parent, name, row)

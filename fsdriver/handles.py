@@ -6,18 +6,36 @@ itself on the disk backend (`LocalReader`), through a `Prefetcher` on remote bac
 readers are pinned to the version the file was opened at.
 """
 
+import errno
 import os
 
 import trio
 
 from .inodes import Node
 
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+ (pread that fails rather than wait for I/O)
+
 
 class LocalReader:
-    """Disk backend: pread from the backing file, opened once (the inode pins the version)."""
+    """Disk backend: pread from the backing file, opened once (the inode pins the version).
+
+    A read that the backing file's page cache holds is served on the trio thread
+    (``preadv(RWF_NOWAIT)`` fails with EAGAIN rather than wait for the disk); only what it does not
+    hold goes to a worker thread, so a sequential read the kernel reads ahead costs no thread hop.
+    While reads follow one another (each starts where the last ended) the backing file is advised
+    ``POSIX_FADV_SEQUENTIAL`` (a larger kernel read-ahead on it); a read elsewhere sets it back to
+    normal, so random readers do not pull in more than they read.  Reads return a bytes-like
+    object (``bytes`` or ``bytearray``) owned by the caller.
+    """
+
+    SEQUENTIAL_AFTER = 2  # reads in a row, each where the last ended, before advising sequential
 
     def __init__(self, fd: int, limiter: trio.CapacityLimiter):
         self.fd, self.limiter = fd, limiter
+        self.nowait = _RWF_NOWAIT is not None  # off after the filesystem refuses the flag
+        self.next_off = 0  # where the last read ended
+        self.in_a_row = 0  # reads in a row that started where the last one ended
+        self.sequential = False  # the backing file is advised POSIX_FADV_SEQUENTIAL
 
     @classmethod
     async def open(cls, path, limiter: trio.CapacityLimiter) -> tuple["LocalReader", os.stat_result]:
@@ -30,8 +48,52 @@ class LocalReader:
         fd, st = await trio.to_thread.run_sync(do_open, limiter=limiter)
         return cls(fd, limiter), st
 
-    async def read(self, off: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, self.fd, size, off, limiter=self.limiter)
+    async def read(self, off: int, size: int):
+        self._advise(off)
+        self.next_off = off + size
+        got = self._read_cached(off, size)
+        if got is not None and (len(got) == size or os.fstat(self.fd).st_size <= off + len(got)):
+            return got  # all of it, or all there is (the end of the file)
+        done = 0 if got is None else len(got)
+        # Not (all) in the page cache: the rest from a worker thread.
+        rest = await trio.to_thread.run_sync(os.pread, self.fd, size - done, off + done, limiter=self.limiter)
+        if not done:
+            return rest
+        got += rest
+        return got
+
+    def _read_cached(self, off: int, size: int) -> bytearray | None:
+        """What the page cache holds from ``off`` on: possibly less than ``size``, empty at the end
+        of the file; None when it holds nothing there or the flag is refused."""
+        if not self.nowait or size <= 0:
+            return None
+        buf = bytearray(size)
+        try:
+            n = os.preadv(self.fd, [buf], off, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            self.nowait = False  # this filesystem cannot read without blocking: always a thread
+            return None
+        if n < size:
+            del buf[n:]
+        return buf
+
+    def _advise(self, off: int) -> None:
+        """Sequential read-ahead on the backing file while reads follow one another."""
+        if off == self.next_off:
+            self.in_a_row += 1
+        else:
+            self.in_a_row = 0
+        want = self.in_a_row >= self.SEQUENTIAL_AFTER
+        if want != self.sequential:
+            self.sequential = want
+            try:
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL if want else os.POSIX_FADV_NORMAL)
+            except OSError:
+                pass  # advice only
 
     def close(self) -> None:
         os.close(self.fd)

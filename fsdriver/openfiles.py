@@ -12,12 +12,13 @@ upload still needs it.
 """
 
 import errno
+import os
 import time
 from contextlib import asynccontextmanager
 from typing import Optional
 
 
-from . import posixattrs
+from . import closes, posixattrs
 from .backend import ObjectInfo
 from .backend.disk import etag_of
 from .errno_boundary import FSError
@@ -83,11 +84,17 @@ class OpenFiles:
         direct_io = node.is_record and writable
         return self.register(handle), keep_cache, direct_io
 
-    async def create(self, node: Node, append: bool, exclusive: bool) -> int:
-        """A writing handle of ``node``, created or truncated (the core checked the name)."""
+    async def create(self, node: Node, append: bool, exclusive: bool, create_only: bool = False) -> int:
+        """A writing handle of ``node``, created or truncated (the core checked the name).
+
+        ``create_only``: a file this mount believes new, opened without O_TRUNC: its first upload
+        is conditional (If-None-Match), so a file another node created meanwhile (after the listing
+        this mount answered from) is never replaced by it; that close() gets EEXIST instead."""
         staged = await self.writable_staged(node, truncate=True)
         if node.is_record and exclusive:
             staged.mark_dirty({"if_none_match": True})
+        elif create_only and not node.is_record and node.open_count == 0:
+            staged.create_only_upload()
         return self.register(WriteHandle(node, staged, append, truncated=True))
 
     async def reader(self, node: Node):
@@ -134,6 +141,7 @@ class OpenFiles:
             n = await staged.write(off, data)
         finally:
             self.fs.budget.release(len(data))
+        self.fs.uploader.wrote(handle.node, staged, self.fs.nursery, off, off + n)  # parts it filled go up now
         handle.written = True
         node = handle.node
         node.mtime = time.time()
@@ -145,22 +153,46 @@ class OpenFiles:
         return n
 
     async def flush(self, fh: int) -> None:
-        """close(): a file written through this handle is durable in the backend on return."""
+        """close(): a file written through this handle is durable in the backend on return —
+        unless the close comes from a copy of the descriptor while its opener still holds the
+        file (`fsdriver.closes`): the opener's close uploads it then."""
         handle = self.handles[fh]
         if handle.writable and handle.node.is_record:
             await self.fs.records.flush(handle)  # only what was written: see fsdriver.records
-        elif handle.writable:
-            await self.upload(handle.node, handle.staged)
+        elif handle.writable and not await self._opener_still_writing(handle):
+            await self.upload(handle.node, handle.staged, awaited=True)
+
+    async def _opener_still_writing(self, handle: Handle) -> bool:
+        """Whether this close() comes from a copy of the descriptor (a child that inherited it)
+        while the process that opened the file still holds it (`fsdriver.closes`)."""
+        staged, caller, mountpoint = handle.staged, handle.caller, self.fs.mountpoint
+        if staged is None or not staged.dirty or caller is None or caller.pid <= 0 or mountpoint is None:
+            return False
+        node = handle.node
+        # Every open handle of the file (this one included, whoever opened them): the opener must
+        # hold at least that many descriptors of it for this close to be a copy's.  Counting only
+        # the opener's own handles would take a descriptor of another handle (a thread's, or one
+        # it inherited, `exec >>log 2>&1`) for a copy of this one.
+        handles = sum(1 for h in self.handles.values() if h.node is node)
+        path = os.path.join(mountpoint, *node.path)
+        # procfs answers from memory (readlink of /proc/<pid>/fd/N never calls into a filesystem):
+        # tens of microseconds, not worth a thread hop on every close
+        held = closes.opener_holds(caller.pid, path, handles, deleted=node.unlinked)
+        if held:
+            self.fs.stats.inherited_closes += 1
+        return held
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles[fh]
         if handle.writable and handle.node.is_record:
             await self.fs.records.fsync(handle)
             return
-        await self.upload(handle.node, handle.staged or handle.node.staged)
+        await self.upload(handle.node, handle.staged or handle.node.staged, awaited=True)
 
-    async def upload(self, node: Node, staged: Optional[StagedFile]) -> None:
-        await self.fs.uploader.upload(node, staged)
+    async def upload(self, node: Node, staged: Optional[StagedFile], awaited: bool = False) -> None:
+        """Upload a file's staged content; ``awaited``: a caller waits for it (close, fsync,
+        truncate), so a small file is journaled only if the upload fails (`Uploader.journal_first`)."""
+        await self.fs.uploader.upload(node, staged, awaited=awaited)
         if node.mtime_wanted is not None and not (staged and staged.dirty):
             mtime, node.mtime_wanted = node.mtime_wanted, None
             await self._keep_mtime(node, mtime)
@@ -250,7 +282,7 @@ class OpenFiles:
             staged = await self.writable_staged(node, truncate=(size == 0))
             await staged.truncate(size)
             try:
-                await self.upload(node, staged)
+                await self.upload(node, staged, awaited=True)
             finally:
                 if staged is not node.staged:
                     self.discard(staged)

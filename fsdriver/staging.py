@@ -4,6 +4,8 @@ Layout of ``--cache-dir`` (one daemon at a time, enforced by an flock on ``lock`
 
     staged/<id>          the local content of a file being written
     pending/<id>.json    {"key": ..., "staged": "<id>"}: staged/<id> must reach the backend
+    multipart/<id>.json  {"key": ..., "upload_id": ...}: a multipart upload started while a file was
+                         written (fsdriver.multipart), to abort unless it is completed
     reserve              space held back for journal entries, given up when the disk is full
 
 A staged file becomes *pending* when an upload of it starts (close, fsync, flush) and stops being
@@ -14,6 +16,11 @@ docs/concurrency.md for the crash states.
 A `StagedFile` of an existing object starts empty and sparse: the blocks of the object that a
 partial write or a read needs are fetched on demand (pinned to the etag the file was opened at),
 and the rest only when the file is uploaded.
+
+On S3 a large file's full parts are uploaded while it is written (`fsdriver.multipart`): its
+`StagedFile.stream` is told of every change of the content (after the bytes are in the file), and
+the multipart uploads such streams started are recorded under ``multipart/`` until completed or
+aborted, so that the next daemon aborts what a crash left open.
 """
 
 import errno
@@ -59,9 +66,10 @@ class Cache:
         self.root = Path(root)
         self.staged_dir = self.root / "staged"
         self.pending_dir = self.root / "pending"
+        self.streams_dir = self.root / "multipart"
         # Staged data is users' file content: private to the daemon's user (0700, files 0600).
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        for d in (self.root, self.staged_dir, self.pending_dir):
+        for d in (self.root, self.staged_dir, self.pending_dir, self.streams_dir):
             d.mkdir(mode=0o700, exist_ok=True)
         self.lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -136,6 +144,31 @@ class Cache:
                 log.error("pending upload %s is unreadable (%s); left in place", entry, e)
         return out
 
+    def record_stream(self, key: str, upload_id: str) -> Path:
+        """Record (durably) that multipart upload ``upload_id`` of ``key`` is open; its entry."""
+        meta = json.dumps({"key": key, "upload_id": upload_id}).encode()
+        tmp = durable_temp(self.streams_dir, meta, prefix=".", suffix=".tmp")
+        entry = self.streams_dir / (uuid.uuid4().hex + ".json")
+        replace_durably(tmp, entry)
+        return entry
+
+    def forget_stream(self, entry: Path) -> None:
+        """The upload of ``entry`` was completed or aborted (not durable: aborting again is harmless)."""
+        entry.unlink(missing_ok=True)
+
+    def streams(self) -> list[tuple[Path, str, str]]:
+        """Every recorded open multipart upload: (entry, key, upload id)."""
+        out = []
+        for entry in sorted(self.streams_dir.glob("*.json")):
+            try:
+                meta = json.loads(entry.read_text())
+                out.append((entry, meta["key"], meta["upload_id"]))
+            except (ValueError, KeyError, OSError) as e:
+                log.error("multipart upload record %s is unreadable (%s); left in place", entry, e)
+        for tmp in self.streams_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return out
+
     def discard_unjournaled(self, keep: set[Path]) -> int:
         """Remove staged files that no journal entry refers to (never closed before a crash)."""
         n = 0
@@ -188,8 +221,14 @@ class StagedFile:
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
         self.conditions: dict = conditions or {}
+        # A file created here without O_TRUNC: its first upload must not replace one another
+        # writer created meanwhile (If-None-Match), the later ones are plain (`create_only_upload`).
+        self.create_only = False
         # The user metadata (POSIX attributes) its upload stores: set when an upload starts
         self.meta: Optional[dict] = None
+        # The multipart upload of its parts started while it is written (fsdriver.multipart), if any:
+        # told of every change of the content, abandoned when the file is removed.
+        self.stream = None
         self.lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)
@@ -202,6 +241,10 @@ class StagedFile:
         if start >= end:
             return []
         return [b for b in range(start // BLOCK, (end - 1) // BLOCK + 1) if b not in self.present]
+
+    def is_local(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are all in the staged file (none left to fetch)."""
+        return not self._missing(start, end)
 
     async def ensure(self, start: int, end: int) -> None:
         """Make bytes [start, end) of the origin present in the staged file."""
@@ -244,6 +287,9 @@ class StagedFile:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     log.error("cache disk full while staging a write (%s)", self.cache.root)
                 raise
+            finally:
+                if self.stream is not None:  # after the bytes are in the file: see fsdriver.multipart
+                    self.stream.changed(off, end)
             self.present.update(range(off // BLOCK, (end - 1) // BLOCK + 1))
             self.size = max(self.size, end)
             self.dirty = True
@@ -258,6 +304,8 @@ class StagedFile:
             await self._io(os.ftruncate, self.fd, size)
             if size == 0:
                 self.broken = None  # nothing of the failed write is left
+            if self.stream is not None:
+                self.stream.resized(self.size, size)
             self.size = size
             self.dirty = True
 
@@ -281,6 +329,8 @@ class StagedFile:
         dirty or clean as it was."""
         await self._io(os.pwrite, self.fd, data, 0)
         await self._io(os.ftruncate, self.fd, len(data))
+        if self.stream is not None:
+            self.stream.changed(0, max(self.size, len(data)))
         self.size = len(data)
 
     async def scan(self, fn):
@@ -295,7 +345,9 @@ class StagedFile:
     def uploaded(self, etag: str) -> None:
         """The backend holds this content now, as ``etag``."""
         self.pending, self.error = False, None
-        if self.conditions:  # later writes through this handle build on what was just written
+        if self.create_only:  # a file created here without O_TRUNC exists now: later uploads replace it
+            self.conditions, self.create_only = {}, False
+        elif self.conditions:  # later writes through this handle build on what was just written
             self.conditions = {"if_match": etag}
 
     def upload_failed(self, error: str) -> None:
@@ -319,6 +371,10 @@ class StagedFile:
         """Its content was stored by other means (a scratch file put as a record)."""
         self.dirty = False
 
+    def create_only_upload(self) -> None:
+        """The next upload creates the object only if it does not exist (then plain again)."""
+        self.conditions, self.create_only = {"if_none_match": True}, True
+
     def mark_dirty(self, conditions: Optional[dict] = None) -> None:
         """Its content must be uploaded (with ``conditions``, if given) though nothing was written."""
         self.dirty = True
@@ -334,6 +390,9 @@ class StagedFile:
         that meanwhile belongs to another file."""
         if self.fd < 0:
             return
+        if self.stream is not None:  # never completed now: aborted in the background
+            self.stream, stream = None, self.stream
+            stream.abandon()
         fd, self.fd = self.fd, -1
         os.close(fd)
         try:

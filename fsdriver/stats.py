@@ -16,6 +16,7 @@ class Stats:
     random_reads: int = 0  # reads served by a ranged GET of just the range asked for
     page_cache_kept: int = 0  # opens that kept the kernel page cache (etag unchanged)
     upload_failures: int = 0
+    inherited_closes: int = 0  # close()s of inherited descriptors that did not upload (fsdriver.closes)
     background_failures: Counter = field(default_factory=Counter)  # by kind (fsdriver.supervise)
 
     def as_dict(self) -> dict:
@@ -30,5 +31,6 @@ class Stats:
             "random_reads": self.random_reads,
             "page_cache_kept": self.page_cache_kept,
             "upload_failures": self.upload_failures,
+            "inherited_closes": self.inherited_closes,
             "background_failures": dict(self.background_failures),
         }

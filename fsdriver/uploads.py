@@ -7,7 +7,10 @@ until it succeeds.  An upload that can never succeed — a conditional write tha
 record that is not JSON, a key the backend cannot hold or refuses (`upload_errors`) — is reported
 to the writer with its own errno at once and never queued.  A pending upload has one owner at a
 time (whoever holds its staged file's lock while it is still pending), and a delete of its key wins
-over it.  "Kept" is only ever said of data whose journal entry is on disk.
+over it.  A large file on S3 has its parts uploaded while it is written (`fsdriver.multipart`): its
+upload here then only adds the parts still missing and completes that multipart upload, or uploads
+the whole file when that cannot be done.  "Kept" is only ever said of data whose journal entry is
+on disk.
 """
 
 import errno
@@ -22,6 +25,7 @@ from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .errno_boundary import FSError
 from .inodes import Node
 from .memory import MemoryBudget
+from .multipart import Streams
 from .records import record_content
 from .staging import Cache, Pending, StagedFile
 from .stats import Stats
@@ -30,6 +34,8 @@ from .upload_errors import permanent_errno, transient_errno
 log = logging.getLogger("stashfs.uploads")
 
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
+# Uploads of at least this size are journaled before they start, even when a caller waits.
+JOURNAL_FIRST_SIZE = 8 << 20
 
 
 class Uploader:
@@ -47,16 +53,51 @@ class Uploader:
         self.meta_for = lambda node: None  # the user metadata an upload of a node stores
         # The daemon's memory budget: checking a record reserves its memory there (set by the core).
         self.budget: Optional[MemoryBudget] = None
+        self.streams = Streams(self)  # parts uploaded while files are written (fsdriver.multipart)
 
-    async def upload(self, node: Node, staged: StagedFile | None = None) -> None:
-        """Make ``staged`` (by default the node's shared staged file) durable at the node's key."""
+    def wrote(self, node: Node, staged: StagedFile, nursery: Optional[trio.Nursery], start: int, end: int) -> None:
+        """Bytes [start, end) of ``node``'s staged file were just written: start uploading the
+        parts it filled, in ``nursery`` (fsdriver.multipart).  Never blocks, never raises."""
+        try:
+            self.streams.wrote(node, staged, nursery, start, end)
+        except Exception:  # a bug here must not fail the write: the file is uploaded whole at close
+            log.exception("%s: streaming its parts failed unexpectedly", node.display)
+
+    async def upload(self, node: Node, staged: StagedFile | None = None, *, awaited: bool = False) -> None:
+        """Make ``staged`` (by default the node's shared staged file) durable at the node's key.
+
+        ``awaited``: a caller (close, fsync) waits for the answer, so a small file needs no journal
+        entry unless its upload fails (`journal_first`)."""
         staged = staged if staged is not None else node.staged
         if staged is None or node.is_scratch:
             return
         async with staged.lock:
-            await self.upload_locked(node, staged)
+            await self.upload_locked(node, staged, awaited=awaited)
 
-    async def upload_locked(self, node: Node, staged: StagedFile) -> None:
+    def journal_first(self, staged: StagedFile, awaited: bool, key: str) -> bool:
+        """Whether an upload is journaled before it starts.
+
+        An upload nobody waits for (at release, a record's commit) and a big one are journaled
+        first, so a crash during the upload leaves it for the next daemon.  A small file whose
+        close()/fsync() waits for the upload is journaled only if the upload fails: a crash before
+        the answer gives the caller no answer (nothing was acknowledged), and the two fsyncs of a
+        journal entry would cost more than the upload itself.  Except when it supersedes a
+        pending upload of the same key left by a previous run (data once reported as kept): that
+        one is dropped before this upload lands, so this one must be kept in its place."""
+        if not awaited or staged.size >= JOURNAL_FIRST_SIZE:
+            return True
+        return any(p.key == key for p in self.orphans)
+
+    async def _journal(self, node: Node, staged: StagedFile) -> None:
+        try:
+            await trio.to_thread.run_sync(self.cache.journal, staged, node.key, limiter=self.cache.io_limiter)
+            staged.journal_error = None
+        except OSError as e:  # the upload can still succeed; only a crash before it would lose it
+            staged.journal_error = f"cannot journal it in {self.cache.root}: {e.strerror or e}"
+            log.error("%s: %s; until an upload succeeds its data is NOT kept across a restart",
+                      node.display, staged.journal_error)
+
+    async def upload_locked(self, node: Node, staged: StagedFile, *, awaited: bool = False) -> None:
         """`upload` for a caller that holds ``staged.lock`` (a rename, an unlink)."""
         if staged.rejected is not None:
             raise staged.rejected
@@ -88,31 +129,48 @@ class Uploader:
             await self._prepare_record(node, staged)
         key = node.key
         staged.meta = self.meta_for(node)  # the attributes as they are now travel with the content
-        try:
-            await trio.to_thread.run_sync(self.cache.journal, staged, key, limiter=self.cache.io_limiter)
-            staged.journal_error = None
-        except OSError as e:  # the upload can still succeed; only a crash before it would lose it
-            staged.journal_error = f"cannot journal it in {self.cache.root}: {e.strerror or e}"
-            log.error("%s: %s; until an upload succeeds its data is NOT kept across a restart",
-                      node.display, staged.journal_error)
+        if self.journal_first(staged, awaited, key) or staged.journaled:
+            await self._journal(node, staged)  # (again, if journaled before: the metadata may differ)
         await self.supersede(key)  # older leftovers of this key must not land after this upload
         staged.begin_upload()
         try:
-            info = await self.backend.put_file(key, staged.path, meta=staged.meta, **staged.conditions)
+            info = await self._store(node, staged)
         except PreconditionFailed as e:
             self._reject(node, staged, FSError(
                 errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
                 "not written: the record changed since it was read (another writer's value stays)"
-                if "if_match" in staged.conditions else "not written: the record was created meanwhile",
+                if "if_match" in staged.conditions else
+                "not written: the record was created meanwhile" if node.is_record else
+                "not written: another writer created this file after it was created here without "
+                "O_TRUNC (its version stays)",
                 logging.WARNING,
             ))
             raise staged.rejected from e
         except (BackendError, OSError) as e:
+            if not staged.journaled:
+                await self._journal(node, staged)  # kept for the retries (and the next daemon)
             self._failed(node, staged, e)
         staged.uploaded(info.etag)
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
         self.on_uploaded(node, info)
+
+    async def _store(self, node: Node, staged: StagedFile):
+        """Put the staged content at the node's key: by completing the multipart upload of its
+        parts streamed while it was written, else as a whole file."""
+        stream = staged.stream
+        if stream is not None:
+            try:
+                info = await self.streams.finish(stream, node, staged)
+            except (PreconditionFailed, Unavailable):
+                raise  # the whole file would meet the same condition, or the same outage
+            except BackendError as e:
+                log.info("%s: completing the streamed upload failed (%s); uploading the whole file",
+                         node.display, e)
+                info = None
+            if info is not None:
+                return info
+        return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **staged.conditions)
 
     def _failed(self, node: Node, staged: StagedFile, e: Exception):
         """A failed upload.  One that can never succeed is refused at once with its own errno;
@@ -259,6 +317,7 @@ class Uploader:
         if self.orphans:
             log.warning("uploading %d pending uploads from a previous run", len(self.orphans))
             await self._upload_orphans(progress)
+        await self.streams.recover()  # multipart uploads a crash left open
 
     async def _upload_orphans(self, progress=lambda message: None) -> None:
         unreachable = False

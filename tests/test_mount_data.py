@@ -50,8 +50,11 @@ def test_sequential_read_is_prefetched(mount, big_object):
     assert (mount.path / "pipeline" / "big" / "obj").read_bytes() == big_object
     after = mount.status()
     if mount.kind == "s3":
-        gets = after["backend_requests"]["get_range"] - before["backend_requests"].get("get_range", 0)
-        assert gets < 30, gets  # windows grow to 8 MiB parts, not one GET per kernel read
+        gets = sum(after["backend_requests"].get(k, 0) - before["backend_requests"].get(k, 0)
+                   for k in ("get_range", "open_range"))
+        # one streamed GET for the whole file, not one per window or read (a stream reclaimed
+        # under memory pressure, on a loaded machine, starts once more)
+        assert gets <= 2, gets
         assert after["bytes_down"] - before["bytes_down"] < len(big_object) * 1.1
         assert after["prefetch_hit_bytes"] > len(big_object) // 2
 

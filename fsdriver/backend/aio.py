@@ -26,10 +26,12 @@ from typing import Callable, TypeVar
 import trio
 
 from ..errors import Unavailable
-from .base import Backend, ListEntry, ObjectInfo
+from .base import Backend, ListEntry, ObjectInfo, RangeReader
 
 # Calls without side effects: safe to abandon at the bound (by the name of the function called).
-READ_ONLY = frozenset({"head", "get_range", "list", "lookup", "store_expiries", "get", "check"})
+# (open_range/read_range: a streamed GET and the reads of its body.)
+READ_ONLY = frozenset({"head", "get_range", "list", "lookup", "store_expiries", "get", "check",
+                       "open_range", "read_range"})
 
 # The deadline (trio time) of the request being served, if any: a lookup or a read makes several
 # backend calls in a row, and its caller must get EIO within the bound, not within one per call.
@@ -130,6 +132,35 @@ class AsyncBackend:
             self.stats.bytes_down += len(data)
         return data
 
+    async def open_range(self, key: str, start: int, end: int | None = None, *,
+                         into: "list[bytearray]" = (), **cond) -> tuple[RangeReader, int]:
+        """`Backend.open_range` and the first bytes of its reader read into the buffers ``into``
+        (`RangeReader.read_into`), in one worker thread: one hop, and a small object comes whole
+        with its request.  Returns the reader and the bytes read.  A failing read closes it."""
+        def open_range():
+            reader = self.sync.open_range(key, start, end, **cond)
+            try:
+                return reader, reader.read_into(list(into))
+            except BaseException:
+                reader.close()
+                raise
+
+        reader, n = await self.run(open_range)
+        if self.stats is not None:
+            self.stats.bytes_down += n
+        return reader, n
+
+    async def read_range(self, reader: RangeReader, into: "list[bytearray]") -> int:
+        """Fill ``into`` with the next bytes of a reader from `open_range` (one worker thread
+        call for all the buffers); returns the bytes read."""
+        def read_range():
+            return reader.read_into(into)
+
+        n = await self.run(read_range)
+        if self.stats is not None:
+            self.stats.bytes_down += n
+        return n
+
     # put_bytes/put_file pass ``if_match``, ``if_none_match`` and ``meta`` through ``cond``.
     async def put_bytes(self, key: str, data: bytes, **cond) -> ObjectInfo:
         return await self.run(self.sync.put_bytes, key, data, **cond)
@@ -139,6 +170,22 @@ class AsyncBackend:
         if self.stats is not None:
             self.stats.bytes_up += info.size
         return info
+
+    # Multipart uploads (fsdriver.multipart): changes, never abandoned.
+    async def create_multipart(self, key: str, *, meta=None, checksum: bool = False) -> str:
+        return await self.run(self.sync.create_multipart, key, meta=meta, checksum=checksum)
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        etag = await self.run(self.sync.upload_part, key, upload_id, number, data)
+        if self.stats is not None:
+            self.stats.bytes_up += len(data)
+        return etag
+
+    async def complete_multipart(self, key: str, upload_id: str, parts, size: int, **cond) -> ObjectInfo:
+        return await self.run(self.sync.complete_multipart, key, upload_id, parts, size, **cond)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self.run(self.sync.abort_multipart, key, upload_id)
 
     async def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
         """A change: never abandoned (see the module docstring)."""

@@ -96,6 +96,47 @@ def check_meta(key: str, meta: "Mapping[str, str] | None") -> dict[str, str]:
     return out
 
 
+class RangeReader:
+    """What `Backend.open_range` returns: ``read(n)`` gives the next at most ``n`` bytes of the
+    range (fewer only at its end; ``b""`` after it), ``close()`` ends the request early and may be
+    called from any thread, also while a ``read`` runs in another (it then takes effect when that
+    read returns).  A reader is read by one thread at a time.
+
+    This generic one makes one `Backend.get_range` per ``read``; backends that can stream (S3)
+    return their own."""
+
+    def __init__(self, backend: "Backend", key: str, start: int, end: "int | None", if_match: "str | None"):
+        self.backend, self.key, self.pos, self.end, self.if_match = backend, key, start, end, if_match
+
+    def read(self, n: int) -> bytes:
+        stop = self.pos + n if self.end is None else min(self.pos + n, self.end)
+        if stop <= self.pos:
+            return b""
+        data = self.backend.get_range(self.key, self.pos, stop, if_match=self.if_match)
+        short = len(data) < stop - self.pos  # the object ends here
+        self.pos += len(data)
+        if short:
+            self.end = self.pos
+        return data
+
+    def read_into(self, buffers: "list[bytearray]") -> int:
+        """Fill ``buffers`` in order with the next bytes; returns how many were read (fewer than
+        the buffers hold only at the end).  The caller allocates them: on S3 the bodies of many
+        streams, read by many worker threads, then land in memory of the caller's thread, not in
+        the allocator's per-thread arenas (which would each keep what was freed in them).
+        This one makes one `read` for all of them."""
+        data = memoryview(self.read(sum(map(len, buffers))))
+        done = 0
+        for buf in buffers:
+            k = min(len(buf), len(data) - done)
+            buf[:k] = data[done : done + k]
+            done += k
+        return done
+
+    def close(self) -> None:
+        self.end = self.pos
+
+
 class Backend(abc.ABC):
     """One storage backend.  Implementations must be safe to call from several threads.
 
@@ -138,6 +179,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream the whole object in chunks.  NotFound is raised before the first chunk."""
+
+    def open_range(self, key: str, start: int, end: int | None = None, *,
+                   if_match: str | None = None) -> "RangeReader":
+        """A reader of bytes ``[start, end)`` of ``key`` (``end`` None or past EOF: to EOF), front
+        to back, from one request where the backend can (S3: one GET, streamed, without a Range
+        header for a whole object).  Errors of the request (NotFound, PreconditionFailed for a
+        stale ``if_match``) are raised here, or by the first read of this default, which serves
+        each `RangeReader.read` with a `get_range` pinned to ``if_match``.  A range starting at or
+        past EOF reads as empty."""
+        if start < 0 or (end is not None and end < start):
+            raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
+        return RangeReader(self, key, start, end, if_match)
 
     def get_to_file(self, key: str, fileobj: BinaryIO) -> int:
         """Copy the whole object into an open binary file; returns the byte count."""
@@ -182,6 +235,35 @@ class Backend(abc.ABC):
         keys; returns the info of ``dst``.  NotFound if ``src`` is missing, PreconditionFailed if
         ``dst`` exists.  Only where ``hard_links``; elsewhere PermissionDenied."""
         raise PermissionDenied("hard links are not supported by this backend", dst)
+
+    # -- multipart uploads driven by the caller (only where ``multipart_uploads``) ------------------
+    # The mount uploads the parts of a large file while it is written (fsdriver.multipart).  Parts
+    # are numbered from 1; uploading a number again replaces that part; every part but the last
+    # must be at least 5 MiB (S3).  Elsewhere these raise PermissionDenied and files are uploaded
+    # whole by `put_file`.
+    multipart_uploads = False
+
+    def create_multipart(self, key: str, *, meta: "Mapping[str, str] | None" = None, checksum: bool = False) -> str:
+        """Start a multipart upload of ``key`` whose object gets the user metadata ``meta``;
+        returns its upload id.  Nothing is visible at ``key`` until `complete_multipart`.
+        ``checksum``: its parts carry checksums the server verifies (S3: CRC32, what boto3's
+        `upload_file` sends by default)."""
+        raise PermissionDenied("multipart uploads are not supported by this backend", key)
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` of the upload; returns the part's etag.  NotFound if the upload
+        is gone (completed or aborted)."""
+        raise PermissionDenied("multipart uploads are not supported by this backend", key)
+
+    def complete_multipart(self, key: str, upload_id: str, parts: "Iterable[tuple[int, str]]", size: int, *,
+                           if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        """Make the object at ``key`` the concatenation of ``parts`` ((number, etag), ascending),
+        ``size`` bytes in all, atomically, under the same conditions as `put_bytes`."""
+        raise PermissionDenied("multipart uploads are not supported by this backend", key)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop the upload and its parts; an upload that no longer exists is not an error."""
+        raise PermissionDenied("multipart uploads are not supported by this backend", key)
 
     @abc.abstractmethod
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:

@@ -2,6 +2,9 @@
 
 - Every put writes a temp file under ``<root>/.stashfs/tmp`` (same filesystem), fsyncs it and
   renames it into place, so a reader sees the old object or the new one, never half of one.
+  It returns once durable: the temp file (content, metadata, mtime stamp) is fsynced before the
+  rename and the directory after it.  That is two journal commits where creating the file in
+  place takes one: the price of never showing half an object, even after a crash.
 - The etag is derived from (inode, mtime_ns, size).  A put renames a new inode into place and
   stamps it with a strictly increasing nanosecond mtime of its own (the filesystem's own timestamps
   are only as fine as the kernel tick, and inode numbers are reused), so two versions never share
@@ -84,13 +87,17 @@ def read_meta(target) -> dict[str, str]:
     return meta
 
 
-def _linked(path: Path) -> bool:
-    """Whether ``path`` is a file with other hard links (a put must keep them: write in place)."""
+def _what_is_at(path: Path) -> tuple[bool, os.stat_result | None]:
+    """Whether ``path`` is a file with other hard links (a put must keep them: write in place),
+    and the stat of what is there, following a symlink (None: nothing, or a parent is missing or
+    not a directory)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+        if not stat.S_ISLNK(st.st_mode):
+            return stat.S_ISREG(st.st_mode) and st.st_nlink > 1, st
+        return False, os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False, None
 
 
 def _overwrite(path: Path, tmp: str, meta: Mapping[str, str], key: str) -> os.stat_result:
@@ -178,41 +185,46 @@ class DiskBackend(Backend):
         finally:
             os.close(fd)  # releases the flock
 
-    def _current_etag(self, path: Path) -> str | None:
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return None if stat.S_ISDIR(st.st_mode) else etag_of(st)
+    def _commit(self, key: str, written: tuple[str, os.stat_result], if_match: str | None, if_none_match: bool,
+                meta: dict) -> ObjectInfo:
+        """Rename the fsynced, stamped temp file (``written``: its path and stat, from `_write_tmp`,
+        holding ``meta`` already) into place under the key's lock, and fsync the directory.
 
-    def _commit(self, key: str, tmp: str, if_match: str | None, if_none_match: bool, meta: dict) -> ObjectInfo:
-        """Rename the fsynced temp file ``tmp`` (holding ``meta`` already) into place under the key's lock."""
+        One lstat of the key tells a directory, a hard-linked file and the current etag; parents
+        are made only when the rename finds one missing.  The rename keeps the inode, mtime and
+        size, so the temp file's stat is the object's."""
+        tmp, st = written
         path = self._path(key)
-        os.utime(tmp, ns=(_unique_ns(), _unique_ns()))
+        renamed = False
         try:
             with self._lock(key):
+                linked, there = _what_is_at(path)
                 if if_match is not None or if_none_match:
-                    current = self._current_etag(path)
+                    current = None if there is None or stat.S_ISDIR(there.st_mode) else etag_of(there)
                     if if_none_match and current is not None:
                         raise PreconditionFailed(f"{key}: already exists", key)
                     if if_match is not None and current != if_match:
                         raise PreconditionFailed(f"{key}: etag changed since it was read", key)
-                self._make_parents(key, path)
-                if path.is_dir():
+                if there is not None and stat.S_ISDIR(there.st_mode):
                     raise InvalidRequest(f"{key}: is a prefix (directory), not an object", key)
+                if linked:
+                    with _os_errors(key):
+                        return _info(key, _overwrite(path, tmp, meta, key), meta)
                 with _os_errors(key):
-                    if _linked(path):
-                        st = _overwrite(path, tmp, meta, key)
-                    else:
+                    try:
                         os.replace(tmp, path)
-                        st = os.stat(path)
-                        fsync_dir(path.parent)
+                    except (FileNotFoundError, NotADirectoryError):
+                        self._make_parents(key, path)  # InvalidRequest if a parent is an object
+                        os.replace(tmp, path)
+                    renamed = True
+                    fsync_dir(path.parent)
                 return _info(key, st, meta)
         finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            if not renamed:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
 
     def _make_parents(self, key: str, path: Path) -> None:
         try:
@@ -225,21 +237,24 @@ class DiskBackend(Backend):
     def _new_tmp(self) -> tuple[int, str]:
         return tempfile.mkstemp(dir=self._tmp, prefix="put-")
 
-    def _write_tmp(self, key: str, fill: Callable[[int], None], meta: dict) -> str:
-        """A new temp file holding ``meta`` and what ``fill(fd)`` writes, fsynced; its path."""
+    def _write_tmp(self, key: str, fill: Callable[[int], None], meta: dict) -> tuple[str, os.stat_result]:
+        """A new temp file holding ``meta`` and what ``fill(fd)`` writes, stamped with a unique
+        mtime and fsynced (content, metadata and stamp); its path and stat."""
         fd, tmp = self._new_tmp()
         try:
             with _os_errors(key):
                 if meta:
                     _write_meta(fd, meta, key)
                 fill(fd)
+                os.utime(fd, ns=(_unique_ns(), _unique_ns()))
                 os.fsync(fd)
+                st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.close(fd)
-        return tmp
+        return tmp, st
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -327,9 +342,12 @@ class DiskBackend(Backend):
         if key.endswith("/"):
             return self._put_marker(key, b"", if_none_match, meta)
         self._path(key)
-        with open(path, "rb") as src:  # a problem with the local file is the caller's OSError
-            tmp = self._write_tmp(key, lambda fd: _copy_into(src, fd), meta)
-        return self._commit(key, tmp, if_match, if_none_match, meta)
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a problem with the local file is the caller's OSError
+        try:
+            written = self._write_tmp(key, lambda fd: _copy_into(src, fd), meta)
+        finally:
+            os.close(src)
+        return self._commit(key, written, if_match, if_none_match, meta)
 
     def _put_marker(self, key: str, data: bytes, if_none_match: bool = False, meta: dict | None = None) -> ObjectInfo:
         """A marker is a directory: a new one is made in the temp area with its metadata and
@@ -545,11 +563,21 @@ class DiskBackend(Backend):
         with f:
             with _os_errors(src):
                 meta = read_meta(f.fileno()) if meta is None else check_meta(dst, meta)
-            tmp = self._write_tmp(dst, lambda fd: _copy_into(f, fd), meta)
-        return self._commit(dst, tmp, None, False, meta)
+            written = self._write_tmp(dst, lambda fd: _copy_into(f.fileno(), fd), meta)
+        return self._commit(dst, written, None, False, meta)
 
 
-def _copy_into(src, fd: int) -> None:
-    """Copy the rest of the open file ``src`` into the file descriptor ``fd``."""
-    with open(fd, "wb", closefd=False) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+def _copy_into(src: int, fd: int) -> None:
+    """Copy the file open as ``src``, from its current offset to its end, into ``fd``: in the
+    kernel (copy_file_range), or through a buffer where the two files' filesystems cannot."""
+    try:
+        while os.copy_file_range(src, fd, 1 << 30):
+            pass
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    while chunk := os.read(src, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, Optional
 
 from ..errors import InvalidRequest, NotFound, PreconditionFailed
-from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike, check_meta
+from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike, RangeReader, check_meta
 
 MAX_KEY_BYTES = 1024  # S3's limit
 
@@ -93,6 +93,21 @@ def _matches(prefix: Optional[str], keys: tuple) -> bool:
     return prefix is None or any(k is not None and k.startswith(prefix) for k in keys)
 
 
+class _SnapshotReader(RangeReader):
+    """`MemoryBackend.open_range`: reads a fixed snapshot of the range (bytes of one version)."""
+
+    def __init__(self, view: memoryview):
+        self.view, self.pos = view, 0
+
+    def read(self, n: int) -> bytes:
+        data = bytes(self.view[self.pos : self.pos + max(n, 0)])
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self.pos = len(self.view)
+
+
 class MemoryBackend(Backend):
     lists_meta = True
 
@@ -107,6 +122,7 @@ class MemoryBackend(Backend):
         self._etags = itertools.count(1)
         self._faults: dict[str, list[_Fault]] = {}
         self._gates: list[Gate] = []
+        self._uploads: dict[str, tuple] = {}  # multipart upload id -> (key, meta, {number: (etag, data)})
 
     # -- fault injection -------------------------------------------------------------------------
 
@@ -242,6 +258,19 @@ class MemoryBackend(Backend):
         self._leave(gate, (key,))
         return o.data[start:end]
 
+    def open_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None):
+        """One counted call (``calls["open_range"]``: one GET) whose reader serves the version of
+        the object at that moment, as a streamed S3 body does; its reads are not calls."""
+        gate = self._enter("open_range", key)
+        if start < 0 or (end is not None and end < start):
+            raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
+        with self._lock:
+            o = self._get(key)
+        if if_match is not None and o.etag != if_match:
+            raise PreconditionFailed(f"{key}: changed since it was opened", key)
+        self._leave(gate, (key,))
+        return _SnapshotReader(memoryview(o.data)[start:end])
+
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         gate = self._enter("read_stream", key)
         with self._lock:
@@ -272,6 +301,64 @@ class MemoryBackend(Backend):
         info = self._store(key, data, if_match, if_none_match, meta)
         self._leave(gate, (key,))
         return info
+
+    # -- multipart uploads (S3's semantics; parts of any size; `part_size` is what the mount uses) --
+    multipart_uploads = True
+    part_size = 8 << 20
+    multipart_threshold = 8 << 20
+    transfer_workers = 4
+
+    def create_multipart(self, key: str, *, meta=None, checksum: bool = False) -> str:
+        gate = self._enter("create_multipart", key)
+        self._check_key(key)
+        meta = check_meta(key, meta)
+        with self._lock:
+            upload_id = f"upload-{next(self._etags):x}"
+            self._uploads[upload_id] = (key, meta, {})
+        self._leave(gate, (key,))
+        return upload_id
+
+    def _upload(self, key: str, upload_id: str) -> tuple:
+        u = self._uploads.get(upload_id)
+        if u is None or u[0] != key:
+            raise NotFound(f"{key}: no such upload {upload_id}", key)
+        return u
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        gate = self._enter("upload_part", key)
+        with self._lock:
+            parts = self._upload(key, upload_id)[2]
+            etag = f"part-{next(self._etags):x}"
+            parts[number] = (etag, bytes(data))
+        self._leave(gate, (key,))
+        return etag
+
+    def complete_multipart(self, key: str, upload_id: str, parts, size: int, *,
+                           if_match=None, if_none_match=False) -> ObjectInfo:
+        gate = self._enter("complete_multipart", key)
+        with self._lock:
+            _, meta, uploaded = self._upload(key, upload_id)
+            chunks = []
+            for number, etag in parts:
+                if number not in uploaded or uploaded[number][0] != etag:
+                    raise InvalidRequest(f"{key}: part {number} of {upload_id} was not uploaded as {etag}", key)
+                chunks.append(uploaded[number][1])
+        info = self._store(key, b"".join(chunks), if_match, if_none_match, meta)
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+        self._leave(gate, (key,))
+        return info
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        gate = self._enter("abort_multipart", key)
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+        self._leave(gate, (key,))
+
+    def open_uploads(self) -> list[str]:
+        """For assertions: the keys of multipart uploads neither completed nor aborted."""
+        with self._lock:
+            return [u[0] for u in self._uploads.values()]
 
     def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
         gate = self._enter("set_meta", key)

@@ -16,6 +16,7 @@
 
 import os
 import email.utils
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from ..errors import (
 )
 from .s3_errors import s3_errors
 from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, check_meta
+from .base import RangeReader
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -83,6 +85,85 @@ def _server_time(response: dict) -> float:
 def _user_meta(response: dict) -> dict[str, str]:
     """The user metadata of a HEAD (or GET) answer, without the put token."""
     return {k: v for k, v in response.get("Metadata", {}).items() if k != _TOKEN}
+
+
+# GETs made by `S3Backend.open_range` in this thread: their body is not checksummed by botocore.
+# A streamed body is handed to readers as it arrives, so a checksum of the whole object, known only
+# at its end, cannot keep a bad byte from a reader; it only cost CPU (a CRC32 of every byte).  The
+# transfer itself is guarded by TCP and TLS.  Other GETs keep botocore's validation.
+_streamed = threading.local()
+
+
+def _no_checksum_when_streamed(params, **kwargs) -> None:
+    if getattr(_streamed, "active", False):
+        params.get("context", {}).get("checksum", {}).pop("response_algorithms", None)
+
+
+class _EmptyReader(RangeReader):
+    def __init__(self):
+        pass
+
+    def read(self, n: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class _BodyReader(RangeReader):
+    """The streamed body of one GET (`S3Backend.open_range`): ``read(n)`` reads exactly ``n``
+    bytes but at the end, `read_into` fills the caller's buffers.  ``close`` drops the connection
+    unless the body was read to its end (then it went back to the pool already), and waits for a
+    read in progress in another thread to return first."""
+
+    def __init__(self, body, errors):
+        self.body, self.errors = body, errors
+        self._lock = threading.Lock()
+        self._busy = False  # a read runs
+        self._closing = False  # close() was called during that read: the read closes on return
+
+    def read(self, n: int) -> bytes:
+        return self._locked(lambda: self.body.read(n) if n > 0 else b"", b"")
+
+    def read_into(self, buffers: list[bytearray]) -> int:
+        def fill() -> int:
+            done = 0
+            for buf in buffers:
+                view, got = memoryview(buf), 0
+                while got < len(buf):
+                    k = self.body.readinto(view[got:])
+                    if not k:
+                        return done + got  # the end of the body
+                    got += k
+                done += got
+            return done
+
+        return self._locked(fill, 0)
+
+    def _locked(self, read, closed):
+        """Run ``read()`` unless closed (then ``closed``); a close meanwhile takes effect after."""
+        with self._lock:
+            if self._closing:
+                return closed
+            self._busy = True
+        try:
+            with self.errors():
+                return read()
+        finally:
+            with self._lock:
+                self._busy = False
+                closing = self._closing
+            if closing:
+                self.body.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._busy:
+                return  # the read in progress closes the body when it returns
+        self.body.close()
 
 
 class S3Backend(Backend):
@@ -132,6 +213,8 @@ class S3Backend(Backend):
             config=config,
         )
         self._pool = ThreadPoolExecutor(transfer_workers, thread_name_prefix="s3-part")
+        # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
+        self._streams: dict[str, tuple[str, dict, dict]] = {}
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -197,6 +280,36 @@ class S3Backend(Backend):
                 body.close()
 
         return chunks()
+
+    _stream_hooked = False  # the checksum hook of streamed GETs is registered on the client
+
+    def open_range(self, key: str, start: int, end: int | None = None, *,
+                   if_match: str | None = None) -> RangeReader:
+        """One GET, its body streamed by the reader: no Range header for a whole object (start 0,
+        no end), else ``bytes=start-`` or ``bytes=start-(end-1)``; If-Match pins the version."""
+        if start < 0 or (end is not None and end < start):
+            raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
+        if end == start:
+            self.head(key)  # an empty range still requires the object to exist
+            return _EmptyReader()
+        extra = {"IfMatch": _quote(if_match)} if if_match else {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        if not self._stream_hooked:
+            self.client.meta.events.register("before-call.s3.GetObject", _no_checksum_when_streamed,
+                                             unique_id="stashfs-streamed-get")
+            self._stream_hooked = True
+        with self._errors(key):
+            _streamed.active = True
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=self._k(key), **extra)
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return _EmptyReader()  # 416: the range starts at or past the object's end
+                raise
+            finally:
+                _streamed.active = False
+        return _BodyReader(r["Body"], lambda: self._errors(key))
 
     def get_to_file(self, key: str, fileobj: BinaryIO) -> int:
         """Large objects come down as parallel ranged GETs pinned to one etag."""
@@ -307,6 +420,71 @@ class S3Backend(Backend):
                 pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
             raise
         return ObjectInfo(key, size, _server_time(r), r["ETag"].strip('"'), meta=meta)
+
+    # -- a multipart upload driven by the caller (parts uploaded while a file is written) --------
+    multipart_uploads = True
+
+    def create_multipart(self, key: str, *, meta=None, checksum: bool = False) -> str:
+        """CreateMultipartUpload with ``meta`` (and a put token, so that `complete_multipart`
+        can tell whether an ambiguous completion landed); returns the upload id.  ``checksum``:
+        its parts carry CRC32 checksums, as boto3's `upload_file` sends them by default (the
+        object's checksum is then a composite one; without, the server computes its own)."""
+        meta = check_meta(key, meta)
+        token = uuid.uuid4().hex
+        extra = {"ChecksumAlgorithm": "CRC32"} if checksum else {}
+        with self._errors(key):
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self._k(key), Metadata={**meta, _TOKEN: token}, **extra)["UploadId"]
+        self._streams[upload_id] = (token, meta, {} if checksum else None)
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """UploadPart ``number`` (1-based; uploading a number again replaces it); its etag."""
+        stream = self._streams.get(upload_id)
+        sums = stream[2] if stream is not None else None
+        extra = {"ChecksumAlgorithm": "CRC32"} if sums is not None else {}
+        with self._errors(key):
+            r = self.client.upload_part(Bucket=self.bucket, Key=self._k(key), UploadId=upload_id,
+                                        PartNumber=number, Body=data, **extra)
+        if sums is not None and r.get("ChecksumCRC32"):
+            sums[(number, r["ETag"])] = r["ChecksumCRC32"]
+        return r["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, parts, size: int, *,
+                           if_match: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        """CompleteMultipartUpload of ``parts`` ((number, etag) in order, ``size`` bytes in all),
+        with S3's If-Match / If-None-Match.  An answer that does not say it did not happen is
+        checked against what the bucket holds (as a put's)."""
+        token, meta, sums = self._streams.get(upload_id, (None, {}, None))
+        sums = sums or {}
+        cond = self._conditions(if_match, if_none_match)
+        listed = []
+        for n, e in parts:
+            listed.append({"PartNumber": n, "ETag": e})
+            if (n, e) in sums:
+                listed[-1]["ChecksumCRC32"] = sums[(n, e)]
+        try:
+            with self._put_errors(key, cond):
+                r = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self._k(key), UploadId=upload_id,
+                    MultipartUpload={"Parts": listed}, **cond)
+        except (*_AMBIGUOUS, NotFound):  # NoSuchUpload: a retry after the first one completed
+            info = self._landed(key, token, size) if token is not None else None
+            if info is None:
+                raise
+            self._streams.pop(upload_id, None)
+            return info
+        self._streams.pop(upload_id, None)
+        return ObjectInfo(key, size, _server_time(r), r["ETag"].strip('"'), meta=meta)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload; an upload that no longer exists is not an error."""
+        self._streams.pop(upload_id, None)
+        try:
+            with self._errors(key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._k(key), UploadId=upload_id)
+        except NotFound:
+            pass
 
     def set_meta(self, key: str, meta, *, if_match: str | None = None, if_meta=None) -> ObjectInfo:
         """CopyObject onto itself with MetadataDirective=REPLACE (a multipart copy above 5 GiB),

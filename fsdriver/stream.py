@@ -1,0 +1,338 @@
+"""One streamed GET of an object, read ahead into a bounded buffer that sequential reads consume.
+
+A `Stream` covers ``[start, end)`` of one version of an object (If-Match on its etag).  A
+background task, the *pump*, makes one request (`AsyncBackend.open_range`: a plain GET from
+offset 0, else an open range) and reads its body in chunks, one worker thread call per chunk:
+the first chunk is ``first`` bytes (the request and a small object's whole content in one thread
+hop), each next one twice the last, up to ``max_chunk``.  A chunk is read into buffers that the
+pump allocates on the trio thread, cut at multiples of `PIECE` of the object's offsets (pieces);
+a read is served from them: a read that is one whole piece is that piece itself, a bytearray (the
+kernel's aligned 1 MiB reads: no copy), otherwise a copy of what it asks for (bytes).
+
+Flow control: the pump reads ahead while it is less than ``ahead`` bytes beyond the end of the
+last read, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits otherwise.
+A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may reclaim),
+the whole next chunk if memory is free, else just what the read needs.  A piece is released
+when a read starts past its end (and the read before did too: a reader's requests may arrive
+slightly out of order); ``ahead`` grows to twice what the reader consumed, up to
+``max_ahead``.
+
+`cancel` ends it: the buffer is released at once, the pump stops after the chunk it is reading
+(its memory is held until it lands), and the body is closed (the connection is dropped).
+`reclaim` gives memory back under pressure: with no read in progress everything, else what lies
+beyond the read; dropping anything cancels the stream, since a streamed body cannot skip a gap.
+A body that breaks off is resumed with a new request from where it stopped (`RESUMES` times in a
+row, only when pinned to an etag).  An error of the request or of the body is kept and raised by the
+next read that needs more bytes; a body that ends before ``end`` (no version pin, the object
+shrank) gives short reads.
+"""
+
+import ctypes
+from collections import deque
+
+import trio
+
+from .backend.aio import AsyncBackend
+from .backend.base import RangeReader
+from .errors import Unavailable
+from .memory import MemoryBudget
+from .stats import Stats
+from .supervise import spawn
+
+# Bodies are read in pieces cut at multiples of this offset: the kernel's FUSE reads (up to 1 MiB,
+# aligned) are then each one whole piece, answered without a copy.  A piece is below the mmap
+# threshold (fsdriver.allocator): heap memory that is reused, not a fresh mapping whose pages
+# fault in again for every piece (a quarter of the daemon's CPU time per GiB read).
+PIECE = 1 << 20
+
+# Freed pieces stay in the heap for the next ones; once nothing is held any more (the budget is
+# idle) after at least this much was freed, the heap's free pages go back to the kernel, so the
+# daemon's RSS returns to its size at rest when its files are closed.
+TRIM_AFTER = 16 << 20
+_freed_since_trim = 0
+
+
+def _give_back(budget: MemoryBudget, n: int) -> None:
+    global _freed_since_trim
+    budget.release(n)
+    _freed_since_trim += n
+    if budget.used == 0 and _freed_since_trim >= TRIM_AFTER:
+        _freed_since_trim = 0
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return the free pages of every arena to the kernel (a no-op
+    elsewhere).  Quick: it walks the free chunks, which here are few and large."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+            _malloc_trim.argtypes, _malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def _buffer_maker():
+    """``n -> bytearray`` of ``n`` bytes left uninitialised (``bytearray(n)`` zero-fills: 90-150 us
+    a MiB, more than the socket read, for bytes the body read overwrites at once).  Every byte of a
+    piece is written by the read before anyone sees it: a short read trims the piece to what was
+    read.  C API ``PyByteArray_FromStringAndSize(NULL, n)``; ``bytearray`` where there is none."""
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:
+        return bytearray
+    make.restype, make.argtypes = ctypes.py_object, (ctypes.c_char_p, ctypes.c_ssize_t)
+    return lambda n: make(None, n)
+
+
+_new_buffer = _buffer_maker()
+
+# A body that breaks off (Unavailable) is resumed by a new request from where it stopped, pinned to
+# the same etag, at most this many times per stream (botocore retries requests, not bodies).
+RESUMES = 2
+
+
+class Stream:
+    def __init__(
+        self,
+        backend: AsyncBackend,
+        budget: MemoryBudget,
+        stats: Stats,
+        key: str,
+        etag: str | None,
+        start: int,
+        end: int,
+        *,
+        first: int,
+        max_chunk: int,
+        ahead: int,
+        max_ahead: int,
+    ):
+        self.backend, self.budget, self.stats = backend, budget, stats
+        self.key, self.etag, self.end = key, etag, end
+        self.start = start  # where the stream began (its request's range)
+        self.chunks: deque[tuple[int, bytearray]] = deque()  # (offset, piece), contiguous, ascending
+        self.pos = start  # end of the bytes received so far
+        self.held = 0  # budget bytes held by self.chunks
+        self.read_end = start  # end of the last read served: read-ahead is counted from here
+        self.read_off = start  # start of the last read: what is below both it and this read is done
+        self.wanted = start  # a read in progress waits for the bytes up to here
+        self.chunk = max(first, 1)
+        self.max_chunk = max(max_chunk, first, 1)
+        self.ahead, self.max_ahead = ahead, max(max_ahead, ahead)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.finished = False  # the pump ended (all received, an error, or cancelled)
+        self._arrived = trio.Event()  # wakes the reader: bytes, an error or the end arrived
+        self._wake = trio.Event()  # wakes the pump: a read wants bytes, memory freed, cancelled
+        self._quiet = trio.Event()  # set while the pump waits without a request in flight
+
+    # -- the reader's side (trio thread; reads of one stream are serialised by their caller) ------
+
+    @property
+    def base(self) -> int:
+        """The lowest offset the stream can still serve."""
+        return self.chunks[0][0] if self.chunks else self.pos
+
+    def covers(self, off: int) -> bool:
+        """Whether a read at ``off`` is this stream's: in its buffer, or at most ``ahead`` bytes
+        beyond what it received (it gets there by itself).  A failed stream covers its position:
+        the read raises the error."""
+        return not self.cancelled and self.base <= off <= self.pos + self.ahead
+
+    async def read(self, off: int, end: int) -> bytes:
+        """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
+        self._consume(min(off, self.read_off))  # one read behind kept: reads may come out of order
+        self.read_off = off
+        if end > self.pos:
+            self.wanted = end
+            self._wake.set()
+            while end > self.pos and self.error is None and not self.finished and not self.cancelled:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+            if end > self.pos and self.error is not None:
+                raise self.error
+            if self.cancelled and (not self.chunks or self.chunks[0][0] > off):
+                raise Unavailable(f"{self.key}: the read-ahead was cancelled during the read", self.key)
+        end = min(end, self.pos)
+        self.read_end = max(self.read_end, end)
+        self._wake.set()  # the pump may read ahead again
+        out = []
+        for cstart, data in self.chunks:
+            cend = cstart + len(data)
+            if cend <= off:
+                continue
+            if cstart >= end:
+                break
+            lo, hi = max(off, cstart) - cstart, min(end, cend) - cstart
+            out.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
+        if len(out) == 1:
+            return out[0] if isinstance(out[0], bytearray) else bytes(out[0])
+        return b"".join(out)
+
+    def _consume(self, off: int) -> None:
+        """Release the pieces that end at or below ``off``: read; read-ahead widens with them."""
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= off:
+            cstart, data = self.chunks.popleft()
+            self._release(len(data))
+            consumed = cstart + len(data) - self.start
+            self.ahead = min(max(self.ahead, 2 * consumed), self.max_ahead)
+
+    def _release(self, n: int) -> None:
+        self.held -= n
+        _give_back(self.budget, n)
+
+    def cancel(self) -> None:
+        """End the stream: release the buffer now; the pump stops and closes the body."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        while self.chunks:
+            self._release(len(self.chunks.pop()[1]))
+        self._wake.set()
+        self._arrived.set()
+
+    def reclaim(self, keep_below: int) -> int:
+        """Drop the chunks that start at or above ``keep_below`` (0: all); returns the bytes
+        dropped.  Dropping any cancels the stream (what is below stays for the read in progress)."""
+        freed = 0
+        while self.chunks and self.chunks[-1][0] >= keep_below:
+            n = len(self.chunks.pop()[1])
+            self._release(n)
+            freed += n
+        if freed:
+            kept = list(self.chunks)
+            self.chunks.clear()  # cancel() must not release what the read in progress keeps
+            self.cancel()
+            self.chunks.extend(kept)
+        return freed
+
+    def release_all(self) -> None:
+        """After the last read of a cancelled stream: give back what it kept for that read."""
+        self.cancel()
+        while self.chunks:
+            self._release(len(self.chunks.pop()[1]))
+
+    async def quiet(self) -> None:
+        """Wait until the pump has no request in flight (for tests: nothing more is fetched
+        until a read or a cancel wakes it)."""
+        while not self.finished and not self._quiet.is_set():
+            await self._quiet.wait()
+
+    # -- the pump ----------------------------------------------------------------------------
+
+    def begin(self, nursery: trio.Nursery) -> None:
+        spawn(nursery, self.stats, "prefetch", self._pump)
+
+    async def _pump(self) -> None:
+        reader: RangeReader | None = None
+        credit = 0  # budget taken for the chunk being read
+        resumed = 0  # new requests made since the body last delivered bytes
+        try:
+            credit = await self._credit()
+            if credit:
+                cond = {"if_match": self.etag} if self.etag else {}
+                # A whole object from its start: a plain GET (no Range header).
+                end = None if self.start == 0 or self.etag else self.end
+                buffers = self._buffers(credit)
+                reader, n = await self.backend.open_range(self.key, self.start, end, into=buffers, **cond)
+                credit = self._deliver(buffers, n, credit)
+            while reader is not None and credit == 0 and self.pos < self.end and not self.cancelled:
+                credit = await self._credit()
+                if credit and not self.cancelled:
+                    buffers = self._buffers(credit)
+                    try:
+                        n = await self.backend.read_range(reader, buffers)
+                        if n:
+                            resumed = 0  # the limit is per failure streak, not per stream
+                    except Unavailable:  # the body broke off (a reset, a timeout): ask again
+                        if not self.etag or resumed >= RESUMES:
+                            raise  # (without a version pin, a new request could mix versions)
+                        resumed += 1
+                        reader.close()  # (a read abandoned at the bound still runs: it closes it)
+                        reader = None
+                        buffers = self._buffers(credit)  # never those that read may still fill
+                        reader, n = await self.backend.open_range(
+                            self.key, self.pos, None, into=buffers, if_match=self.etag)
+                    credit = self._deliver(buffers, n, credit)
+        except Exception as e:  # handed to the reader that needs the bytes
+            self.error = e
+        finally:
+            if credit:
+                _give_back(self.budget, credit)
+            self.finished = True
+            self._quiet.set()
+            self._arrived.set()
+            if reader is not None:
+                reader.close()  # drops the connection unless the body was read to its end
+
+    def _buffers(self, n: int) -> list[bytearray]:
+        """Buffers for the next ``n`` bytes, cut at multiples of `PIECE` of the object's offsets,
+        allocated here on the trio thread (see `RangeReader.read_into`)."""
+        out, pos, end = [], self.pos, self.pos + n
+        while pos < end:
+            cut = min(end, (pos // PIECE + 1) * PIECE)
+            out.append(_new_buffer(cut - pos))
+            pos = cut
+        return out
+
+    def _deliver(self, buffers: list[bytearray], n: int, credit: int) -> int:
+        """Keep the first ``n`` bytes the body gave in ``buffers`` for ``credit`` bytes of budget;
+        returns the credit still held (all of it if the stream was cancelled meanwhile)."""
+        if self.cancelled:
+            return credit
+        left = n
+        for buf in buffers:
+            if left <= 0:
+                break
+            if len(buf) > left:
+                del buf[left:]
+            self.chunks.append((self.pos, buf))
+            self.pos += len(buf)
+            left -= len(buf)
+        self.held += n
+        if n < credit:  # the body ended early
+            _give_back(self.budget, credit - n)
+            self.end = self.pos
+        self._arrived.set()
+        return 0
+
+    def _busy(self) -> None:
+        if self._quiet.is_set():  # waiters of quiet() hold the unset one: never replace that
+            self._quiet = trio.Event()
+
+    async def _credit(self) -> int:
+        """Memory for the next chunk (0: the stream ended or was cancelled): the whole chunk if
+        free, within the read-ahead window unless a read waits; if a read waits and memory is not
+        free, what that read needs, waiting for it."""
+        while True:
+            if self.cancelled or self.pos >= self.end:
+                return 0
+            size = min(self.chunk, self.end - self.pos)
+            waiting = self.wanted > self.pos
+            room = self.read_end + self.ahead - self.pos  # what the read-ahead window has free
+            # Read ahead in whole chunks (or half a window), not a thread hop per read consumed.
+            useful = waiting or room >= min(size, self.ahead // 2)
+            if not waiting:
+                size = min(size, room)
+            cut = (self.pos + size) // PIECE * PIECE
+            if self.pos < cut < self.pos + size < self.end and self.pos > self.start:
+                size = cut - self.pos  # chunks end where pieces do: reads get whole pieces
+            if size > 0 and useful and self.budget.try_acquire(size):
+                self.chunk = min(self.chunk * 2, self.max_chunk)
+                self._busy()
+                return size
+            if waiting:
+                need = min(self.wanted - self.pos, size)
+                self._busy()
+                await self.budget.acquire(need)
+                return need
+            self._wake = trio.Event()
+            self._quiet.set()
+            await self._wake.wait()

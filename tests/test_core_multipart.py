@@ -1,0 +1,299 @@
+"""Parts of a large file uploaded while it is written (fsdriver/multipart.py), without the kernel:
+the core over the memory backend with 1 MiB parts, its calls counted and faulted."""
+
+import errno
+import os
+
+import pytest
+
+from fsdriver import multipart
+from fsdriver.backend.memory import MemoryBackend
+from fsdriver.errno_boundary import FSError
+from fsdriver.errors import BackendError, Unavailable
+from fsdriver.inodes import ROOT_INO
+from fsdriver.staging import Cache
+
+from .memcore import run_core
+
+MiB = 1 << 20
+
+
+def small_parts() -> MemoryBackend:
+    be = MemoryBackend()
+    be.part_size = be.multipart_threshold = MiB
+    return be
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(256)) * (n // 256) + b"x" * (n % 256)
+
+
+async def new_file(fs, name="f", flags=os.O_RDWR | os.O_TRUNC, mode=None):
+    tree = (await fs.lookup(ROOT_INO, "pipeline")).ino
+    ns = (await fs.mkdir(tree, "p")).ino
+    fh, _, _ = await fs.create(ns, name, flags, mode=mode)
+    return ns, fh
+
+
+async def write_all(fs, fh, data: bytes, chunk: int = 256 << 10) -> None:
+    for off in range(0, len(data), chunk):
+        await fs.write(fh, off, data[off:off + chunk])
+
+
+async def background_done(fs) -> None:
+    await fs.uploader.streams.wait_idle()
+
+
+def test_full_parts_are_uploaded_while_writing_and_close_adds_only_the_tail(tmp_path):
+    data = blob(5 * MiB + 12345)
+
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        assert be.calls["create_multipart"] == 1
+        assert be.calls["upload_part"] == 5  # every full part, before close
+        assert be.contents().get("pipeline/p/f") is None  # nothing visible before close
+        await fs.flush(fh)
+        assert be.calls["upload_part"] == 6  # the tail
+        assert be.calls["complete_multipart"] == 1 and be.calls["put_file"] == 0
+        assert be.contents()["pipeline/p/f"] == data
+        await fs.release(fh)
+        assert be.open_uploads() == []
+        assert list((tmp_path / "cache" / "multipart").iterdir()) == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_a_part_written_again_after_its_upload_is_uploaded_again(tmp_path):
+    data = bytearray(blob(4 * MiB))
+
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, bytes(data))
+        await background_done(fs)
+        assert be.calls["upload_part"] == 4
+        await fs.write(fh, 100, b"REWRITTEN")  # into part 1, uploaded already
+        data[100:109] = b"REWRITTEN"
+        await fs.write(fh, 4 * MiB, b"tail")
+        data.extend(b"tail")
+        await fs.flush(fh)
+        assert be.calls["upload_part"] == 6  # part 1 again, and the tail
+        assert be.contents()["pipeline/p/f"] == bytes(data)
+        await fs.release(fh)
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_truncate_shrinks_the_part_list(tmp_path):
+    data = blob(6 * MiB)
+
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        await fs.setattr(node.ino, size=2 * MiB + 5, fh=fh)  # parts 3..6 go, part 3 is cut
+        await fs.write(fh, 2 * MiB + 5, b"end")
+        await fs.flush(fh)
+        assert be.contents()["pipeline/p/f"] == data[:2 * MiB + 5] + b"end"
+        await fs.release(fh)
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_below_the_threshold_at_close_the_stream_is_aborted_and_the_file_put_whole(tmp_path):
+    data = blob(3 * MiB)
+
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        await fs.setattr(node.ino, size=1000, fh=fh)
+        await fs.flush(fh)
+        assert be.contents()["pipeline/p/f"] == data[:1000]
+        assert be.calls["put_file"] == 1 and be.calls["complete_multipart"] == 0
+        await fs.release(fh)
+        await background_done(fs)
+        assert be.open_uploads() == [] and be.calls["abort_multipart"] == 1
+        assert list((tmp_path / "cache" / "multipart").iterdir()) == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_a_failed_background_part_falls_back_to_the_whole_file(tmp_path):
+    data = blob(5 * MiB + 1)
+
+    async def body(fs, be, nursery):
+        be.fail("upload_part", BackendError("injected part failure"))
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        await fs.flush(fh)
+        assert be.contents()["pipeline/p/f"] == data
+        assert be.calls["put_file"] == 1 and be.calls["complete_multipart"] == 0
+        await fs.release(fh)
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.expected_log(r"upload failed")
+def test_a_failed_completion_is_a_pending_upload_retried_whole(tmp_path):
+    data = blob(3 * MiB + 7)
+
+    async def body(fs, be, nursery):
+        be.fail("complete_multipart", Unavailable("injected outage"))
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        assert "pipeline/p/f" not in be.contents()
+        await fs.release(fh)
+        assert await fs.uploader.flush_all() == []
+        assert be.contents()["pipeline/p/f"] == data
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.expected_log(r"upload failed")
+def test_a_part_lost_to_an_outage_makes_close_fail_at_once_and_kept(tmp_path):
+    """The backend did not answer a background part: close() does not wait for the whole file to
+    time out too; it fails (EIO), the file is a pending upload, and the retry uploads it whole."""
+    data = blob(4 * MiB + 3)
+
+    async def body(fs, be, nursery):
+        be.fail("upload_part", Unavailable("injected outage"), times=None)
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO and be.calls["put_file"] == 0
+        await fs.release(fh)
+        be.heal()
+        assert await fs.uploader.flush_all() == []
+        assert be.contents()["pipeline/p/f"] == data
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.expected_log(r"another writer created this file")
+def test_the_create_condition_applies_to_the_completion(tmp_path):
+    """A file created here without O_TRUNC must not replace one another node created meanwhile:
+    the If-None-Match goes with CompleteMultipartUpload."""
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs, flags=os.O_RDWR | os.O_CREAT)
+        await write_all(fs, fh, blob(3 * MiB))
+        be.put_bytes("pipeline/p/f", b"the other writer's")
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EEXIST
+        assert be.contents()["pipeline/p/f"] == b"the other writer's"
+        await fs.release(fh)
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_parts_of_an_existing_object_not_fetched_wait_for_close(tmp_path):
+    old = blob(4 * MiB, seed=3)
+
+    async def body(fs, be, nursery):
+        ns, fh = await new_file(fs, "other")
+        await fs.release(fh)
+        be.put_bytes("pipeline/p/f", old)  # written by another node
+        ino = (await fs.lookup(ns, "f")).ino
+        fh, _, _ = await fs.open(ino, os.O_RDWR)
+        await fs.write(fh, 4 * MiB, b"more")  # appended: the old parts are not local
+        await fs.write(fh, 10, b"early")
+        await background_done(fs)
+        assert be.calls["upload_part"] == 1  # only part 1: fetched whole for the partial write
+        await fs.flush(fh)
+        assert be.contents()["pipeline/p/f"] == old[:10] + b"early" + old[15:] + b"more"
+        await fs.release(fh)
+
+    run_core(tmp_path, body, small_parts(), metadata_ttl=0)
+
+
+def test_times_moved_within_the_skew_are_not_worth_a_copy(tmp_path):
+    """A write's mtime after CreateMultipartUpload: the object keeps the times of the stream's
+    start (at most TIME_SKEW earlier), and no copy replaces its metadata."""
+    async def body(fs, be, nursery):
+        fs.uploader.streams.time_skew = 3600  # a loaded machine may take seconds: not under test here
+        _, fh = await new_file(fs, mode=0o640)
+        await write_all(fs, fh, blob(3 * MiB))
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        started = fs.upload_meta(node)
+        await fs.write(fh, 3 * MiB, b"last")
+        final = fs.upload_meta(node)
+        assert final != started  # the write's mtime
+        await fs.flush(fh)
+        stored = be.head("pipeline/p/f").meta
+        assert stored["mode"] == str(0o100640) and be.calls["set_meta"] == 0
+        assert 0 <= int(final["mtime"]) - int(stored["mtime"]) <= fs.uploader.streams.time_skew
+        await fs.release(fh)
+
+    run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.parametrize("change", ["times beyond the skew", "mode"])
+def test_metadata_changed_beyond_the_times_is_the_objects_at_close(tmp_path, change):
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs, mode=0o640)
+        await write_all(fs, fh, blob(3 * MiB))
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        if change == "mode":
+            await fs.setattr(node.ino, mode=0o600, fh=fh)
+        else:
+            fs.uploader.streams.time_skew = 0  # exact times
+        await fs.write(fh, 3 * MiB, b"last")
+        await fs.flush(fh)
+        assert be.head("pipeline/p/f").meta == fs.upload_meta(node)
+        assert be.calls["set_meta"] == 1
+        assert be.contents()["pipeline/p/f"] == blob(3 * MiB) + b"last"
+        await fs.release(fh)
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_an_unlinked_file_aborts_its_stream(tmp_path):
+    async def body(fs, be, nursery):
+        ns, fh = await new_file(fs)
+        await write_all(fs, fh, blob(3 * MiB))
+        await background_done(fs)
+        await fs.unlink(ns, "f")
+        await fs.release(fh)
+        await background_done(fs)
+        assert be.open_uploads() == []
+        assert "pipeline/p/f" not in be.contents()
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_a_restart_aborts_the_multipart_uploads_a_crash_left(tmp_path):
+    be = small_parts()
+    upload_id = be.create_multipart("pipeline/p/f")
+    cache = Cache(tmp_path / "cache")
+    cache.record_stream("pipeline/p/f", upload_id)
+    cache.close()
+
+    async def body(fs, be, nursery):
+        await fs.uploader.recover()
+        assert be.open_uploads() == []
+        assert list((tmp_path / "cache" / "multipart").iterdir()) == []
+
+    run_core(tmp_path, body, be)

@@ -1,0 +1,95 @@
+"""Sequential reads through a real S3 mount: one streamed GET per sequential reader, exact ranged
+GETs for seeks, and never two versions of an object in one open file."""
+
+import errno
+import os
+
+import pytest
+
+from .mounting import force_unmount, make_mount, require_fuse
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def s3_mount(moto_server, s3_url, tmp_path):
+    require_fuse()
+    m = make_mount(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
+    m.mount()
+    yield m
+    if m.mounted:
+        m.umount()
+    force_unmount(m.path)
+
+
+def gets(before: dict, after: dict) -> dict:
+    """GET requests the daemon made between two status snapshots, by kind."""
+    b, a = before["backend_requests"], after["backend_requests"]
+    return {k: a.get(k, 0) - b.get(k, 0) for k in ("open_range", "get_range")}
+
+
+def read_sequentially(path, start: int = 0, size: int = MiB) -> bytes:
+    """Like cat: read() calls of ``size`` from ``start`` to the end."""
+    out = bytearray()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, start, os.SEEK_SET)
+        while chunk := os.read(fd, size):
+            out += chunk
+    finally:
+        os.close(fd)
+    return bytes(out)
+
+
+def test_a_sequential_read_is_one_get(s3_mount):
+    d = s3_mount.path / "pipeline" / "seq"
+    big = os.urandom(48 * MiB + 5)
+    files = {"big": big, "one-mib": big[:MiB], "small": big[:1000]}
+    for name, data in files.items():
+        s3_mount.backend.put_bytes(f"pipeline/seq/{name}", data)
+    for name, data in files.items():
+        os.stat(d / name)  # looked up first: only the read is counted
+        before = s3_mount.status()
+        assert read_sequentially(d / name) == data
+        after = s3_mount.status()
+        assert gets(before, after) == {"open_range": 1, "get_range": 0}, name
+        assert after["bytes_down"] - before["bytes_down"] == len(data), name
+
+
+def test_a_seek_mid_stream_reads_the_right_bytes(s3_mount):
+    data = os.urandom(64 * MiB)
+    s3_mount.backend.put_bytes("pipeline/seq/obj", data)
+    path = s3_mount.path / "pipeline" / "seq" / "obj"
+    os.stat(path)
+    before = s3_mount.status()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.read(fd, MiB) + os.read(fd, MiB) == data[: 2 * MiB]
+        assert os.pread(fd, 4096, 50 * MiB + 3) == data[50 * MiB + 3 : 50 * MiB + 4099]  # a seek
+        rest = bytearray()
+        while chunk := os.read(fd, MiB):  # on from 2 MiB, where the file position is
+            rest += chunk
+        assert bytes(rest) == data[2 * MiB :]
+    finally:
+        os.close(fd)
+    made = gets(before, s3_mount.status())
+    assert made["get_range"] >= 1  # the seek: exactly what it asked for (as the kernel asked it)
+    assert sum(made.values()) <= 5, made  # not a request per window
+
+
+@pytest.mark.expected_log(r"precondition failed")
+def test_an_object_changed_mid_stream_gives_estale_never_mixed_bytes(s3_mount):
+    old, new = os.urandom(64 * MiB), os.urandom(64 * MiB)
+    s3_mount.backend.put_bytes("pipeline/seq/obj", old)
+    path = s3_mount.path / "pipeline" / "seq" / "obj"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.read(fd, MiB) == old[:MiB]
+        s3_mount.backend.put_bytes("pipeline/seq/obj", new)
+        got = os.read(fd, 3 * MiB)  # the streamed body: the version the file was opened at
+        assert got == old[MiB : MiB + len(got)] and got
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4096, 60 * MiB)  # a new request, pinned to the old etag
+        assert e.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
