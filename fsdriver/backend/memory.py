@@ -247,8 +247,9 @@ class MemoryBackend(Backend):
         self._leave(gate, (key,))
         return o.info(key)
 
-    def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
-        gate = self._enter("get_range", key)
+    def _ranged(self, call: str, key: str, start: int, end: int | None, if_match: str | None):
+        """The object a ranged read of ``call`` reads (checked, counted, faultable)."""
+        gate = self._enter(call, key)
         if start < 0 or (end is not None and end < start):
             raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
         with self._lock:
@@ -256,19 +257,15 @@ class MemoryBackend(Backend):
         if if_match is not None and o.etag != if_match:
             raise PreconditionFailed(f"{key}: changed since it was opened", key)
         self._leave(gate, (key,))
-        return o.data[start:end]
+        return o
+
+    def get_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None) -> bytes:
+        return self._ranged("get_range", key, start, end, if_match).data[start:end]
 
     def open_range(self, key: str, start: int, end: int | None = None, *, if_match: str | None = None):
         """One counted call (``calls["open_range"]``: one GET) whose reader serves the version of
         the object at that moment, as a streamed S3 body does; its reads are not calls."""
-        gate = self._enter("open_range", key)
-        if start < 0 or (end is not None and end < start):
-            raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
-        with self._lock:
-            o = self._get(key)
-        if if_match is not None and o.etag != if_match:
-            raise PreconditionFailed(f"{key}: changed since it was opened", key)
-        self._leave(gate, (key,))
+        o = self._ranged("open_range", key, start, end, if_match)
         return _SnapshotReader(memoryview(o.data)[start:end])
 
     def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
