@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Optional
 import trio
 
 from .backend.base import MULTIPART_THRESHOLD, PART_SIZE, ObjectInfo
-from .errors import BackendError, NotFound, Unavailable
+from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .supervise import spawn
 
 if TYPE_CHECKING:
@@ -311,7 +311,13 @@ class Streams:
                                      or _skew(final, stream.meta) > self.time_skew):
             # changed since the upload started (a chmod; a write's mtime, beyond the skew allowed):
             # a copy of the object onto itself
-            info = await self.up.backend.set_meta(stream.key, staged.meta, if_match=info.etag)
+            try:
+                info = await self.up.backend.set_meta(stream.key, staged.meta, if_match=info.etag)
+            except (PreconditionFailed, NotFound):
+                # Another writer replaced (or removed) the object after this content landed: its
+                # change is the later one (last close wins), and this close did write.
+                log.info("%s: changed by another writer right after its upload completed; "
+                         "its attributes were not stored over that change", node.display)
         return info
 
     async def _abort(self, stream: PartStream) -> None:

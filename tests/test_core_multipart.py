@@ -9,7 +9,7 @@ import pytest
 from fsdriver import multipart
 from fsdriver.backend.memory import MemoryBackend
 from fsdriver.errno_boundary import FSError
-from fsdriver.errors import BackendError, Unavailable
+from fsdriver.errors import BackendError, PreconditionFailed, Unavailable
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -265,6 +265,24 @@ def test_metadata_changed_beyond_the_times_is_the_objects_at_close(tmp_path, cha
         assert be.head("pipeline/p/f").meta == fs.upload_meta(node)
         assert be.calls["set_meta"] == 1
         assert be.contents()["pipeline/p/f"] == blob(3 * MiB) + b"last"
+        await fs.release(fh)
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_a_close_whose_content_landed_succeeds_though_its_attributes_lost_a_race(tmp_path):
+    """The copy that stores a chmod after the completion finds the object changed by another
+    writer (412): that writer's change is the later one, and this close did write: no error."""
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs, mode=0o640)
+        await write_all(fs, fh, blob(3 * MiB))
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        await fs.setattr(node.ino, mode=0o600, fh=fh)
+        be.fail("set_meta", PreconditionFailed("injected: changed by another writer"))
+        await fs.flush(fh)  # no EEXIST/ESTALE "not written": the content is there
+        assert be.contents()["pipeline/p/f"] == blob(3 * MiB)
+        assert fs.uploader.describe_pending() == []
         await fs.release(fh)
 
     run_core(tmp_path, body, small_parts())
