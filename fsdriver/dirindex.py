@@ -365,6 +365,11 @@ class DirIndex:
             node.index = Index(info.etag, rows, dir_meta, info.mtime, seq=self.fs.inodes.seq)
             node.has_marker = True
             if new_meta is not None and not node.unlinked:
+                shown = node.meta if node.meta_known else None
+                if shown is not None and shown.ctime > new_meta.ctime:
+                    # Its times moved on here while this was written (an entry created meanwhile):
+                    # those stay shown, never going backwards; the next round stores them.
+                    new_meta = new_meta.with_(mtime=shown.mtime, mtime_ns=shown.mtime_ns, ctime=shown.ctime)
                 node.meta, node.meta_known = new_meta, True
                 self.fs.inodes.changed(node)
             return
