@@ -44,3 +44,21 @@ def configure() -> bool:
     if not ok:
         log.warning("mallopt refused the allocator settings: RSS may exceed --memory-limit")
     return ok
+
+
+def _buffer_maker():
+    """``n -> bytearray`` of ``n`` bytes left uninitialised (``bytearray(n)`` zero-fills: 90-150 us
+    a MiB, more than the socket read, for bytes the body read overwrites at once).  Every byte of a
+    piece is written by the read before anyone sees it: a short read trims the piece to what was
+    read.  C API ``PyByteArray_FromStringAndSize(NULL, n)``; ``bytearray`` where there is none."""
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:
+        return bytearray
+    make.restype, make.argtypes = ctypes.py_object, (ctypes.c_char_p, ctypes.c_ssize_t)
+    return lambda n: make(None, n)
+
+
+# A bytearray of n bytes, uninitialised: for buffers a read overwrites before anyone sees them
+# (the read's length trims them); the stream's pieces and the disk reader's preadv buffers.
+new_buffer = _buffer_maker()

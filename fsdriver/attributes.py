@@ -118,7 +118,10 @@ class Attributes:
         if self.fs.dirindex.enabled:
             await self.fs.dirindex.store_dir(node, edit)  # shows what it stored
         else:
-            await self.fs.backend.set_meta(node.prefix, posixattrs.to_headers(new))
+            # After a background round in flight: it stores the attributes as they were before this
+            # change, and must not land after it (a chmod lost at the next mount otherwise).
+            async with self._flushing:
+                await self.fs.backend.set_meta(node.prefix, posixattrs.to_headers(new))
             node.has_marker = True
             self._show(node, new)
         self.fs.inodes.changed(node)  # a listing that read the attributes before this is older

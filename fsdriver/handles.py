@@ -11,6 +11,7 @@ import os
 
 import trio
 
+from . import allocator
 from .inodes import Node
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+ (pread that fails rather than wait for I/O)
@@ -67,7 +68,7 @@ class LocalReader:
         of the file; None when it holds nothing there or the flag is refused."""
         if not self.nowait or size <= 0:
             return None
-        buf = bytearray(size)
+        buf = allocator.new_buffer(size)  # uninitialised: trimmed to what the read wrote
         try:
             n = os.preadv(self.fd, [buf], off, _RWF_NOWAIT)
         except BlockingIOError:

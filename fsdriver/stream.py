@@ -32,6 +32,7 @@ from collections import deque
 
 import trio
 
+from . import allocator
 from .backend.aio import AsyncBackend
 from .backend.base import RangeReader
 from .errors import Unavailable
@@ -78,20 +79,6 @@ def _trim_heap() -> None:
 _malloc_trim = None
 
 
-def _buffer_maker():
-    """``n -> bytearray`` of ``n`` bytes left uninitialised (``bytearray(n)`` zero-fills: 90-150 us
-    a MiB, more than the socket read, for bytes the body read overwrites at once).  Every byte of a
-    piece is written by the read before anyone sees it: a short read trims the piece to what was
-    read.  C API ``PyByteArray_FromStringAndSize(NULL, n)``; ``bytearray`` where there is none."""
-    try:
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except AttributeError:
-        return bytearray
-    make.restype, make.argtypes = ctypes.py_object, (ctypes.c_char_p, ctypes.c_ssize_t)
-    return lambda n: make(None, n)
-
-
-_new_buffer = _buffer_maker()
 
 # A body that breaks off (Unavailable) is resumed by a new request from where it stopped, pinned to
 # the same etag, at most this many times per stream (botocore retries requests, not bodies).
@@ -278,7 +265,7 @@ class Stream:
         out, pos, end = [], self.pos, self.pos + n
         while pos < end:
             cut = min(end, (pos // PIECE + 1) * PIECE)
-            out.append(_new_buffer(cut - pos))
+            out.append(allocator.new_buffer(cut - pos))
             pos = cut
         return out
 
