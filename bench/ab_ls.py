@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("rev", help="the git revision to compare with (e.g. a commit before a change)")
     p.add_argument("--files", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--latency-ms", type=float, default=10.0,
+                   help="delay the proxy adds to every S3 request (default 10, as in make bench)")
     args = p.parse_args(argv)
     other = Path(tempfile.mkdtemp(prefix="stashfs-ab-")) / "tree"
     subprocess.run(["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(other), args.rev], check=True)
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     try:
         env.start()
         listing.make_many(env, args.files)
+        env.proxy.latency = args.latency_ms / 1000
         for i in range(args.rounds):
             for name, tree in ((args.rev, other), ("this checkout", HERE)):
                 print(f"ab_ls: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)

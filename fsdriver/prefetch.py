@@ -9,9 +9,20 @@
   Its first chunk is just above the kernel's readahead (1 MiB + 128 KiB), so a small file (up to
   that size) comes whole with its one request; chunks (one worker thread call each) then double
   up to ``part_size``.  How far it reads ahead of the reader starts at that first window and
-  grows to twice what the reader consumed, up to ``max_window``.  On S3, as on a server that
-  copies the whole object for every GET (moto), a sequential reader costs one request however
-  large the object; a body that breaks off is resumed from where it stopped.
+  grows to twice as far as the reads served have got, up to ``max_window``.  On S3, as on a
+  server that copies the whole object for every GET (moto), a sequential reader costs one
+  request however large the object; a body that breaks off is resumed from where it stopped.
+- The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
+  to the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of each other.
+  Without knowing that setting, the stream keeps every piece no read has taken yet until reads
+  have gone more than ``max_window`` past it, and its reach (how far beyond what it received a
+  read is still its own) is that same read-ahead window, which follows how far the reads served
+  have got: a reader that goes on sequentially is one GET for any kernel read-ahead up to
+  ``max_window``.  Reads are served one at a time, in the order they arrive; reads woken together
+  arrive in any order (trio runs a round of woken tasks in either order), so the furthest read of
+  a burst may come first, beyond the reach or before the read that starts the stream: a read that
+  would be random first lets the reads at lower offsets that wait (once those that arrived with
+  it joined the queue) go first, once.  A random reader alone never waits for anyone.
 - A read outside the stream's buffer and reach (a seek) cancels the stream (its body is closed,
   its buffer released) and is a random read; sequential reads from there start a new one.
 - Every request is pinned to the etag the file was opened at (If-Match), so a reader never mixes
@@ -19,8 +30,11 @@
   body already streaming keeps serving the version it started with).
 - Memory: read-ahead takes only free memory from the global budget (`try_acquire`); bytes a read
   waits for are taken with `acquire`.  `reclaim` (the budget asks it under pressure, and a read
-  gives memory back at its end while anyone waits) drops what no read in progress needs, which
-  ends the stream: the next sequential read starts another from there.
+  gives memory back at its end while anyone waits) drops what no read in progress needs: with no
+  read in progress everything, which ends the stream (the next sequential read starts another
+  from there); during a read, the pieces below it no read took yet (the stream goes on: a far
+  read-ahead read waiting for the pump never waits for memory held for the reads queued behind
+  it) and what lies beyond it (which ends the stream).
 """
 
 from typing import Callable
@@ -60,7 +74,9 @@ class Prefetcher:
         self.last_end = 0  # end of the previous read: a read starting here is sequential
         self._lock = trio.Lock()
         self._active_end = 0  # end of the read in progress (what reclaim must keep)
+        self._active_off = 0  # its start (below it, what no read took yet may go under pressure)
         self._adjacent = False  # the last random read continued the one before it
+        self._queued: list[int] = []  # offsets of the reads not finished (all but one wait their turn)
         budget.add_reclaimer(self.reclaim)
 
     def close(self) -> None:
@@ -71,31 +87,50 @@ class Prefetcher:
         end = min(off + size, self.size)
         if off >= end:
             return b""
-        async with self._lock:
-            if self.stream is not None and self.stream.covers(off):
-                pass  # inside the stream (or within its reach)
-            elif off == self.last_end and (off == 0 or self._adjacent):
-                self._start_stream(off)  # a second read in a row that continues the last: a stream
-            else:
-                return await self._random(off, end)
-            stream = self.stream
-            self._active_end = end
-            try:
-                data = await stream.read(off, end)
-            except BaseException:
-                self._end_stream()
-                raise
-            finally:
-                self._active_end = 0
-            self.window = stream.ahead
-            self.last_end = off + len(data)
-            self._adjacent = True  # a stream reclaimed meanwhile continues with its next read
-            self.stats.prefetch_hit_bytes += len(data)
-            if stream.cancelled:  # reclaimed during the read: it kept only what the read needed
-                self._end_stream()
+        self._queued.append(off)
+        try:
+            return await self._read(off, end)
+        finally:
+            self._queued.remove(off)
+
+    async def _read(self, off: int, end: int) -> bytes:
+        gave_way = False
+        while True:
+            async with self._lock:
+                if self.stream is not None and self.stream.covers(off):
+                    pass  # inside the stream (or within its reach)
+                elif off == self.last_end and (off == 0 or self._adjacent):
+                    self._start_stream(off)  # a second read in a row that continues the last
+                elif not gave_way and await self._reads_before(off):
+                    gave_way = True  # served after them, it may be the stream's
+                    continue
+                else:
+                    return await self._random(off, end)
+                stream = self.stream
+                self._active_off, self._active_end = off, end
+                try:
+                    data = await stream.read(off, end)
+                except BaseException:
+                    self._end_stream()
+                    raise
+                finally:
+                    self._active_off = self._active_end = 0
+                self.window = stream.ahead
+                self.last_end = off + len(data)
+                self._adjacent = True  # a stream reclaimed meanwhile continues with its next read
+                self.stats.prefetch_hit_bytes += len(data)
+                if stream.cancelled:  # reclaimed during the read: it kept only what the read needed
+                    self._end_stream()
+                break
         if self.budget.waiting:
             self.reclaim()  # someone waits for memory: an idle file must not sit on its buffer
         return data
+
+    async def _reads_before(self, off: int) -> bool:
+        """Whether reads at lower offsets wait for their turn, once the reads that arrived with
+        this one (woken in the same scheduling round, in any order) have joined the queue."""
+        await trio.lowlevel.checkpoint()
+        return any(o < off for o in self._queued)
 
     async def _random(self, off: int, end: int) -> bytes:
         """Exactly the bytes asked for, with one ranged GET; ends a stream elsewhere."""
@@ -133,8 +168,8 @@ class Prefetcher:
         """
         if self.stream is None:
             return 0
-        keep_below = self._active_end if self._lock.locked() else 0
-        freed = self.stream.reclaim(keep_below)
+        busy = self._lock.locked()
+        freed = self.stream.reclaim(self._active_end if busy else 0, self._active_off if busy else 0)
         if self.stream.cancelled and not self._lock.locked():
             self.stream = None
         return freed

@@ -9,18 +9,27 @@ pump allocates on the trio thread, cut at multiples of `PIECE` of the object's o
 a read is served from them: a read that is one whole piece is that piece itself, a bytearray (the
 kernel's aligned 1 MiB reads: no copy), otherwise a copy of what it asks for (bytes).
 
-Flow control: the pump reads ahead while it is less than ``ahead`` bytes beyond the end of the
-last read, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits otherwise.
-A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may reclaim),
-the whole next chunk if memory is free, else just what the read needs.  A piece is released
-when a read starts past its end (and the read before did too: a reader's requests may arrive
-slightly out of order); ``ahead`` grows to twice what the reader consumed, up to
-``max_ahead``.
+Flow control: the pump reads ahead while it is less than ``ahead`` bytes beyond the furthest end
+of a read served, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits
+otherwise.  A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may
+reclaim), the whole next chunk if memory is free, else just what the read needs.  ``ahead`` grows
+to twice how far reads have got (the furthest end served, from ``start``), up to ``max_ahead``;
+it is also how far beyond what was received a read is still the stream's (`covers`).
+
+Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
+reads (up to its read-ahead, which the daemon does not need to know) concurrently.  So a piece is
+kept until reads were served all of its bytes, and released then (at the end of the read that
+completed it: the whole piece it returned is referred to by nothing else), or once the reads'
+furthest end is more than ``max_ahead`` past it (bytes nobody asked for, e.g. in the page cache
+already).  Pieces are released from the front of the buffer only (it stays contiguous): a piece
+served while one before it was not waits for that one; a read below the buffer is not the
+stream's.
 
 `cancel` ends it: the buffer is released at once, the pump stops after the chunk it is reading
 (its memory is held until it lands), and the body is closed (the connection is dropped).
 `reclaim` gives memory back under pressure: with no read in progress everything, else what lies
-beyond the read; dropping anything cancels the stream, since a streamed body cannot skip a gap.
+below the read (pieces no read took yet: the stream goes on, their reads become exact ranged
+GETs) and beyond it; dropping beyond cancels the stream, since a streamed body cannot skip a gap.
 A body that breaks off is resumed with a new request from where it stopped (`RESUMES` times in a
 row, only when pinned to an etag).  An error of the request or of the body is kept and raised by the
 next read that needs more bytes; a body that ends before ``end`` (no version pin, the object
@@ -107,8 +116,8 @@ class Stream:
         self.chunks: deque[tuple[int, bytearray]] = deque()  # (offset, piece), contiguous, ascending
         self.pos = start  # end of the bytes received so far
         self.held = 0  # budget bytes held by self.chunks
-        self.read_end = start  # end of the last read served: read-ahead is counted from here
-        self.read_off = start  # start of the last read: what is below both it and this read is done
+        self.read_end = start  # the furthest end of a read served: read-ahead is counted from here
+        self.served: dict[int, int] = {}  # piece offset -> bytes of it that reads were served
         self.wanted = start  # a read in progress waits for the bytes up to here
         self.chunk = max(first, 1)
         self.max_chunk = max(max_chunk, first, 1)
@@ -129,14 +138,13 @@ class Stream:
 
     def covers(self, off: int) -> bool:
         """Whether a read at ``off`` is this stream's: in its buffer, or at most ``ahead`` bytes
-        beyond what it received (it gets there by itself).  A failed stream covers its position:
-        the read raises the error."""
+        beyond what it received (it gets there by itself; ``ahead`` is at least twice as far as
+        reads have got, so it follows how far ahead of each other they arrive).  A failed stream
+        covers its position: the read raises the error."""
         return not self.cancelled and self.base <= off <= self.pos + self.ahead
 
     async def read(self, off: int, end: int) -> bytes:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
-        self._consume(min(off, self.read_off))  # one read behind kept: reads may come out of order
-        self.read_off = off
         if end > self.pos:
             self.wanted = end
             self._wake.set()
@@ -149,6 +157,7 @@ class Stream:
                 raise Unavailable(f"{self.key}: the read-ahead was cancelled during the read", self.key)
         end = min(end, self.pos)
         self.read_end = max(self.read_end, end)
+        self.ahead = min(max(self.ahead, 2 * (self.read_end - self.start)), self.max_ahead)
         self._wake.set()  # the pump may read ahead again
         out = []
         for cstart, data in self.chunks:
@@ -158,18 +167,26 @@ class Stream:
             if cstart >= end:
                 break
             lo, hi = max(off, cstart) - cstart, min(end, cend) - cstart
+            self.served[cstart] = self.served.get(cstart, 0) + hi - lo
             out.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         if len(out) == 1:
-            return out[0] if isinstance(out[0], bytearray) else bytes(out[0])
-        return b"".join(out)
+            data = out[0] if isinstance(out[0], bytearray) else bytes(out[0])
+        else:
+            data = b"".join(out)
+        self._consume()  # (a whole piece returned is released: nothing else refers to it)
+        return data
 
-    def _consume(self, off: int) -> None:
-        """Release the pieces that end at or below ``off``: read; read-ahead widens with them."""
-        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= off:
-            cstart, data = self.chunks.popleft()
+    def _consume(self) -> None:
+        """Release the pieces at the front of the buffer that reads were served whole, or that
+        reads went past by more than ``max_ahead`` (skipped: never read, or read elsewhere)."""
+        past = self.read_end - self.max_ahead
+        while self.chunks:
+            cstart, data = self.chunks[0]
+            if self.served.get(cstart, 0) < len(data) and cstart + len(data) > past:
+                break
+            self.chunks.popleft()
+            self.served.pop(cstart, None)
             self._release(len(data))
-            consumed = cstart + len(data) - self.start
-            self.ahead = min(max(self.ahead, 2 * consumed), self.max_ahead)
 
     def _release(self, n: int) -> None:
         self.held -= n
@@ -182,18 +199,30 @@ class Stream:
         self.cancelled = True
         while self.chunks:
             self._release(len(self.chunks.pop()[1]))
+        self.served.clear()
         self._wake.set()
         self._arrived.set()
 
-    def reclaim(self, keep_below: int) -> int:
-        """Drop the chunks that start at or above ``keep_below`` (0: all); returns the bytes
-        dropped.  Dropping any cancels the stream (what is below stays for the read in progress)."""
+    def reclaim(self, keep_below: int, drop_before: int = 0) -> int:
+        """Drop the chunks that end at or below ``drop_before`` (bytes below the read in progress
+        that no read took yet: reads of them become exact ranged GETs) and those that start at or
+        above ``keep_below`` (0: all); returns the bytes dropped.  Dropping from the front leaves
+        the stream going; dropping beyond cancels it (what is below stays for the read in
+        progress).  Without the first, a read far ahead that waits for the pump while the budget
+        is full of the pieces below it, whose reads wait behind it, would wait for ever."""
         freed = 0
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= drop_before:
+            cstart, data = self.chunks.popleft()
+            self.served.pop(cstart, None)
+            self._release(len(data))
+            freed += len(data)
+        cancelled = 0
         while self.chunks and self.chunks[-1][0] >= keep_below:
             n = len(self.chunks.pop()[1])
             self._release(n)
-            freed += n
-        if freed:
+            cancelled += n
+        freed += cancelled
+        if cancelled:
             kept = list(self.chunks)
             self.chunks.clear()  # cancel() must not release what the read in progress keeps
             self.cancel()

@@ -20,6 +20,24 @@ class _FaultHandler(_Handler):
         if rule is None or not rule(self.command, self.path):
             return super()._forward_one()
         body = self._read_body()
+        if self.server.cut is not None:  # the server's answer, its body broken off after `cut` bytes
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
+            conn = self._upstream(fresh=True)
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            with self.server.lock:
+                self.server.hits += 1
+            self._responded = True
+            self.send_response_only(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "keep-alive"):
+                    self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data[: self.server.cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if self.server.refusal is not None:  # answer an error of our own; the server never sees it
             status, code = self.server.refusal
             error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>' + code.encode() +
@@ -56,6 +74,7 @@ class FaultProxy(CountingProxy):
         self._server.RequestHandlerClass = _FaultHandler
         self._server.rule = None
         self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers
+        self._server.cut = None  # n: send the server's answer to matching requests, body cut after n bytes
         self._server.hits = 0
         self._server.lock = threading.Lock()
 
@@ -74,6 +93,14 @@ class FaultProxy(CountingProxy):
     @refusal.setter
     def refusal(self, value):
         self._server.refusal = value
+
+    @property
+    def cut(self):
+        return self._server.cut
+
+    @cut.setter
+    def cut(self, n):
+        self._server.cut = n
 
     @property
     def hits(self) -> int:

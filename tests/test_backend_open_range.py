@@ -82,3 +82,82 @@ def test_s3_streams_a_version_that_changes_meanwhile(s3_backend):
         assert first + r.read(len(DATA)) == DATA
     finally:
         r.close()
+
+
+def _s3_through(proxy, s3_url, **kw):
+    from fsdriver.backend.s3 import S3Backend
+
+    return S3Backend(s3_url.split("/")[2], "data", endpoint_url=proxy.url, **kw)
+
+
+def _pool_connections(be) -> int:
+    """Connections urllib3 opened to the backend's endpoint so far (one per connection, reused or not)."""
+    session = be.client._endpoint.http_session
+    pool = session._manager.connection_from_url(be.client.meta.endpoint_url)
+    return pool.num_connections
+
+
+def test_s3_body_is_read_straight_into_the_buffers_and_the_connection_reused(moto_server, s3_url):
+    """A plain body is read from the socket into the caller's buffers (`BodyReader.direct`); read
+    to its end, whether or not the caller asks past it, the connection goes back to the pool and
+    the next requests reuse it (through the keep-alive proxy)."""
+    from .faultproxy import FaultProxy
+
+    with FaultProxy(moto_server.url) as proxy:
+        be = _s3_through(proxy, s3_url)
+        try:
+            be.put_bytes("a/obj", DATA)
+            opened = _pool_connections(be)
+            for start, exact in ((0, True), (12345, False), (0, True)):
+                r = be.open_range("a/obj", start)
+                assert r.direct
+                rest = len(DATA) - start
+                # exact: buffers of exactly the body's size (the stream never asks past the end)
+                sizes = [1 << 20] * (rest >> 20) + [rest % (1 << 20)] if exact else [1 << 20] * 4
+                bufs = [bytearray(n) for n in sizes]
+                n = r.read_into(bufs)
+                assert n == rest and b"".join(bufs)[:n] == DATA[start:]
+                if not exact:
+                    assert r.read_into([bytearray(10)]) == 0
+                r.close()
+            assert be.get_range("a/obj", 5, 9) == DATA[5:9]
+            assert _pool_connections(be) == opened  # every request on the connection of the put
+        finally:
+            be.close()
+
+
+def test_s3_body_cut_short_is_an_error_not_a_short_read(moto_server, s3_url):
+    """A body that ends before its Content-Length (the connection dropped) raises Unavailable on
+    the direct path, as botocore does, instead of passing for the end of the object."""
+    from fsdriver.errors import Unavailable
+
+    from .faultproxy import FaultProxy
+
+    with FaultProxy(moto_server.url) as proxy:
+        be = _s3_through(proxy, s3_url, max_attempts=1)
+        try:
+            be.put_bytes("a/obj", DATA)
+            proxy.cut, proxy.rule = 1_500_000, (lambda method, path: method == "GET")
+            r = be.open_range("a/obj", 0)
+            assert r.direct
+            bufs = [bytearray(1 << 20) for _ in range(4)]
+            with pytest.raises(Unavailable):
+                r.read_into(bufs)
+            assert bufs[0] == DATA[: 1 << 20]
+            r.close()
+        finally:
+            be.close()
+
+
+def test_s3_encoded_body_comes_as_stored(s3_backend):
+    """An object stored with a Content-Encoding comes as stored, not decoded (botocore asks
+    urllib3 not to decode, so the direct path serves it too)."""
+    import gzip
+
+    packed = gzip.compress(DATA[:100000])
+    s3_backend.client.put_object(Bucket=s3_backend.bucket, Key=s3_backend._k("a/gz"), Body=packed,
+                                 ContentEncoding="gzip")
+    r = s3_backend.open_range("a/gz", 0)
+    buf = [bytearray(len(packed) + 10)]
+    assert r.read_into(buf) == len(packed) and bytes(buf[0][: len(packed)]) == packed
+    r.close()

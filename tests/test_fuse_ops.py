@@ -186,7 +186,8 @@ def test_control_file_loglevel_and_unknown_commands(tmp_path):
         assert await errno_of(ops.setxattr(ino, XATTR_FLUSH, b"", ME)) == errno.ENOTSUP
         calls = sum(be.calls.values())
         # ls -l asks every file for ACLs and labels: answered without asking the backend
-        assert await errno_of(ops.getxattr(ino, b"security.selinux", ME)) == errno.ENODATA
+        assert await errno_of(ops.getxattr(ino, b"security.selinux", ME)) == errno.EOPNOTSUPP
+        assert await errno_of(ops.getxattr(ino, b"user.other", ME)) == errno.ENODATA
         assert sum(be.calls.values()) == calls
         assert (await ops.getxattr(ino, b"user.stashfs.etag", ME)).decode() == be.head("pipeline/p1/d/f").etag
 

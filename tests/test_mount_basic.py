@@ -186,3 +186,26 @@ def test_listing_has_attributes(mount):
     assert sizes == {f"f{i:02d}": i for i in range(30)}
     assert after.get("head", 0) == before.get("head", 0)  # attributes came from the listing
     assert after.get("list", 0) - before.get("list", 0) <= 2
+
+
+def test_ls_l_asks_acls_and_labels_once(mount):
+    """ACLs and security labels are namespaces the mount does not store: getxattr says EOPNOTSUPP
+    (as the kernel does for a filesystem without their handler), so ``ls -l`` stops asking every
+    entry after the first (two FUSE requests per entry otherwise); user.* names say ENODATA."""
+    d = mount.path / "pipeline" / "p"
+    d.mkdir()
+    for i in range(40):
+        (d / f"f{i:02d}").write_bytes(b"x")
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(d / "f00", name)
+        assert e.value.errno == errno.EOPNOTSUPP, name
+    with pytest.raises(OSError) as e:
+        os.getxattr(d / "f00", "user.absent")
+    assert e.value.errno == errno.ENODATA
+    before = mount.status()["requests"].get("getxattr", 0)
+    listing = subprocess.run(["ls", "-l", str(d)], capture_output=True, text=True, check=True).stdout
+    asked = mount.status()["requests"].get("getxattr", 0) - before
+    assert listing.count(" f") == 40 and "-rw-" in listing
+    # (one of them is the status read above; ls asks the directory and its first file once each)
+    assert asked <= 4, f"ls -l of 40 files sent {asked} getxattr requests"

@@ -93,3 +93,36 @@ def test_an_object_changed_mid_stream_gives_estale_never_mixed_bytes(s3_mount):
         assert e.value.errno == errno.ESTALE
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def s3_mount_16m_readahead(moto_server, s3_url, tmp_path):
+    require_fuse()
+    m = make_mount(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url),
+                   extra=["--readahead", "16M"])
+    m.mount()
+    yield m
+    if m.mounted:
+        m.umount()
+    force_unmount(m.path)
+
+
+def test_a_sequential_read_with_a_large_kernel_readahead_is_one_get(s3_mount_16m_readahead):
+    """With ``--readahead 16M`` the kernel sends 1 MiB reads concurrently, out of order and up to
+    16 MiB ahead of the reader: still one streamed GET, no ranged GETs, no bytes downloaded twice."""
+    if os.geteuid() != 0:
+        pytest.skip("setting a mount's read-ahead needs root")
+    m = s3_mount_16m_readahead
+    st = os.stat(m.path)
+    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
+        assert int(f.read()) == 16 * 1024  # the mount's read-ahead was set
+    data = os.urandom(64 * MiB)
+    m.backend.put_bytes("pipeline/seq/obj", data)
+    path = m.path / "pipeline" / "seq" / "obj"
+    os.stat(path)
+    before = m.status()
+    assert read_sequentially(path) == data
+    after = m.status()
+    assert gets(before, after) == {"open_range": 1, "get_range": 0}
+    assert after["random_reads"] - before["random_reads"] == 0
+    assert after["bytes_down"] - before["bytes_down"] == len(data)

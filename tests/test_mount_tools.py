@@ -71,6 +71,24 @@ def rsync_a(place: Place, tmp: Path) -> None:
     check()
 
 
+def rsync_aax(place: Place, tmp: Path) -> None:
+    """`rsync -aAX` (ACLs and xattrs, as backups run it) into the mount and back out: exit 0 with
+    nothing on stderr, and the mount's own read-only xattrs (user.stashfs.*) are not carried onto
+    the copy outside it."""
+    need("rsync")
+    src = build_tree(tmp / "src")
+    expected = snapshot(src)
+    dst = place.dir / "ax"
+    ok(["rsync", "-aAX", f"{src}/", f"{dst}/"])
+    assert_same_tree(expected, dst)
+    back = tmp / "back"
+    ok(["rsync", "-aAX", f"{dst}/", f"{back}/"])
+    assert_same_tree(expected, back)
+    carried = [(p, n) for p in back.rglob("*") if not p.is_symlink()
+               for n in os.listxattr(p) if n.startswith("user.stashfs.")]
+    assert carried == []
+
+
 def cp_a(place: Place, tmp: Path) -> None:
     """`cp -a` into the mount, within it, and back out."""
     need("cp")
@@ -307,7 +325,7 @@ def mkfifo(place: Place, tmp: Path) -> None:
     check()
 
 
-SCENARIOS = [tar_xzf, rsync_a, cp_a, shutil_copy, pip_install_target, venv, git_clone,
+SCENARIOS = [tar_xzf, rsync_a, rsync_aax, cp_a, shutil_copy, pip_install_target, venv, git_clone,
              chmod_and_run, ln_s, touch_d, mkfifo]
 
 
@@ -341,6 +359,10 @@ def test_tar_xzf(place, scratch):
 
 def test_rsync_a(place, scratch):
     rsync_a(place, scratch)
+
+
+def test_rsync_aax(place, scratch):
+    rsync_aax(place, scratch)
 
 
 def test_cp_a(place, scratch):

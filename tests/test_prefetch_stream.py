@@ -80,18 +80,23 @@ def test_a_small_file_is_one_get(size):
     run(body)
 
 
-def test_whole_piece_reads_are_not_copied():
+def test_whole_piece_reads_are_not_copied(monkeypatch):
     """The kernel's aligned 1 MiB reads get the piece the body was read into."""
+    import fsdriver.stream
+
     be = MemoryBackend()
     data = os.urandom(8 * MiB)
     be.put_bytes("obj", data)
+    pieces, new_buffer = [], fsdriver.stream.allocator.new_buffer
+    monkeypatch.setattr(fsdriver.stream.allocator, "new_buffer",
+                        lambda n: pieces.append(new_buffer(n)) or pieces[-1])
 
     async def body(nursery):
         p = prefetcher(be, nursery)
         got = [await p.read(off, MiB) for off in range(0, 4 * MiB, MiB)]
         assert got == [data[off : off + MiB] for off in range(0, 4 * MiB, MiB)]
         # (the read across the first chunk's end, at 1 MiB, is joined from two pieces)
-        assert any(piece is got[3] for _, piece in p.stream.chunks)
+        assert any(piece is got[3] for piece in pieces)
         p.close()
 
     run(body)
@@ -251,5 +256,146 @@ def test_an_idle_stream_gives_its_memory_to_a_reader_and_then_goes_on():
         assert be.calls["open_range"] == opened + 1
         idle.close()
         busy.close()
+
+    run(body)
+
+
+def kernel_readahead_order(n: int, window: int = 16) -> list[int]:
+    """Offsets (MiB) of 1 MiB reads in an order the kernel's async read-ahead sends them with a
+    ``window`` MiB read-ahead: concurrently, out of order and far ahead of the reader.  The start is
+    the order logged through a mount with ``--readahead 16M``; then blocks of ``window`` reads
+    arrive shuffled (each one up to ``window`` ahead of the lowest read not served yet)."""
+    import random
+
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 11, 12, 13]
+    rng = random.Random(1)
+    for lo in range(18, n, window):
+        block = list(range(lo, min(lo + window, n)))
+        rng.shuffle(block)
+        order += block
+    assert sorted(order) == list(range(n))
+    return order
+
+
+@pytest.mark.parametrize("max_window", [16 * MiB, 64 * MiB])
+def test_reads_out_of_order_far_ahead_are_one_get(max_window):
+    """The kernel's read-ahead (``--readahead 16M``) sends 1 MiB reads out of order and up to its
+    read-ahead ahead of each other: the stream serves them all, with one GET."""
+    be = MemoryBackend()
+    data = os.urandom(64 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(512 * MiB)
+        p = prefetcher(be, nursery, budget=budget, max_window=max_window)
+        for n in kernel_readahead_order(64):
+            got = await p.read(n * MiB, MiB)
+            assert got == data[n * MiB : (n + 1) * MiB], n
+        assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
+        assert p.stats.random_reads == 0
+        assert budget.peak <= 2 * max_window + 8 * MiB  # unserved pieces + read-ahead + a chunk
+        stream = p.stream
+        p.close()
+        await stream.quiet()
+        assert budget.used == 0
+
+    run(body)
+
+
+def test_a_random_reader_makes_exact_gets_and_keeps_no_buffer():
+    be = MemoryBackend()
+    data = os.urandom(64 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget, stats = MemoryBudget(512 * MiB), Stats()
+        info = be.head("obj")
+        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
+                       info.etag, stats)
+        offsets = [37 * MiB + 5, 3 * MiB, 50 * MiB, 20 * MiB + 4096, 9 * MiB, 63 * MiB, 30 * MiB]
+        for i, off in enumerate(offsets, 1):
+            assert await p.read(off, 128 * 1024) == data[off : off + 128 * 1024]
+            assert be.calls["get_range"] == i and be.calls["open_range"] == 0
+            assert p.stream is None and budget.used == 0
+        assert stats.bytes_down == len(offsets) * 128 * 1024  # amplification 1.00
+        p.close()
+        assert budget.used == 0
+
+    run(body)
+
+
+async def burst(p, offsets, data):
+    """1 MiB reads started together, as the kernel's read-ahead sends them: woken in one round of
+    trio's scheduler, they reach the prefetcher in the order given or in the reverse order."""
+
+    async def one(n):
+        assert await p.read(n * MiB, MiB) == data[n * MiB : (n + 1) * MiB], n
+
+    async with trio.open_nursery() as nursery:
+        for n in offsets:
+            nursery.start_soon(one, n)
+
+
+def test_a_burst_of_reads_whose_furthest_comes_first_is_one_get():
+    """The furthest read of a burst may be the first to arrive, beyond the stream's reach (or
+    before the read at 0 that starts it): it lets the reads below it go first."""
+    be = MemoryBackend()
+    data = os.urandom(32 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(512 * MiB)
+        p = prefetcher(be, nursery, budget=budget)
+        await burst(p, [1, 0, 2], data)  # (1 or 2 first: neither starts a stream)
+        await burst(p, [12, *range(3, 11), 11], data)  # (12 or 11 first: beyond the reach)
+        await burst(p, range(13, 32), data)
+        assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
+        assert p.stats.random_reads == 0
+        stream = p.stream
+        p.close()
+        await stream.quiet()
+        assert budget.used == 0
+
+    run(body)
+
+
+def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
+    """A read far ahead (the kernel's read-ahead) waits for the pump while the budget is full of
+    the pieces below it, whose reads queue behind it: `reclaim` drops those pieces (their reads
+    become exact ranged GETs) instead of every read waiting for ever."""
+    be = MemoryBackend()
+    data = os.urandom(32 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(8 * MiB)
+        p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
+        streams, start = [], p._start_stream
+
+        def recorded(off):
+            start(off)
+            streams.append(p.stream)
+
+        p._start_stream = recorded
+        for n in range(4):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        await p.stream.quiet()  # read ahead as far as the budget lets it
+        assert p.stream.covers(12 * MiB) and p.stream.pos < 13 * MiB
+        got = {}
+
+        async def one(n):
+            got[n] = await p.read(n * MiB, MiB)
+
+        with trio.fail_after(60):  # a bound for the failure only: it is served at once
+            async with trio.open_nursery() as readers:
+                readers.start_soon(one, 12)
+                await trio.testing.wait_all_tasks_blocked()  # it holds the file's reads
+                for n in range(4, 12):
+                    readers.start_soon(one, n)
+        assert got == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
+        p.close()
+        for stream in streams:  # a chunk in flight holds its memory until it lands
+            await stream.quiet()
+        assert budget.used == 0
 
     run(body)

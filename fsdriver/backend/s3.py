@@ -42,6 +42,7 @@ from ..errors import (
 from .s3_errors import s3_errors
 from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, check_meta
 from .base import RangeReader
+from .s3_body import BodyReader, EmptyReader
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -116,73 +117,6 @@ _streamed = threading.local()
 def _no_checksum_when_streamed(params, **kwargs) -> None:
     if getattr(_streamed, "active", False):
         params.get("context", {}).get("checksum", {}).pop("response_algorithms", None)
-
-
-class _EmptyReader(RangeReader):
-    def __init__(self):
-        pass
-
-    def read(self, n: int) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
-class _BodyReader(RangeReader):
-    """The streamed body of one GET (`S3Backend.open_range`): ``read(n)`` reads exactly ``n``
-    bytes but at the end, `read_into` fills the caller's buffers.  ``close`` drops the connection
-    unless the body was read to its end (then it went back to the pool already), and waits for a
-    read in progress in another thread to return first."""
-
-    def __init__(self, body, errors):
-        self.body, self.errors = body, errors
-        self._lock = threading.Lock()
-        self._busy = False  # a read runs
-        self._closing = False  # close() was called during that read: the read closes on return
-
-    def read(self, n: int) -> bytes:
-        return self._locked(lambda: self.body.read(n) if n > 0 else b"", b"")
-
-    def read_into(self, buffers: list[bytearray]) -> int:
-        def fill() -> int:
-            done = 0
-            for buf in buffers:
-                view, got = memoryview(buf), 0
-                while got < len(buf):
-                    k = self.body.readinto(view[got:])
-                    if not k:
-                        return done + got  # the end of the body
-                    got += k
-                done += got
-            return done
-
-        return self._locked(fill, 0)
-
-    def _locked(self, read, closed):
-        """Run ``read()`` unless closed (then ``closed``); a close meanwhile takes effect after."""
-        with self._lock:
-            if self._closing:
-                return closed
-            self._busy = True
-        try:
-            with self.errors():
-                return read()
-        finally:
-            with self._lock:
-                self._busy = False
-                closing = self._closing
-            if closing:
-                self.body.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            if self._busy:
-                return  # the read in progress closes the body when it returns
-        self.body.close()
 
 
 class S3Backend(Backend):
@@ -312,7 +246,7 @@ class S3Backend(Backend):
             raise InvalidRequest(f"{key}: invalid range [{start}, {end})", key)
         if end == start:
             self.head(key)  # an empty range still requires the object to exist
-            return _EmptyReader()
+            return EmptyReader()
         extra = {"IfMatch": _quote(if_match)} if if_match else {}
         if start or end is not None:
             extra["Range"] = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
@@ -326,11 +260,11 @@ class S3Backend(Backend):
                 r = self.client.get_object(Bucket=self.bucket, Key=self._k(key), **extra)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return _EmptyReader()  # 416: the range starts at or past the object's end
+                    return EmptyReader()  # 416: the range starts at or past the object's end
                 raise
             finally:
                 _streamed.active = False
-        return _BodyReader(r["Body"], lambda: self._errors(key))
+        return BodyReader(r["Body"], lambda: self._errors(key))
 
     def get_to_file(self, key: str, fileobj: BinaryIO) -> int:
         """Large objects come down as parallel ranged GETs pinned to one etag."""

@@ -1,0 +1,141 @@
+"""The streamed body of one S3 GET (`S3Backend.open_range`), read into the caller's buffers.
+
+botocore's ``StreamingBody.readinto`` goes through urllib3, whose ``readinto`` reads a temporary
+``bytes`` (itself a copy out of http.client's ``read``) and copies it into the buffer: three copies
+of every byte, two thirds of the CPU time of a streamed read.  When the layers are the known ones
+(a plain `StreamingBody` over a length-delimited response, not decoded), `BodyReader` reads
+straight from the http.client response under them (``socket.recv_into`` the caller's buffer: one
+copy) and keeps their bookkeeping (bytes read, bytes remaining) as their own reads do; at the end
+of the body (its last byte read, or the server stopping early) one read through the layers lets
+them check the length and give the connection back to the pool.  Otherwise it reads through
+botocore.  A socket error or a timeout of a direct read is raised as
+botocore would raise it (`ResponseStreamingError`, `ReadTimeoutError`), so the caller's error
+mapping is the same on both paths.
+"""
+
+import http.client
+import threading
+
+from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+from botocore.response import StreamingBody
+
+from .base import RangeReader
+
+
+class EmptyReader(RangeReader):
+    def __init__(self):
+        pass
+
+    def read(self, n: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+def _direct_source(body):
+    """The http.client response under ``body`` (botocore over urllib3) when reading from it
+    directly is safe, else None."""
+    if type(body) is not StreamingBody:  # e.g. a StreamingChecksumBody: its reads checksum
+        return None
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if not isinstance(fp, http.client.HTTPResponse) or fp.chunked or fp.length is None:
+        return None
+    if not all(hasattr(raw, a) for a in ("length_remaining", "_fp_bytes_read")) or not hasattr(body, "_amount_read"):
+        return None
+    encoding = (raw.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding != "identity" and getattr(raw, "decode_content", True):
+        return None  # urllib3 would decode it (botocore asks it not to: bodies come as stored)
+    return fp
+
+
+class BodyReader(RangeReader):
+    """``read(n)`` reads exactly ``n`` bytes but at the end, `read_into` fills the caller's
+    buffers.  ``close`` drops the connection unless the body was read to its end (then it went
+    back to the pool already), and waits for a read in progress in another thread to return first."""
+
+    def __init__(self, body, errors):
+        self.body, self.errors = body, errors
+        self._direct = _direct_source(body)
+        self._lock = threading.Lock()
+        self._busy = False  # a read runs
+        self._closing = False  # close() was called during that read: the read closes on return
+
+    @property
+    def direct(self) -> bool:
+        """Whether `read_into` reads from the socket into the buffers (for tests)."""
+        return self._direct is not None
+
+    def read(self, n: int) -> bytes:
+        return self._locked(lambda: self.body.read(n) if n > 0 else b"", b"")
+
+    def read_into(self, buffers: list[bytearray]) -> int:
+        readinto = self._readinto_direct if self._direct is not None else self.body.readinto
+
+        def fill() -> int:
+            done = 0
+            for buf in buffers:
+                view, got = memoryview(buf), 0
+                while got < len(buf):
+                    k = readinto(view[got:])
+                    if not k:
+                        return done + got  # the end of the body
+                    got += k
+                done += got
+            return done
+
+        return self._locked(fill, 0)
+
+    def _readinto_direct(self, view: memoryview) -> int:
+        if self._direct is None:  # finished (`_finish`): the layers say what is left (nothing)
+            return self.body.readinto(view)
+        raw = self.body._raw_stream
+        try:
+            n = self._direct.readinto(view)
+        except TimeoutError as e:  # (socket.timeout)
+            raise ReadTimeoutError(endpoint_url=getattr(raw, "_request_url", None), error=e) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise ResponseStreamingError(error=e) from None
+        if n:
+            raw._fp_bytes_read += n
+            if raw.length_remaining is not None:
+                raw.length_remaining -= n
+            self.body._amount_read += n
+            if raw.length_remaining == 0:  # read to its end: a caller never asks for more
+                self._finish()
+            return n
+        self._finish()  # the server stopped early: IncompleteReadError
+        return 0
+
+    def _finish(self) -> None:
+        """At the end of the body (or where the server stopped): one read through the layers, so
+        botocore checks the length (IncompleteReadError if short) and urllib3 gives the connection
+        back to the pool."""
+        self._direct = None
+        self.body.read()
+
+    def _locked(self, read, closed):
+        """Run ``read()`` unless closed (then ``closed``); a close meanwhile takes effect after."""
+        with self._lock:
+            if self._closing:
+                return closed
+            self._busy = True
+        try:
+            with self.errors():
+                return read()
+        finally:
+            with self._lock:
+                self._busy = False
+                closing = self._closing
+            if closing:
+                self.body.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._busy:
+                return  # the read in progress closes the body when it returns
+        self.body.close()
