@@ -117,7 +117,9 @@ class Stream:
         self.pos = start  # end of the bytes received so far
         self.held = 0  # budget bytes held by self.chunks
         self.read_end = start  # the furthest end of a read served: read-ahead is counted from here
-        self.served: dict[int, int] = {}  # piece offset -> bytes of it that reads were served
+        # piece offset -> the ranges of it reads were served, merged (a read may repeat or overlap
+        # another: a piece is done only once every byte of it was served)
+        self.served: dict[int, list[tuple[int, int]]] = {}
         self.wanted = start  # a read in progress waits for the bytes up to here
         self.chunk = max(first, 1)
         self.max_chunk = max(max_chunk, first, 1)
@@ -167,7 +169,7 @@ class Stream:
             if cstart >= end:
                 break
             lo, hi = max(off, cstart) - cstart, min(end, cend) - cstart
-            self.served[cstart] = self.served.get(cstart, 0) + hi - lo
+            self._mark_served(cstart, lo, hi)
             out.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         if len(out) == 1:
             data = out[0] if isinstance(out[0], bytearray) else bytes(out[0])
@@ -176,13 +178,22 @@ class Stream:
         self._consume()  # (a whole piece returned is released: nothing else refers to it)
         return data
 
+    def _mark_served(self, cstart: int, lo: int, hi: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(self.served.get(cstart, []) + [(lo, hi)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.served[cstart] = merged
+
     def _consume(self) -> None:
         """Release the pieces at the front of the buffer that reads were served whole, or that
         reads went past by more than ``max_ahead`` (skipped: never read, or read elsewhere)."""
         past = self.read_end - self.max_ahead
         while self.chunks:
             cstart, data = self.chunks[0]
-            if self.served.get(cstart, 0) < len(data) and cstart + len(data) > past:
+            if self.served.get(cstart) != [(0, len(data))] and cstart + len(data) > past:
                 break
             self.chunks.popleft()
             self.served.pop(cstart, None)

@@ -399,3 +399,26 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
         assert budget.used == 0
 
     run(body)
+
+
+def test_a_piece_read_twice_in_part_is_kept_until_every_byte_was_read():
+    """A piece is released once every byte of it was served, not once as many bytes as it holds
+    were (a repeated read counts once): the rest of it is still the stream's, one GET in all."""
+    be = MemoryBackend()
+    data = os.urandom(8 * MiB)
+    be.put_bytes("obj", data)
+    part = 600 * 1024
+
+    async def body(nursery):
+        budget = MemoryBudget(512 * MiB)
+        p = prefetcher(be, nursery, budget=budget)
+        assert await p.read(0, part) == data[:part]
+        assert await p.read(0, part) == data[:part]  # again (the page cache dropped it, say)
+        assert await read_all(p, part, len(data), MiB) == data[part:]
+        assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
+        stream = p.stream
+        p.close()
+        await stream.quiet()
+        assert budget.used == 0
+
+    run(body)
