@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,3 +103,18 @@ def make_mount(tmp_path: Path, url: str, env: dict, name: str = "mnt", extra=())
     m = Mount(path, url, env, tmp_path / f"{name}-cache", tmp_path / f"{name}.log", list(extra))
     MADE.append(m)
     return m
+
+
+@contextmanager
+def mounted(tmp_path: Path, url: str, env: dict, name: str = "mnt", extra=()):
+    """A real mount through the kernel (skipped where FUSE is unusable) for the ``with`` block:
+    unmounted after it, lazily if need be, whatever happened in it."""
+    require_fuse()
+    m = make_mount(tmp_path, url, env, name, extra)
+    m.mount()
+    try:
+        yield m
+    finally:
+        if m.mounted:
+            m.umount()
+        force_unmount(m.path)

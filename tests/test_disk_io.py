@@ -15,7 +15,7 @@ from fsdriver.errors import InvalidRequest, PreconditionFailed
 from fsdriver.handles import LocalReader
 
 from .conftest import backend_env
-from .mounting import force_unmount, make_mount, require_fuse
+from .mounting import mounted
 
 MiB = 1 << 20
 SIZE = 3 * MiB + 12345  # not a multiple of a page or of any read size below
@@ -251,14 +251,9 @@ def test_put_to_a_hard_linked_key_still_writes_in_place(tmp_path):
 
 @pytest.fixture
 def disk_mount(request, tmp_path):
-    require_fuse()
     url, env = backend_env("disk", request, tmp_path)
-    m = make_mount(tmp_path, url, env)
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, url, env) as m:
+        yield m
     assert "Traceback" not in m.log()
 
 

@@ -8,7 +8,7 @@ import subprocess
 import boto3
 import pytest
 
-from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .mounting import force_unmount, make_mount, mountctl, mounted, require_fuse
 from .servers import MotoServer
 
 BUCKET = "outage-bucket"
@@ -28,14 +28,9 @@ def own_server(tmp_path):
 
 @pytest.fixture
 def s3_mount(own_server, tmp_path):
-    require_fuse()
     env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url)
-    m = make_mount(tmp_path, f"s3://{BUCKET}", env)
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, f"s3://{BUCKET}", env) as m:
+        yield m
 
 
 def _client(server):

@@ -14,22 +14,17 @@ import time
 import pytest
 
 from .conftest import backend_env
-from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .mounting import mountctl, mounted
 from .test_mount_failures import BUCKET as OUTAGE_BUCKET
 from .test_mount_failures import own_server  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(params=["disk", "s3"])
 def slow_ttl_mount(request, tmp_path):
-    require_fuse()
     url, env = backend_env(request.param, request, tmp_path)
-    m = make_mount(tmp_path, url, env, extra=["--metadata-ttl", "60"])
-    m.kind = request.param
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, url, env, extra=["--metadata-ttl", "60"]) as m:
+        m.kind = request.param
+        yield m
     assert "Traceback" not in m.log()
 
 
@@ -91,14 +86,9 @@ def test_rewrite_in_a_listed_directory_reads_back_whole(slow_ttl_mount):
 
 @pytest.fixture
 def short_ttl_s3_mount(own_server, tmp_path):
-    require_fuse()
     env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url)
-    m = make_mount(tmp_path, f"s3://{OUTAGE_BUCKET}", env, extra=["--metadata-ttl", "0.2"])
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, f"s3://{OUTAGE_BUCKET}", env, extra=["--metadata-ttl", "0.2"]) as m:
+        yield m
 
 
 @pytest.mark.expected_log(r"upload failed|cannot reach|cannot read its owner record|pending|unreachable|flush")

@@ -6,20 +6,15 @@ import os
 
 import pytest
 
-from .mounting import force_unmount, make_mount, require_fuse
+from .mounting import mounted
 
 MiB = 1 << 20
 
 
 @pytest.fixture
 def s3_mount(moto_server, s3_url, tmp_path):
-    require_fuse()
-    m = make_mount(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url)) as m:
+        yield m
 
 
 def gets(before: dict, after: dict) -> dict:
@@ -97,14 +92,9 @@ def test_an_object_changed_mid_stream_gives_estale_never_mixed_bytes(s3_mount):
 
 @pytest.fixture
 def s3_mount_16m_readahead(moto_server, s3_url, tmp_path):
-    require_fuse()
-    m = make_mount(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url),
-                   extra=["--readahead", "16M"])
-    m.mount()
-    yield m
-    if m.mounted:
-        m.umount()
-    force_unmount(m.path)
+    with mounted(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=moto_server.url),
+                 extra=["--readahead", "16M"]) as m:
+        yield m
 
 
 def test_a_sequential_read_with_a_large_kernel_readahead_is_one_get(s3_mount_16m_readahead):
