@@ -153,6 +153,61 @@ class Mount:
             return ""
 
 
+class FloorMount:
+    """`bench.floorfs` (a do-nothing pyfuse3 passthrough) over ``backing``, with the disk mount's
+    1 MiB kernel read-ahead; a context manager that always unmounts (``fusermount3 -u -z``)."""
+
+    s3 = False
+    lifetime = None
+
+    def __init__(self, env: "Env", name: str, backing: Path):
+        self.env, self.name, self.backing = env, name, backing
+        self.path = env.root / f"mnt-{name}"
+        self.log_file = env.root / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "FloorMount":
+        self.path.mkdir(exist_ok=True)
+        dev = os.stat(self.path).st_dev
+        self.env.mounts.append(self)
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bench.floorfs", str(self.backing), str(self.path)],
+                                         cwd=REPO, env=self.env.child_env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while os.stat(self.path).st_dev == dev:  # mounted once the mount point is another device
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.umount()
+                raise RuntimeError(f"bench.floorfs did not mount {self.path}:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
+        st = os.stat(self.path)
+        try:  # as the disk mount sets it (fsdriver.daemon): 1 MiB
+            with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb", "w") as f:
+                f.write("1024")
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.umount()
+
+    def umount(self) -> None:
+        if self.proc is None:
+            return
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
 class Env:
     """Temp dir, moto server, counting proxy and boto3 clients for one benchmark run."""
 
@@ -195,6 +250,10 @@ class Env:
 
     def mount_disk(self, name: str, store: Path, *extra) -> Mount:
         return Mount(self, name, str(store), s3=False, extra=extra)
+
+    def mount_floor(self, name: str, backing: Path) -> FloorMount:
+        """`bench.floorfs` over ``backing``: what any pyfuse3 daemon costs at the least."""
+        return FloorMount(self, name, backing)
 
     def close(self, save_logs_to: Path | None = None) -> list[str]:
         """Tear everything down; returns problems seen (daemon tracebacks, leftover mounts).

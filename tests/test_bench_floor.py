@@ -1,0 +1,76 @@
+"""`make bench`'s pyfuse3 floor (bench/floorfs.py) and the disk rows built on it: the floor is a
+real FUSE mount through the kernel that keeps what the rows compare (bytes, fsync at close), and
+the rows' judged figure is the median of the rounds' ratios, with the floor shown beside it."""
+
+import os
+
+import pytest
+
+from bench import report, tables
+from bench.harness import Env
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+@pytest.fixture
+def env():
+    e = Env()
+    try:
+        yield e
+    finally:
+        problems = e.close()
+        assert problems == []
+
+
+def test_floor_serves_the_backing_directory(env):
+    backing = env.root / "backing"
+    backing.mkdir()
+    (backing / "old.bin").write_bytes(b"x" * 5000)
+    with env.mount_floor("floor", backing) as floor:
+        assert os.path.ismount(floor.path)
+        assert (floor.path / "old.bin").read_bytes() == b"x" * 5000
+        (floor.path / "d").mkdir()
+        payload = os.urandom(3 << 20)  # several 1 MiB FUSE writes
+        fd = os.open(floor.path / "d" / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            assert os.write(fd, payload) == len(payload)
+        finally:
+            os.close(fd)
+        assert (backing / "d" / "new.bin").read_bytes() == payload  # the backing file itself
+        assert os.stat(floor.path / "d" / "new.bin").st_mode & 0o777 == 0o640
+        assert sorted(os.listdir(floor.path / "d")) == ["new.bin"]
+        with pytest.raises(FileExistsError):
+            os.open(floor.path / "d" / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with pytest.raises(FileNotFoundError):
+            os.stat(floor.path / "missing")
+    assert not os.path.ismount(floor.path)  # unmounted on exit, the daemon gone
+    assert floor.proc is None
+
+
+def test_disk_rows_judge_the_median_of_the_rounds_and_show_the_floor():
+    # three rounds whose medians per column come from different rounds: the ratio is the median
+    # of the rounds' own ratios (0.5), not the ratio of the columns' medians (1000 / 2000)
+    seq = {"caches_dropped": True, "rounds": [{"direct": 1000, "floor": 800, "mount": 700},
+                                               {"direct": 2000, "floor": 1000, "mount": 1000},
+                                               {"direct": 3000, "floor": 1200, "mount": 900}],
+           "direct_mb_s": 2000, "floor_mb_s": 1000, "mount_mb_s": 900, "ratio": 0.5, "floor_ratio": 0.5,
+           "daemon_cpu_s": 0.1, "fuse_reads": 256, "fuse_read_kib": 1024}
+    create = {"reference": {"files_s": 4000.0, "size": 4096, "count": 200},
+              "floor": {"files_s": 1600.0, "size": 4096, "count": 200},
+              "mount": {"files_s": 600.0, "size": 4096, "count": 200},
+              "ratio": 0.15, "floor_ratio": 0.4,
+              "rounds_files_s": [{"reference": 4000, "floor": 1600, "mount": 600}]}
+    results = {"disk_seq": seq, "create_disk": create}
+    verdict = report.evaluate(results, None)
+    assert verdict["disk_seq"]["met"] is False
+    assert verdict["disk_seq"]["measured"].startswith("0.500x")
+    assert "passthrough reached 0.500x in the same rounds, below the target too" in verdict["disk_seq"]["measured"]
+    assert verdict["disk_creates"]["met"] is False
+    assert "0.400x" in verdict["disk_creates"]["measured"]
+    text = tables.local_table(results, {"object_mib": 256}, verdict)
+    assert "bench.floorfs (pyfuse3 floor)" in text
+    assert "1000 / 800 / 700, 2000 / 1000 / 1000, 3000 / 1200 / 900" in text
+    assert "4000 / 1600 / 600" in text
+    met = report.evaluate(dict(results, create_disk=dict(create, ratio=0.81, floor_ratio=0.9)), None)
+    assert met["disk_creates"]["met"] is True
+    assert "below the target" not in met["disk_creates"]["measured"]
