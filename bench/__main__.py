@@ -131,6 +131,9 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        print("python -m bench: --repeat must be at least 1", file=sys.stderr)
+        return 2
     cfg = dict(QUICK if args.quick else FULL)
     for k in FULL:
         if getattr(args, k) is not None:

@@ -14,6 +14,7 @@ Not a filesystem to use: no rename, unlink, setattr or xattrs; inode numbers are
 """
 
 import errno
+import functools
 import os
 import sys
 
@@ -21,6 +22,18 @@ import pyfuse3
 import trio
 
 TIMEOUT = 1.0  # attribute and entry cache, seconds (stashfs's --metadata-ttl default)
+
+
+def _errno(handler):
+    """The backing file's OSError as the request's errno (pyfuse3 ends its main loop on any other
+    exception)."""
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+    return wrapper
 
 
 class Floor(pyfuse3.Operations):
@@ -53,23 +66,29 @@ class Floor(pyfuse3.Operations):
     def _child(self, parent: int, name: bytes) -> str:
         return os.path.join(self.paths[parent], os.fsdecode(name))
 
+    @_errno
     async def lookup(self, parent_inode, name, ctx=None):
         return self._entry(self._child(parent_inode, name))
 
+    @_errno
     async def getattr(self, inode, ctx=None):
         return self._entry(self.paths[inode])
 
+    @_errno
     async def getxattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.ENODATA)
 
+    @_errno
     async def mkdir(self, parent_inode, name, mode, ctx):
         path = self._child(parent_inode, name)
         os.mkdir(path, mode)
         return self._entry(path)
 
+    @_errno
     async def opendir(self, inode, ctx):
         return inode
 
+    @_errno
     async def readdir(self, fh, start_id, token):
         names = sorted(os.listdir(self.paths[fh]))
         for i in range(start_id, len(names)):
@@ -77,33 +96,41 @@ class Floor(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._entry(path), i + 1):
                 break
 
+    @_errno
     async def releasedir(self, fh):
         pass
 
+    @_errno
     async def open(self, inode, flags, ctx):
         return pyfuse3.FileInfo(fh=os.open(self.paths[inode], flags & ~(os.O_CREAT | os.O_EXCL)))
 
+    @_errno
     async def create(self, parent_inode, name, mode, flags, ctx):
         path = self._child(parent_inode, name)
         fd = os.open(path, flags | os.O_CREAT, mode)
         return pyfuse3.FileInfo(fh=fd), self._entry(path)
 
+    @_errno
     async def read(self, fh, off, size):
         return os.pread(fh, size, off)
 
+    @_errno
     async def write(self, fh, off, buf):
         self.written.add(fh)
         return os.pwrite(fh, buf, off)
 
+    @_errno
     async def flush(self, fh):
         if fh in self.written:  # durable when close() returns, as the disk mount promises
             self.written.discard(fh)
             os.fsync(fh)
 
+    @_errno
     async def release(self, fh):
         self.written.discard(fh)
         os.close(fh)
 
+    @_errno
     async def statfs(self, ctx):
         st = os.statvfs(self.paths[pyfuse3.ROOT_INODE])
         out = pyfuse3.StatvfsData()
@@ -127,6 +154,7 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m bench.floorfs BACKING MOUNTPOINT", file=sys.stderr)
         return 2
+    os.umask(0)  # the kernel applied the caller's umask to the modes it sends
     trio.run(_serve, os.path.abspath(argv[0]), argv[1])
     return 0
 

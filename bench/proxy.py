@@ -22,7 +22,11 @@ absent owner record), so a wasted request shows; ``not_found`` counts the 404s b
 path (``GET /bucket/key``), so a key asked for again after a 404 shows too.
 
 ``latency`` (seconds, settable at any time) delays every request by that much before it is
-forwarded, as the round trip to a nearby S3 region does.  Each client connection has its own proxy
+forwarded, as the round trip to a nearby S3 region does.  A request that asks ``Expect:
+100-continue`` waits that long again for the interim ``100 Continue`` before it sends its body: a
+server gives that answer one round trip after the headers left the client (S3 does, after checking
+them), so such a request costs two round trips, as it does against S3 (``expect_100`` counts them
+by kind).  Each client connection has its own proxy
 thread, so the delays of concurrent requests overlap as they would on the network.  The server listens on 127.0.0.1 only, on a
 free port, in daemon threads, and is shut down by `stop()` (or the context manager).
 """
@@ -70,6 +74,7 @@ class Counts:
         self.not_found: Counter = Counter()  # "GET /bucket/key" -> count of 404 answers
         self.not_found_log: list[tuple[float, str]] = []  # (perf_counter at the answer, "GET /bucket/key")
         self.trace: list | None = None  # (start, end, kind, Range header, body bytes) while tracing
+        self.expect_100: Counter = Counter()  # kind -> requests that waited for "100 Continue"
 
     def record(self, start: float, kind: str, rng: str | None, nbytes: int, target: str = "") -> None:
         """One finished request, kept while tracing: (start, end, kind, Range, body bytes, target)."""
@@ -109,6 +114,10 @@ class Counts:
             self.requests[kind] += 1
             self.bytes += nbytes
 
+    def add_expect_100(self, kind: str) -> None:
+        with self._lock:
+            self.expect_100[kind] += 1
+
     def add_bytes(self, nbytes: int) -> None:
         with self._lock:
             self.bytes += nbytes
@@ -116,17 +125,19 @@ class Counts:
     def snapshot(self) -> dict:
         with self._lock:
             return {"requests": dict(self.requests), "bytes": self.bytes, "errors": dict(self.errors),
-                    "not_found": dict(self.not_found)}
+                    "not_found": dict(self.not_found), "expect_100": dict(self.expect_100)}
 
     @staticmethod
     def delta(before: dict, after: dict) -> dict:
         req = {k: after["requests"].get(k, 0) - before["requests"].get(k, 0) for k in after["requests"]}
         err = {k: v - before.get("errors", {}).get(k, 0) for k, v in after.get("errors", {}).items()}
         nf = {k: v - before.get("not_found", {}).get(k, 0) for k, v in after.get("not_found", {}).items()}
+        ex = {k: v - before.get("expect_100", {}).get(k, 0) for k, v in after.get("expect_100", {}).items()}
         return {"requests": {k: v for k, v in sorted(req.items()) if v},
                 "total": sum(req.values()), "bytes": after["bytes"] - before["bytes"],
                 "errors": {k: v for k, v in sorted(err.items()) if v},
-                "not_found": {k: v for k, v in sorted(nf.items()) if v}}
+                "not_found": {k: v for k, v in sorted(nf.items()) if v},
+                "expect_100": {k: v for k, v in sorted(ex.items()) if v}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -141,6 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: no line per request
         pass
+
+    def handle_expect_100(self):
+        """``Expect: 100-continue``: the client sends its body only after this interim answer,
+        which a server gives one round trip after the headers left the client."""
+        self.server.counts.add_expect_100(classify(self.command, self.path, self.headers))
+        if self.server.latency > 0:
+            time.sleep(self.server.latency)
+        return super().handle_expect_100()
 
     def _upstream(self, fresh: bool = False) -> http.client.HTTPConnection:
         conn = getattr(self, "_conn", None)
@@ -174,17 +193,26 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def parse_request(self):
+        self._start = time.perf_counter()  # before an Expect: 100-continue wait (handle_expect_100)
+        return super().parse_request()
+
     def _forward(self):
-        start = time.perf_counter()
+        self._recorded, self._sent, self._responded = False, 0, False  # (also for _FaultHandler's own paths)
         try:
             self._forward_one()
         finally:
-            self.server.counts.record(start, classify(self.command, self.path, self.headers),
+            self._record()
+
+    def _record(self) -> None:
+        """Trace the request once, as finished (just before its last bytes leave, so a client that
+        stops the trace once it has its answer finds the request in it)."""
+        if not self._recorded:
+            self._recorded = True
+            self.server.counts.record(self._start, classify(self.command, self.path, self.headers),
                                       self.headers.get("Range"), getattr(self, "_sent", 0), self.path)
 
     def _forward_one(self):
-        self._sent = 0
-        self._responded = False
         body = self._read_body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
@@ -209,36 +237,44 @@ class _Handler(BaseHTTPRequestHandler):
         out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
         length = resp.getheader("Content-Length")
         no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
+        # Each request is counted before its answer leaves: a client that reads the counts right
+        # after its answer must find its request there.
         if no_body:
             for k, v in out_headers:
                 self.send_header(k, v)
-            self.end_headers()
-            resp.read()
             self.server.counts.add(kind, 0)
+            resp.read()
+            self._record()
+            self.end_headers()
             return
         if length is None:  # chunked or close-delimited upstream: buffer it to give a length
             data = resp.read()
             out_headers.append(("Content-Length", str(len(data))))
             for k, v in out_headers:
                 self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
             self.server.counts.add(kind, len(data))
             self._sent = len(data)
+            self._record()
+            self.end_headers()
+            self.wfile.write(data)
             return
         for k, v in out_headers:
             self.send_header(k, v)
-        self.end_headers()
         self.server.counts.add(kind, 0)
         left = int(length)
+        if not left:
+            self._record()
+        self.end_headers()
         while left > 0:
             chunk = resp.read(min(CHUNK, left))
             if not chunk:
                 break
-            self.wfile.write(chunk)
             self.server.counts.add_bytes(len(chunk))
             self._sent += len(chunk)
             left -= len(chunk)
+            if not left:
+                self._record()
+            self.wfile.write(chunk)
         if left:  # the upstream response was cut short: the client cannot be given a valid reply
             self.close_connection = True
             self._upstream(fresh=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import rawclient
 from .harness import MiB, Env, Timer, daemon_figures, proc_cpu
+from .scenarios import judge_rounds
 
 BIG_WRITE_KEY = "pipeline/bench/bigwrite/w.bin"
 
@@ -120,18 +121,20 @@ def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRI
         rss0 = daemon_figures(m)["rss"]
         before = env.proxy.snapshot()
         env.proxy.counts.start_trace()
-        with Timer() as t:
-            fd = os.open(m.path / path_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                off = 0
-                while off < size:
-                    off += os.write(fd, view[off:off + MiB])
-                with Timer() as f:
-                    os.fsync(fd)
-            finally:
-                with Timer() as c:
-                    os.close(fd)
-        trace = env.proxy.counts.stop_trace()
+        try:
+            with Timer() as t:
+                fd = os.open(m.path / path_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    off = 0
+                    while off < size:
+                        off += os.write(fd, view[off:off + MiB])
+                    with Timer() as f:
+                        os.fsync(fd)
+                finally:
+                    with Timer() as c:
+                        os.close(fd)
+        finally:
+            trace = env.proxy.counts.stop_trace()
         proxy = _delta(env, before)
         daemon = daemon_figures(m, cpu0)
         before = env.proxy.snapshot()
@@ -164,7 +167,7 @@ def raw_upload(env: Env, local: Path, key: str = "pipeline/bench/raw-bigwrite/w.
 def disk_creates(env: Env, store: Path, count: int, size: int, rounds: int = 1) -> dict:
     """Creates on the backing filesystem (write, fsync, close), through `bench.floorfs` (the pyfuse3
     floor: a passthrough that fsyncs at close) and through a disk mount, each in a new directory,
-    ``rounds`` times back to back; the judged figure is the median of the rounds' ratios."""
+    ``rounds`` times back to back; judged on the middle round by ratio (`scenarios.judge_rounds`)."""
     runs = []
     backing = env.root / "floor-backing"  # the same filesystem as the reference's directories
     backing.mkdir()
@@ -182,10 +185,11 @@ def disk_creates(env: Env, store: Path, count: int, size: int, rounds: int = 1) 
             assert n == count, f"{n} of {count} created files reached the disk backend"
             n = len(list((backing / f"floor-creates-{i}").iterdir()))
             assert n == count, f"{n} of {count} files created through bench.floorfs reached its backing directory"
-    mid = (len(runs) - 1) // 2
-    ratios = sorted(r["mount"]["files_s"] / r["reference"]["files_s"] for r in runs)
-    floor_ratios = sorted(r["floor"]["files_s"] / r["reference"]["files_s"] for r in runs)
-    median = {k: dict(sorted((r[k] for r in runs), key=lambda x: x["files_s"])[mid])
-              for k in ("reference", "floor", "mount")}
-    return {**median, "ratio": ratios[mid], "floor_ratio": floor_ratios[mid],
-            "rounds_files_s": [{k: round(r[k]["files_s"]) for k in r} for r in runs]}
+    flat = [{k: r[k]["files_s"] for k in r} for r in runs]
+    judged = judge_rounds(flat, "reference")
+    mid = runs[next(i for i, f in enumerate(flat) if f is judged["mount"])]
+    floor_mid = runs[next(i for i, f in enumerate(flat) if f is judged["floor"])]
+    return {"reference": mid["reference"], "mount": mid["mount"], "floor": floor_mid["floor"],
+            "floor_reference_files_s": floor_mid["reference"]["files_s"],
+            "ratio": judged["mount_ratio"], "floor_ratio": judged["floor_ratio"],
+            "rounds_files_s": [{k: round(v) for k, v in f.items()} for f in flat]}

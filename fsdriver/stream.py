@@ -149,7 +149,7 @@ class Stream:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
         if end > self.pos:
             self.wanted = end
-            self._wake.set()
+            self._poke()
             while end > self.pos and self.error is None and not self.finished and not self.cancelled:
                 self._arrived = trio.Event()
                 await self._arrived.wait()
@@ -160,7 +160,7 @@ class Stream:
         end = min(end, self.pos)
         self.read_end = max(self.read_end, end)
         self.ahead = min(max(self.ahead, 2 * (self.read_end - self.start)), self.max_ahead)
-        self._wake.set()  # the pump may read ahead again
+        self._poke()  # the pump may read ahead again
         out = []
         for cstart, data in self.chunks:
             cend = cstart + len(data)
@@ -211,7 +211,7 @@ class Stream:
         while self.chunks:
             self._release(len(self.chunks.pop()[1]))
         self.served.clear()
-        self._wake.set()
+        self._poke()
         self._arrived.set()
 
     def reclaim(self, keep_below: int, drop_before: int = 0) -> int:
@@ -329,6 +329,13 @@ class Stream:
             self.end = self.pos
         self._arrived.set()
         return 0
+
+    def _poke(self) -> None:
+        """Wake the pump.  It is not quiet until it has looked at what woke it (a test waiting in
+        `quiet` right after a read must not see the pump's earlier idle state and go on while the
+        pump is about to read further ahead)."""
+        self._busy()
+        self._wake.set()
 
     def _busy(self) -> None:
         if self._quiet.is_set():  # waiters of quiet() hold the unset one: never replace that

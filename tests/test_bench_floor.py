@@ -1,12 +1,12 @@
 """`make bench`'s pyfuse3 floor (bench/floorfs.py) and the disk rows built on it: the floor is a
 real FUSE mount through the kernel that keeps what the rows compare (bytes, fsync at close), and
-the rows' judged figure is the median of the rounds' ratios, with the floor shown beside it."""
+each row shows the round whose ratio is the middle one, with the floor's beside it."""
 
 import os
 
 import pytest
 
-from bench import report, tables
+from bench import report, scenarios, tables
 from bench.harness import Env
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
@@ -31,7 +31,11 @@ def test_floor_serves_the_backing_directory(env):
         assert (floor.path / "old.bin").read_bytes() == b"x" * 5000
         (floor.path / "d").mkdir()
         payload = os.urandom(3 << 20)  # several 1 MiB FUSE writes
-        fd = os.open(floor.path / "d" / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        old_umask = os.umask(0o022)
+        try:
+            fd = os.open(floor.path / "d" / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        finally:
+            os.umask(old_umask)
         try:
             assert os.write(fd, payload) == len(payload)
         finally:
@@ -43,27 +47,41 @@ def test_floor_serves_the_backing_directory(env):
             os.open(floor.path / "d" / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with pytest.raises(FileNotFoundError):
             os.stat(floor.path / "missing")
+        (floor.path / "gone").mkdir()
+        (backing / "gone").rmdir()  # behind the floor's back: its readdir meets a file
+        (backing / "gone").write_bytes(b"")
+        with pytest.raises(NotADirectoryError):
+            os.listdir(floor.path / "gone")
+        assert (floor.path / "old.bin").read_bytes() == b"x" * 5000  # the floor still serves
     assert not os.path.ismount(floor.path)  # unmounted on exit, the daemon gone
     assert floor.proc is None
 
 
-def test_disk_rows_judge_the_median_of_the_rounds_and_show_the_floor():
-    # three rounds whose medians per column come from different rounds: the ratio is the median
-    # of the rounds' own ratios (0.5), not the ratio of the columns' medians (1000 / 2000)
-    seq = {"caches_dropped": True, "rounds": [{"direct": 1000, "floor": 800, "mount": 700},
-                                               {"direct": 2000, "floor": 1000, "mount": 1000},
-                                               {"direct": 3000, "floor": 1200, "mount": 900}],
-           "direct_mb_s": 2000, "floor_mb_s": 1000, "mount_mb_s": 900, "ratio": 0.5, "floor_ratio": 0.5,
+def test_the_disk_rows_judge_the_middle_round_and_show_its_figures():
+    # three rounds; the columns' own medians (2000, 1000, 900) come from different rounds, and
+    # 900 / 2000 is no round's ratio: each row shows the round whose ratio is the middle one
+    rounds = [{"direct": 1000, "floor": 800, "mount": 700},  # mount 0.70x, floor 0.80x
+              {"direct": 2000, "floor": 1000, "mount": 1000},  # mount 0.50x, floor 0.50x
+              {"direct": 3000, "floor": 1200, "mount": 900}]  # mount 0.30x, floor 0.40x
+    judged = scenarios.judge_rounds(rounds, "direct")
+    assert judged["mount"] is rounds[1] and judged["mount_ratio"] == 0.5
+    assert judged["floor"] is rounds[1] and judged["floor_ratio"] == 0.5
+    judged = scenarios.judge_rounds(rounds[::-1] + [{"direct": 100, "floor": 90, "mount": 95}], "direct")
+    assert judged["mount_ratio"] == 0.5 and judged["floor_ratio"] == 0.5  # the lower middle of four
+    assert scenarios.judge_rounds(rounds[:1], "direct")["mount_ratio"] == 0.7
+
+    seq = {"caches_dropped": True, "rounds": rounds, "direct_mb_s": 2000, "mount_mb_s": 1000,
+           "floor_direct_mb_s": 2000, "floor_mb_s": 1000, "ratio": 0.5, "floor_ratio": 0.5,
            "daemon_cpu_s": 0.1, "fuse_reads": 256, "fuse_read_kib": 1024}
     create = {"reference": {"files_s": 4000.0, "size": 4096, "count": 200},
               "floor": {"files_s": 1600.0, "size": 4096, "count": 200},
-              "mount": {"files_s": 600.0, "size": 4096, "count": 200},
+              "mount": {"files_s": 600.0, "size": 4096, "count": 200}, "floor_reference_files_s": 4000.0,
               "ratio": 0.15, "floor_ratio": 0.4,
               "rounds_files_s": [{"reference": 4000, "floor": 1600, "mount": 600}]}
     results = {"disk_seq": seq, "create_disk": create}
     verdict = report.evaluate(results, None)
     assert verdict["disk_seq"]["met"] is False
-    assert verdict["disk_seq"]["measured"].startswith("0.500x")
+    assert verdict["disk_seq"]["measured"].startswith("0.500x (1000 vs 2000 MB/s")
     assert "passthrough reached 0.500x in the same rounds, below the target too" in verdict["disk_seq"]["measured"]
     assert verdict["disk_creates"]["met"] is False
     assert "0.400x" in verdict["disk_creates"]["measured"]

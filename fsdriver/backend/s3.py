@@ -119,6 +119,26 @@ def _no_checksum_when_streamed(params, **kwargs) -> None:
         params.get("context", {}).get("checksum", {}).pop("response_algorithms", None)
 
 
+# botocore sends every PutObject body with "Expect: 100-continue" (it turns bytes into a file
+# first) and waits for the server's interim answer before it sends the body.  S3 answers only once
+# the headers reached it, so every small object cost two round trips where one does: a create on
+# the mount, a directory marker, an index.  A body of at most `EXPECT_ABOVE_BYTES` (the AWS SDK
+# for Go v2's threshold) is sent with its headers; a larger one still asks first, so a refusal (a
+# lost condition, a wrong region) costs no upload.  A refused small body is sent for nothing, at
+# most 2 MiB.  It also keeps empty bodies away from the header: S3 skips the interim answer for a
+# zero-length PUT, which botocore before 1.43.77 misreads (a stalled and silently retried next
+# request on that connection: boto/botocore#3755).
+EXPECT_ABOVE_BYTES = 2 << 20
+
+
+def _send_small_bodies_at_once(params, model=None, **kwargs) -> None:
+    headers = params.get("headers", {})
+    if "Expect" in headers and getattr(model, "name", None) == "PutObject":
+        length = botocore.utils.determine_content_length(params.get("body"))
+        if length is not None and length <= EXPECT_ABOVE_BYTES:
+            del headers["Expect"]
+
+
 class S3Backend(Backend):
     def __init__(
         self,
@@ -167,6 +187,10 @@ class S3Backend(Backend):
             region_name=region or session.region_name or "us-east-1",
             config=config,
         )
+        # after botocore's own handler, which adds the header on this event for every S3 operation
+        # (a handler of the more specific "before-call.s3.PutObject" would run before it)
+        self.client.meta.events.register_last("before-call.s3", _send_small_bodies_at_once,
+                                              unique_id="stashfs-small-put-expect")
         self._pool = ThreadPoolExecutor(transfer_workers, thread_name_prefix="s3-part")
         # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
         self._streams: dict[str, tuple[str, dict, dict]] = {}
