@@ -57,6 +57,42 @@ def test_floor_serves_the_backing_directory(env):
     assert floor.proc is None
 
 
+def test_cached_backing_reads_drop_only_the_mounts_pages(env):
+    """The "backing file cached" row: through a disk mount, after `drop_file_cache` on the mount's
+    path, the read goes to the daemon again (FUSE reads counted by the mount) while the backing
+    file stays in the page cache (a pread with RWF_NOWAIT is served, not refused)."""
+    store = env.root / "store"
+    (store / "pipeline" / "p").mkdir(parents=True)
+    data = os.urandom(4 << 20)
+    target = store / "pipeline" / "p" / "f.bin"
+    target.write_bytes(data)
+    with env.mount_disk("cached", store) as m, env.mount_floor("cached-floor", store) as floor:
+        path = m.path / "pipeline" / "p" / "f.bin"
+
+        def reads():
+            return m.status()["requests"].get("read", 0)
+
+        assert scenarios._read_all(path) == len(data)
+        before = reads()
+        assert scenarios._read_all(path) == len(data)
+        assert reads() == before  # the mount's own pages served it: the kernel kept them
+        scenarios.drop_file_cache(path)
+        assert scenarios._read_all(path) == len(data)
+        assert reads() > before  # dropped: read through the daemon again
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            assert os.preadv(fd, [bytearray(1 << 20)], 3 << 20, os.RWF_NOWAIT) == 1 << 20  # still cached
+        finally:
+            os.close(fd)
+        before = reads()
+        got = scenarios.cached_backing_reads(target, {"floor": floor.path / "pipeline" / "p" / "f.bin",
+                                                      "mount": path}, len(data))
+        assert set(got) == {"direct", "floor", "mount"} and all(v > 0 for v in got.values())
+        assert reads() > before  # its mount read went through FUSE, not the mount's page cache
+        with pytest.raises(AssertionError, match="direct: the cached read gave 4194304 bytes of 4194305"):
+            scenarios.cached_backing_reads(target, {"floor": floor.path / "pipeline" / "p" / "f.bin"}, len(data) + 1)
+
+
 def test_the_disk_rows_judge_the_middle_round_and_show_its_figures():
     # three rounds; the columns' own medians (2000, 1000, 900) come from different rounds, and
     # 900 / 2000 is no round's ratio: each row shows the round whose ratio is the middle one
@@ -89,6 +125,16 @@ def test_the_disk_rows_judge_the_middle_round_and_show_its_figures():
     assert "bench.floorfs (pyfuse3 floor)" in text
     assert "1000 / 800 / 700, 2000 / 1000 / 1000, 3000 / 1200 / 900" in text
     assert "4000 / 1600 / 600" in text
+    assert "backing file cached" not in text  # a result without the cached reads (older runs)
+    cached = dict(seq, cached={"direct": 15000.0, "floor": 2100.0, "mount": 1900.0}, cached_ratio=0.95,
+                  cached_floor_ratio=1.05)
+    verdict = report.evaluate(dict(results, disk_seq=cached), None)
+    assert ("with the backing file cached, so that no read waits for the disk, the mount reads at 0.950x "
+            "and the floor at 1.050x of the cold backing read") in verdict["disk_seq"]["measured"]
+    text = tables.local_table(dict(results, disk_seq=cached), {"object_mib": 256}, verdict)
+    row = next(line for line in text.splitlines() if "backing file cached (FUSE alone)" in line)
+    assert "1900 MB/s" in row and "floor 2100, vs cold 2000 MB/s" in row and "0.950x" in row
+    assert "the backing file itself 15000 MB/s" in text
     met = report.evaluate(dict(results, create_disk=dict(create, ratio=0.81, floor_ratio=0.9)), None)
     assert met["disk_creates"]["met"] is True
     assert "below the target" not in met["disk_creates"]["measured"]
