@@ -323,6 +323,15 @@ class Names:
         if parent.depth == 1:
             found_dir = await self.backend.first(key + "/") is not None
             return self.inodes.node_for(path, True) if found_dir else None
+        known = self.inodes.at(path)
+        if known is not None and not known.is_dir:
+            # A file this mount knows: one HEAD says whether it is still there, with its attributes.
+            # A LIST carries none (S3), and an attribute-only change elsewhere (chmod, touch: a
+            # copy onto itself) keeps the etag, so a LIST would show it stale for ever.
+            node = await self.resolve_remote_file(parent, name)
+            if node is not None:
+                return node
+            when, seq = self.clock(), self.inodes.seq  # gone as a file: a directory, or nothing
         info, found_dir = await self.backend.run(self.backend.sync.lookup, key)
         if not found_dir and info is None:
             if len(parent.absent) > 10000:

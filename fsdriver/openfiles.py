@@ -89,9 +89,11 @@ class OpenFiles:
 
         ``create_only``: a file this mount believes new, opened without O_TRUNC: its first upload
         is conditional (If-None-Match), so a file another node created meanwhile (after the listing
-        this mount answered from) is never replaced by it; that close() gets EEXIST instead."""
+        this mount answered from) is never replaced by it; that close() gets EEXIST instead.  A
+        record's content is its handle's own, so a record created with O_EXCL or without O_TRUNC
+        commits only if the record is still absent (then only over its own last commit)."""
         staged = await self.writable_staged(node, truncate=True)
-        if node.is_record and exclusive:
+        if node.is_record and (exclusive or create_only):
             staged.mark_dirty({"if_none_match": True})
         elif create_only and not node.is_record and node.open_count == 0:
             staged.create_only_upload()

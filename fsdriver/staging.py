@@ -59,6 +59,18 @@ class Pending:
     journal: Path
     conditions: dict
     meta: Optional[dict] = None  # the user metadata (POSIX attributes) stored with it
+    # The version of the key this content replaces, as the mount that wrote it knew it when it
+    # journaled it (None: it knew no object there); absent from entries older than this field.
+    replaces: Optional[str] = None
+    replaces_known: bool = False
+
+    def upload_conditions(self) -> dict:
+        """The conditions of its upload by a later daemon: its own (a record's, a create's), else
+        that the key still holds what it replaces.  Its writer never heard that it was stored, and
+        a write another node made since then is the later one: it must stay."""
+        if self.conditions or not self.replaces_known:
+            return self.conditions
+        return {"if_match": self.replaces} if self.replaces else {"if_none_match": True}
 
 
 class Cache:
@@ -103,14 +115,15 @@ class Cache:
             log.warning("cannot reserve %d bytes for the upload journal in %s: %s",
                         JOURNAL_RESERVE, self.root, e.strerror)
 
-    def journal(self, staged: "StagedFile", key: str) -> None:
-        """Record that ``staged`` must reach ``key`` (written atomically, fsynced).
+    def journal(self, staged: "StagedFile", key: str, replaces: Optional[str] = None) -> None:
+        """Record that ``staged`` must reach ``key`` (written atomically, fsynced), replacing the
+        version ``replaces`` (its etag as this mount knows it; None: no object known there).
 
         On a full disk the reserve is given up for it; OSError when even that is not enough.
         """
         entry = self.pending_dir / (staged.path.name + ".json")
         meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions,
-                           "meta": staged.meta}).encode()
+                           "meta": staged.meta, "replaces": replaces}).encode()
         try:
             tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
         except OSError as e:
@@ -139,7 +152,8 @@ class Cache:
             try:
                 meta = json.loads(entry.read_text())
                 out.append(Pending(meta["key"], self.staged_dir / meta["staged"], entry,
-                                   meta.get("conditions", {}), meta.get("meta")))
+                                   meta.get("conditions", {}), meta.get("meta"), meta.get("replaces"),
+                                   "replaces" in meta))
             except (ValueError, KeyError, OSError) as e:
                 log.error("pending upload %s is unreadable (%s); left in place", entry, e)
         return out

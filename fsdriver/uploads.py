@@ -90,7 +90,8 @@ class Uploader:
 
     async def _journal(self, node: Node, staged: StagedFile) -> None:
         try:
-            await trio.to_thread.run_sync(self.cache.journal, staged, node.key, limiter=self.cache.io_limiter)
+            await trio.to_thread.run_sync(self.cache.journal, staged, node.key, node.etag,
+                                          limiter=self.cache.io_limiter)
             staged.journal_error = None
         except OSError as e:  # the upload can still succeed; only a crash before it would lose it
             staged.journal_error = f"cannot journal it in {self.cache.root}: {e.strerror or e}"
@@ -327,10 +328,11 @@ class Uploader:
             self._orphans_busy[p.key] = done = trio.Event()
             try:
                 progress(f"uploading {p.key} left pending by a previous run")
-                await self.backend.put_file(p.key, p.path, meta=p.meta, **p.conditions)
+                await self.backend.put_file(p.key, p.path, meta=p.meta, **p.upload_conditions())
             except PreconditionFailed:
-                log.error("pending upload of %s from a previous run lost a conditional write "
-                          "(the record changed meanwhile); dropped", p.key)
+                log.error("pending upload of %s from a previous run not stored: the key no longer holds "
+                          "the version it replaces (another writer's later write, or this upload itself, "
+                          "landed before the restart); dropped, the key keeps what it holds", p.key)
                 self._drop_orphan(p)
             except (BackendError, OSError) as e:
                 if isinstance(e, Unavailable):

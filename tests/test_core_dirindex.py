@@ -22,6 +22,14 @@ def new_backend(moto_server, s3_url) -> S3Backend:
     return S3Backend(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
 
 
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
 def run_nodes(tmp_path, backends, body):
     """Run ``body(nodes)`` with one core per backend (each its own cache dir: separate nodes)."""
 
@@ -198,6 +206,42 @@ def test_two_nodes_changing_one_files_attributes_keep_both_changes(tmp_path, mot
         assert (seen.uid, stat.S_IMODE(seen.mode)) == (1234, 0o600)
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(3)], body)
+
+
+def test_a_chmod_elsewhere_shows_after_the_ttl_and_a_write_here_keeps_it(tmp_path, moto_server, s3_url):
+    """A file this node knows, chmod-ed and touched by another node: once the TTL passed, looking it
+    up again (what the kernel does) shows the new mode and mtime, though the LIST of its name
+    carries no attributes and the change kept the object's etag; and this node's next write stores
+    the file with them, not with the attributes it had seen before."""
+    clock = Clock()
+
+    async def main():
+        a, b = (Filesystem(new_backend(moto_server, s3_url), Cache(tmp_path / f"cache{i}"),
+                           Options(uid=0, gid=0, metadata_ttl=1.0), clock=clock) for i in range(2))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            with trio.fail_after(120):
+                ad = await path_ino(a, "pipeline", "p1", "d", create=True)
+                f = await new_file(a, ad, "f", mode=0o644)
+                await a.flush_metadata()
+                bd = await path_ino(b, "pipeline", "p1", "d")
+                assert stat.S_IMODE((await b.lookup(bd, "f")).mode) == 0o644  # b knows it
+                clock.now += 5
+                await a.setattr(f, mode=stat.S_IFREG | 0o600, mtime_ns=1_600_000_000_000_000_000)
+                await a.flush_metadata()
+                clock.now += 5  # b's TTL passed
+                seen = await b.lookup(bd, "f")
+                assert (stat.S_IMODE(seen.mode), seen.mtime_ns) == (0o600, 1_600_000_000_000_000_000)
+                fh, _, _ = await b.open(seen.ino, os.O_WRONLY | os.O_TRUNC)
+                await b.write(fh, 0, b"new content")
+                await b.flush(fh)
+                await b.release(fh)
+                meta = new_backend(moto_server, s3_url).head("pipeline/p1/d/f").meta
+                assert meta["mode"] == str(stat.S_IFREG | 0o600)  # not 0644 again
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
 
 
 def test_an_older_row_never_hides_a_newer_chmod(tmp_path, moto_server, s3_url):

@@ -231,6 +231,36 @@ def test_an_exclusive_create_loses_to_a_record_that_appeared(tmp_path, kv_backen
     run_kv(tmp_path, kv_backend, body)
 
 
+@pytest.mark.parametrize("flags", [os.O_RDWR | os.O_CREAT, os.O_WRONLY | os.O_CREAT | os.O_APPEND],
+                         ids=["r+ create", ">>"])
+def test_a_create_without_trunc_loses_to_a_record_that_appeared(tmp_path, kv_backend, flags):
+    """Two nodes creating the same new record without O_TRUNC (``open(p, O_RDWR | O_CREAT)``, read
+    nothing, write, close; or ``>>``): the later close gets EEXIST and the other's value stays,
+    as for an existing record opened without O_TRUNC (ESTALE) -- never a lost update.  Once its
+    own commit landed, the handle's next commit replaces only that."""
+    async def body(fs, be, store, ds):
+        fh, _, _ = await fs.create(store, "list.json", flags)
+        assert await fs.read(fh, 0, 100) == b""
+        await fs.write(fh, 0, b'["mine"]')
+        ds["list"] = ["theirs"]  # another node created it meanwhile
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert fs_errno(e) == errno.EEXIST
+        await fs.release(fh)
+        assert ds["list"] == ["theirs"]
+
+        fh, _, _ = await fs.create(store, "new.json", os.O_RDWR | os.O_CREAT)  # nobody else: it lands
+        await fs.write(fh, 0, b'["a"]')
+        await fs.flush(fh)
+        assert ds["new"] == ["a"]
+        await fs.write(fh, 0, b'["b"]')  # the same handle again: over its own commit
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert ds["new"] == ["b"]
+
+    run_kv(tmp_path, kv_backend, body)
+
+
 def test_scratch_files_and_rename_to_a_record(tmp_path, kv_backend):
     async def body(fs, be, store, ds):
         ds["cfg"] = {"v": 1}

@@ -179,6 +179,49 @@ def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
     trio.run(main)
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? from a previous run",
+                          "not stored: the key no longer holds the version it replaces",
+                          "uploaded pending user/alice/k from a previous run")
+@pytest.mark.parametrize("other", ["rewrites it", "creates it", "nobody"])
+def test_a_leftover_from_a_crash_never_replaces_another_writers_later_write(tmp_path, other):
+    """A close() that failed (EIO, kept as a pending upload), then the daemon dies.  Another writer
+    stores the file after that close; the next daemon must not put the leftover over it: its
+    writer was never told it was stored, and the other write is the later one.  With nobody else
+    writing, the next daemon stores it."""
+    be = GatedDisk(tmp_path / "be")
+    if other != "creates it":
+        be.put_bytes("user/alice/k", b"OLD")
+
+    async def crash():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
+            await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
+            be.fail["put_file"] = Unavailable("down")
+            with pytest.raises(FSError) as e:
+                await fs.flush(fh)
+            assert e.value.errno == errno.EIO and len(list(fs.cache.pending_dir.iterdir())) == 1
+            nursery.cancel_scope.cancel()  # the daemon dies: no release, no retry
+        fs.cache.close()
+
+    async def restart():
+        del be.fail["put_file"]
+        if other != "nobody":
+            be.put_bytes("user/alice/k", b"THEIRS, LATER")
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        await fs.uploader.recover()
+        assert fs.uploader.orphans == [] and list(fs.cache.pending_dir.iterdir()) == []
+        fs.cache.close()
+
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True, exist_ok=True)
+    trio.run(crash)
+    trio.run(restart)
+    expected = b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER"
+    assert be.get_range("user/alice/k", 0) == expected
+
+
 def test_retry_loop_survives_unexpected_errors(tmp_path):
     async def body(fs, be, ns, nursery):
         fh, _, _ = await fs.create(ns, "f", os.O_WRONLY)
