@@ -358,6 +358,7 @@ class Filesystem:
             raise FSError(errno.EROFS, "mounted read-only")
         if writable and node.is_record:
             node.attr_time = 0  # a record's write is conditional on the version read: get it fresh
+        seen = (node.size, node.etag)
         if node.is_record or not (writable and node.etag is None and node.staged is None):
             await self.names.refresh(node)  # close-to-open: see another node's change once the TTL passed
         # else: a file created here whose content never reached the backend (its write failed):
@@ -368,6 +369,11 @@ class Filesystem:
             await self.setattr(ino, size=0, caller=caller)
         fh, keep_cache, direct_io = await self.files.open(node, writable, truncate, bool(flags & os.O_APPEND))
         self.files.handles[fh].caller = caller
+        if node.staged is None and (node.size, node.etag) != seen:
+            # This open found the file changed elsewhere.  The kernel may still hold the old size
+            # (its attribute timeout runs apart from this mount's TTL) and stops reading there: a
+            # longer new version would read cut short.  Make its next read past that size ask.
+            await self.records.invalidate_attrs(ino)
         return fh, keep_cache, direct_io
 
     async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None,
@@ -483,7 +489,11 @@ class Filesystem:
 
     def _fixed_attributes(self, node: Node, mode, uid, gid) -> None:
         """Namespaces and records show their namespace's owner and mode: setting the value they
-        have succeeds, anything else is EPERM (docs/permissions.md)."""
+        have succeeds, anything else is EPERM (docs/permissions.md).  A store's scratch file (a temp
+        file on its way to becoming a record) takes any: rsync and cp -p set the mode of their temp
+        file before the rename, and it keeps showing its store's."""
+        if node.is_scratch:
+            return
         now = self.attr(node)
         if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode) or (
                 uid is not None and uid != now.uid) or (gid is not None and gid != now.gid):

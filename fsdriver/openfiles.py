@@ -22,7 +22,7 @@ from . import closes, posixattrs
 from .backend import ObjectInfo
 from .backend.disk import etag_of
 from .errno_boundary import FSError
-from .handles import Handle, LocalReader, ReadHandle, WriteHandle
+from .handles import Handle, LocalReader, ReadHandle, RecordReader, WriteHandle
 from .inodes import Node
 from .prefetch import Prefetcher
 from .staging import StagedFile
@@ -43,10 +43,16 @@ class OpenFiles:
         """Local content for writing ``node``: empty, or built lazily on its current version."""
         if truncate:
             return StagedFile(self.fs.cache, dirty=True)
-        key, etag = node.key, node.etag
+        etag = node.etag
 
         async def fetch(lo: int, hi: int) -> bytes:
-            return await self.fs.backend.get_range(key, lo, hi, if_match=etag)
+            # From the key the file has now: renamed here meanwhile (a log rotated under a writer
+            # that had not written yet), the content is at its new key.  A rename's copy may give the
+            # object a new etag (S3 multipart): the rename records it on the node, whose etag stays
+            # the version the staged file is built on otherwise (a node with local content takes no
+            # newer answer).  A record's handle keeps the version it read: its node is not staged.
+            return await self.fs.backend.get_range(node.key, lo, hi,
+                                                   if_match=etag if node.is_record else node.etag)
 
         # A record's read-modify-write commits only if the record is still the version read.
         return StagedFile(self.fs.cache, node.size, node.size, fetch,
@@ -80,8 +86,10 @@ class OpenFiles:
         node.cache_etag = node.etag if node.staged is None else None
         self.fs.stats.page_cache_kept += keep_cache
         # A record handle's content is its own until it commits (and may be refused): it must not
-        # pass through the page cache that every other open of the record reads.
-        direct_io = node.is_record and writable
+        # pass through the page cache that every other open of the record reads.  Readers bypass it
+        # too: a writer's O_TRUNC open sets the kernel's size of the record to 0 until its commit,
+        # and a read through the page cache stops at that size (an empty record in between).
+        direct_io = node.is_record
         return self.register(handle), keep_cache, direct_io
 
     async def create(self, node: Node, append: bool, exclusive: bool, create_only: bool = False) -> int:
@@ -108,10 +116,19 @@ class OpenFiles:
                 node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
                 node.attr_time = self.fs.clock()
             return reader
+        if node.is_record:
+            return RecordReader(lambda: self._load_record(node), self.fs.budget, node.size)
         return Prefetcher(
             self.fs.backend, self.fs.budget, self.fs.nursery, lambda: node.key, node.size, node.etag,
             self.fs.stats, self.fs.options.max_prefetch, self.fs.options.part_size,
         )
+
+    async def _load_record(self, node: Node) -> bytes:
+        """A record's whole content: one GET gives one version whole (records are small:
+        `MAX_RECORD_BYTES`), whichever was committed last.  Not pinned to the version this mount
+        knew at the open: a commit made since (another writer, rewriting it every few ms) would
+        make a pinned read fail with ESTALE before the reader got a single byte."""
+        return await self.fs.backend.get_range(node.key, 0, None)
 
     def register(self, handle: Handle) -> int:
         fh = self.new_fh()

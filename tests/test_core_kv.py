@@ -7,6 +7,7 @@ the Python API (`fsdriver.kv.DataStore`) on the same backend object.
 """
 
 import errno
+import json
 import os
 import time
 
@@ -257,6 +258,38 @@ def test_a_create_without_trunc_loses_to_a_record_that_appeared(tmp_path, kv_bac
         await fs.flush(fh)
         await fs.release(fh)
         assert ds["new"] == ["b"]
+
+    run_kv(tmp_path, kv_backend, body)
+
+
+def test_a_reader_gets_one_whole_version_of_a_record_replaced_after_its_open(tmp_path, kv_backend):
+    """Opened, then replaced by another writer before the first read: the reader gets one whole
+    version (the new one where the open did not pin the old: never ESTALE, never a mix), and
+    reads after that one keep serving it whatever is committed meanwhile."""
+    async def body(fs, be, store, ds):
+        ds["k"] = {"v": "old" * 100}
+        ino = (await fs.lookup(store, "k.json")).ino
+        fh, _, _ = await fs.open(ino, os.O_RDONLY)
+        ds["k"] = {"v": "new" * 200}
+        first = await fs.read(fh, 0, 10)
+        ds["k"] = {"v": "newest"}
+        rest = await fs.read(fh, 10, 1 << 20)
+        await fs.release(fh)
+        assert json.loads(first + rest) in ({"v": "old" * 100}, {"v": "new" * 200})
+
+    run_kv(tmp_path, kv_backend, body)
+
+
+def test_a_scratch_file_takes_chmod_chown_and_times_a_record_does_not(tmp_path, kv_backend):
+    async def body(fs, be, store, ds):
+        await write(fs, store, ".rs.json.Xy12", b"[1]")
+        ino = (await fs.lookup(store, ".rs.json.Xy12")).ino
+        await fs.setattr(ino, mode=0o100600, uid=1234, gid=1234, mtime=1_000_000_000)
+        ds["rec"] = 1
+        rec = (await fs.lookup(store, "rec.json")).ino
+        with pytest.raises(FSError) as e:
+            await fs.setattr(rec, mode=0o100600)
+        assert fs_errno(e) == errno.EPERM
 
     run_kv(tmp_path, kv_backend, body)
 

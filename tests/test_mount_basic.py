@@ -128,6 +128,24 @@ def test_rename_file_and_directory(mount):
     assert e.value.errno == errno.EINVAL
 
 
+@pytest.mark.parametrize("mode", ["a", "r+"])
+def test_a_log_rotated_under_its_writer_keeps_the_writers_lines(mount, mode):
+    """logrotate's pattern: a program holds its log open, the log is renamed, the program writes
+    again.  On ext4 the line lands in the renamed file.  A descriptor that had not written before
+    the rename used to fetch the file's old content from its old key: ENOENT, the line lost."""
+    d = mount.path / "pipeline" / "rot"
+    d.mkdir(parents=True)
+    (d / "app.log").write_text("first\n")
+    with open(d / "app.log", mode) as log:
+        os.rename(d / "app.log", d / "app.log.1")
+        if mode == "r+":
+            log.seek(0, os.SEEK_END)
+        log.write("second\n")
+    assert (d / "app.log.1").read_text() == "first\nsecond\n"
+    assert mount.backend.get_range("pipeline/rot/app.log.1", 0) == b"first\nsecond\n"
+    assert not (d / "app.log").exists()
+
+
 def test_directory_errors(mount):
     d = mount.path / "pipeline" / "p"
     (d / "full").mkdir(parents=True)

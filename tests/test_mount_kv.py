@@ -91,6 +91,54 @@ def test_special_keys_map_to_one_file_name(mount, store, ds):
 
 
 @CONFLICT
+def test_readers_see_whole_values_while_a_record_is_rewritten(store, ds):
+    """`echo "x$RANDOM" > r.json` in a loop, and `cat r.json` in another: every read is one whole
+    committed value.  Reads through the page cache stopped at the size a writer's O_TRUNC open had
+    set in the kernel (an empty record), and on S3 a reader whose record was committed again
+    between its open and its read got ESTALE."""
+    ds["r"] = "init"
+    done = threading.Event()
+
+    def writer():
+        i = 0
+        while not done.is_set() and i < 5000:
+            i += 1
+            with open(store / "r.json", "w") as f:
+                f.write(f'"x{i}"')
+
+    t = threading.Thread(target=writer)
+    t.start()
+    bad = []
+    try:
+        for _ in range(300):
+            try:
+                text = (store / "r.json").read_bytes()
+                value = json.loads(text)
+                if not isinstance(value, str) or not (value == "init" or value.startswith("x")):
+                    bad.append(text)
+            except (OSError, ValueError) as e:
+                bad.append(repr(e))
+    finally:
+        done.set()
+        t.join(60)
+    assert bad == []
+
+
+def test_rsync_a_into_a_store(mount, store, ds, tmp_path):
+    """rsync -a writes a temp file (a scratch file), sets its mode, owner and times, then renames
+    it to the record: the scratch file takes them, the record shows the store's."""
+    src = tmp_path / "x.json"
+    src.write_text('{"synced": [1, 2]}')
+    os.chmod(src, 0o600)
+    for args in (["-a"], ["-rt"], []):
+        p = subprocess.run(["rsync", *args, str(src), str(store / "rs.json")], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, (args, p.stderr)
+        assert ds["rs"] == {"synced": [1, 2]}
+        os.unlink(store / "rs.json")  # through the mount: its view stays its own
+    assert [n for n in os.listdir(store) if n != "rs.json"] == []  # no temp file left behind
+
+
 def test_read_modify_write_conflict_gives_estale(store, ds):
     ds["n"] = 1
     with pytest.raises(OSError) as e:
