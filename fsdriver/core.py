@@ -347,6 +347,7 @@ class Filesystem:
             raise FSError(errno.EISDIR, f"{node.display} is a directory")
         if ino == CONTROL_INO:
             raise FSError(errno.EPERM, "the control file answers xattrs only")
+        seen = (node.size, node.etag)  # what the kernel may hold (see the end)
         await self.namespaces.enter(caller, node.path)
         if node.is_record:
             await self.records.settled(node)  # a commit at release (after close returned) counts
@@ -358,7 +359,6 @@ class Filesystem:
             raise FSError(errno.EROFS, "mounted read-only")
         if writable and node.is_record:
             node.attr_time = 0  # a record's write is conditional on the version read: get it fresh
-        seen = (node.size, node.etag)
         if node.is_record or not (writable and node.etag is None and node.staged is None):
             await self.names.refresh(node)  # close-to-open: see another node's change once the TTL passed
         # else: a file created here whose content never reached the backend (its write failed):
@@ -373,7 +373,8 @@ class Filesystem:
             # This open found the file changed elsewhere.  The kernel may still hold the old size
             # (its attribute timeout runs apart from this mount's TTL) and stops reading there: a
             # longer new version would read cut short.  Make its next read past that size ask.
-            await self.records.invalidate_attrs(ino)
+            with trio.CancelScope(shield=True):  # the handle is registered: the open must answer
+                await self.records.invalidate_attrs(ino)
         return fh, keep_cache, direct_io
 
     async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None,

@@ -121,30 +121,25 @@ class Handle:
 
 
 class RecordReader:
-    """A key/value record read through the mount: loaded whole at the first read (one version;
-    records are small) and served from memory, so a commit made while it is read can never mix
-    versions nor make a later read of this handle fail."""
+    """A key/value record read through the mount: its whole content, one version, read at the open
+    (`OpenFiles._load_record`) and served from memory, so a commit made while it is read can
+    never mix versions nor make a read of this handle fail.  Charged to the memory budget until
+    the handle closes."""
 
-    def __init__(self, load, budget=None, size_hint: int = 0):
-        self._load = load  # async () -> bytes
-        self._budget, self._hint = budget, max(size_hint, 0)  # the memory budget, charged while held
-        self._held = 0
-        self._data: bytes | None = None
+    def __init__(self, data: bytes, budget=None):
+        self._data = data
+        self._budget, self._held = budget, 0
+
+    async def charge(self) -> None:
+        if self._budget is not None and self._data:
+            await self._budget.acquire(len(self._data))
+            self._held = len(self._data)
 
     async def read(self, off: int, size: int) -> bytes:
-        if self._data is None:
-            if self._budget is not None and not self._held:
-                await self._budget.acquire(self._hint)
-                self._held = self._hint
-            data = await self._load()
-            if self._budget is not None and len(data) > self._held:
-                await self._budget.acquire(len(data) - self._held)
-                self._held = len(data)
-            self._data = data
         return self._data[off:off + size]
 
     def close(self) -> None:
-        self._data = None
+        self._data = b""
         if self._budget is not None and self._held:
             self._budget.release(self._held)
             self._held = 0
@@ -154,6 +149,9 @@ class ReadHandle(Handle):
     def __init__(self, node: Node, reader=None):
         super().__init__(node)
         self.reader = reader  # LocalReader | Prefetcher | RecordReader; made at the first read without local content
+        self.served = False  # some read of it returned bytes
+        self.cache_dropped = True  # its open dropped the kernel's page cache of the file
+        self.repin_lock = trio.Lock()  # `OpenFiles._repin`
 
     def close(self) -> None:
         if self.reader is not None:

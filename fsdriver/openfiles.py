@@ -22,10 +22,15 @@ from . import closes, posixattrs
 from .backend import ObjectInfo
 from .backend.disk import etag_of
 from .errno_boundary import FSError
+from .errors import PreconditionFailed
 from .handles import Handle, LocalReader, ReadHandle, RecordReader, WriteHandle
 from .inodes import Node
 from .prefetch import Prefetcher
 from .staging import StagedFile
+
+# A record read through the mount is held whole by its handle up to this size (one GET at the open,
+# one version); a larger one is read like a file, pinned to the version the open knew.
+RECORD_IN_MEMORY = 256 << 10
 
 
 class OpenFiles:
@@ -83,6 +88,7 @@ class OpenFiles:
         else:
             handle = ReadHandle(node, await self.reader(node) if node.staged is None else None)
         keep_cache = node.staged is None and node.etag is not None and node.cache_etag == node.etag
+        handle.cache_dropped = not keep_cache
         node.cache_etag = node.etag if node.staged is None else None
         self.fs.stats.page_cache_kept += keep_cache
         # A record handle's content is its own until it commits (and may be refused): it must not
@@ -116,19 +122,25 @@ class OpenFiles:
                 node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
                 node.attr_time = self.fs.clock()
             return reader
-        if node.is_record:
-            return RecordReader(lambda: self._load_record(node), self.fs.budget, node.size)
+        if node.is_record and node.size <= RECORD_IN_MEMORY:
+            return await self._load_record(node)
         return Prefetcher(
             self.fs.backend, self.fs.budget, self.fs.nursery, lambda: node.key, node.size, node.etag,
             self.fs.stats, self.fs.options.max_prefetch, self.fs.options.part_size,
         )
 
-    async def _load_record(self, node: Node) -> bytes:
-        """A record's whole content: one GET gives one version whole (records are small:
-        `MAX_RECORD_BYTES`), whichever was committed last.  Not pinned to the version this mount
-        knew at the open: a commit made since (another writer, rewriting it every few ms) would
-        make a pinned read fail with ESTALE before the reader got a single byte."""
-        return await self.fs.backend.get_range(node.key, 0, None)
+    async def _load_record(self, node: Node) -> RecordReader:
+        """A record's whole content and attributes from one GET, at the open: one version, whichever
+        was committed last, not the one this mount knew (a reader pinned to that would get ESTALE
+        from a commit made since, before it read a byte).  The node takes its attributes, so the
+        open answers with them (`Filesystem.open` drops the kernel's older ones): stat and content
+        agree.  Held in memory (charged to the budget) until the handle closes."""
+        when, seq = self.fs.names.clock(), self.fs.inodes.seq
+        data, info = await self.fs.backend.get_object(node.key)
+        self.fs.names.set_info(node, info, when, seq)
+        reader = RecordReader(data, self.fs.budget)
+        await reader.charge()
+        return reader
 
     def register(self, handle: Handle) -> int:
         fh = self.new_fh()
@@ -143,7 +155,39 @@ class OpenFiles:
             return await staged.read(off, size)
         if handle.reader is None:  # the file was being written when this handle opened it
             handle.reader = await self.reader(handle.node)
-        return await handle.reader.read(off, size)
+        reader = handle.reader
+        try:
+            data = await reader.read(off, size)
+        except PreconditionFailed:
+            if not await self._repin(handle, reader):
+                raise
+            data = await handle.reader.read(off, size)  # replaced yet again meanwhile: ESTALE
+        if data:
+            handle.served = True
+        return data
+
+    async def _repin(self, handle: ReadHandle, failed) -> bool:
+        """A reader that has served nothing yet found the version it was pinned to replaced (by
+        another node, within the TTL this mount trusted what it knew): pin it to the current
+        version instead, as an open a moment later would have.  Not once it served bytes (they
+        would mix), nor when the open kept the kernel's page cache (it may hold the old version's
+        pages, served without asking).  False: the ESTALE stands."""
+        node = handle.node
+        if handle.served or not handle.cache_dropped or node.staged is not None or node.is_record:
+            return False
+        async with handle.repin_lock:
+            if node.staged is not None:  # a writer opened it meanwhile: its content is built on the old
+                return False
+            if handle.reader is failed:  # else another read of this handle did it meanwhile
+                handle.reader = None
+                failed.close()
+                node.attr_time = 0
+                await self.fs.names.refresh(node)  # the current version; ENOENT if it is gone
+                # Older handles may still add the old version's pages: the next open drops them all.
+                node.cache_etag = None
+                await self.fs.records.invalidate_attrs(node.ino)  # the kernel holds the old size
+                handle.reader = await self.reader(node)
+        return handle.reader is not None
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         handle = self.handles[fh]

@@ -241,6 +241,7 @@ class Records:
             if staged.size == 0:  # an empty file became the record "": read it as such
                 await staged.replace_contents(data)
             staged.mark_stored()  # kept for handles still open; dropped at release
+            node.mtime_wanted = None  # a time set on the scratch file (rsync): a record keeps its own
             await self.invalidate_attrs(node.ino)  # the kernel has the scratch file's size
         elif node.is_record and not to_record:
             staged = self.fs.files.new_staged(node, truncate=False)

@@ -309,12 +309,19 @@ class Uploader:
         if dropped:
             log.warning("discarded %d staged files that were never closed before a restart", dropped)
         self.orphans = []
+        newest = {p.key: p for p in entries}  # oldest first: the last of a key is its last close
         for p in entries:
-            if p.path.exists():
-                self.orphans.append(p)
-            else:
+            if not p.path.exists():
                 log.error("pending upload of %s lost its staged file %s; dropping the entry", p.key, p.path)
                 p.journal.unlink()
+            elif newest[p.key] is not p:
+                # An earlier close of the same key: the later one replaces it anyway, and with the
+                # same version to replace, only one of them could land (last close wins).
+                log.warning("dropping the pending upload of %s from a previous run: superseded by a "
+                            "later close of it", p.key)
+                self._drop_orphan(p)
+            else:
+                self.orphans.append(p)
         if self.orphans:
             log.warning("uploading %d pending uploads from a previous run", len(self.orphans))
             await self._upload_orphans(progress)

@@ -14,8 +14,8 @@ import trio
 
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
-from fsdriver.errors import Unavailable
-from fsdriver.errno_boundary import FSError
+from fsdriver.errors import PreconditionFailed, Unavailable
+from fsdriver.errno_boundary import FSError, errno_for
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -147,6 +147,30 @@ def test_changes_by_another_node_show_after_the_ttl(tmp_path, backend):
         assert await read_all(fs, ino) == b"theirs, longer"
 
     run(tmp_path, backend, body)
+
+
+@pytest.mark.expected_log("precondition failed")
+def test_a_fresh_open_reads_the_version_that_replaced_the_one_it_knew(tmp_path, s3_backend):
+    """Another node replaces a file within this mount's TTL, then a program here opens it: the
+    open trusts what the mount knew, so its reader is pinned to a version that is gone.  Before it
+    served a byte, it re-pins to the current version (as an open a moment later would) rather than
+    fail with ESTALE; once it served bytes, a replacement is ESTALE as before (never a mix)."""
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f.txt", b"one")
+        clock.now += 5
+        await fs.lookup(d, "f.txt")  # this mount knows the version "one" for a TTL now
+        fs.sync_backend.put_bytes("pipeline/p1/d/f.txt", b"two, from another node")
+        fh, _, _ = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 4) == b"two,"
+        assert await fs.read(fh, 4, 100) == b" from another node"
+        fs.sync_backend.put_bytes("pipeline/p1/d/f.txt", b"three")
+        with pytest.raises(PreconditionFailed) as e:  # this handle served "two, ...": no other version now
+            await fs.read(fh, 0, 100)
+        assert errno_for(e.value, "read", "/f.txt") == errno.ESTALE
+        await fs.release(fh)
+
+    run(tmp_path, s3_backend, body)
 
 
 @pytest.mark.parametrize("n", [1, 200])

@@ -17,7 +17,7 @@ import trio
 from fsdriver import kvnames
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.backend.memory import MemoryBackend
-from fsdriver.errors import InvalidName
+from fsdriver.errors import InvalidName, NotFound
 from fsdriver.errno_boundary import FSError
 from fsdriver.inodes import ROOT_INO
 from fsdriver.kv import DataStore
@@ -269,13 +269,18 @@ def test_a_reader_gets_one_whole_version_of_a_record_replaced_after_its_open(tmp
     async def body(fs, be, store, ds):
         ds["k"] = {"v": "old" * 100}
         ino = (await fs.lookup(store, "k.json")).ino
+        ds["k"] = {"v": "new" * 200}  # committed elsewhere after this mount looked it up
         fh, _, _ = await fs.open(ino, os.O_RDONLY)
-        ds["k"] = {"v": "new" * 200}
+        size = (await fs.getattr(ino)).size  # what fstat says right after the open
         first = await fs.read(fh, 0, 10)
-        ds["k"] = {"v": "newest"}
+        ds["k"] = {"v": "newest, and longer than both of the others" * 20}
         rest = await fs.read(fh, 10, 1 << 20)
         await fs.release(fh)
-        assert json.loads(first + rest) in ({"v": "old" * 100}, {"v": "new" * 200})
+        got = json.loads(first + rest)
+        assert got in ({"v": "old" * 100}, {"v": "new" * 200})  # one whole version
+        assert size == len(first + rest)  # stat and content agree
+        if not isinstance(be, DiskBackend):
+            assert got == {"v": "new" * 200}  # the open read the record as it is now
 
     run_kv(tmp_path, kv_backend, body)
 
@@ -284,7 +289,10 @@ def test_a_scratch_file_takes_chmod_chown_and_times_a_record_does_not(tmp_path, 
     async def body(fs, be, store, ds):
         await write(fs, store, ".rs.json.Xy12", b"[1]")
         ino = (await fs.lookup(store, ".rs.json.Xy12")).ino
+        before = await fs.getattr(ino)
         await fs.setattr(ino, mode=0o100600, uid=1234, gid=1234, mtime=1_000_000_000)
+        after = await fs.getattr(ino)
+        assert (after.mode, after.uid, after.gid) == (before.mode, before.uid, before.gid)  # the store's
         ds["rec"] = 1
         rec = (await fs.lookup(store, "rec.json")).ino
         with pytest.raises(FSError) as e:
@@ -366,6 +374,30 @@ def test_expired_records_read_as_missing_and_are_removed(tmp_path, kv_backend):
             await fs.lookup(store, "dead.json")
         assert fs_errno(e) == errno.ENOENT
         assert "dead" not in ds
+
+    run_kv(tmp_path, kv_backend, body)
+
+
+@pytest.mark.parametrize("flags", [os.O_WRONLY | os.O_CREAT | os.O_APPEND, os.O_WRONLY | os.O_CREAT | os.O_EXCL],
+                         ids=[">>", "O_EXCL"])
+def test_a_record_created_over_an_expired_one_is_stored(tmp_path, kv_backend, flags):
+    """An expired record reads as missing; a record created under its name with a create that
+    commits only if the name is free (`>>`, `touch`, O_EXCL) must find it free, not EEXIST from
+    the expired object a background removal had not deleted yet: the lookup that finds a record
+    expired removes it before it answers."""
+    async def body(fs, be, store, ds):
+        ds["old"] = 1
+        expired_marker(be, "old.json")
+        with pytest.raises(FSError) as e:
+            await fs.lookup(store, "old.json")
+        assert fs_errno(e) == errno.ENOENT
+        with pytest.raises(NotFound):
+            be.head("kv/s/old.json")  # already gone when the lookup answered
+        fh, _, _ = await fs.create(store, "old.json", flags)
+        await fs.write(fh, 0, b'"fresh"')
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert ds["old"] == "fresh"
 
     run_kv(tmp_path, kv_backend, body)
 

@@ -5,8 +5,10 @@ operations can be interleaved exactly the way that once lost data.
 """
 
 import errno
+import json
 import os
 import threading
+import time
 
 import pytest
 import trio
@@ -220,6 +222,45 @@ def test_a_leftover_from_a_crash_never_replaces_another_writers_later_write(tmp_
     trio.run(restart)
     expected = b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER"
     assert be.get_range("user/alice/k", 0) == expected
+
+
+@pytest.mark.expected_log("pending uploads? from a previous run", "superseded by a later close",
+                          "uploaded pending user/alice/k from a previous run")
+def test_of_two_leftovers_of_one_key_the_later_close_lands(tmp_path):
+    """Two closes of one file failed (an outage) before a crash: both leftovers replace the same
+    version; the later close's content is the one stored (last close wins), not the first one,
+    after which the second could no longer meet its condition."""
+    be = GatedDisk(tmp_path / "be")
+    be.put_bytes("user/alice/k", b"OLD")
+    replaces = be.head("user/alice/k").etag
+    cache = Cache(tmp_path / "cache")
+    for content in (b"FIRST CLOSE", b"SECOND CLOSE"):
+        staged = StagedFile(cache)
+        os.pwrite(staged.fd, content, 0)
+        cache.journal(staged, "user/alice/k", replaces)
+        os.utime(cache.pending_dir / (staged.path.name + ".json"), ns=(time.time_ns(), time.time_ns()))
+    cache.close()
+
+    async def restart():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        await fs.uploader.recover()
+        assert list(fs.cache.pending_dir.iterdir()) == [] and list(fs.cache.staged_dir.iterdir()) == []
+        fs.cache.close()
+
+    trio.run(restart)
+    assert be.get_range("user/alice/k", 0) == b"SECOND CLOSE"
+
+
+def test_a_journal_entry_of_an_older_daemon_is_uploaded_as_before(tmp_path):
+    """Entries written before they recorded the version they replace carry no condition."""
+    cache = Cache(tmp_path / "cache")
+    (cache.pending_dir / "x.json").write_text(json.dumps({"key": "user/alice/k", "staged": "x", "conditions": {}}))
+    (p,) = cache.pending()
+    assert (p.replaces_known, p.upload_conditions()) == (False, {})
+    (cache.pending_dir / "y.json").write_text(json.dumps({"key": "user/alice/k", "staged": "y", "conditions": {},
+                                                          "replaces": "abc"}))
+    assert {q.path.name: q.upload_conditions() for q in cache.pending()} == {"x": {}, "y": {"if_match": "abc"}}
+    cache.close()
 
 
 def test_retry_loop_survives_unexpected_errors(tmp_path):
