@@ -309,7 +309,7 @@ class Uploader:
         if dropped:
             log.warning("discarded %d staged files that were never closed before a restart", dropped)
         self.orphans = []
-        newest = {p.key: p for p in entries}  # oldest first: the last of a key is its last close
+        newest = {p.key: p for p in entries if p.path.exists()}  # oldest first: the last is the last close
         for p in entries:
             if not p.path.exists():
                 log.error("pending upload of %s lost its staged file %s; dropping the entry", p.key, p.path)
