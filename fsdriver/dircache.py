@@ -258,13 +258,14 @@ class Names:
         if markers and kvexpiry.is_expired(info.etag, markers, time.time()):
             # Removed now, not in the background: a record created next under this name (`>>`,
             # `touch`, O_EXCL) commits only if the name is free (If-None-Match).
-            self.gone(parent, name)
             try:
                 await self.backend.run(kvexpiry.expire_record, self.backend.sync, parent.prefix, name, markers)
             except BackendError as e:
                 log.info("%s: removing the expired record failed (%s); retried in the background",
                          "/".join(path), e)
                 self._expire(parent, name, markers)
+            else:
+                self.gone(parent, name)
             return None
         node = self.inodes.node_for(path, False)
         self.set_info(node, info, when, seq)
