@@ -9,6 +9,7 @@ import random
 import pytest
 import trio
 
+from bench.scenarios import drop_file_cache
 from fsdriver import handles
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.errors import InvalidRequest, PreconditionFailed
@@ -31,14 +32,6 @@ def backing(tmp_path):
         f.flush()
         os.fsync(f.fileno())
     return path, data
-
-
-def _drop_cache(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _nowait_works(path) -> bool:
@@ -75,7 +68,7 @@ def test_local_reader_returns_exact_bytes(backing, size, cold):
     """Sequential reads to the end, then reads across and beyond the end of the file."""
     path, data = backing
     if cold:
-        _drop_cache(path)
+        drop_file_cache(path)
     plan = [(off, size) for off in range(0, SIZE, size)] if size >= 4095 else [(0, size), (1, size)]
     plan += [(SIZE - 10, size), (SIZE, size), (SIZE + 5, size), (SIZE // 2 + 1, size)]
     got, _ = _read_all(path, plan)
@@ -86,7 +79,7 @@ def test_local_reader_returns_exact_bytes(backing, size, cold):
 def test_read_half_in_page_cache(backing):
     """The cached part comes from the trio thread, the rest from a worker: one correct result."""
     path, data = backing
-    _drop_cache(path)
+    drop_file_cache(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.pread(fd, MiB, 0)  # the first MiB is cached now (and maybe some read-ahead)
