@@ -369,7 +369,7 @@ class Filesystem:
             await self.setattr(ino, size=0, caller=caller)
         fh, keep_cache, direct_io = await self.files.open(node, writable, truncate, bool(flags & os.O_APPEND))
         self.files.handles[fh].caller = caller
-        if node.staged is None and (node.size, node.etag) != seen:
+        if (node.size, node.etag) != seen:
             # This open found the file changed elsewhere.  The kernel may still hold the old size
             # (its attribute timeout runs apart from this mount's TTL) and stops reading there: a
             # longer new version would read cut short.  Make its next read past that size ask.

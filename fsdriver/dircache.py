@@ -64,11 +64,12 @@ class Names:
     def fresh(self, t: float) -> bool:
         return self.clock() - t < self.ttl
 
-    def set_info(self, node: Node, info: ObjectInfo, when: float, seq: int) -> None:
+    def set_info(self, node: Node, info: ObjectInfo, when: float, seq: int, copy_only: bool = False) -> None:
         """Take attributes the backend gave at ``when`` to a request that started at change number
         ``seq``, unless this mount has local content or changed the object after that request began
-        (a listing or HEAD taken before our own write must never overwrite what the write told us)."""
-        if node.staged is None and self.inodes.observed(node, seq):
+        (a listing or HEAD taken before our own write must never overwrite what the write told us).
+        ``copy_only``: the local content is a copy of this version (`refresh`)."""
+        if (node.staged is None or copy_only) and self.inodes.observed(node, seq):
             if isinstance(info, ObjectInfo) and not node.is_dir:
                 if info.etag != node.etag:
                     node.target = None  # a symbolic link's target is read again
@@ -120,14 +121,21 @@ class Names:
 
         A directory's own attributes are read again with its parent's listing, when its name is
         looked up again (the kernel does so once the entry timeout passed), not by a HEAD here."""
-        if node.is_dir or node.staged is not None or self.fresh(node.attr_time):
+        if node.is_dir or self.fresh(node.attr_time):
             return
+        if node.staged is not None and not self.fs.files.unchanged_here(node):
+            return  # this mount's own content, not stored yet: shown as it is (read-your-writes)
         when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head(node.key)
         except NotFound:
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
-        self.set_info(node, info, when, seq)
+        if node.staged is None:
+            self.set_info(node, info, when, seq)
+        elif info.etag == node.etag:  # held open for writing here, unchanged: a copy of this version
+            self.set_info(node, info, when, seq, copy_only=True)
+        else:  # ... of a version replaced elsewhere
+            await self.fs.files.rebase(node, info, when, seq)
 
     def listing_fresh(self, node: Node) -> bool:
         listing = node.listing

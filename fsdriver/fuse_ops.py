@@ -62,13 +62,15 @@ def _boundary(describe):
         @functools.wraps(fn)
         async def handler(self, *args):
             self.fs.stats.requests[op] += 1
+            # A release forgets its handle first: the file it failed on is named from before.
+            what = self._describe(describe, args) if op == "release" else None
             try:
                 with request_deadline(self.fs.backend.timeout if bounded else None):
                     return await fn(self, *args)
             except pyfuse3.FUSEError:
                 raise
             except Exception as e:  # trio.Cancelled is a BaseException and passes through
-                raise pyfuse3.FUSEError(errno_for(e, op, self._describe(describe, args))) from None
+                raise pyfuse3.FUSEError(errno_for(e, op, what or self._describe(describe, args))) from None
 
         return handler
 

@@ -255,9 +255,10 @@ class Streams:
         if stream.gen.get(i, 0) == gen and not stream.closed:
             stream.done[i] = (etag, length)
 
-    async def finish(self, stream: PartStream, node: "Node", staged: "StagedFile") -> Optional[ObjectInfo]:
+    async def finish(self, stream: PartStream, node: "Node", staged: "StagedFile",
+                     conditions: dict) -> Optional[ObjectInfo]:
         """At close/fsync (``staged.lock`` held, the content complete): upload the missing parts
-        and complete the upload under ``staged.conditions``; the object's info.  None when the
+        and complete the upload under ``conditions``; the object's info.  None when the
         stream cannot be used (it was abandoned: the caller uploads the whole file).  Errors of
         the completion (a lost condition, an unreachable backend) are raised, the stream
         abandoned."""
@@ -300,7 +301,7 @@ class Streams:
                 raise BackendError(f"{node.display}: parts changed while the file was being completed")
             parts = [(i + 1, stream.done[i][0]) for i in range(count)]
             info = await self.up.backend.complete_multipart(stream.key, stream.upload_id, parts, size,
-                                                            **staged.conditions)
+                                                            **conditions)
         except BaseException:
             stream.abandon()
             raise

@@ -12,21 +12,26 @@ upload still needs it.
 """
 
 import errno
+import logging
 import os
+import shutil
 import time
 from contextlib import asynccontextmanager
 from typing import Optional
 
+import trio
 
 from . import closes, posixattrs
 from .backend import ObjectInfo
 from .backend.disk import etag_of
 from .errno_boundary import FSError
-from .errors import PreconditionFailed
+from .errors import BackendError, NotFound, PreconditionFailed
 from .handles import Handle, LocalReader, ReadHandle, RecordReader, WriteHandle
 from .inodes import Node
 from .prefetch import Prefetcher
 from .staging import StagedFile
+
+log = logging.getLogger("stashfs.openfiles")
 
 # A record read through the mount is held whole by its handle up to this size (one GET at the open,
 # one version); a larger one is read like a file, pinned to the version the open knew.
@@ -49,19 +54,53 @@ class OpenFiles:
         if truncate:
             return StagedFile(self.fs.cache, dirty=True)
         etag = node.etag
+        # A record's read-modify-write commits only if the record is still the version read.
+        return StagedFile(self.fs.cache, node.size, node.size, self._fetcher(node, etag if node.is_record else None),
+                          conditions={"if_match": etag} if node.is_record else None)
+
+    def _fetcher(self, node: Node, pinned: Optional[str]):
+        """What fills in a staged file's parts of the version it is built on: ``pinned``, or (None)
+        the node's etag.  From the key the file has now: renamed here meanwhile (a log rotated
+        under a writer that had not written yet), the content is at its new key.  A rename's copy
+        may give the object a new etag (S3 multipart): the rename records it on the node, whose
+        etag stays the version the staged file is built on otherwise (a node with local content
+        takes no newer answer, unless it is only a copy: `rebase`).  A record's handle keeps the
+        version it read: its node is not staged."""
 
         async def fetch(lo: int, hi: int) -> bytes:
-            # From the key the file has now: renamed here meanwhile (a log rotated under a writer
-            # that had not written yet), the content is at its new key.  A rename's copy may give the
-            # object a new etag (S3 multipart): the rename records it on the node, whose etag stays
-            # the version the staged file is built on otherwise (a node with local content takes no
-            # newer answer).  A record's handle keeps the version it read: its node is not staged.
-            return await self.fs.backend.get_range(node.key, lo, hi,
-                                                   if_match=etag if node.is_record else node.etag)
+            try:
+                return await self.fs.backend.get_range(node.key, lo, hi, if_match=pinned or node.etag)
+            except NotFound as e:  # deleted by another node: the version it is built on is gone
+                raise PreconditionFailed(f"{node.key}: deleted since it was opened") from e
 
-        # A record's read-modify-write commits only if the record is still the version read.
-        return StagedFile(self.fs.cache, node.size, node.size, fetch,
-                          conditions={"if_match": etag} if node.is_record else None)
+        return fetch
+
+    def unchanged_here(self, node: Node, locked: bool = False) -> bool:
+        """Whether the file's local content holds nothing this mount changed: descriptors opened
+        it for writing but wrote nothing (or all of it is stored), and no upload or fetch is busy
+        (``locked``: the caller holds its lock)."""
+        staged = node.staged
+        return (staged is not None and not node.is_record and not staged.dirty and not staged.pending
+                and staged not in self.fs.uploader.pending and staged.stream is None and staged.broken is None
+                and staged.rejected is None and not staged.for_readers and (locked or not staged.lock.locked()))
+
+    async def rebase(self, node: Node, info: ObjectInfo, when: float, seq: int) -> None:
+        """Another node replaced a file that descriptors here hold open for writing without having
+        changed it (`unchanged_here`; sqlite holds its database ``O_RDWR``, a daemon its log): the
+        local content is only a copy of the old version, so it is emptied, to be filled in from
+        the new one (``info``, as a HEAD that started at ``seq`` gave it at ``when``) as it is read,
+        for every descriptor — as on ext4, where they share the inode another process rewrote.
+        New opens no longer see the old version for as long as a descriptor stays open.  Nothing
+        happens if it changed here meanwhile (a write, an upload, a rename)."""
+        staged = node.staged
+        if not self.unchanged_here(node):
+            return
+        async with staged.lock:
+            if (node.staged is not staged or not self.unchanged_here(node, locked=True)
+                    or not self.fs.inodes.observed(node, seq)):
+                return
+            await staged.rebase_locked(info.size, self._fetcher(node, None))
+            self.fs.names.set_info(node, info, when, seq, copy_only=True)
 
     async def writable_staged(self, node: Node, truncate: bool) -> StagedFile:
         """The staged file a new writing handle uses.
@@ -335,7 +374,12 @@ class OpenFiles:
             if node.is_record:
                 self.fs.records.check_size(handle, size, "truncate")
                 self.fs.records.more_content(handle)
-                handle.truncated = True  # committed at release, unless written (then at close)
+                # Emptied: committed at release, unless written (then at close), as after O_TRUNC.
+                # Cut to a length: content of the handle's own, committed (or refused) at close.
+                if size == 0:
+                    handle.truncated = True
+                else:
+                    handle.written = True
             await handle.staged.truncate(size)  # uploaded at close
         else:
             # truncate(2) on a path has no close() to wait for: make it durable now.
@@ -367,10 +411,58 @@ class OpenFiles:
         info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)
         self.uploaded(node, info)  # the object changed (its etag too, on disk): what we know now
 
-    async def delete(self, node: Node) -> None:
-        """unlink: the file's object goes, and with it any upload of it, pending or to come."""
+    def keep_for_descriptors(self, node: Node) -> Optional[StagedFile]:
+        """Before ``node``'s object goes (an unlink, a rename over it): the staged file that must
+        hold its whole content, so that descriptors still open on it read and write it as on
+        ext4 (`fill_for_descriptors`, under its lock); None when none needs it.  A descriptor that
+        reads the backing file itself (disk) or holds a whole record needs nothing; a reader of
+        the object (S3) gets the node's local content from now on."""
+        if node.is_dir or node.is_record or node.open_count == 0:
+            return node.staged
+        if node.staged is None and any(
+                h.node is node and not h.writable and not isinstance(h.reader, (LocalReader, RecordReader))
+                for h in self.handles.values()):
+            node.staged = self.new_staged(node, truncate=False)
+            node.staged.for_readers = True
+        return node.staged
+
+    def unkeep(self, node: Node) -> None:
+        """The removal `keep_for_descriptors` prepared for failed: a staged file it made only for
+        readers goes again (else later opens would read that copy, not the object)."""
         staged = node.staged
+        if (staged is not None and staged.for_readers and not staged.dirty
+                and not staged.pending and not any(h.staged is staged for h in self.handles.values())):
+            node.staged = None
+            staged.remove()
+
+    async def fill_for_descriptors(self, node: Node, staged: Optional[StagedFile]) -> None:
+        """(``staged.lock`` held) Fetch what the staged file of a node about to lose its object
+        does not hold yet, while descriptors are open on it.  When that cannot be done the
+        removal goes ahead, logged: those descriptors then get errors where ext4 would serve."""
+        if staged is None or staged.fetch is None or node.open_count == 0 or node.is_record:
+            return
+        try:
+            free = (await trio.to_thread.run_sync(shutil.disk_usage, self.fs.cache.root)).free
+            if staged.origin_size > free // 2:
+                raise OSError(errno.ENOSPC, f"{staged.origin_size} bytes would fill the cache disk")
+            await staged.complete_locked()
+        except (BackendError, OSError) as e:
+            log.warning("%s: removed while open: descriptors still open on it cannot read what "
+                        "they have not read yet (its content could not be kept: %s)", node.display, e)
+
+    async def delete(self, node: Node) -> None:
+        """unlink: the file's object goes, and with it any upload of it, pending or to come.
+        Descriptors still open on it keep its content (`keep_for_descriptors`)."""
+        staged = self.keep_for_descriptors(node)
+        try:
+            await self._delete(node, staged)
+        except BaseException:
+            self.unkeep(node)
+            raise
+
+    async def _delete(self, node: Node, staged: Optional[StagedFile]) -> None:
         async with staged.lock if staged is not None else _nothing():
+            await self.fill_for_descriptors(node, staged)
             # Under the lock no upload of this file is half done: it either landed (etag set, and
             # deleted now) or will see the node unlinked and not start.  An upload that failed
             # (pending) may have landed all the same (its answer lost): delete in that case too.

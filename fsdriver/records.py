@@ -8,9 +8,11 @@ the memory budget, and conditional on the version read for ``r+`` handles.  This
 - FLUSH (every close() of a descriptor) commits only what was *written* since the last commit.
   bash's ``echo x > r.json`` opens with O_TRUNC, dup2()s and closes the first descriptor before
   anything is written: that FLUSH must not store an empty record over the old value.
-- Content that was only truncated (``: > r.json``, ``truncate -s 0``, a new record never written)
-  is committed at RELEASE, when the last descriptor is gone.  Content that was refused (not JSON,
-  too large, a lost conditional write) is never committed afterwards, not even as "".
+- Content that was only emptied (``: > r.json``, ``truncate -s 0``, a new record never written)
+  is committed at RELEASE, when the last descriptor is gone.  An ``ftruncate`` to another length
+  counts as a write: committed, or refused, at the next close (``truncate -s 3 r.json`` fails).
+  Content that was refused (not JSON, too large, a lost conditional write) is never committed
+  afterwards, not even as "".
 - The kernel sends RELEASE without waiting for it: close() has already returned.  Until that
   commit is done, lookup, getattr, open and readdir of the record wait for it, so the next command
   sees the new value.  The mark is set before the release handler's first await, and pyfuse3 starts

@@ -24,18 +24,32 @@ class Renames:
     async def move(self, node: Node, target, old_parent: Node, new_parent: Node, new_path: tuple) -> None:
         """Move ``node`` (replacing ``target``, an empty directory or a file, if not None) to
         ``new_path``; the caller checked that this is allowed."""
-        old_name, new_name = node.path[-1], new_path[-1]
         # Every file that moves has its local content uploaded first, and keeps its staged file
         # locked until the table says where it lives now: a close() racing the rename can neither
         # upload to the old key after the copy nor be deleted with the old key.
         moving = [node] + (self.fs.inodes.below(node) if node.is_dir else [])
-        moved = None  # new key -> ObjectInfo of what the backend's copies made
         # The target's staged file is locked too: a retry of its pending upload in flight would
-        # land after the copy and put the replaced content back.
+        # land after the copy and put the replaced content back.  Descriptors open on the target
+        # keep its content (filled in under that lock, before the copy replaces it).
+        if target is not None:
+            self.fs.files.keep_for_descriptors(target)
         replaced = [target] if target is not None and target.staged is not None else []
+        try:
+            await self._move(node, target, old_parent, new_parent, new_path, moving, replaced)
+        except BaseException:
+            if target is not None:
+                self.fs.files.unkeep(target)
+            raise
+
+    async def _move(self, node: Node, target, old_parent: Node, new_parent: Node, new_path: tuple,
+                    moving: list, replaced: list) -> None:
+        old_name, new_name = node.path[-1], new_path[-1]
+        moved = None  # new key -> ObjectInfo of what the backend's copies made
         async with AsyncExitStack() as locks:
             for n in sorted((n for n in moving + replaced if n.staged is not None), key=lambda n: n.ino):
                 await locks.enter_async_context(n.staged.lock)
+            if replaced:
+                await self.fs.files.fill_for_descriptors(target, target.staged)
             if node.in_store:
                 if node.is_record and node.staged is not None and (node.staged.dirty or node.staged.pending):
                     await self.fs.uploader.upload_locked(node, node.staged)  # a pending commit lands first

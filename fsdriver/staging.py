@@ -65,12 +65,19 @@ class Pending:
     replaces_known: bool = False
 
     def upload_conditions(self) -> dict:
-        """The conditions of its upload by a later daemon: its own (a record's, a create's), else
-        that the key still holds what it replaces.  Its writer never heard that it was stored, and
-        a write another node made since then is the later one: it must stay."""
-        if self.conditions or not self.replaces_known:
-            return self.conditions
-        return {"if_match": self.replaces} if self.replaces else {"if_none_match": True}
+        """The conditions of its upload by a later daemon (`conditions_over`)."""
+        return conditions_over(self.conditions, self.replaces, self.replaces_known)
+
+
+def conditions_over(own: dict, replaces: Optional[str], known: bool) -> dict:
+    """The conditions of an upload whose close failed, tried again later (by the retry loop, or a
+    later daemon): its own (a record's, a create's), else that the key still holds the version it
+    replaces (``replaces``; None: no object).  Its writer never heard that it was stored, and a
+    write another node made since then is the later one: it must stay.  Unknown (``known``
+    False: a journal entry of an older daemon): its own conditions only."""
+    if own or not known:
+        return own
+    return {"if_match": replaces} if replaces else {"if_none_match": True}
 
 
 class Cache:
@@ -235,6 +242,10 @@ class StagedFile:
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
         self.conditions: dict = conditions or {}
+        # The version of the key this content replaces, as this mount knew it when its upload
+        # first failed (None: no object): a retry lands only over it (`retry_conditions`).
+        self.replaces: Optional[str] = None
+        self.replaces_known = False
         # A file created here without O_TRUNC: its first upload must not replace one another
         # writer created meanwhile (If-None-Match), the later ones are plain (`create_only_upload`).
         self.create_only = False
@@ -243,6 +254,9 @@ class StagedFile:
         # The multipart upload of its parts started while it is written (fsdriver.multipart), if any:
         # told of every change of the content, abandoned when the file is removed.
         self.stream = None
+        # Made only to hold a removed file's content for the descriptors still open on it
+        # (`OpenFiles.keep_for_descriptors`): nothing was written to it.
+        self.for_readers = False
         self.lock = trio.Lock()
         if size:
             os.ftruncate(self.fd, size)
@@ -334,6 +348,15 @@ class StagedFile:
         self.origin_size = 0
         self.fetch = None
 
+    async def rebase_locked(self, size: int, fetch: Fetch) -> None:
+        """(``lock`` held; nothing written here, `OpenFiles.rebase`) Forget the copy of the old
+        version: the content is now the ``size`` bytes ``fetch`` gives, filled in as needed."""
+        await self._io(os.ftruncate, self.fd, 0)
+        await self._io(os.ftruncate, self.fd, size)
+        self.present = set()
+        self.size = self.origin_size = size
+        self.fetch = fetch
+
     async def contents(self) -> bytes:
         """The whole content (the caller made it complete and holds ``lock``, or owns the file)."""
         return await self._io(os.pread, self.fd, self.size, 0)
@@ -359,14 +382,22 @@ class StagedFile:
     def uploaded(self, etag: str) -> None:
         """The backend holds this content now, as ``etag``."""
         self.pending, self.error = False, None
+        self.replaces, self.replaces_known = None, False
         if self.create_only:  # a file created here without O_TRUNC exists now: later uploads replace it
             self.conditions, self.create_only = {}, False
         elif self.conditions:  # later writes through this handle build on what was just written
             self.conditions = {"if_match": etag}
 
-    def upload_failed(self, error: str) -> None:
-        """The upload may pass later: the content is to be uploaded again (retried)."""
+    def upload_failed(self, error: str, replaces: Optional[str]) -> None:
+        """The upload may pass later: the content is to be uploaded again (retried), over the
+        version ``replaces`` (the one the failed close replaced: kept from the first failure)."""
         self.dirty, self.error = True, error
+        if not self.replaces_known:
+            self.replaces, self.replaces_known = replaces, True
+
+    def retry_conditions(self) -> dict:
+        """The conditions of a retry of a failed upload (`conditions_over`)."""
+        return conditions_over(self.conditions, self.replaces, self.replaces_known)
 
     def reject(self, error: Exception) -> None:
         """Refused for good (a lost conditional write, not a record): never uploaded again."""

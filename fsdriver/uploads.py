@@ -98,8 +98,14 @@ class Uploader:
             log.error("%s: %s; until an upload succeeds its data is NOT kept across a restart",
                       node.display, staged.journal_error)
 
-    async def upload_locked(self, node: Node, staged: StagedFile, *, awaited: bool = False) -> None:
-        """`upload` for a caller that holds ``staged.lock`` (a rename, an unlink)."""
+    async def upload_locked(self, node: Node, staged: StagedFile, *, awaited: bool = False,
+                            retry: bool = False) -> None:
+        """`upload` for a caller that holds ``staged.lock`` (a rename, an unlink).
+
+        ``retry``: the retry loop (or a flush of pending uploads) tries again an upload whose
+        close failed: it lands only over the version that close replaced (`StagedFile.retry_conditions`),
+        so it never replaces what another writer stored after it.  A new close() of the file is
+        a new last close, and replaces whatever is there."""
         if staged.rejected is not None:
             raise staged.rejected
         if staged.removed or not (staged.dirty or staged.pending) or node.unlinked or node.is_scratch:
@@ -133,10 +139,17 @@ class Uploader:
         if self.journal_first(staged, awaited, key) or staged.journaled:
             await self._journal(node, staged)  # (again, if journaled before: the metadata may differ)
         await self.supersede(key)  # older leftovers of this key must not land after this upload
+        conditions = staged.retry_conditions() if retry else staged.conditions
         staged.begin_upload()
         try:
-            info = await self._store(node, staged)
+            info = await self._store(node, staged, conditions)
         except PreconditionFailed as e:
+            if conditions is not staged.conditions:  # a retry over the version its close replaced
+                self._reject(node, staged, FSError(
+                    errno.ESTALE, "pending upload not stored: the file no longer holds the version "
+                    "its failed close replaced (another writer stored or deleted it since; that stays)",
+                    logging.WARNING))
+                raise staged.rejected from e
             self._reject(node, staged, FSError(
                 errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
                 "not written: the record changed since it was read (another writer's value stays)"
@@ -156,13 +169,13 @@ class Uploader:
         self.pending.pop(staged, None)
         self.on_uploaded(node, info)
 
-    async def _store(self, node: Node, staged: StagedFile):
-        """Put the staged content at the node's key: by completing the multipart upload of its
-        parts streamed while it was written, else as a whole file."""
+    async def _store(self, node: Node, staged: StagedFile, conditions: dict):
+        """Put the staged content at the node's key under ``conditions``: by completing the
+        multipart upload of its parts streamed while it was written, else as a whole file."""
         stream = staged.stream
         if stream is not None:
             try:
-                info = await self.streams.finish(stream, node, staged)
+                info = await self.streams.finish(stream, node, staged, conditions)
             except (PreconditionFailed, Unavailable):
                 raise  # the whole file would meet the same condition, or the same outage
             except BackendError as e:
@@ -171,7 +184,7 @@ class Uploader:
                 info = None
             if info is not None:
                 return info
-        return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **staged.conditions)
+        return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **conditions)
 
     def _failed(self, node: Node, staged: StagedFile, e: Exception):
         """A failed upload.  One that can never succeed is refused at once with its own errno;
@@ -185,11 +198,11 @@ class Uploader:
                 "the previous content is unchanged", logging.ERROR))
             raise staged.rejected from e
         if staged.journaled:
-            staged.upload_failed(str(e))
+            staged.upload_failed(str(e), node.etag)
             message = f"upload failed, kept as a pending upload ({staged.path}) and retried: {e}"
         else:
             why = staged.journal_error or "the parts of the object it did not write could not be fetched"
-            staged.upload_failed(f"{e}; NOT kept across a restart ({why})")
+            staged.upload_failed(f"{e}; NOT kept across a restart ({why})", node.etag)
             message = (f"upload failed: {e}; retried by this daemon from {staged.path}, but NOT kept "
                        f"across a restart ({why})")
         if staged not in self.pending:  # a retry that fails again must not spin the loop
@@ -258,7 +271,7 @@ class Uploader:
                         self.cache.unjournal(staged)
                         settled = True
                         continue
-                    await self.upload_locked(node, staged)
+                    await self.upload_locked(node, staged, retry=True)
                 settled = True
                 log.info("%s: pending upload done", node.display)
             except FSError as e:

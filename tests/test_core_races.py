@@ -16,7 +16,7 @@ import trio.testing
 
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
-from fsdriver.errors import PermissionDenied, Unavailable
+from fsdriver.errors import NotFound, PermissionDenied, Unavailable
 from fsdriver.errno_boundary import FSError, errno_for
 from fsdriver.inodes import ROOT_INO
 from fsdriver.memory import MemoryBudget
@@ -222,6 +222,88 @@ def test_a_leftover_from_a_crash_never_replaces_another_writers_later_write(tmp_
     trio.run(restart)
     expected = b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER"
     assert be.get_range("user/alice/k", 0) == expected
+
+
+@pytest.mark.expected_log("deleted since it was opened")
+def test_a_write_to_a_file_another_node_deleted_is_estale(tmp_path):
+    """A descriptor opened for writing on a file that another node then deletes: a write that
+    needs bytes of the old version (a partial block) cannot have them: ESTALE, as its close would
+    say (docs/semantics.md), not ENOENT; nothing is stored, the name stays deleted."""
+    be = GatedDisk(tmp_path / "be")
+    be.put_bytes("user/alice/k", b"x" * (3 * MiB))
+
+    async def main():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            fh, _, _ = await fs.open((await fs.lookup(ns, "k")).ino, os.O_RDWR)
+            be.delete("user/alice/k")  # another node
+            with pytest.raises(Exception) as e:
+                await fs.write(fh, MiB + 5, b"mine")
+            assert errno_for(e.value, "write", "/user/alice/k") == errno.ESTALE
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+        fs.cache.close()
+
+    trio.run(main)
+    with pytest.raises(NotFound):
+        be.head("user/alice/k")
+
+
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending upload not stored",
+                          "pending upload given up", "pending upload done")
+@pytest.mark.parametrize("other", ["rewrites it", "creates it", "deletes it", "nobody"])
+def test_a_retried_upload_never_replaces_another_writers_later_write(tmp_path, other):
+    """A close() failed (EIO; the upload is pending, retried by the same daemon).  Another writer
+    stores or deletes the file after that close; the retry must not put the failed close's content
+    over it (its writer was told it failed; the other write is the later one), and the mount then
+    shows the other writer's version.  With nobody else writing, the retry stores it."""
+    be = GatedDisk(tmp_path / "be")
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True)
+    if other != "creates it":
+        be.put_bytes("user/alice/k", b"OLD")
+
+    async def main():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+            fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
+            await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
+            be.fail["put_file"] = Unavailable("down")
+            with pytest.raises(FSError) as e:
+                await fs.flush(fh)
+            assert e.value.errno == errno.EIO
+            await fs.release(fh)
+            assert len(fs.uploader.pending) == 1
+            # no checkpoint between these two: the retry loop cannot run in between
+            del be.fail["put_file"]
+            if other == "deletes it":
+                be.delete("user/alice/k")
+            elif other != "nobody":
+                be.put_bytes("user/alice/k", b"THEIRS, LATER")
+            assert await fs.uploader.flush_all() == []
+            assert fs.uploader.pending == {} and list(fs.cache.pending_dir.iterdir()) == []
+            if other == "deletes it":
+                with pytest.raises(FSError) as e:
+                    await fs.lookup(ns, "k")
+                assert e.value.errno == errno.ENOENT
+            else:
+                fh, _, _ = await fs.open((await fs.lookup(ns, "k")).ino, os.O_RDONLY)
+                shown = await fs.read(fh, 0, 100)
+                await fs.release(fh)
+                assert shown == (b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER")
+            nursery.cancel_scope.cancel()
+        fs.cache.close()
+
+    trio.run(main)
+    if other == "deletes it":
+        with pytest.raises(NotFound):
+            be.head("user/alice/k")
+    else:
+        assert be.get_range("user/alice/k", 0) == (b"MINE, NEVER ACKNOWLEDGED" if other == "nobody"
+                                                  else b"THEIRS, LATER")
 
 
 @pytest.mark.expected_log("pending uploads? from a previous run", "superseded by a later close",

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+MiB = 1 << 20
+
 
 def test_tree_and_namespaces(mount):
     root = mount.path
@@ -144,6 +146,45 @@ def test_a_log_rotated_under_its_writer_keeps_the_writers_lines(mount, mode):
     assert (d / "app.log.1").read_text() == "first\nsecond\n"
     assert mount.backend.get_range("pipeline/rot/app.log.1", 0) == b"first\nsecond\n"
     assert not (d / "app.log").exists()
+
+
+@pytest.mark.parametrize("how", ["unlinked", "renamed over"])
+def test_descriptors_keep_a_removed_files_content(mount, how):
+    """ext4 keeps a file's content for the descriptors still open on it when its name goes (an
+    unlink; a rename over it, as atomic-replace writers do): they read it, write it and read their
+    writes back until they close.  Here, a descriptor that had not yet read or written the part it
+    asked for fetched it from the object: gone (ENOENT), or replaced (the new file's bytes,
+    ESTALE).  The name is gone or replaced at once; nothing of the old file reaches the backend."""
+    d = mount.path / "pipeline" / "rm"
+    d.mkdir(parents=True)
+    old = os.urandom(3 * MiB + 123)
+    (d / "f").write_bytes(old)
+    reader = os.open(d / "f", os.O_RDONLY)
+    writer = os.open(d / "f", os.O_RDWR)
+    try:
+        assert os.pread(reader, 10, 0) == old[:10]  # a reader that has started
+        os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)  # later reads reach the daemon
+        if how == "unlinked":
+            os.unlink(d / "f")
+            assert not (d / "f").exists()
+        else:
+            (d / "new").write_bytes(b"the new file")
+            os.rename(d / "new", d / "f")
+            assert (d / "f").read_bytes() == b"the new file"
+        assert os.pread(reader, len(old), 0) == old
+        os.pwrite(writer, b"WRITTEN", 2 * MiB + 5)  # a partial block: the rest of it was never fetched
+        want = old[:2 * MiB + 5] + b"WRITTEN" + old[2 * MiB + 12:]
+        assert os.pread(writer, len(old) + 1, 0) == want
+        os.fsync(writer)  # nothing to store: the file has no name
+        assert os.fstat(writer).st_nlink == 0 and os.fstat(writer).st_size == len(old)
+    finally:
+        os.close(reader)
+        os.close(writer)
+    keys = sorted(e.key for e in mount.backend.list("pipeline/rm/") if not e.key.endswith("/"))
+    assert keys == ([] if how == "unlinked" else ["pipeline/rm/f"])
+    if how == "renamed over":
+        assert mount.backend.get_range("pipeline/rm/f", 0) == b"the new file"
+    assert sorted(os.listdir(d)) == ([] if how == "unlinked" else ["f"])
 
 
 def test_directory_errors(mount):

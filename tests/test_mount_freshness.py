@@ -94,6 +94,44 @@ def test_a_file_grown_elsewhere_reads_whole_once_an_open_sees_it(slow_ttl_disk_m
         assert os.stat(path).st_size == len(new)
 
 
+@pytest.fixture(params=["disk", "s3"])
+def short_ttl_mount(request, tmp_path):
+    url, env = backend_env(request.param, request, tmp_path)
+    with mounted(tmp_path, url, env, extra=["--metadata-ttl", "0.2"]) as m:
+        yield m
+    assert "Traceback" not in m.log()
+
+
+def test_a_file_held_open_for_writing_shows_another_nodes_new_version(short_ttl_mount):
+    """A process here holds a file open for writing and writes nothing (sqlite holds its database
+    O_RDWR, a daemon its log); another node replaces the file.  New opens here showed the old
+    version (or ESTALE) for as long as that descriptor stayed open.  Now they show the new one
+    once the TTL passed, as for any file, and so does the holder (as descriptors sharing an inode
+    another process rewrote do on ext4): its write lands on the new version, and its close is the
+    last one, which stores it."""
+    m = short_ttl_mount
+    path = m.path / "pipeline" / "p1" / "held.txt"
+    v1, v2 = b"version one\n" * 100, b"version two, longer\n" * 200
+    m.backend.put_bytes("pipeline/p1/held.txt", v1)
+    holder = os.open(path, os.O_RDWR)
+    try:
+        assert path.read_bytes() == v1
+        m.backend.put_bytes("pipeline/p1/held.txt", v2)  # another node
+        deadline = time.monotonic() + 30
+        while (seen := path.read_bytes()) != v2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the TTL (0.2 s) is what is waited for, not a race
+        assert seen == v2
+        assert os.stat(path).st_size == len(v2)
+        assert os.pread(holder, 2 * len(v2), 0) == v2
+        os.pwrite(holder, b"X", 5)
+        mine = v2[:5] + b"X" + v2[6:]
+        assert path.read_bytes() == mine  # read-your-writes: this mount's content
+    finally:
+        os.close(holder)
+    assert m.backend.get_range("pipeline/p1/held.txt", 0) == mine
+    assert path.read_bytes() == mine
+
+
 def test_rewrite_in_a_listed_directory_reads_back_whole(slow_ttl_mount):
     """A shorter-then-longer rewrite in a listed directory: never the old bytes, never cut."""
     for i in range(60):

@@ -329,6 +329,26 @@ def test_truncated_record_reads_as_empty_string_at_once(store, ds):
     assert ds["e"] == "" and ds["old"] == "" and ds["t"] == ""
 
 
+@NOT_JSON
+def test_a_record_cut_to_a_length_that_is_not_json_fails_the_command(mount, store, ds):
+    """``truncate -s 3 r.json`` (ftruncate, then close) used to exit 0 and only log the refusal
+    at release, naming "handle N": the record is checked at the close, which fails with EINVAL,
+    and the log line names the record.  truncate(2) on the path fails at once.  The value stays."""
+    ds["r"] = {"abc": 12345}
+    p = sh("truncate -s 3 r.json", store)
+    assert p.returncode != 0 and "Invalid argument" in p.stderr, (p.returncode, p.stderr)
+    with pytest.raises(OSError) as e:
+        os.truncate(store / "r.json", 5)
+    assert e.value.errno == errno.EINVAL
+    assert ds["r"] == {"abc": 12345} and (store / "r.json").read_text() == '{"abc": 12345}'
+    log = mount.log()
+    assert "/kv/s/r.json" in log and "handle " not in log
+    ds["n"] = 12345
+    p = sh("truncate -s 3 n.json", store)  # still JSON: stored
+    assert p.returncode == 0, p.stderr
+    assert ds["n"] == 123
+
+
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '{"a": NaN}', "[1e5, -Infinity]"])
 @NOT_JSON
 def test_nan_and_infinity_are_refused(mount, store, ds, text):
