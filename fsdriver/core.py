@@ -113,8 +113,9 @@ class Filesystem:
         if node.ino == CONTROL_INO:
             return Attr(CONTROL_INO, False, 0, self.stats.started, stat.S_IFREG | 0o600, self.options.uid, self.options.gid)
         size = node.staged.size if node.staged is not None else node.size
-        # a directory shows 2 whatever its subdirectories (counting them would cost a listing)
-        nlink = 2 if node.is_dir else node.nlink
+        # a directory shows 2 whatever its subdirectories (counting them would cost a listing);
+        # 0 once removed (fstat of a descriptor still open on it)
+        nlink = (0 if node.unlinked else 2) if node.is_dir else node.nlink
         meta = node.meta if self.has_posix(node) else None
         if meta is not None:
             mode = meta.mode & ~0o222 if self.options.read_only else meta.mode
@@ -252,6 +253,7 @@ class Filesystem:
         self._check(caller, node, R_OK)
         fh = self.files.new_fh()
         self.dir_handles[fh] = (node, None)
+        node.open_count += 1  # fstat of the descriptor answers after an rmdir, as on ext4
         return fh
 
     async def readdir(self, fh: int) -> list:
@@ -269,10 +271,13 @@ class Filesystem:
         return snapshot
 
     def releasedir(self, fh: int) -> None:
-        _, snapshot = self.dir_handles.pop(fh, (None, None))
+        node, snapshot = self.dir_handles.pop(fh, (None, None))
         for _, child in snapshot or ():
             child.pins -= 1
             self.inodes.release_unreferenced(child)
+        if node is not None:
+            node.open_count -= 1
+            self.inodes.release_unreferenced(node)
 
     async def mkdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None,
                     mode: Optional[int] = None) -> Attr:

@@ -43,7 +43,7 @@ class Node:
     etag: Optional[str] = None
     attr_time: float = 0.0  # monotonic time the attributes were last fetched (0: never)
     lookups: int = 0
-    open_count: int = 0
+    open_count: int = 0  # open file handles, and directory handles (opendir)
     staged: object = None  # staging.StagedFile while the file has local data
     cache_etag: Optional[str] = None  # etag of the content the kernel page cache holds
     has_marker: Optional[bool] = None  # directories: a marker object is known to exist

@@ -9,13 +9,27 @@ Each example starts from a small tree (`PosixMachine.seed`); paths are names ``a
 up to three deep, mostly existing ones, new ones, and ones through symlinks (``c/a`` when ``c`` is
 a link), so errors and symlink resolution are exercised as well as success.
 
+**Held descriptors**: up to `MAX_HELD` descriptors stay open across steps, in slots, the same slot
+on both sides: open (``O_RDONLY``, ``O_WRONLY`` or ``O_RDWR``, each of ``O_APPEND``, ``O_TRUNC``
+and ``O_CREAT`` or not; a mode and umask), fd_read (``pread`` at an offset, after
+``POSIX_FADV_DONTNEED`` so that the mount's daemon answers, not the kernel's page cache),
+fd_write (``pwrite``; ``write`` on an ``O_APPEND`` one), fd_truncate (``ftruncate``), fd_fsync,
+fd_fstat and close. The seed opens up to two; while some are open, one path in four that a step
+names is the file of one (so files are unlinked, renamed and renamed over under their
+descriptors). All are closed, each a step, at the end of an example.
+
 Compared after every step, for every path below the two roots (walked without following symlinks):
 
 - the set of paths; the file type and all 12 mode bits (``st_mode``), ``st_uid``, ``st_gid``,
   the size of files and symlinks (not of directories), the target of symlinks and the content
   of files;
 - the errno of the operation (0 for success): the mount fails exactly when, and with the errno
-  with which, the reference fails;
+  with which, the reference fails; and what it returned: the bytes of a read, the count of a
+  write, fstat's file type, size (of a regular file) and whether ``st_nlink`` is 0 (unlinked);
+- for every held descriptor, fstat's fields as above and its whole content read through it (past
+  the page cache): a descriptor keeps its file through an unlink, a rename or a rename over it;
+  the content read by path is compared too while descriptors are open for writing
+  (read-your-writes on one mount);
 - times, against a small model (`effects_of`), on each side on its own, because a time the system
   stamps ("now") cannot be equal on two filesystems:
   * a time set explicitly (utimensat with a value) is exact to the nanosecond;
@@ -29,15 +43,21 @@ Compared after every step, for every path below the two roots (walked without fo
   stamps the file's mtime/ctime; chmod and chown stamp ctime; utimensat sets what it is given and
   stamps ctime (not when both times are ``UTIME_OMIT``); unlink and rmdir stamp the directory's
   mtime/ctime; rename stamps both directories' mtime/ctime and the moved object's ctime only
-  (a directory moved elsewhere keeps its mtime).
+  (a directory moved elsewhere keeps its mtime); open with ``O_CREAT`` of a new name is a create,
+  with ``O_TRUNC`` (whatever the access mode: Linux truncates an ``O_RDONLY|O_TRUNC`` open too) it
+  stamps the file's mtime/ctime; a write and an ``ftruncate`` (even to the same size) through a
+  held descriptor stamp the mtime/ctime of its file, wherever it now is; read, fsync, fstat and
+  close stamp nothing (so a close that uploads keeps the time of the last write).
   **ctime** is strict on the reference side; on the mount it is checked in the weak sense: where
   the model stamps it, it lies within the step (except for ``chown(-1, -1)``, which asks the
   filesystem for nothing), and otherwise it never goes backwards.
   **atime** is compared only in the step that sets it or creates the entry, before anything reads
   the file (the mount may follow the noatime or relatime convention).
-- Not compared: ``st_ino``, ``st_nlink``, ``st_dev``, ``st_blocks``, directory sizes.
+- Not compared: ``st_ino``, ``st_nlink`` (but 0 or not through a held descriptor), ``st_dev``,
+  ``st_blocks``, directory sizes.
 
-A run on a mount also remembers each example's final tree; `check_after_remount` compares them
+A run on a mount also remembers each example's final tree, after its descriptors are closed
+(content written through one is durable at its close); `check_after_remount` compares them
 again (everything but atime and ctime) once the mount has been mounted afresh: attributes are
 durable and come from the backend, not from a cache.
 """
@@ -52,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 NAMES = ("a", "b", "c")
 MAX_PARENT_DEPTH = 2  # new names go at most three deep (renames may carry a tree deeper)
@@ -61,6 +81,10 @@ UIDS = (0, 1, 65534, -1)  # root, daemon, nobody (Debian's users), unchanged
 GIDS = (0, 1, 65534, -1)  # root, daemon, nogroup
 UMASKS = (0o022, 0o077, 0o002, 0o027, 0)
 TIMES = st.one_of(st.sampled_from(["now", "omit"]), st.integers(0, 4 * 10**18))
+ACCESS = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_RDWR")  # O_RDWR twice: it reads and writes
+OPEN_EXTRAS = ("O_APPEND", "O_TRUNC", "O_CREAT")
+MAX_HELD = 4  # descriptors held open across steps at a time, per side (the same slots on both)
+HELD_READ = 4096  # more than any file here holds
 CREATED = ("atime", "mtime", "ctime")
 CHANGED = ("mtime", "ctime")
 
@@ -111,6 +135,7 @@ class Entry:
     atime: int
     mtime: int
     ctime: int
+    ino: int = 0  # not compared: which path a held descriptor's file has on its own side
 
     def shape(self) -> tuple:
         """Everything compared between the two sides."""
@@ -121,7 +146,8 @@ def entry(path: Path) -> Entry:
     s = os.lstat(path)
     kind = "dir" if stat.S_ISDIR(s.st_mode) else "link" if stat.S_ISLNK(s.st_mode) else "file"
     return Entry(kind, s.st_mode, s.st_uid, s.st_gid, None if kind == "dir" else s.st_size,
-                 os.readlink(path) if kind == "link" else None, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns)
+                 os.readlink(path) if kind == "link" else None, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns,
+                 s.st_ino)
 
 
 def snapshot(root: Path) -> dict:
@@ -156,11 +182,21 @@ def errname(code: int) -> str:
 # -- one side: the operations as os.* calls --------------------------------------------------------
 
 
+def open_flags(flags: str) -> int:
+    """``"O_RDWR|O_APPEND"`` as the number."""
+    out = 0
+    for name in flags.split("|"):
+        out |= getattr(os, name)
+    return out
+
+
 class Side:
-    """A tree at ``root`` (created by `make`); `apply` answers 0 or the errno of an operation."""
+    """A tree at ``root`` (created by `make`); `apply` answers 0 or the errno of an operation, and
+    what it returned. ``fds`` holds the descriptors kept open across steps, by slot."""
 
     def __init__(self, root: Path, label: str):
         self.root, self.label = root, label
+        self.fds: dict[int, int] = {}
 
     def make(self) -> None:
         """The root, root's and 0755 whatever its parent (a namespace's rules) would give it."""
@@ -171,12 +207,19 @@ class Side:
     def path(self, p: str) -> Path:
         return self.root / p if p else self.root
 
-    def apply(self, op: str, args: tuple) -> int:
+    def apply(self, op: str, args: tuple) -> tuple[int, object]:
         try:
-            getattr(self, f"_{op}")(*args)
-            return 0
+            return 0, getattr(self, f"_{op}")(*args)
         except OSError as e:
-            return e.errno
+            return e.errno, None
+
+    def close_all(self) -> None:
+        """Close every held descriptor, errors ignored (the end of an example that failed)."""
+        while self.fds:
+            try:
+                os.close(self.fds.popitem()[1])
+            except OSError:
+                pass
 
     def _create(self, p, mode):
         os.close(os.open(self.path(p), os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
@@ -214,6 +257,43 @@ class Side:
     def _rmdir(self, p):
         os.rmdir(self.path(p))
 
+    # held descriptors: ``slot`` names the same one on both sides
+
+    def _open(self, slot, p, flags, mode):
+        assert slot not in self.fds
+        self.fds[slot] = os.open(self.path(p), open_flags(flags), mode)
+
+    def _fd_read(self, slot, off, n):
+        fd = self.fds[slot]
+        try:  # the read reaches the daemon, not pages the kernel kept (harmless on the reference)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        return os.pread(fd, n, off)
+
+    def _fd_write(self, slot, data, off, append):
+        fd = self.fds[slot]
+        return os.write(fd, data) if append else os.pwrite(fd, data, off)
+
+    def _fd_truncate(self, slot, size):
+        os.ftruncate(self.fds[slot], size)
+
+    def _fd_fsync(self, slot):
+        os.fsync(self.fds[slot])
+
+    def _fd_fstat(self, slot):
+        s = os.fstat(self.fds[slot])
+        return (stat.filemode(stat.S_IFMT(s.st_mode))[0], s.st_size if stat.S_ISREG(s.st_mode) else None,
+                "unlinked" if s.st_nlink == 0 else "linked")
+
+    def held_view(self, slot) -> tuple:
+        """What the held descriptor in ``slot`` shows: fstat's fields and the whole content (read
+        past the page cache), each with its errno (EBADF for a read of an O_WRONLY one)."""
+        return self.apply("fd_fstat", (slot,)), self.apply("fd_read", (slot, 0, HELD_READ))
+
+    def _close(self, slot):
+        os.close(self.fds.pop(slot))  # released whatever close() answers
+
 
 # -- the time model ------------------------------------------------------------------------------
 
@@ -240,9 +320,11 @@ class Effects:
         return p
 
 
-def effects_of(op: str, args: tuple, canon) -> Effects:
+def effects_of(op: str, args: tuple, canon, exists=lambda p: True, held=lambda slot: None) -> Effects:
     """The time effects of ``op`` if it succeeds; ``canon(p, follow)`` is the path (relative to
-    the root, symlinks resolved, None outside the tree) of the entry ``p`` names, before the op."""
+    the root, symlinks resolved, None outside the tree) of the entry ``p`` names, before the op;
+    ``exists(p)`` whether such a path is there, ``held(slot)`` the path of a held descriptor's
+    file (None when it has none in the tree: unlinked, or outside)."""
     eff = Effects()
     if op in ("create", "mkdir", "symlink"):
         p = canon(args[1] if op == "symlink" else args[0], False)
@@ -278,6 +360,16 @@ def effects_of(op: str, args: tuple, canon) -> Effects:
     elif op in ("unlink", "rmdir"):
         p = canon(args[0], False)
         eff.stamp(None if p is None else parent_of(p), *CHANGED)
+    elif op == "open":  # open(O_CREAT) of a new name creates; O_TRUNC stamps whatever it truncates
+        _slot, p, flags, _mode = args
+        p = canon(p, True)
+        if p is not None and "O_CREAT" in flags and not exists(p):
+            eff.stamp(p, *CREATED)
+            eff.stamp(parent_of(p), *CHANGED)
+        elif "O_TRUNC" in flags:  # also O_RDONLY|O_TRUNC: Linux truncates (given write permission)
+            eff.stamp(p, *CHANGED)
+    elif op in ("fd_write", "fd_truncate"):  # ftruncate stamps even to the same size
+        eff.stamp(held(args[0]), *CHANGED)
     return eff
 
 
@@ -329,12 +421,22 @@ class PosixMachine(RuleBasedStateMachine):
             side.make()
         self.base = os.path.realpath(self.ref.root)
         self.history: list = []
+        self.flags: dict[int, str] = {}  # slot -> the flags its descriptors were opened with
         self.ok = False
         self.prev = self._check_trees()
         self.ok = True
 
     def teardown(self):
-        os.umask(self.saved_umask)
+        """Close the held descriptors, each a step (content written through one is durable at its
+        close: `finished` sees the tree after them); then whatever is left, unchecked."""
+        try:
+            if self.ok:
+                for slot in sorted(self.ref.fds):
+                    self.step("close", (slot,))
+        finally:
+            for side in (self.ref, self.sut):
+                side.close_all()
+            os.umask(self.saved_umask)
         if self.ok and type(self).finished is not None:
             snap = self.prev[1]
             type(self).finished(self.sut.root, snap, contents(self.sut.root, snap))
@@ -349,11 +451,24 @@ class PosixMachine(RuleBasedStateMachine):
             return ""
         return real[len(self.base) + 1:] if real.startswith(self.base + "/") else None
 
+    def held_path(self, slot: int) -> str | None:
+        """The reference's path of the file its descriptor in ``slot`` has open (None: unlinked,
+        or outside the tree)."""
+        ino = os.fstat(self.ref.fds[slot]).st_ino
+        return next((p for p, e in self.prev[0].items() if e.ino == ino), None)
+
+    def slot(self, data) -> int:
+        return data.draw(st.sampled_from(sorted(self.ref.fds)), label="slot")
+
     def pick(self, data, label: str, existing: bool = True) -> str:
         """A path: with ``existing``, nine times in ten one that exists; otherwise any existing
         one, a new name in an existing directory (or through a symlink), or one in a missing
         directory."""
         snap = self.prev[0]
+        held = sorted({self.held_path(slot) for slot in self.ref.fds} - {None, ""})
+        if held and data.draw(st.integers(0, 3), label=f"{label} is held") == 0:
+            # one time in four, the file of a held descriptor (unlinked or renamed over under it)
+            return data.draw(st.sampled_from(held), label=label)
         there = sorted(p for p in snap if p)
         if existing and there and data.draw(st.integers(0, 9), label=f"{label} exists") > 0:
             return data.draw(st.sampled_from(there), label=label)
@@ -375,21 +490,25 @@ class PosixMachine(RuleBasedStateMachine):
         return snaps
 
     def step(self, op: str, args: tuple, umask: int | None = None) -> None:
+        """Apply ``op`` to both sides: the same errno and the same result (bytes read, bytes
+        written, fstat's fields), then the same trees, and times by `effects_of`."""
         self.ok = False
-        eff = effects_of(op, args, self.canon)
+        eff = effects_of(op, args, self.canon, exists=self.prev[0].__contains__, held=self.held_path)
         saved = os.umask(umask) if umask is not None else None
         try:
             lo_r = time.time_ns()
-            rc_r = self.ref.apply(op, args)
+            rc_r, got_r = self.ref.apply(op, args)
             hi_r = lo_s = time.time_ns()
-            rc_s = self.sut.apply(op, args)
+            rc_s, got_s = self.sut.apply(op, args)
             hi_s = time.time_ns()
         finally:
             if saved is not None:
                 os.umask(saved)
-        self.history.append(f"{op}{args}{'' if umask is None else f' umask {umask:04o}'} -> {errname(rc_r)}")
+        self.history.append(f"{op}{args}{'' if umask is None else f' umask {umask:04o}'} -> {errname(rc_r)}"
+                            f"{'' if got_r is None else f' {got_r!r}'}")
         try:
             assert rc_s == rc_r, f"{op}{args}: {self.ref.label} {errname(rc_r)}, {self.sut.label} {errname(rc_s)}"
+            assert got_s == got_r, f"{op}{args}: {self.ref.label} answered {got_r!r}, {self.sut.label} {got_s!r}"
             if rc_r:
                 eff = Effects()  # a failed operation changes nothing
             snaps = self._check_trees()
@@ -400,6 +519,10 @@ class PosixMachine(RuleBasedStateMachine):
             for p in ref_data:
                 assert sut_data[p] == ref_data[p], (
                     f"{p}: {self.sut.label} holds {sut_data[p]!r}, {self.ref.label} {ref_data[p]!r}")
+            for slot in sorted(self.ref.fds):  # every held descriptor: what fstat and a read of it show
+                ref_view, sut_view = self.ref.held_view(slot), self.sut.held_view(slot)
+                assert sut_view == ref_view, (f"held descriptor {slot} ({self.flags[slot]}): (fstat, read) "
+                                              f"{self.sut.label} {sut_view}, {self.ref.label} {ref_view}")
         except AssertionError as e:
             # A real mount's caches make some failures depend on timing, and hypothesis then
             # reports its replay as flaky without the steps: name them here.
@@ -409,14 +532,17 @@ class PosixMachine(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------------------
 
-    @initialize()
-    def seed(self):
-        """A small tree to start from (each step checked like any other)."""
+    @initialize(data=st.data(), opens=st.integers(0, 2))
+    def seed(self, data, opens):
+        """A small tree to start from (each step checked like any other), and up to two
+        descriptors held open on it (so that the steps after find some to use)."""
         self.step("mkdir", ("a", 0o755), 0o022)
         self.step("create", ("b", 0o644), 0o022)
         self.step("write", ("b", b"#!/bin/sh\n", "trunc", 0))
         self.step("create", ("a/c", 0o600), 0o022)
         self.step("symlink", ("b", "c"))
+        for _ in range(opens):
+            self.open_drawn(data)
 
     @rule(data=st.data(), mode=st.integers(0, 0o7777), umask=st.sampled_from(UMASKS))
     def create(self, data, mode, umask):
@@ -459,6 +585,57 @@ class PosixMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def rmdir(self, data):
         self.step("rmdir", (self.pick(data, "path"),))
+
+    # -- descriptors held across steps ----------------------------------------------------------
+
+    @precondition(lambda self: len(self.ref.fds) < MAX_HELD)
+    @rule(data=st.data())
+    def open(self, data):
+        self.open_drawn(data)
+
+    def open_drawn(self, data):
+        """open() into the first free slot: any access mode, with or without each of O_APPEND,
+        O_TRUNC and O_CREAT (then a mode and a umask, and more often a new name)."""
+        slot = min(set(range(MAX_HELD)) - set(self.ref.fds))
+        access = data.draw(st.sampled_from(ACCESS), label="access")
+        extras = data.draw(st.sets(st.sampled_from(OPEN_EXTRAS)), label="flags")
+        mode = data.draw(st.sampled_from([0o644, 0o600, 0o755, 0o0]), label="mode")
+        umask = data.draw(st.sampled_from(UMASKS), label="umask")
+        flags = "|".join((access, *sorted(extras)))
+        self.flags[slot] = flags
+        self.step("open", (slot, self.pick(data, "path", existing="O_CREAT" not in extras), flags, mode), umask)
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data(), off=st.integers(0, 24), n=st.integers(0, 32))
+    def fd_read(self, data, off, n):
+        self.step("fd_read", (self.slot(data), off, n))
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data(), payload=st.binary(min_size=1, max_size=16), off=st.integers(0, 20))
+    def fd_write(self, data, payload, off):
+        slot = self.slot(data)
+        append = "O_APPEND" in self.flags[slot]  # (pwrite of an O_APPEND descriptor appends on Linux)
+        self.step("fd_write", (slot, payload, None if append else off, append))
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data(), size=st.integers(0, 24))
+    def fd_truncate(self, data, size):
+        self.step("fd_truncate", (self.slot(data), size))
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data())
+    def fd_fsync(self, data):
+        self.step("fd_fsync", (self.slot(data),))
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data())
+    def fd_fstat(self, data):
+        self.step("fd_fstat", (self.slot(data),))
+
+    @precondition(lambda self: self.ref.fds)
+    @rule(data=st.data())
+    def close(self, data):
+        self.step("close", (self.slot(data),))
 
 
 def run(make_sides, config, strict_ctime: bool = False, fine_clock: bool = True, finished=None) -> None:

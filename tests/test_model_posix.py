@@ -1,12 +1,15 @@
 """POSIX attributes through a real mount against a plain local directory (issue 11).
 
-Random sequences of create/write/chmod/chown/utimensat/symlink/rename/unlink/mkdir/rmdir, run as
+Random sequences of create/write/chmod/chown/utimensat/symlink/rename/unlink/mkdir/rmdir, and of
+open/pread/pwrite/ftruncate/fsync/fstat/close on descriptors held open across steps, run as
 root, on a tree inside ``/pipeline/<id>`` of a mount (disk and S3) and on a tree in a local
 directory; after every step the two must agree on every path's type, mode bits, owner, group,
-size, symlink target, content and on the errno of each operation, and each side's times must
-follow ext4's rules (tests/posixmodel.py states exactly what is compared, and the time model).
-The mount has a short metadata TTL, so attributes are read back from the backend between steps;
-after the run it is mounted afresh and every example's final tree is compared again.
+size, symlink target, content, on what every held descriptor reads and fstat shows (through an
+unlink or a rename over its file too), and on the errno and result of each operation, and each
+side's times must follow ext4's rules (tests/posixmodel.py states exactly what is compared, and
+the time model). The mount has a short metadata TTL, so attributes are read back from the
+backend between steps; after the run (descriptors closed) it is mounted afresh and every
+example's final tree is compared again.
 
 The reference check runs the same machine on two local directories: it keeps the harness and
 its time model honest (it must pass whatever the mount does).

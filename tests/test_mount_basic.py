@@ -2,6 +2,7 @@
 
 import errno
 import os
+import stat
 import subprocess
 
 import pytest
@@ -185,6 +186,22 @@ def test_descriptors_keep_a_removed_files_content(mount, how):
     if how == "renamed over":
         assert mount.backend.get_range("pipeline/rm/f", 0) == b"the new file"
     assert sorted(os.listdir(d)) == ([] if how == "unlinked" else ["f"])
+
+
+def test_a_descriptor_of_a_removed_directory_still_answers_fstat(mount):
+    """ext4: fstat of a descriptor open on a directory removed since gives S_IFDIR and st_nlink 0
+    (the model test's held descriptors found ENOENT here)."""
+    d = mount.path / "pipeline" / "p" / "d"
+    d.mkdir(parents=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(d)
+        st = os.fstat(fd)
+        assert stat.S_ISDIR(st.st_mode) and st.st_nlink == 0
+        assert not d.exists()
+    finally:
+        os.close(fd)
+    assert os.listdir(d.parent) == []
 
 
 def test_directory_errors(mount):
