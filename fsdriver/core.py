@@ -74,6 +74,7 @@ class Filesystem:
         self.inodes = InodeTable()
         self.names = Names(self, self.inodes, self.backend, self.stats, options.metadata_ttl, clock)
         self.budget = MemoryBudget(options.memory_limit)
+        cache.budget = self.budget  # small new files stay in memory until their upload (fsdriver.staging)
         self.uploader = Uploader(self.backend, cache, self.stats, clock)
         self.files = OpenFiles(self)  # handles and staged content (fsdriver.openfiles)
         self.renames = Renames(self)

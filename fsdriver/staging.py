@@ -41,6 +41,12 @@ from .fsutil import durable_temp, replace_durably
 log = logging.getLogger("stashfs.staging")
 
 BLOCK = 1 << 20
+# A new file's content up to this size is held in memory (charged to the memory budget) until it
+# is uploaded or grows: its writes then answer without a thread hop each, and the upload writes it
+# into the staged file in the worker thread that uploads it (`spill_sync`): one hop per close of a
+# small file instead of two.  Nothing is acknowledged from memory: a staged file without a journal
+# entry is discarded after a crash anyway, and an upload journals only what is in the file.
+IN_MEMORY_MAX = 64 << 10
 # Enough for thousands of journal entries: when the cache disk fills up, giving this back lets the
 # journal entry of a failed upload still be written (else its data would not survive a crash).
 JOURNAL_RESERVE = 1 << 20
@@ -98,6 +104,9 @@ class Cache:
             raise CacheLocked(f"cache dir {self.root} is in use by another stashfs daemon") from None
         # Local file I/O is quick but may block (slow disk, ENOSPC): it never runs on the trio thread.
         self.io_limiter = trio.CapacityLimiter(8)
+        # The daemon's memory budget (set by the core): small new files' content held in memory
+        # is charged to it; without one, every write goes to the staged file at once.
+        self.budget = None
         self.reserve = self.root / "reserve"
         self._hold_reserve()
 
@@ -131,6 +140,7 @@ class Cache:
         entry = self.pending_dir / (staged.path.name + ".json")
         meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions,
                            "meta": staged.meta, "replaces": replaces}).encode()
+        staged.journal_tried = True  # from here on an entry may exist, whatever happens below
         try:
             tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
         except OSError as e:
@@ -144,8 +154,18 @@ class Cache:
         staged.journaled = True
         self._hold_reserve()
 
+    def give_up_reserve(self, what: str) -> bool:
+        """The cache disk is full: free the journal reserve for ``what`` (False: none is left)."""
+        if not self.reserve.exists():
+            return False
+        log.warning("cache dir %s is full: using the journal reserve for %s", self.root, what)
+        self.reserve.unlink(missing_ok=True)
+        return True
+
     def unjournal(self, staged: "StagedFile") -> None:
         staged.journaled = False
+        if not staged.journal_tried:
+            return  # no entry was ever written for it: nothing to remove (no syscall per close)
         try:
             os.unlink(self.pending_dir / (staged.path.name + ".json"))
         except FileNotFoundError:
@@ -226,7 +246,11 @@ class StagedFile:
                  dirty: bool = False, conditions: Optional[dict] = None):
         self.cache = cache
         self.path = cache.new_path()
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        # The content is held in memory first when it starts empty and new (see `behind`): the file
+        # is then made by `spill_sync`, in a worker thread, if it is ever needed.
+        in_memory = size == 0 and fetch is None and cache.budget is not None
+        self.fd = -1 if in_memory else os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._removed = False
         self.size = size
         # Bytes [0, origin_size) come from the object the file was opened on, fetched lazily.
         self.origin_size = origin_size if fetch else 0
@@ -238,6 +262,7 @@ class StagedFile:
         self.broken: Optional[OSError] = None  # a staging write failed: never upload this content
         self.rejected: Optional[Exception] = None  # the backend or validation refused it: never retry
         self.journaled = False  # a journal entry in pending/ names this file (it survives a crash)
+        self.journal_tried = False  # `Cache.journal` ran for it: an entry may exist (unjournal removes it)
         self.journal_error: Optional[str] = None  # why the last attempt to journal it failed
         # Conditions of the next upload (key/value records): {"if_match": etag} when this content
         # was built on a version of the record, {"if_none_match": True} for an O_EXCL create.
@@ -258,11 +283,79 @@ class StagedFile:
         # (`OpenFiles.keep_for_descriptors`): nothing was written to it.
         self.for_readers = False
         self.lock = trio.Lock()
+        # The whole content, while it is in memory only (the staged file on disk is empty): a new
+        # (or truncated) file without origin, no larger than IN_MEMORY_MAX.  Moved into the file by
+        # `spill_sync` (in a worker thread), before anything reads or changes the file itself.
+        self.behind: Optional[bytearray] = bytearray() if in_memory else None
+        self.charged = 0  # bytes of the memory budget ``behind`` holds (taken and given back on the loop)
         if size:
             os.ftruncate(self.fd, size)
 
     async def _io(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.cache.io_limiter)
+
+    def _keep_in_memory(self, end: int) -> bool:
+        """Whether content up to ``end`` may stay in memory: charge the budget for its growth."""
+        if self.behind is None or self.stream is not None or end > IN_MEMORY_MAX:
+            return False
+        budget = self.cache.budget
+        grow = end - self.charged
+        if grow > 0:
+            if budget is None or not budget.try_acquire(grow):
+                return False
+            self.charged += grow
+        return True
+
+    def spill_sync(self) -> None:
+        """Move content held in memory into the staged file, made now (in a worker thread; the
+        caller holds ``lock``, so nothing changes the content meanwhile).  A full cache disk gives
+        up the journal reserve for it, as a journal entry would (the content of a close is what
+        the reserve keeps).  On OSError the file is removed again and the content stays in memory,
+        whole: the caller can still upload it from there."""
+        behind = self.behind
+        if behind is None:
+            return
+        try:
+            fd = self._file_of(behind)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.cache.give_up_reserve(self.path.name):
+                raise
+            fd = self._file_of(behind)
+        if self._removed:  # freed meanwhile: the file must not outlive it
+            os.close(fd)
+            os.unlink(self.path)
+            return
+        self.fd = fd
+        self.behind = None  # the file holds it now (reads on the loop take either: both are whole)
+
+    def _file_of(self, content: bytearray) -> int:
+        """The staged file made, holding ``content``; its descriptor (nothing left on OSError)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view, off = memoryview(content), 0
+            while off < len(view):
+                off += os.pwrite(fd, view[off:], off)
+            del view
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.path)
+            raise
+        return fd
+
+    def settle_memory(self) -> None:
+        """Give the budget back what content no longer in memory held (on the trio thread)."""
+        if self.behind is None and self.charged:
+            n, self.charged = self.charged, 0
+            if self.cache.budget is not None:
+                self.cache.budget.release(n)
+
+    async def _spill(self) -> None:
+        """Move content held in memory into the file before an operation on the file itself."""
+        if self.behind is not None:
+            try:
+                await self._io(self.spill_sync)
+            finally:
+                self.settle_memory()
 
     def _missing(self, start: int, end: int) -> list[int]:
         end = min(end, self.origin_size)
@@ -296,12 +389,25 @@ class StagedFile:
         end = min(off + size, self.size)
         if off >= end:
             return b""
+        behind = self.behind  # (an upload's thread may move it into the file meanwhile)
+        if behind is not None:
+            return bytes(behind[off:end])
         await self.ensure(off, end)
         return await self._io(os.pread, self.fd, end - off, off)
 
     async def write(self, off: int, data: bytes) -> int:
         end = off + len(data)
         async with self.lock:
+            if self.behind is not None:
+                if self._keep_in_memory(max(end, self.size)):
+                    behind = self.behind
+                    if off > len(behind):
+                        behind.extend(bytes(off - len(behind)))  # a hole reads as zeros
+                    behind[off:end] = data
+                    self.size = max(self.size, end)
+                    self.dirty = True
+                    return len(data)
+                await self._spill()
             # Only partial blocks at the edges need the origin's bytes first.
             if off % BLOCK:
                 await self.ensure_locked((off // BLOCK) * BLOCK, off)
@@ -325,6 +431,19 @@ class StagedFile:
 
     async def truncate(self, size: int) -> None:
         async with self.lock:
+            if self.behind is not None:
+                if self._keep_in_memory(size):
+                    behind = self.behind
+                    if size < len(behind):
+                        del behind[size:]
+                    else:
+                        behind.extend(bytes(size - len(behind)))
+                    if size == 0:
+                        self.broken = None
+                    self.size = size
+                    self.dirty = True
+                    return
+                await self._spill()
             if size < self.origin_size:
                 if size % BLOCK:
                     await self.ensure_locked((size // BLOCK) * BLOCK, size)
@@ -351,6 +470,10 @@ class StagedFile:
     async def rebase_locked(self, size: int, fetch: Fetch) -> None:
         """(``lock`` held; nothing written here, `OpenFiles.rebase`) Forget the copy of the old
         version: the content is now the ``size`` bytes ``fetch`` gives, filled in as needed."""
+        if self.behind is not None:  # content held in memory (fsdriver.staging IN_MEMORY_MAX): now a file
+            self.behind = None
+            self.settle_memory()
+            self.fd = await self._io(os.open, self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         await self._io(os.ftruncate, self.fd, 0)
         await self._io(os.ftruncate, self.fd, size)
         self.present = set()
@@ -359,11 +482,15 @@ class StagedFile:
 
     async def contents(self) -> bytes:
         """The whole content (the caller made it complete and holds ``lock``, or owns the file)."""
+        behind = self.behind
+        if behind is not None:
+            return bytes(behind)
         return await self._io(os.pread, self.fd, self.size, 0)
 
     async def replace_contents(self, data: bytes) -> None:
         """Make ``data`` the content (a record's empty content becoming ``""``); it stays as
         dirty or clean as it was."""
+        await self._spill()
         await self._io(os.pwrite, self.fd, data, 0)
         await self._io(os.ftruncate, self.fd, len(data))
         if self.stream is not None:
@@ -372,6 +499,7 @@ class StagedFile:
 
     async def scan(self, fn):
         """``fn(fd, size)`` in a worker thread (reading the content without holding it whole)."""
+        await self._spill()
         return await self._io(fn, self.fd, self.size)
 
     # -- upload state (see the class docstring) ------------------------------------------------
@@ -428,20 +556,24 @@ class StagedFile:
 
     @property
     def removed(self) -> bool:
-        return self.fd < 0
+        return self._removed
 
     def remove(self) -> None:
         """Free the staged file.  Idempotent: a second call must never close a descriptor number
         that meanwhile belongs to another file."""
-        if self.fd < 0:
+        if self._removed:
             return
+        self._removed = True
         if self.stream is not None:  # never completed now: aborted in the background
             self.stream, stream = None, self.stream
             stream.abandon()
         fd, self.fd = self.fd, -1
-        os.close(fd)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.behind = None
+        self.settle_memory()
+        if fd >= 0:  # (never made while the content was in memory only)
+            os.close(fd)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         self.cache.unjournal(self)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import trio
 
-from .backend.aio import AsyncBackend
+from .backend.aio import AsyncBackend, BeforeFailed
 from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .errno_boundary import FSError
 from .inodes import Node
@@ -89,9 +89,15 @@ class Uploader:
         return any(p.key == key for p in self.orphans)
 
     async def _journal(self, node: Node, staged: StagedFile) -> None:
+        def journal():
+            staged.spill_sync()  # a journal entry names the staged file: it must hold the content
+            self.cache.journal(staged, node.key, node.etag)
+
         try:
-            await trio.to_thread.run_sync(self.cache.journal, staged, node.key, node.etag,
-                                          limiter=self.cache.io_limiter)
+            try:
+                await trio.to_thread.run_sync(journal, limiter=self.cache.io_limiter)
+            finally:
+                staged.settle_memory()
             staged.journal_error = None
         except OSError as e:  # the upload can still succeed; only a crash before it would lose it
             staged.journal_error = f"cannot journal it in {self.cache.root}: {e.strerror or e}"
@@ -184,7 +190,22 @@ class Uploader:
                 info = None
             if info is not None:
                 return info
-        return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **conditions)
+        if staged.behind is None:
+            return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **conditions)
+        # A small file's content is still in memory: put from there (a memfd) in one worker thread,
+        # with no staged file made for it (an inode and an unlink fewer); a journal entry, if one
+        # is needed, makes the staged file (`_journal`).  Where memfds are missing, the staged file
+        # is made in the same thread, right before the put.
+        try:
+            return await self.backend.put_file(node.key, staged.path, content=bytes(staged.behind),
+                                               before=staged.spill_sync, meta=staged.meta, **conditions)
+        except BeforeFailed as e:  # not staged (a full cache disk), nothing put: the content is still in memory
+            log.warning("%s: cannot stage it in the cache dir (%s); uploading it from memory", node.display,
+                        e.error.strerror or e.error)
+            return await self.backend.put_bytes(node.key, bytes(staged.behind), meta=staged.meta,
+                                                **conditions)
+        finally:
+            staged.settle_memory()
 
     def _failed(self, node: Node, staged: StagedFile, e: Exception):
         """A failed upload.  One that can never succeed is refused at once with its own errno;

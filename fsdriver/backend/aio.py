@@ -20,6 +20,7 @@ ways (``timeout``, the daemon's ``--backend-timeout``, 30 s by default):
 import contextlib
 import contextvars
 import functools
+import os
 import threading
 from typing import Callable, TypeVar
 
@@ -53,6 +54,35 @@ def no_request_deadline() -> None:
     _request_deadline.set(None)
 
 T = TypeVar("T")
+
+
+_PROC_FDS = os.path.isdir("/proc/self/fd")
+
+
+def _memory_file(content: bytes) -> int | None:
+    """A memfd holding ``content`` (its descriptor; None where that cannot be made)."""
+    if not _PROC_FDS or not hasattr(os, "memfd_create"):
+        return None
+    try:
+        fd = os.memfd_create("stashfs-put", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        view, off = memoryview(content), 0
+        while off < len(view):
+            off += os.write(fd, view[off:])
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class BeforeFailed(Exception):
+    """What `AsyncBackend.put_file` ran before its put failed (``error``): nothing was put."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 class AsyncBackend:
@@ -165,8 +195,32 @@ class AsyncBackend:
     async def put_bytes(self, key: str, data: bytes, **cond) -> ObjectInfo:
         return await self.run(self.sync.put_bytes, key, data, **cond)
 
-    async def put_file(self, key: str, path, **cond) -> ObjectInfo:
-        info = await self.run(self.sync.put_file, key, path, **cond)
+    async def put_file(self, key: str, path, *, content: bytes | None = None,
+                       before: Callable[[], None] | None = None, **cond) -> ObjectInfo:
+        """Put the file at ``path``, in one worker thread.  ``content``: the file's whole content,
+        held in memory: put from an anonymous memory file (memfd) instead, so that no file needs
+        to be made for it (where memfds or /proc are missing, the file at ``path`` is put).
+        ``before``: called first when the file at ``path`` is put (to write it); its OSError is
+        raised as `BeforeFailed`, and nothing is put."""
+        if content is None and before is None:
+            info = await self.run(self.sync.put_file, key, path, **cond)
+        else:
+            def put_file():
+                if content is not None:
+                    fd = _memory_file(content)
+                    if fd is not None:
+                        try:
+                            return self.sync.put_file(key, f"/proc/self/fd/{fd}", **cond)
+                        finally:
+                            os.close(fd)
+                if before is not None:
+                    try:
+                        before()
+                    except OSError as e:
+                        raise BeforeFailed(e) from e
+                return self.sync.put_file(key, path, **cond)
+
+            info = await self.run(put_file)
         if self.stats is not None:
             self.stats.bytes_up += info.size
         return info
