@@ -181,6 +181,19 @@ def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
     trio.run(main)
 
 
+async def close_fails(fs, be) -> tuple[int, int]:
+    """/user/alice/k created with O_TRUNC and written; its close() fails (EIO: the backend is
+    down, which it stays until the caller clears ``be.fail``).  The namespace's inode and the fh."""
+    ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
+    fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
+    await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
+    be.fail["put_file"] = Unavailable("down")
+    with pytest.raises(FSError) as e:
+        await fs.flush(fh)
+    assert e.value.errno == errno.EIO
+    return ns, fh
+
+
 @pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? from a previous run",
                           "not stored: the key no longer holds the version it replaces",
                           "uploaded pending user/alice/k from a previous run")
@@ -198,13 +211,8 @@ def test_a_leftover_from_a_crash_never_replaces_another_writers_later_write(tmp_
         fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
-            ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
-            fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
-            await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
-            be.fail["put_file"] = Unavailable("down")
-            with pytest.raises(FSError) as e:
-                await fs.flush(fh)
-            assert e.value.errno == errno.EIO and len(list(fs.cache.pending_dir.iterdir())) == 1
+            await close_fails(fs, be)
+            assert len(list(fs.cache.pending_dir.iterdir())) == 1
             nursery.cancel_scope.cancel()  # the daemon dies: no release, no retry
         fs.cache.close()
 
@@ -268,13 +276,7 @@ def test_a_retried_upload_never_replaces_another_writers_later_write(tmp_path, o
         fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
-            ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
-            fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
-            await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
-            be.fail["put_file"] = Unavailable("down")
-            with pytest.raises(FSError) as e:
-                await fs.flush(fh)
-            assert e.value.errno == errno.EIO
+            ns, fh = await close_fails(fs, be)
             await fs.release(fh)
             assert len(fs.uploader.pending) == 1
             # no checkpoint between these two: the retry loop cannot run in between
