@@ -271,6 +271,13 @@ class Filesystem:
         self.dir_handles[fh] = (node, snapshot)
         return snapshot
 
+    def dots(self, fh: int) -> list:
+        """``.`` and ``..`` of a directory handle, as (name, Node): the root is its own parent (a
+        parent this mount no longer knows too: only its inode number would differ)."""
+        node = self.dir_handles[fh][0]
+        parent = self.inodes.at(node.path[:-1]) if node.path else None
+        return [(".", node), ("..", parent or node)]
+
     def releasedir(self, fh: int) -> None:
         node, snapshot = self.dir_handles.pop(fh, (None, None))
         for _, child in snapshot or ():

@@ -201,12 +201,15 @@ class Operations(pyfuse3.Operations):
 
     @_boundary("fh")
     async def readdir(self, fh, start_id, token):
-        entries = await self.fs.readdir(fh)
+        """The directory's entries after "." and ".." (as ext4 lists them: `ls -a`).  The kernel
+        takes a lookup of every entry of a READDIRPLUS reply but those two."""
+        entries = self.fs.dots(fh) + await self.fs.readdir(fh)
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._entry(self.fs.attr(node)), i + 1):
                 break
-            node.lookups += 1
+            if i >= 2:
+                node.lookups += 1
 
     @_boundary("fh")
     async def releasedir(self, fh):

@@ -221,10 +221,16 @@ class OpenFiles:
                 handle.reader = None
                 failed.close()
                 node.attr_time = 0
+                before = node.size
                 await self.fs.names.refresh(node)  # the current version; ENOENT if it is gone
                 # Older handles may still add the old version's pages: the next open drops them all.
                 node.cache_etag = None
-                await self.fs.records.invalidate_attrs(node.ino)  # the kernel holds the old size
+                if node.size > before:
+                    # The kernel holds the old size and would stop reading there.  Not for a
+                    # shorter version: the short answer to this read tells the kernel where the
+                    # file ends, unless its attributes were dropped during the read (then it
+                    # keeps the old size, the rest of the pages read as zeros).
+                    await self.fs.records.invalidate_attrs(node.ino)
                 handle.reader = await self.reader(node)
         return handle.reader is not None
 

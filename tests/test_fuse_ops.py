@@ -105,18 +105,21 @@ def test_readdir_counts_a_lookup_only_for_entries_the_kernel_took(tmp_path, monk
         ops = adapter(fs)
         d = await elsewhere(ops, fs, be, [f"f{i}" for i in range(5)])
         fh = await ops.opendir(d, ME)
-        first = Replies(room=3)
+        first = Replies(room=5)
         monkeypatch.setattr(pyfuse3, "readdir_reply", first)
         await ops.readdir(fh, 0, "token")
-        assert first.accepted == ["f0", "f1", "f2"]
-        assert [o[2] for o in first.offered] == [1, 2, 3, 4]  # offsets; f3 offered and refused
-        counts = {name: fs.inodes.get(ino).lookups for name, ino, _ in first.offered}
-        assert counts == {"f0": 1, "f1": 1, "f2": 1, "f3": 0}
+        assert first.accepted == [".", "..", "f0", "f1", "f2"]
+        assert [o[2] for o in first.offered] == [1, 2, 3, 4, 5, 6]  # offsets; f3 offered and refused
+        assert first.offered[0][1] == d and first.offered[1][1] == fs.inodes.at(fs.inodes.get(d).path[:-1]).ino
+        lookups_of_dir = fs.inodes.get(d).lookups
+        counts = {name: fs.inodes.get(ino).lookups for name, ino, _ in first.offered[2:]}
+        assert counts == {"f0": 1, "f1": 1, "f2": 1, "f3": 0}  # none for "." and "..": the kernel takes none
         rest = Replies(room=100)
         monkeypatch.setattr(pyfuse3, "readdir_reply", rest)
-        await ops.readdir(fh, 3, "token")  # the kernel asks again from the refused entry
-        assert rest.accepted == ["f3", "f4"] and [o[2] for o in rest.offered] == [4, 5]
-        inos = {name: ino for name, ino, _ in first.offered + rest.offered}
+        await ops.readdir(fh, 5, "token")  # the kernel asks again from the refused entry
+        assert rest.accepted == ["f3", "f4"] and [o[2] for o in rest.offered] == [6, 7]
+        assert fs.inodes.get(d).lookups == lookups_of_dir
+        inos = {name: ino for name, ino, _ in first.offered[2:] + rest.offered}
         assert all(fs.inodes.get(ino).lookups == 1 for ino in inos.values())
         assert (await ops.getattr(inos["f4"], ME)).st_size == 2
         await ops.releasedir(fh)

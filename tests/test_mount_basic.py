@@ -204,6 +204,27 @@ def test_a_descriptor_of_a_removed_directory_still_answers_fstat(mount):
     assert os.listdir(d.parent) == []
 
 
+def test_ls_a_lists_dot_and_dotdot(mount):
+    """As on ext4, a directory lists "." (itself) and ".." (its parent) first; the kernel takes no
+    lookup of them, so after it forgets every inode the tree still answers."""
+    d = mount.path / "pipeline" / "dots"
+    (d / "sub").mkdir(parents=True)
+    (d / "f").write_text("x")
+
+    def ls(*args):
+        return subprocess.run(["ls", *args], capture_output=True, text=True, check=True).stdout.split()
+
+    assert ls("-a1", str(d)) == [".", "..", "f", "sub"]
+    numbers = dict(zip(ls("-ai1", str(d / "sub"))[1::2], ls("-ai1", str(d / "sub"))[::2]))
+    assert numbers == {".": str(os.stat(d / "sub").st_ino), "..": str(os.stat(d).st_ino)}
+    assert sorted(os.listdir(d)) == ["f", "sub"]
+    for _ in range(2):
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")  # the kernel forgets the dentries and inodes it can
+        assert ls("-a1", str(d / "sub")) == [".", ".."] and (d / "f").read_text() == "x"
+    assert "Traceback" not in mount.log()
+
+
 def test_directory_errors(mount):
     d = mount.path / "pipeline" / "p"
     (d / "full").mkdir(parents=True)

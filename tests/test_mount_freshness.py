@@ -132,6 +132,26 @@ def test_a_file_held_open_for_writing_shows_another_nodes_new_version(short_ttl_
     assert path.read_bytes() == mine
 
 
+def test_a_reader_of_a_file_replaced_by_a_shorter_one_reads_one_version_exactly(short_ttl_mount):
+    """A descriptor that has read nothing yet, of a file another node then replaces with a shorter
+    version: on S3 its first read re-pins it to the new version (docs/semantics.md), and used to
+    return the new bytes followed by zeros up to the old size's read-ahead (the kernel kept the
+    old size); on disk it reads the old inode.  Either way: one version, exactly."""
+    m = short_ttl_mount
+    path = m.path / "pipeline" / "p1" / "short.bin"
+    old, new = os.urandom(3 << 20), b"hello world\n"
+    m.backend.put_bytes("pipeline/p1/short.bin", old)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        m.backend.put_bytes("pipeline/p1/short.bin", new)  # another node
+        data = b""
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+        assert data in (old, new), (len(data), data[:20])
+    finally:
+        os.close(fd)
+
+
 def test_rewrite_in_a_listed_directory_reads_back_whole(slow_ttl_mount):
     """A shorter-then-longer rewrite in a listed directory: never the old bytes, never cut."""
     for i in range(60):
