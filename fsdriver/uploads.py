@@ -150,22 +150,11 @@ class Uploader:
         try:
             info = await self._store(node, staged, conditions)
         except PreconditionFailed as e:
-            if conditions is not staged.conditions:  # a retry over the version its close replaced
-                self._reject(node, staged, FSError(
-                    errno.ESTALE, "pending upload not stored: the file no longer holds the version "
-                    "its failed close replaced (another writer stored or deleted it since; that stays)",
-                    logging.WARNING))
+            retried = conditions is not staged.conditions  # a retry over the version its close replaced
+            info = await self._landed_earlier(node, staged) if retried else None
+            if info is None:
+                self._reject(node, staged, self._lost_condition(node, staged, retried))
                 raise staged.rejected from e
-            self._reject(node, staged, FSError(
-                errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
-                "not written: the record changed since it was read (another writer's value stays)"
-                if "if_match" in staged.conditions else
-                "not written: the record was created meanwhile" if node.is_record else
-                "not written: another writer created this file after it was created here without "
-                "O_TRUNC (its version stays)",
-                logging.WARNING,
-            ))
-            raise staged.rejected from e
         except (BackendError, OSError) as e:
             if not staged.journaled:
                 await self._journal(node, staged)  # kept for the retries (and the next daemon)
@@ -174,6 +163,40 @@ class Uploader:
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
         self.on_uploaded(node, info)
+
+    async def _landed_earlier(self, node: Node, staged: StagedFile):
+        """A retry found the key no longer holding the version its failed close replaced.  If what
+        it holds is that close's own upload, landed after all (its answer was lost: a timeout, an
+        outage that held the request), the upload is done: the same size and the same attributes
+        (the POSIX times to the nanosecond, which another writer's file would not share).  Else,
+        or when that cannot be told (no attributes), None."""
+        if not staged.meta:
+            return None
+        try:
+            info = await self.backend.head(node.key)
+        except BackendError:
+            return None
+        if info.size != staged.size or info.meta != staged.meta:
+            return None
+        log.info("%s: its pending upload had landed already (the answer to it was lost)", node.display)
+        return info
+
+    @staticmethod
+    def _lost_condition(node: Node, staged: StagedFile, retried: bool) -> FSError:
+        """The error of an upload whose condition did not hold: its content is never stored."""
+        if retried:
+            return FSError(errno.ESTALE, "pending upload not stored: the file no longer holds the version "
+                           "its failed close replaced (another writer stored or deleted it since; that "
+                           "stays)", logging.WARNING)
+        return FSError(
+            errno.EEXIST if staged.conditions.get("if_none_match") else errno.ESTALE,
+            "not written: the record changed since it was read (another writer's value stays)"
+            if "if_match" in staged.conditions else
+            "not written: the record was created meanwhile" if node.is_record else
+            "not written: another writer created this file after it was created here without "
+            "O_TRUNC (its version stays)",
+            logging.WARNING,
+        )
 
     async def _store(self, node: Node, staged: StagedFile, conditions: dict):
         """Put the staged content at the node's key under ``conditions``: by completing the

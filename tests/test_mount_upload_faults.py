@@ -77,6 +77,38 @@ def test_an_ambiguous_complete_that_landed_is_a_success(own_server, tmp_path):
             _unmount(m)
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload")
+def test_a_retry_whose_earlier_upload_landed_after_all_is_done(own_server, tmp_path):
+    """A close's PUT is carried out but its answer is lost, and so is the HEAD that would have
+    told (an outage that held the requests): close() says EIO, the upload is pending.  The retry,
+    conditional on the version that close replaced, finds the close's own content there (the same
+    size and attributes): done, not "another writer's version stays"."""
+    require_fuse()
+    with FaultProxy(own_server.url) as proxy:
+        m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url))
+        m.mount()
+        try:
+            d = m.path / "pipeline" / "p"
+            d.mkdir()
+            (d / "f").write_bytes(b"OLD")
+            key = "/pipeline/p/f"
+            proxy.rule = lambda method, path: method in ("PUT", "HEAD") and path.split("?")[0].endswith(key)
+            with pytest.raises(OSError) as e:
+                with open(d / "f", "wb") as f:
+                    f.write(b"MINE, LANDED")
+            assert e.value.errno == errno.EIO
+            proxy.rule = None
+            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
+                == b"MINE, LANDED"  # it did land
+            mountctl("flush", str(m.path), env=m.env)
+            assert m.status()["pending_uploads"] == []
+            assert (d / "f").read_bytes() == b"MINE, LANDED"
+            log = m.log()
+            assert "had landed already" in log and "pending upload not stored" not in log
+        finally:
+            _unmount(m)
+
+
 def test_rename_of_a_multipart_file_then_read(own_server, tmp_path):
     """Item 12: the copy gives a multipart object a new etag; reads after the rename use it."""
     require_fuse()
