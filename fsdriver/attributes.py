@@ -67,7 +67,8 @@ class Attributes:
                     self._show(node, new)  # the upload to come (at close, or its retry) carries them
                     if staged.pending and staged.journaled:  # kept across a restart too
                         staged.meta = self.fs.upload_meta(node)
-                        await trio.to_thread.run_sync(self.fs.cache.journal, staged, node.key,
+                        replaces = staged.replaces if staged.replaces_known else node.etag
+                        await trio.to_thread.run_sync(self.fs.cache.journal, staged, node.key, replaces,
                                                       limiter=self.fs.cache.io_limiter)
                     return
                 await self._store_file(node, edit, new)

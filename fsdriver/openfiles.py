@@ -80,7 +80,8 @@ class OpenFiles:
         it for writing but wrote nothing (or all of it is stored), and no upload or fetch is busy
         (``locked``: the caller holds its lock)."""
         staged = node.staged
-        return (staged is not None and not node.is_record and not staged.dirty and not staged.pending
+        return (staged is not None and not node.is_record and not node.unlinked and not staged.dirty
+                and not staged.pending
                 and staged not in self.fs.uploader.pending and staged.stream is None and staged.broken is None
                 and staged.rejected is None and not staged.for_readers and (locked or not staged.lock.locked()))
 
@@ -101,6 +102,8 @@ class OpenFiles:
                 return
             await staged.rebase_locked(info.size, self._fetcher(node, None))
             self.fs.names.set_info(node, info, when, seq, copy_only=True)
+            # The content is this version's now, whatever this mount changed meanwhile (a chmod).
+            node.size, node.etag, node.attr_time = info.size, info.etag, when
 
     async def writable_staged(self, node: Node, truncate: bool) -> StagedFile:
         """The staged file a new writing handle uses.
@@ -436,8 +439,9 @@ class OpenFiles:
         """The removal `keep_for_descriptors` prepared for failed: a staged file it made only for
         readers goes again (else later opens would read that copy, not the object)."""
         staged = node.staged
-        if (staged is not None and staged.for_readers and not staged.dirty
-                and not staged.pending and not any(h.staged is staged for h in self.handles.values())):
+        if (staged is not None and staged.for_readers and not staged.dirty and not staged.pending
+                and not staged.lock.locked() and not staged.reading
+                and not any(h.staged is staged for h in self.handles.values())):
             node.staged = None
             staged.remove()
 

@@ -39,6 +39,8 @@ class Renames:
         except BaseException:
             if target is not None:
                 self.fs.files.unkeep(target)
+            for n in moving:  # a pending upload refused on the way is not shown any more
+                self.fs.files.drop_staged(n)
             raise
 
     async def _move(self, node: Node, target, old_parent: Node, new_parent: Node, new_path: tuple,
@@ -58,7 +60,8 @@ class Renames:
             else:
                 for n in moving:
                     if n.staged is not None and (n.staged.dirty or n.staged.pending):
-                        await self.fs.uploader.upload_locked(n, n.staged)
+                        # (a failed close's content: only over the version it replaced)
+                        await self.fs.uploader.upload_locked(n, n.staged, retry=n.staged.replaces_known)
                 await self.fs.uploader.supersede("/".join(new_path))  # no older leftover lands after the copy
                 if node.is_dir:
                     moved = await self.fs.backend.rename(node.prefix, "/".join(new_path) + "/")

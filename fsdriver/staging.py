@@ -69,6 +69,7 @@ class Pending:
     # journaled it (None: it knew no object there); absent from entries older than this field.
     replaces: Optional[str] = None
     replaces_known: bool = False
+    size: Optional[int] = None  # the staged file's size when journaled (absent from older entries)
 
     def upload_conditions(self) -> dict:
         """The conditions of its upload by a later daemon (`conditions_over`)."""
@@ -139,7 +140,7 @@ class Cache:
         """
         entry = self.pending_dir / (staged.path.name + ".json")
         meta = json.dumps({"key": key, "staged": staged.path.name, "conditions": staged.conditions,
-                           "meta": staged.meta, "replaces": replaces}).encode()
+                           "meta": staged.meta, "replaces": replaces, "size": staged.size}).encode()
         staged.journal_tried = True  # from here on an entry may exist, whatever happens below
         try:
             tmp = durable_temp(self.pending_dir, meta, prefix=".", suffix=".tmp")
@@ -180,7 +181,7 @@ class Cache:
                 meta = json.loads(entry.read_text())
                 out.append(Pending(meta["key"], self.staged_dir / meta["staged"], entry,
                                    meta.get("conditions", {}), meta.get("meta"), meta.get("replaces"),
-                                   "replaces" in meta))
+                                   "replaces" in meta, meta.get("size")))
             except (ValueError, KeyError, OSError) as e:
                 log.error("pending upload %s is unreadable (%s); left in place", entry, e)
         return out
@@ -271,6 +272,9 @@ class StagedFile:
         # first failed (None: no object): a retry lands only over it (`retry_conditions`).
         self.replaces: Optional[str] = None
         self.replaces_known = False
+        # (size, attributes) of its uploads since then whose answers were lost: one may have landed
+        # (`Uploader.upload_locked` recognises it in the key and replaces it).
+        self.attempts: list = []
         # A file created here without O_TRUNC: its first upload must not replace one another
         # writer created meanwhile (If-None-Match), the later ones are plain (`create_only_upload`).
         self.create_only = False
@@ -283,6 +287,9 @@ class StagedFile:
         # (`OpenFiles.keep_for_descriptors`): nothing was written to it.
         self.for_readers = False
         self.lock = trio.Lock()
+        # Reads of the staged file in flight without the lock (`read`): `rebase_locked` waits for them.
+        self._reads = 0
+        self._reads_done: Optional[trio.Event] = None
         # The whole content, while it is in memory only (the staged file on disk is empty): a new
         # (or truncated) file without origin, no larger than IN_MEMORY_MAX.  Moved into the file by
         # `spill_sync` (in a worker thread), before anything reads or changes the file itself.
@@ -301,7 +308,9 @@ class StagedFile:
         budget = self.cache.budget
         grow = end - self.charged
         if grow > 0:
-            if budget is None or not budget.try_acquire(grow):
+            # At most a quarter of the budget: files held open after their close keep theirs,
+            # and nothing else may be kept waiting for it.
+            if budget is None or budget.used + grow > budget.limit // 4 or not budget.try_acquire(grow):
                 return False
             self.charged += grow
         return True
@@ -393,7 +402,18 @@ class StagedFile:
         if behind is not None:
             return bytes(behind[off:end])
         await self.ensure(off, end)
-        return await self._io(os.pread, self.fd, end - off, off)
+        self._reads += 1  # (no checkpoint since `ensure` found the bytes present)
+        try:
+            return await self._io(os.pread, self.fd, end - off, off)
+        finally:
+            self._reads -= 1
+            if not self._reads and self._reads_done is not None:
+                self._reads_done.set()
+
+    @property
+    def reading(self) -> bool:
+        """Whether a read of the staged file is in flight (its descriptor must not go)."""
+        return self._reads > 0
 
     async def write(self, off: int, data: bytes) -> int:
         end = off + len(data)
@@ -470,15 +490,21 @@ class StagedFile:
     async def rebase_locked(self, size: int, fetch: Fetch) -> None:
         """(``lock`` held; nothing written here, `OpenFiles.rebase`) Forget the copy of the old
         version: the content is now the ``size`` bytes ``fetch`` gives, filled in as needed."""
-        if self.behind is not None:  # content held in memory (fsdriver.staging IN_MEMORY_MAX): now a file
-            self.behind = None
+        # Readers that find a block missing go through `ensure` and wait for the lock (held): the
+        # state says "nothing present" before the first await.  Reads already past it finish first.
+        if self.behind is not None:  # content held in memory (IN_MEMORY_MAX): now a file
+            fd = await self._io(os.open, self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.fd, self.behind = fd, None
             self.settle_memory()
-            self.fd = await self._io(os.open, self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        await self._io(os.ftruncate, self.fd, 0)
-        await self._io(os.ftruncate, self.fd, size)
         self.present = set()
         self.size = self.origin_size = size
         self.fetch = fetch
+        while self._reads:
+            self._reads_done = trio.Event()
+            await self._reads_done.wait()
+        self._reads_done = None
+        await self._io(os.ftruncate, self.fd, 0)
+        await self._io(os.ftruncate, self.fd, size)
 
     async def contents(self) -> bytes:
         """The whole content (the caller made it complete and holds ``lock``, or owns the file)."""
@@ -510,7 +536,7 @@ class StagedFile:
     def uploaded(self, etag: str) -> None:
         """The backend holds this content now, as ``etag``."""
         self.pending, self.error = False, None
-        self.replaces, self.replaces_known = None, False
+        self.replaces, self.replaces_known, self.attempts = None, False, []
         if self.create_only:  # a file created here without O_TRUNC exists now: later uploads replace it
             self.conditions, self.create_only = {}, False
         elif self.conditions:  # later writes through this handle build on what was just written
@@ -522,6 +548,8 @@ class StagedFile:
         self.dirty, self.error = True, error
         if not self.replaces_known:
             self.replaces, self.replaces_known = replaces, True
+        if self.meta:
+            self.attempts.append((self.size, self.meta))
 
     def retry_conditions(self) -> dict:
         """The conditions of a retry of a failed upload (`conditions_over`)."""

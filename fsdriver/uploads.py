@@ -146,40 +146,53 @@ class Uploader:
             await self._journal(node, staged)  # (again, if journaled before: the metadata may differ)
         await self.supersede(key)  # older leftovers of this key must not land after this upload
         conditions = staged.retry_conditions() if retry else staged.conditions
+        retried = conditions is not staged.conditions  # a retry over the version its close replaced
         staged.begin_upload()
-        try:
-            info = await self._store(node, staged, conditions)
-        except PreconditionFailed as e:
-            retried = conditions is not staged.conditions  # a retry over the version its close replaced
-            info = await self._landed_earlier(node, staged) if retried else None
-            if info is None:
+        attempt = conditions
+        while True:
+            try:
+                info = await self._store(node, staged, attempt)
+                break
+            except PreconditionFailed as e:
+                found = await self._own_upload_there(node, staged) if retried and attempt is conditions else None
+                if found is not None and found[0] == "this":
+                    info = found[1]
+                    break
+                if found is not None:  # an earlier upload of this file landed after all: replace it
+                    attempt = {"if_match": found[1].etag}
+                    continue
                 self._reject(node, staged, self._lost_condition(node, staged, retried))
                 raise staged.rejected from e
-        except (BackendError, OSError) as e:
-            if not staged.journaled:
-                await self._journal(node, staged)  # kept for the retries (and the next daemon)
-            self._failed(node, staged, e)
+            except (BackendError, OSError) as e:
+                if not staged.journaled:
+                    await self._journal(node, staged)  # kept for the retries (and the next daemon)
+                self._failed(node, staged, e)
         staged.uploaded(info.etag)
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
         self.on_uploaded(node, info)
 
-    async def _landed_earlier(self, node: Node, staged: StagedFile):
-        """A retry found the key no longer holding the version its failed close replaced.  If what
-        it holds is that close's own upload, landed after all (its answer was lost: a timeout, an
-        outage that held the request), the upload is done: the same size and the same attributes
-        (the POSIX times to the nanosecond, which another writer's file would not share).  Else,
-        or when that cannot be told (no attributes), None."""
+    async def _own_upload_there(self, node: Node, staged: StagedFile):
+        """A retry found the key no longer holding the version its failed close replaced.  What it
+        holds may be this mount's own upload, landed after all (its answer was lost: a timeout, an
+        outage that held the request): ("this", info) when it is this content (the same size and
+        attributes: the POSIX times to the nanosecond, which another writer's file would not
+        share), ("earlier", info) when it is an earlier upload of this file whose answer was lost
+        too (this content replaces it), else None (another writer's; or it cannot be told)."""
         if not staged.meta:
             return None
         try:
             info = await self.backend.head(node.key)
         except BackendError:
             return None
-        if info.size != staged.size or info.meta != staged.meta:
-            return None
-        log.info("%s: its pending upload had landed already (the answer to it was lost)", node.display)
-        return info
+        if info.size == staged.size and info.meta == staged.meta:
+            log.info("%s: its pending upload had landed already (the answer to it was lost)", node.display)
+            return "this", info
+        if (info.size, info.meta) in staged.attempts:
+            log.info("%s: an earlier upload of it had landed (the answer to it was lost); replacing it",
+                     node.display)
+            return "earlier", info
+        return None
 
     @staticmethod
     def _lost_condition(node: Node, staged: StagedFile, retried: bool) -> FSError:
@@ -371,6 +384,14 @@ class Uploader:
             if not p.path.exists():
                 log.error("pending upload of %s lost its staged file %s; dropping the entry", p.key, p.path)
                 p.journal.unlink()
+            elif p.size is not None and p.path.stat().st_size < p.size:
+                # Its data never reached the disk before a power loss (the entry did): uploading
+                # it would replace the key's content with a truncated file.  (Larger: written to
+                # after it was journaled, which is what the next close would have stored.)
+                log.error("pending upload of %s: its staged file %s holds %d bytes of %d (lost in a power "
+                          "cut?); dropped, the key keeps its content", p.key, p.path, p.path.stat().st_size,
+                          p.size)
+                self._drop_orphan(p)
             elif newest[p.key] is not p:
                 # An earlier close of the same key: the later one replaces it anyway, and with the
                 # same version to replace, only one of them could land (last close wins).

@@ -308,6 +308,94 @@ def test_a_retried_upload_never_replaces_another_writers_later_write(tmp_path, o
                                                   else b"THEIRS, LATER")
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? from a previous run",
+                          "uploaded pending user/alice/k from a previous run")
+def test_a_chmod_of_a_pending_upload_keeps_it_across_a_crash(tmp_path):
+    """A close failed (EIO, kept); a chmod then rewrote its journal entry (the new attributes go
+    with it) and dropped the version the content replaces: the next daemon, with nobody else
+    writing, took it for a new file (If-None-Match) and dropped it.  It must be stored."""
+    be = GatedDisk(tmp_path / "be")
+    be.put_bytes("user/alice/k", b"OLD")
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True, exist_ok=True)
+
+    async def crash():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns, fh = await close_fails(fs, be)
+            await fs.setattr((await fs.lookup(ns, "k")).ino, mode=0o600)
+            entry = json.loads(next(fs.cache.pending_dir.iterdir()).read_text())
+            assert entry["replaces"] == be.head("user/alice/k").etag
+            nursery.cancel_scope.cancel()  # the daemon dies: no release, no retry
+        fs.cache.close()
+
+    async def restart():
+        del be.fail["put_file"]
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        await fs.uploader.recover()
+        assert fs.uploader.orphans == [] and list(fs.cache.pending_dir.iterdir()) == []
+        fs.cache.close()
+
+    trio.run(crash)
+    trio.run(restart)
+    assert be.get_range("user/alice/k", 0) == b"MINE, NEVER ACKNOWLEDGED"
+
+
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending upload not stored")
+def test_a_rename_of_a_pending_upload_never_replaces_another_writers_later_write(tmp_path):
+    """A close failed (EIO, pending); another node then stores the file; a rename here uploads the
+    pending content first: only over the version the failed close replaced, so the other write
+    stays (the rename fails with ESTALE and the name keeps the other writer's version)."""
+    be = GatedDisk(tmp_path / "be")
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True)
+    be.put_bytes("user/alice/k", b"OLD")
+
+    async def main():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns, fh = await close_fails(fs, be)
+            await fs.release(fh)
+            del be.fail["put_file"]  # no checkpoint between these two: the retry loop cannot run
+            be.put_bytes("user/alice/k", b"THEIRS, LATER")
+            with pytest.raises(FSError) as e:
+                await fs.rename(ns, "k", ns, "moved", 0)
+            assert e.value.errno == errno.ESTALE
+            assert fs.uploader.pending == {}
+            fh, _, _ = await fs.open((await fs.lookup(ns, "k")).ino, os.O_RDONLY)
+            assert await fs.read(fh, 0, 100) == b"THEIRS, LATER"
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+        fs.cache.close()
+
+    trio.run(main)
+    assert be.get_range("user/alice/k", 0) == b"THEIRS, LATER"
+
+
+@pytest.mark.expected_log("holds 0 bytes of 11 \\(lost in a power cut\\?\\); dropped")
+def test_a_leftover_whose_data_a_power_cut_lost_is_not_uploaded(tmp_path):
+    """The journal entry is durable, the staged file's data was not (a power cut before the
+    kernel wrote it back): the next daemon must not put an empty file over the key's content."""
+    be = GatedDisk(tmp_path / "be")
+    be.put_bytes("user/alice/k", b"GOOD")
+    cache = Cache(tmp_path / "cache")
+    staged = StagedFile(cache)
+    os.pwrite(staged.fd, b"NEW CONTENT", 0)
+    staged.size = 11
+    cache.journal(staged, "user/alice/k", be.head("user/alice/k").etag)
+    os.ftruncate(staged.fd, 0)  # what the power cut left of it
+    cache.close()
+
+    async def restart():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        await fs.uploader.recover()
+        assert fs.uploader.orphans == [] and list(fs.cache.pending_dir.iterdir()) == []
+        fs.cache.close()
+
+    trio.run(restart)
+    assert be.get_range("user/alice/k", 0) == b"GOOD"
+
+
 @pytest.mark.expected_log("pending uploads? from a previous run", "superseded by a later close",
                           "uploaded pending user/alice/k from a previous run")
 def test_of_two_leftovers_of_one_key_the_later_close_lands(tmp_path):

@@ -163,3 +163,28 @@ def test_without_memfds_the_put_stages_it_in_the_same_thread(tmp_path, backend):
         assert fs.sync_backend.get_range("pipeline/p1/d/nomemfd", 0) == b"via the staged file"
 
     run(tmp_path, backend, body)
+
+
+def test_files_held_open_keep_at_most_a_quarter_of_the_budget_in_memory(tmp_path, backend):
+    """Small files written, closed (uploaded) and still held open keep their content in memory
+    until released: without a bound they could take the whole budget, and every read and write
+    that needs memory would wait for releases that may never come."""
+    async def body(fs, d, clock):
+        fs.budget.limit = 1 << 20
+        fhs = []
+        for i in range(40):  # 40 x 60 KiB: more than the whole budget
+            fh, _, _ = await fs.create(d, f"held{i}", CREATE)
+            await fs.write(fh, 0, bytes([i]) * (60 << 10))
+            await fs.flush(fh)
+            fhs.append(fh)
+        assert 0 < fs.budget.used <= fs.budget.limit // 4
+        with trio.fail_after(5):  # a bound, not a wait: the memory is there at once
+            await fs.budget.acquire(fs.budget.limit // 2)
+        fs.budget.release(fs.budget.limit // 2)
+        for i, fh in enumerate(fhs):
+            assert await fs.read(fh, 0, 60 << 10) == bytes([i]) * (60 << 10)
+            await fs.release(fh)
+        assert fs.budget.used == 0
+        assert fs.sync_backend.get_range("pipeline/p1/d/held39", 0) == bytes([39]) * (60 << 10)
+
+    run(tmp_path, backend, body)

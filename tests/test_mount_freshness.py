@@ -152,6 +152,31 @@ def test_a_reader_of_a_file_replaced_by_a_shorter_one_reads_one_version_exactly(
         os.close(fd)
 
 
+def test_a_removed_file_held_open_keeps_its_content_when_a_new_one_takes_its_name(short_ttl_mount):
+    """A descriptor holds a file open for writing (nothing written); the file is removed here and
+    a new one written under its name.  Reopened through /proc after the TTL, the removed file is
+    still itself: not the new file's content (an open refreshes a file held open by others)."""
+    m = short_ttl_mount
+    path = m.path / "pipeline" / "p1" / "gone.txt"
+    old = b"the removed file\n" * 1000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(old)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.unlink(path)
+        path.write_bytes(b"a new file under the same name")
+        time.sleep(0.5)  # not a synchronisation: the TTL (0.2 s) must pass, so an open asks again
+        again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            assert os.pread(again, 2 * len(old), 0) == old
+        finally:
+            os.close(again)
+        assert os.pread(fd, 2 * len(old), 0) == old
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"a new file under the same name"
+
+
 def test_rewrite_in_a_listed_directory_reads_back_whole(slow_ttl_mount):
     """A shorter-then-longer rewrite in a listed directory: never the old bytes, never cut."""
     for i in range(60):

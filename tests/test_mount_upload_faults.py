@@ -109,6 +109,45 @@ def test_a_retry_whose_earlier_upload_landed_after_all_is_done(own_server, tmp_p
             _unmount(m)
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload")
+def test_a_retry_replaces_an_earlier_upload_of_its_own_that_landed(own_server, tmp_path):
+    """A close's PUT lands but its answer (and the HEAD that would tell) is lost: EIO, pending.
+    The file is appended to and closed again while the backend refuses (EIO, "kept").  The retry,
+    conditional on the version the first close replaced, finds the first close's own upload there:
+    it replaces it with the newer content (it used to give the newer content up as "another
+    writer's", although its close had said it was kept)."""
+    require_fuse()
+    with FaultProxy(own_server.url) as proxy:
+        m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url))
+        m.mount()
+        try:
+            d = m.path / "pipeline" / "p"
+            d.mkdir()
+            (d / "f").write_bytes(b"OLD")
+            key = "/pipeline/p/f"
+            proxy.rule = lambda method, path: method in ("PUT", "HEAD") and path.split("?")[0].endswith(key)
+            with pytest.raises(OSError) as e:
+                with open(d / "f", "wb") as f:
+                    f.write(b"FIRST CLOSE")
+            assert e.value.errno == errno.EIO
+            proxy.refusal = (503, "SlowDown")  # not carried out this time
+            with pytest.raises(OSError) as e:
+                with open(d / "f", "ab") as f:
+                    f.write(b", APPENDED")
+            assert e.value.errno == errno.EIO
+            proxy.rule = proxy.refusal = None
+            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
+                == b"FIRST CLOSE"  # the first close landed
+            mountctl("flush", str(m.path), env=m.env)
+            assert m.status()["pending_uploads"] == []
+            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
+                == b"FIRST CLOSE, APPENDED"
+            assert (d / "f").read_bytes() == b"FIRST CLOSE, APPENDED"
+            assert "pending upload not stored" not in m.log()
+        finally:
+            _unmount(m)
+
+
 def test_rename_of_a_multipart_file_then_read(own_server, tmp_path):
     """Item 12: the copy gives a multipart object a new etag; reads after the rename use it."""
     require_fuse()
