@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import boto3
 import pytest
@@ -77,12 +78,11 @@ def test_an_ambiguous_complete_that_landed_is_a_success(own_server, tmp_path):
             _unmount(m)
 
 
-@pytest.mark.expected_log("upload failed, kept as a pending upload")
-def test_a_retry_whose_earlier_upload_landed_after_all_is_done(own_server, tmp_path):
-    """A close's PUT is carried out but its answer is lost, and so is the HEAD that would have
-    told (an outage that held the requests): close() says EIO, the upload is pending.  The retry,
-    conditional on the version that close replaced, finds the close's own content there (the same
-    size and attributes): done, not "another writer's version stays"."""
+@contextmanager
+def _a_close_landed_unheard(own_server, tmp_path, content: bytes):
+    """An S3 mount through a fault proxy; ``pipeline/p/f`` holds OLD, then a close of ``content``
+    is carried out but its answer is lost, and so is the HEAD that would have told (an outage
+    that held the requests): close() says EIO, the upload is pending.  Yields (mount, dir, proxy)."""
     require_fuse()
     with FaultProxy(own_server.url) as proxy:
         m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url))
@@ -91,61 +91,53 @@ def test_a_retry_whose_earlier_upload_landed_after_all_is_done(own_server, tmp_p
             d = m.path / "pipeline" / "p"
             d.mkdir()
             (d / "f").write_bytes(b"OLD")
-            key = "/pipeline/p/f"
-            proxy.rule = lambda method, path: method in ("PUT", "HEAD") and path.split("?")[0].endswith(key)
+            proxy.rule = lambda method, path: method in ("PUT", "HEAD") and path.split("?")[0].endswith("/pipeline/p/f")
             with pytest.raises(OSError) as e:
                 with open(d / "f", "wb") as f:
-                    f.write(b"MINE, LANDED")
+                    f.write(content)
             assert e.value.errno == errno.EIO
-            proxy.rule = None
-            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
-                == b"MINE, LANDED"  # it did land
-            mountctl("flush", str(m.path), env=m.env)
-            assert m.status()["pending_uploads"] == []
-            assert (d / "f").read_bytes() == b"MINE, LANDED"
-            log = m.log()
-            assert "had landed already" in log and "pending upload not stored" not in log
+            yield m, d, proxy
         finally:
             _unmount(m)
+
+
+def _stored(own_server) -> bytes:
+    return _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read()
+
+
+@pytest.mark.expected_log("upload failed, kept as a pending upload")
+def test_a_retry_whose_earlier_upload_landed_after_all_is_done(own_server, tmp_path):
+    """The retry, conditional on the version the failed close replaced, finds that close's own
+    content there (the same size and attributes): done, not "another writer's version stays"."""
+    with _a_close_landed_unheard(own_server, tmp_path, b"MINE, LANDED") as (m, d, proxy):
+        proxy.rule = None
+        assert _stored(own_server) == b"MINE, LANDED"  # it did land
+        mountctl("flush", str(m.path), env=m.env)
+        assert m.status()["pending_uploads"] == []
+        assert (d / "f").read_bytes() == b"MINE, LANDED"
+        log = m.log()
+        assert "had landed already" in log and "pending upload not stored" not in log
 
 
 @pytest.mark.expected_log("upload failed, kept as a pending upload")
 def test_a_retry_replaces_an_earlier_upload_of_its_own_that_landed(own_server, tmp_path):
-    """A close's PUT lands but its answer (and the HEAD that would tell) is lost: EIO, pending.
-    The file is appended to and closed again while the backend refuses (EIO, "kept").  The retry,
-    conditional on the version the first close replaced, finds the first close's own upload there:
-    it replaces it with the newer content (it used to give the newer content up as "another
-    writer's", although its close had said it was kept)."""
-    require_fuse()
-    with FaultProxy(own_server.url) as proxy:
-        m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url))
-        m.mount()
-        try:
-            d = m.path / "pipeline" / "p"
-            d.mkdir()
-            (d / "f").write_bytes(b"OLD")
-            key = "/pipeline/p/f"
-            proxy.rule = lambda method, path: method in ("PUT", "HEAD") and path.split("?")[0].endswith(key)
-            with pytest.raises(OSError) as e:
-                with open(d / "f", "wb") as f:
-                    f.write(b"FIRST CLOSE")
-            assert e.value.errno == errno.EIO
-            proxy.refusal = (503, "SlowDown")  # not carried out this time
-            with pytest.raises(OSError) as e:
-                with open(d / "f", "ab") as f:
-                    f.write(b", APPENDED")
-            assert e.value.errno == errno.EIO
-            proxy.rule = proxy.refusal = None
-            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
-                == b"FIRST CLOSE"  # the first close landed
-            mountctl("flush", str(m.path), env=m.env)
-            assert m.status()["pending_uploads"] == []
-            assert _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/f")["Body"].read() \
-                == b"FIRST CLOSE, APPENDED"
-            assert (d / "f").read_bytes() == b"FIRST CLOSE, APPENDED"
-            assert "pending upload not stored" not in m.log()
-        finally:
-            _unmount(m)
+    """After a close whose upload landed unheard, the file is appended to and closed again while
+    the backend refuses (EIO, "kept").  The retry finds the first close's own upload there and
+    replaces it with the newer content (it used to give that content up as "another writer's",
+    although its close had said it was kept)."""
+    with _a_close_landed_unheard(own_server, tmp_path, b"FIRST CLOSE") as (m, d, proxy):
+        proxy.refusal = (503, "SlowDown")  # not carried out this time
+        with pytest.raises(OSError) as e:
+            with open(d / "f", "ab") as f:
+                f.write(b", APPENDED")
+        assert e.value.errno == errno.EIO
+        proxy.rule = proxy.refusal = None
+        assert _stored(own_server) == b"FIRST CLOSE"  # the first close landed
+        mountctl("flush", str(m.path), env=m.env)
+        assert m.status()["pending_uploads"] == []
+        assert _stored(own_server) == b"FIRST CLOSE, APPENDED"
+        assert (d / "f").read_bytes() == b"FIRST CLOSE, APPENDED"
+        assert "pending upload not stored" not in m.log()
 
 
 def test_rename_of_a_multipart_file_then_read(own_server, tmp_path):
