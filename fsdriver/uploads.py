@@ -260,7 +260,8 @@ class Uploader:
         else:
             why = staged.journal_error or "the parts of the object it did not write could not be fetched"
             staged.upload_failed(f"{e}; NOT kept across a restart ({why})", node.etag)
-            message = (f"upload failed: {e}; retried by this daemon from {staged.path}, but NOT kept "
+            where = "memory" if staged.behind is not None else staged.path  # (not staged: cache disk full)
+            message = (f"upload failed: {e}; retried by this daemon from {where}, but NOT kept "
                        f"across a restart ({why})")
         if staged not in self.pending:  # a retry that fails again must not spin the loop
             self.pending[staged] = node
