@@ -690,8 +690,15 @@ class Filesystem:
         self._check(caller, parent, W_OK | X_OK)
         if await self.names.resolve(parent, new_name) is not None:
             raise FSError(errno.EEXIST, f"{parent.display}/{new_name} exists")
-        if node.staged is not None and (node.staged.dirty or node.staged.pending):
-            await self.files.upload(node, node.staged)  # the link shares the content written so far
+        staged = node.staged
+        if staged is not None and (staged.dirty or staged.pending):
+            # the link shares the content written so far; a failed close's content lands only over
+            # the version it replaced (as a rename's, `fsdriver.renames`)
+            try:
+                await self.files.upload(node, staged, retry=staged.replaces_known)
+            except BaseException:
+                self.files.drop_staged(node)  # a pending upload refused on the way is not shown any more
+                raise
         try:
             info = await self.backend.link(node.key, "/".join(path))
         except PreconditionFailed:

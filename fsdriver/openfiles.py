@@ -300,10 +300,12 @@ class OpenFiles:
             return
         await self.upload(handle.node, handle.staged or handle.node.staged, awaited=True)
 
-    async def upload(self, node: Node, staged: Optional[StagedFile], awaited: bool = False) -> None:
+    async def upload(self, node: Node, staged: Optional[StagedFile], awaited: bool = False,
+                     retry: bool = False) -> None:
         """Upload a file's staged content; ``awaited``: a caller waits for it (close, fsync,
-        truncate), so a small file is journaled only if the upload fails (`Uploader.journal_first`)."""
-        await self.fs.uploader.upload(node, staged, awaited=awaited)
+        truncate), so a small file is journaled only if the upload fails (`Uploader.journal_first`);
+        ``retry``: see `Uploader.upload_locked`."""
+        await self.fs.uploader.upload(node, staged, awaited=awaited, retry=retry)
         if node.mtime_wanted is not None and not (staged and staged.dirty):
             mtime, node.mtime_wanted = node.mtime_wanted, None
             await self._keep_mtime(node, mtime)

@@ -63,7 +63,8 @@ class Uploader:
         except Exception:  # a bug here must not fail the write: the file is uploaded whole at close
             log.exception("%s: streaming its parts failed unexpectedly", node.display)
 
-    async def upload(self, node: Node, staged: StagedFile | None = None, *, awaited: bool = False) -> None:
+    async def upload(self, node: Node, staged: StagedFile | None = None, *, awaited: bool = False,
+                     retry: bool = False) -> None:
         """Make ``staged`` (by default the node's shared staged file) durable at the node's key.
 
         ``awaited``: a caller (close, fsync) waits for the answer, so a small file needs no journal
@@ -72,7 +73,7 @@ class Uploader:
         if staged is None or node.is_scratch:
             return
         async with staged.lock:
-            await self.upload_locked(node, staged, awaited=awaited)
+            await self.upload_locked(node, staged, awaited=awaited, retry=retry)
 
     def journal_first(self, staged: StagedFile, awaited: bool, key: str) -> bool:
         """Whether an upload is journaled before it starts.

@@ -372,6 +372,46 @@ def test_a_rename_of_a_pending_upload_never_replaces_another_writers_later_write
     assert be.get_range("user/alice/k", 0) == b"THEIRS, LATER"
 
 
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending upload not stored")
+@pytest.mark.parametrize("other", ["rewrites it", "nobody"])
+def test_a_hard_link_of_a_pending_upload_never_replaces_another_writers_later_write(tmp_path, other):
+    """As the rename above, for a hard link (disk): the link uploads the pending content first,
+    only over the version the failed close replaced; the other write stays, the link fails
+    (ESTALE) and no second name appears.  With nobody else, both names hold the pending content."""
+    be = GatedDisk(tmp_path / "be")
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True)
+    be.put_bytes("user/alice/k", b"OLD")
+
+    async def main():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            ns, fh = await close_fails(fs, be)
+            await fs.release(fh)
+            del be.fail["put_file"]  # no checkpoint between these two: the retry loop cannot run
+            if other == "rewrites it":
+                be.put_bytes("user/alice/k", b"THEIRS, LATER")
+            k = (await fs.lookup(ns, "k")).ino
+            if other == "nobody":
+                await fs.link(k, ns, "linked")
+            else:
+                with pytest.raises(FSError) as e:
+                    await fs.link(k, ns, "linked")
+                assert e.value.errno == errno.ESTALE
+            assert fs.uploader.pending == {}
+            fh, _, _ = await fs.open((await fs.lookup(ns, "k")).ino, os.O_RDONLY)
+            assert await fs.read(fh, 0, 100) == want
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+        fs.cache.close()
+
+    want = b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER"
+    trio.run(main)
+    assert be.get_range("user/alice/k", 0) == want
+    linked = tmp_path / "be" / "user" / "alice" / "linked"
+    assert (linked.read_bytes() == want) if other == "nobody" else not linked.exists()
+
+
 @pytest.mark.expected_log("holds 0 bytes of 11 \\(lost in a power cut\\?\\); dropped")
 def test_a_leftover_whose_data_a_power_cut_lost_is_not_uploaded(tmp_path):
     """The journal entry is durable, the staged file's data was not (a power cut before the
