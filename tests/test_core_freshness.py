@@ -11,6 +11,7 @@ import os
 
 import pytest
 import trio
+import trio.testing
 
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
@@ -268,5 +269,57 @@ def test_pending_upload_is_read_back_through_an_outage(tmp_path, kind):
         bring_back()
         assert await fs.uploader.flush_all() == []
         assert backend.get_range("pipeline/p1/d/sub/precious", 0) == b"do not lose me"
+
+    run(tmp_path, backend, body)
+
+
+def test_a_read_in_flight_ends_before_a_held_files_copy_follows_another_nodes_version(tmp_path, backend):
+    """A file held open for writing, unchanged here, whose copy follows another node's new
+    version (`OpenFiles.rebase`): a read of the copy already in flight (past its check that the
+    bytes are present, reading the staged file in a thread) must return the old bytes whole, not
+    the zeros of the emptied copy; later reads give the new version."""
+    old, new = b"old version\n" * 1000, b"the new version, from another node\n" * 400
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "held", old)
+        clock.now += 5
+        fh, _, _ = await fs.open(ino, os.O_RDWR)  # held for writing; nothing written
+        assert await fs.read(fh, 0, len(old)) == old  # the copy now holds every block
+        staged = fs.inodes[ino].staged
+        real_io, entered, gate, emptied = staged._io, trio.Event(), trio.Event(), trio.Event()
+
+        async def gated_io(fn, *args):
+            if fn is os.pread and not gate.is_set():
+                entered.set()
+                await gate.wait()  # the read is in flight, in its thread
+            if fn is os.ftruncate:
+                emptied.set()
+            return await real_io(fn, *args)
+
+        staged._io = gated_io
+        got, opened = [], []
+
+        async def read_old():
+            got.append(await fs.read(fh, 0, len(old)))
+
+        async def open_again():  # past the TTL: finds the new version and rebases the copy
+            opened.append((await fs.open(ino, os.O_RDONLY))[0])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_old)
+            await entered.wait()
+            fs.sync_backend.put_bytes("pipeline/p1/d/held", new)  # another node
+            clock.now += 5
+            nursery.start_soon(open_again)
+            with trio.fail_after(30):  # the rebase either waits for the read or empties the copy
+                while not (emptied.is_set() or staged._reads_done is not None):
+                    await trio.sleep(0.01)
+            gate.set()
+        assert got == [old]
+        assert fs.inodes[ino].size == len(new)  # the rebase happened
+        assert await fs.read(fh, 0, 1 << 20) == new
+        assert await fs.read(opened[0], 0, 1 << 20) == new
+        await fs.release(opened[0])
+        await fs.release(fh)
 
     run(tmp_path, backend, body)
