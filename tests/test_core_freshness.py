@@ -8,6 +8,7 @@ put the old size and etag back on the file).  The clock is injected, so "within 
 
 import errno
 import os
+import threading
 
 import pytest
 import trio
@@ -323,3 +324,97 @@ def test_a_read_in_flight_ends_before_a_held_files_copy_follows_another_nodes_ve
         await fs.release(fh)
 
     run(tmp_path, backend, body)
+
+
+@pytest.mark.expected_log("unlink '/f': down")
+def test_an_unlink_that_fails_leaves_no_copy_in_front_of_the_object(tmp_path, s3_backend):
+    """An unlink of a file a reader holds (S3) first copies what the reader has not read, so the
+    reader keeps the content once the object is gone (`OpenFiles.keep_for_descriptors`).  When the
+    delete then fails (EIO) the object stays, and so must its freshness: that copy goes again
+    (`unkeep`), so opens after the TTL show another node's next version, not the copy."""
+    old, new = b"old version\n" * 1000, b"the new version, from another node\n" * 400
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f", old)
+        clock.now += 5
+        reader, _, _ = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(reader, 0, 100) == old[:100]
+        real_delete = fs.sync_backend.delete
+
+        def delete_fails(key, *args, **kwargs):
+            raise Unavailable("down")
+
+        fs.sync_backend.delete = delete_fails
+        with pytest.raises(Unavailable) as e:
+            await fs.unlink(d, "f")
+        assert errno_for(e.value, "unlink", "/f") == errno.EIO
+        fs.sync_backend.delete = real_delete
+        assert fs.inodes[ino].staged is None
+        assert await fs.read(reader, 100, len(old)) == old[100:]  # the reader reads on
+        fs.sync_backend.put_bytes("pipeline/p1/d/f", new)  # another node
+        clock.now += 5
+        assert await read_all(fs, ino) == new
+        await fs.release(reader)
+
+    run(tmp_path, s3_backend, body)
+
+
+@pytest.mark.expected_log("unlink '/f': down")
+def test_an_unlink_that_fails_during_a_read_of_the_copy_leaves_the_read_whole(tmp_path, s3_backend):
+    """As above, with a read of that copy in flight when the delete fails: the copy must stay
+    until the read is done (its descriptor closed under the read would fail it, or read another
+    file that took its number); it goes once the last descriptor closes."""
+    old, new = b"old version\n" * 1000, b"the new version, from another node\n" * 400
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f", old)
+        clock.now += 5
+        reader, _, _ = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(reader, 0, 100) == old[:100]
+        real_delete, deleting, fail_it = fs.sync_backend.delete, threading.Event(), threading.Event()
+
+        def delete_fails(key, *args, **kwargs):
+            deleting.set()
+            fail_it.wait(30)
+            raise Unavailable("down")
+
+        fs.sync_backend.delete = delete_fails
+        unlink_failed, got = trio.Event(), []
+
+        async def unlink():
+            with pytest.raises(Unavailable):
+                await fs.unlink(d, "f")
+            unlink_failed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unlink)
+            await trio.to_thread.run_sync(deleting.wait, 30)  # the copy is complete by now
+            staged = fs.inodes[ino].staged
+            assert staged is not None and staged.for_readers
+            real_io, entered, gate = staged._io, trio.Event(), trio.Event()
+
+            async def gated_io(fn, *args):
+                if fn is os.pread and not gate.is_set():
+                    entered.set()
+                    await gate.wait()  # the read is in flight, in its thread
+                return await real_io(fn, *args)
+
+            staged._io = gated_io
+
+            async def read_rest():
+                got.append(await fs.read(reader, 100, len(old)))
+
+            nursery.start_soon(read_rest)
+            await entered.wait()
+            fail_it.set()
+            await unlink_failed.wait()
+            gate.set()
+        fs.sync_backend.delete = real_delete
+        assert got == [old[100:]]
+        await fs.release(reader)
+        assert fs.inodes[ino].staged is None  # the copy went with the last descriptor
+        fs.sync_backend.put_bytes("pipeline/p1/d/f", new)  # another node
+        clock.now += 5
+        assert await read_all(fs, ino) == new
+
+    run(tmp_path, s3_backend, body)
