@@ -57,6 +57,59 @@ def test_if_none_match_applies_to_the_completion(mp_backend):
     assert _open_uploads(be) == []
 
 
+@pytest.mark.parametrize("other", ["rewrote it", "deleted it"])
+def test_if_match_applies_to_the_completion(mp_backend, other):
+    """A retry of a failed close completes only over the version that close replaced: another
+    writer's later version (or delete) stays.  moto ignores If-Match on CompleteMultipartUpload;
+    the backend checks it first (`S3Backend._check_conditions`)."""
+    be = mp_backend
+    old = be.put_bytes("k", b"the version the close replaced")
+    upload = be.create_multipart("k")
+    e1 = be.upload_part("k", upload, 1, b"mine")
+    if other == "rewrote it":
+        be.put_bytes("k", b"another writer's, later")
+    else:
+        be.delete("k")
+    with pytest.raises(PreconditionFailed):
+        be.complete_multipart("k", upload, [(1, e1)], 4, if_match=old.etag)
+    if other == "rewrote it":
+        assert be.get_range("k", 0) == b"another writer's, later"
+    else:
+        with pytest.raises(Exception):
+            be.head("k")
+    be.abort_multipart("k", upload)
+    assert _open_uploads(be) == []
+    upload = be.create_multipart("k")  # over the current version: lands
+    e1 = be.upload_part("k", upload, 1, b"mine")
+    current = be.head("k").etag if other == "rewrote it" else None
+    be.complete_multipart("k", upload, [(1, e1)], 4, if_match=current, if_none_match=current is None)
+    assert be.get_range("k", 0) == b"mine"
+
+
+@pytest.mark.parametrize("other", ["rewrote it", "deleted it", "created it"])
+def test_a_conditional_put_of_a_big_file_never_replaces_a_later_version(s3_backend, tmp_path, other):
+    """``put_file`` above the multipart threshold (a retry of a failed close, a leftover of a crash)
+    with If-Match / If-None-Match: as a small put, another writer's version stays."""
+    be = s3_backend
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(be.multipart_threshold + 1000))
+    cond = {"if_none_match": True}
+    if other != "created it":
+        cond = {"if_match": be.put_bytes("k", b"the version the close replaced").etag}
+    if other == "deleted it":
+        be.delete("k")
+    else:
+        be.put_bytes("k", b"another writer's, later")
+    with pytest.raises(PreconditionFailed):
+        be.put_file("k", path, **cond)
+    if other == "deleted it":
+        with pytest.raises(Exception):
+            be.head("k")
+    else:
+        assert be.get_range("k", 0) == b"another writer's, later"
+    assert _open_uploads(be) == []
+
+
 def test_abort_drops_the_upload_and_is_idempotent(mp_backend):
     be = mp_backend
     upload = be.create_multipart("gone")
