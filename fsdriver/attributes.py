@@ -106,6 +106,7 @@ class Attributes:
             except NotFound:
                 raise FSError(errno.ENOENT, f"{node.display}: removed from the backend meanwhile") from None
             self._show(node, new)
+            self.fs.files.copied(node, node.etag, info)
             self.fs.files.uploaded(node, info)
             return
         raise FSError(errno.EAGAIN, f"{node.display}: changed by other writers {CONFLICT_RETRIES} times "

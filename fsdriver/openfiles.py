@@ -327,6 +327,17 @@ class OpenFiles:
             self.drop_staged(node)
             self.fs.inodes.release_unreferenced(node)
 
+    def copied(self, node: Node, old: Optional[str], info: ObjectInfo) -> None:
+        """This mount copied ``node``'s object, version ``old``, to ``info`` (its metadata replaced,
+        or renamed): the content is the same, so its readers pinned to ``old`` follow the copy
+        (`Prefetcher.follow`) instead of failing with ESTALE when its etag differs."""
+        if old is None or old == info.etag:
+            return
+        for handle in self.handles.values():
+            reader = getattr(handle, "reader", None)
+            if handle.node is node and isinstance(reader, Prefetcher):
+                reader.follow(old, info.etag, node.key)
+
     def uploaded(self, node: Node, info: ObjectInfo) -> None:
         """An upload of ``node`` landed as ``info``: that is now the newest thing this mount knows,
         for the node and for its parent's cached listing (which later lookups and readdirs reuse)."""

@@ -83,6 +83,15 @@ class Prefetcher:
         self.budget.remove_reclaimer(self.reclaim)
         self._end_stream()
 
+    def follow(self, old: str, new: str, key: str) -> None:
+        """This mount copied the version this reader is pinned to (a chmod onto itself, a rename)
+        and the copy has a new etag (S3 gives a copied multipart object one): the same bytes, so
+        the reader, and its stream's requests from now on, are pinned to the copy."""
+        if self.etag == old:
+            self.etag = new
+            if self.stream is not None and self.stream.etag == old:
+                self.stream.etag, self.stream.key = new, key
+
     async def read(self, off: int, size: int) -> bytes:
         end = min(off + size, self.size)
         if off >= end:

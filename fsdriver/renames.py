@@ -84,6 +84,7 @@ class Renames:
                     n.listing = None  # its entries carry the objects' etags before the copy
                 info = (moved or {}).get(n.key)
                 if info is not None:  # a copy may give the object a new etag (S3 multipart)
+                    self.fs.files.copied(n, n.etag, info)
                     n.size, n.mtime, n.etag, n.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
         if node.is_dir and node.meta is not None and self.fs.has_posix(node):
             now = time.time()

@@ -418,3 +418,32 @@ def test_an_unlink_that_fails_during_a_read_of_the_copy_leaves_the_read_whole(tm
         assert await read_all(fs, ino) == new
 
     run(tmp_path, s3_backend, body)
+
+
+@pytest.mark.parametrize("change", ["chmod", "utime", "rename"])
+def test_a_reader_keeps_reading_a_big_file_this_mount_copied(tmp_path, s3_backend, change):
+    """A chmod, chown or utime of a file on S3 is a copy of its object onto itself, a rename a copy
+    to the new key; a copied multipart object gets a new etag (moto and S3 alike).  Readers open
+    here, pinned to the old etag, got ESTALE (zipfile after a `touch` of its zip): the bytes are
+    the same, so they follow the copy."""
+    data = os.urandom(6 << 20)  # above the fixture's 5 MiB multipart threshold
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "z.bin", data)
+        before = fs.inodes[ino].etag
+        assert before.endswith("-2")  # a multipart object
+        fh, _, _ = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 4096) == data[:4096]
+        if change == "chmod":
+            await fs.setattr(ino, mode=0o100600)
+        elif change == "utime":
+            await fs.setattr(ino, mtime=1_000_000_000)
+        else:
+            await fs.rename(d, "z.bin", d, "moved.bin", 0)
+        assert fs.inodes[ino].etag != before  # (else this test shows nothing)
+        for off in (5 << 20, 3 << 20, 4096):  # random reads, each a ranged GET
+            assert await fs.read(fh, off, 65536) == data[off:off + 65536]
+        assert await fs.read(fh, 0, len(data)) == data  # a sequential one
+        await fs.release(fh)
+
+    run(tmp_path, s3_backend, body)
