@@ -118,9 +118,17 @@ class AsyncBackend:
         call = functools.partial(self._counted, functools.partial(fn, *args, **kwargs))
         if name in READ_ONLY:
             bound = None if self.timeout is None else (self._probe if self.unresponsive else self.timeout)
-            own = trio.current_time() + bound if bound is not None else float("inf")
+            started = trio.current_time()
+            own = started + bound if bound is not None else float("inf")
             with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
-                return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
+                try:
+                    return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
+                except Unavailable:
+                    # The client's own timeouts (`request_settings`: about half the bound) ended it,
+                    # not a refusal: the backend does not answer, as when the bound ends a call.
+                    if self.timeout is not None and trio.current_time() - started >= self._probe:
+                        self.unresponsive = True
+                    raise
             if trio.current_time() >= own:  # this call's own bound, not a request that waited long
                 self.unresponsive = True
             raise Unavailable(f"the backend did not answer within {self.timeout:g}s ({name})")
