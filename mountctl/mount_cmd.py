@@ -89,17 +89,21 @@ def _require_stashfs(mountpoint: str | None) -> str:
     return mp
 
 
+def _detach_dead(mp: str) -> int:
+    """umount of a mount whose daemon is gone: nothing to flush; what it had not uploaded is
+    journaled in its cache dir and uploaded at the next mount with that cache dir."""
+    subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, text=True)
+    if mounts.is_stashfs(mp):
+        raise CLIError(f"cannot detach the dead stashfs mount at {mp} (its daemon exited): ask root")
+    print(f"mountctl: detached {mp}: its daemon had exited (pending uploads, if any, are uploaded at the "
+          "next mount with the same cache dir)", file=sys.stderr)
+    return 0
+
+
 def cmd_umount(args) -> int:
     mp = _require_stashfs(args.mountpoint)
     if spawn.is_dead(mp):
-        # Nothing to flush (the daemon is gone); what it had not uploaded is journaled in its cache
-        # dir and uploaded at the next mount with that cache dir.
-        subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, text=True)
-        if mounts.is_stashfs(mp):
-            raise CLIError(f"cannot detach the dead stashfs mount at {mp} (its daemon exited): ask root")
-        print(f"mountctl: detached {mp}: its daemon had exited (pending uploads, if any, are uploaded at the "
-              "next mount with the same cache dir)", file=sys.stderr)
-        return 0
+        return _detach_dead(mp)
     pid, cache_dir = None, "?"
     failed = []
     try:
@@ -107,6 +111,8 @@ def cmd_umount(args) -> int:
         pid, cache_dir = st["pid"], st.get("cache_dir", "")
         mounts.flush(mp)
     except OSError as e:
+        if e.errno == errno.ENOTCONN:  # it died meanwhile (a kill -9 a moment ago)
+            return _detach_dead(mp)
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
     try:

@@ -157,6 +157,33 @@ def test_umount_detaches_a_mount_whose_daemon_died(tmp_path):
         force_unmount(m.path)
 
 
+def test_umount_detaches_a_dead_mount_whose_root_still_answers_stat(tmp_path, monkeypatch, capsys):
+    """Right after a kill -9, `stat` of the mount point can still succeed (the kernel answers it
+    from the attributes it cached), so the mount does not look dead; the status request that
+    follows then fails with ENOTCONN.  umount said "the daemon does not answer" and left the mount
+    for a second try: it now detaches it as a dead one."""
+    import argparse
+
+    from mountctl import mount_cmd, spawn
+
+    require_fuse()
+    m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+    m.mount()
+    try:
+        pid = m.status()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a process to exit
+        monkeypatch.setattr(spawn, "is_dead", lambda mp: False)  # what a cached stat shows
+        assert mount_cmd.cmd_umount(argparse.Namespace(mountpoint=str(m.path))) == 0
+        assert "daemon had exited" in capsys.readouterr().err
+        assert not os.path.ismount(m.path)
+        m.mounted = False
+    finally:
+        force_unmount(m.path)
+
+
 def test_umount_and_flush_without_argument_take_the_only_mount(tmp_path):
     """``make mount`` mounts at ~/stashfs; the configured default is /mnt/stashfs.  In a private
     mount namespace with only our mount, umount and flush without an argument find it."""
