@@ -194,7 +194,12 @@ class OpenFiles:
         handle = self.handles[fh]
         staged = handle.staged or handle.node.staged
         if staged is not None:
-            return await staged.read(off, size)
+            try:
+                return await staged.read(off, size)
+            except PreconditionFailed:
+                if not await self._follow_current(handle.node, staged):
+                    raise
+                return await staged.read(off, size)
         if handle.reader is None:  # the file was being written when this handle opened it
             handle.reader = await self.reader(handle.node)
         reader = handle.reader
@@ -249,7 +254,12 @@ class OpenFiles:
             self.fs.records.more_content(handle)
         await self.fs.budget.acquire(len(data))
         try:
-            n = await staged.write(off, data)
+            try:
+                n = await staged.write(off, data)
+            except PreconditionFailed:
+                if not await self._follow_current(handle.node, staged):
+                    raise
+                n = await staged.write(staged.size if handle.append else off, data)
         finally:
             self.fs.budget.release(len(data))
         self.fs.uploader.wrote(handle.node, staged, self.fs.nursery, off, off + n)  # parts it filled go up now
@@ -402,20 +412,43 @@ class OpenFiles:
                     handle.truncated = True
                 else:
                     handle.written = True
-            await handle.staged.truncate(size)  # uploaded at close
+            try:
+                await handle.staged.truncate(size)  # uploaded at close
+            except PreconditionFailed:
+                if not await self._follow_current(node, handle.staged):
+                    raise
+                await handle.staged.truncate(size)
         else:
-            # truncate(2) on a path has no close() to wait for: make it durable now.
-            if node.is_record:
-                node.attr_time = 0
+            # truncate(2) on a path has no close() to wait for: make it durable now, on the
+            # current version (one HEAD: a version another node stored within the TTL counts).
+            node.attr_time = 0
             await self.fs.names.refresh(node)
             staged = await self.writable_staged(node, truncate=(size == 0))
-            await staged.truncate(size)
             try:
+                await staged.truncate(size)
                 await self.upload(node, staged, awaited=True)
             finally:
                 if staged is not node.staged:
                     self.discard(staged)
                 self.drop_staged(node)
+
+    async def _follow_current(self, node: Node, staged: StagedFile) -> bool:
+        """A write or truncate needed bytes of the version its staged file is built on, and that
+        version is gone (replaced by another node within the TTL this mount trusted what it
+        knew).  If the staged file holds nothing of it yet — nothing written, nothing fetched —
+        it follows the current version (`rebase`), as an open a moment later would have, and the
+        caller tries once more; else (or when the file is gone) the ESTALE stands."""
+        if node.staged is not staged or staged.present or not self.unchanged_here(node):
+            return False
+        before, size = node.etag, node.size
+        node.attr_time = 0
+        try:
+            await self.fs.names.refresh(node)
+        except FSError:  # deleted meanwhile
+            return False
+        if node.size > size:  # the kernel holds the old size and would stop reading there (`_repin`)
+            await self.fs.records.invalidate_attrs(node.ino)
+        return node.etag != before and node.staged is staged and not staged.present
 
     async def set_mtime(self, node: Node, mtime: float) -> None:
         """utimens of a file: kept where the backend can set it (`Backend.set_mtime`: the disk

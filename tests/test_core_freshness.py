@@ -447,3 +447,56 @@ def test_a_reader_keeps_reading_a_big_file_this_mount_copied(tmp_path, s3_backen
         await fs.release(fh)
 
     run(tmp_path, s3_backend, body)
+
+
+@pytest.mark.parametrize("how", ["append", "ftruncate", "truncate"])
+def test_a_write_to_a_file_another_node_replaced_within_the_ttl_lands_on_the_new_version(
+        tmp_path, backend, how):
+    """Another node replaces a file; within the TTL this mount opens it for appending (`>>`, a
+    log) or truncates it to a length.  The open trusted what the mount knew, so the write needed
+    bytes of a version that is gone: ESTALE, and after a failed truncate(2) on the path reads
+    failed too until the TTL passed.  A staged file holding nothing of its version yet follows
+    the current one, as an open a moment later would: the change lands on the new version."""
+    old, new = b"old\n" * 3, b"the new version, from another node\n" * 3
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "log", old)
+        clock.now += 5
+        await fs.lookup(d, "log")  # this mount knows the old version for a TTL now
+        fs.sync_backend.put_bytes("pipeline/p1/d/log", new)  # another node
+        if how == "append":
+            fh, _, _ = await fs.open(ino, os.O_WRONLY | os.O_APPEND)
+            await fs.write(fh, 0, b"appended\n")
+            await fs.flush(fh)
+            await fs.release(fh)
+            want = new + b"appended\n"
+        elif how == "ftruncate":
+            fh, _, _ = await fs.open(ino, os.O_WRONLY)
+            await fs.setattr(ino, size=10, fh=fh)
+            await fs.flush(fh)
+            await fs.release(fh)
+            want = new[:10]
+        else:
+            await fs.setattr(ino, size=10)
+            want = new[:10]
+        assert await read_all(fs, ino) == want
+        assert fs.sync_backend.get_range("pipeline/p1/d/log", 0) == want
+
+    run(tmp_path, backend, body)
+
+
+def test_a_read_of_a_held_copy_of_a_version_replaced_within_the_ttl_takes_the_new_one(tmp_path, backend):
+    """As above, for a read through a descriptor opened for writing (O_RDWR, nothing read or
+    written yet): the current version, not ESTALE."""
+    old, new = b"old\n" * 3, b"the new version, from another node\n" * 3
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f", old)
+        clock.now += 5
+        await fs.lookup(d, "f")
+        fs.sync_backend.put_bytes("pipeline/p1/d/f", new)  # another node
+        fh, _, _ = await fs.open(ino, os.O_RDWR)
+        assert await fs.read(fh, 0, 1000) == new
+        await fs.release(fh)
+
+    run(tmp_path, backend, body)
