@@ -748,10 +748,11 @@ class Filesystem:
         return {"bsize": 4096, "frsize": 4096, "blocks": big, "bfree": big, "bavail": big,
                 "files": big, "ffree": big, "namemax": 255}
 
-    async def flush_metadata(self) -> None:
-        """Store the directory times and index rows gathered in the background (at unmount)."""
+    async def flush_metadata(self) -> list:
+        """Store the directory times and index rows gathered in the background (at unmount);
+        returns the directories whose index rows could not be written."""
         await self.attributes.flush()
-        await self.dirindex.flush()
+        return await self.dirindex.flush()
 
     # -- control -----------------------------------------------------------------------------
 

@@ -194,12 +194,17 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
             spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
             nursery.start_soon(_readahead_then_ready, mountpoint, args.readahead, ready)
             await pyfuse3.main()
+            unwritten = []
             with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
-                await fs.flush_metadata()
-            if bound.cancelled_caught:
-                log.error("directory times and index rows not stored at unmount (the backend did not "
-                          "answer within %s s): the files' own attributes are stored, listings on other "
-                          "nodes read them with one HEAD per entry", fs.backend.timeout or 30)
+                unwritten = await fs.flush_metadata()
+            if bound.cancelled_caught or unwritten:
+                log.error("directory times and index rows not stored at unmount (%s): the files' own "
+                          "attributes are stored, but listings on other nodes may show the attributes "
+                          "the index held before (a chmod, chown or touch made within a second of the "
+                          "file's write) until the file next changes%s",
+                          f"the backend did not answer within {fs.backend.timeout or 30:g} s" if bound.cancelled_caught
+                          else "the backend refused or failed the writes",
+                          "" if not unwritten else ": " + ", ".join(n.display for n in unwritten[:10]))
             # Unmounted: stop waiting for backend calls in flight (an upload retry against a dead
             # endpoint), or the daemon would outlive its mount by as long as they take.
             fs.backend.abandon_all()

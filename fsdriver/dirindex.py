@@ -47,6 +47,12 @@ log = logging.getLogger("stashfs.fs")
 VERSION = 1
 WRITE_DELAY = 1.0  # seconds of changes gathered into one write of a directory's index
 RECENT = 2.0  # seconds: an unindexed object this much older than the index is not HEADed
+# A row describes the listed object if the etags match and the listing's Last-Modified is not a
+# second or more after the row's time: that time is the server's, in whole seconds (the Date of the
+# put's answer, a HEAD's Last-Modified), the listing's has milliseconds.  A metadata change is a
+# copy of the object onto itself, which keeps a single-part object's etag and moves only its
+# Last-Modified: one made a second or more after the row's write is told apart by this.
+ROW_SLACK = 1.0
 HEADS_AT_ONCE = 32
 CONFLICT_RETRIES = 8
 
@@ -166,7 +172,7 @@ class DirIndex:
                 continue
             if is_dir:
                 entries[name] = (True, CommonPrefix(node.prefix + name + "/", meta=row["m"]))
-            elif row.get("e") == info.etag and info.mtime <= row.get("t", 0) + RECENT:
+            elif row.get("e") == info.etag and info.mtime < row.get("t", 0) + ROW_SLACK:
                 entries[name] = (False, replace(info, meta=row["m"]))
             elif idx.etag is not None:
                 heads.append(name)  # changed since its row was written
@@ -279,15 +285,17 @@ class DirIndex:
             await trio.sleep(WRITE_DELAY)  # gather: one write per directory per round
             await self.flush(due_only=True)
 
-    async def flush(self, due_only: bool = False) -> None:
+    async def flush(self, due_only: bool = False) -> list:
         """Write every index with changes not written yet (all of them at unmount, after the
-        writes in flight).  A write that fails is tried again later (after a longer wait each time)."""
+        writes in flight).  A write that fails is tried again later (after a longer wait each time).
+        Returns the directories whose changes are still not written (the unmount reports them)."""
         async with self._flushing:  # the unmount's flush waits for the background round
             await self._flush(due_only)
         if not due_only:
             for lock in list(self._locks.values()):
                 async with lock:  # an explicit change being written
                     pass
+        return [changes.node for changes in self._changes.values()]
 
     async def _flush(self, due_only: bool) -> None:
         now = time.monotonic()

@@ -355,3 +355,54 @@ def test_metadata_naming_no_owner_shows_the_mount_default_owner(tmp_path, moto_s
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_chmod_whose_row_was_lost_is_not_hidden_by_the_files_older_row(tmp_path, moto_server, s3_url):
+    """A chmod on S3 copies the object onto itself: a single-part object keeps its etag, only its
+    Last-Modified moves.  When the node that made it dies before its index row is written (about
+    a second later), or unmounts during an outage, the index keeps the row of the file's write.
+    That row was trusted for any Last-Modified up to 2 s after it, so every node showed the old
+    mode for ever.  A copy a second or more after the row's write is now told apart (one HEAD)."""
+
+    async def body(nodes):
+        a, b = nodes
+        d = await path_ino(a, "pipeline", "p1", "d", create=True)
+        await new_file(a, d, "f", mode=0o644)
+        await a.flush_metadata()  # the file's row, mode 644
+        key = "pipeline/p1/d/f"
+        await trio.sleep(1.1)  # time passing (Last-Modified has whole seconds), not a wait for an event
+        info = a.sync_backend.head(key)
+        meta = dict(info.meta, mode=str(stat.S_IFREG | 0o600))
+        a.sync_backend.set_meta(key, meta, if_match=info.etag)  # the chmod; its row is never written
+        assert a.sync_backend.head(key).etag == info.etag  # (else this test shows nothing)
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        assert (await listed(b, bd))["f"].mode == stat.S_IFREG | 0o600
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
+
+
+@pytest.mark.expected_log("directory index not written")
+def test_the_unmounts_flush_reports_the_index_rows_it_could_not_write(tmp_path, moto_server, s3_url):
+    """A failed index write is queued again for the next round; at unmount there is none, so the
+    flush says which directories' rows were not written (the daemon logs them as an error; it
+    used to say nothing and exit as if all was stored)."""
+    from fsdriver.errors import Unavailable
+
+    async def body(nodes):
+        (a,) = nodes
+        d = await path_ino(a, "pipeline", "p1", "d", create=True)
+        await a.flush_metadata()
+        ino = await new_file(a, d, "f")
+        await a.setattr(ino, mode=stat.S_IFREG | 0o600)
+        real = a.sync_backend.put_bytes
+
+        def down(*args, **kwargs):
+            raise Unavailable("down")
+
+        a.sync_backend.put_bytes = down
+        assert "/pipeline/p1/d" in [n.display for n in await a.flush_metadata()]
+        a.sync_backend.put_bytes = real
+        a.dirindex._due.clear()  # (the backoff the failure set)
+        assert await a.flush_metadata() == []
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
