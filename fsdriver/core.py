@@ -488,7 +488,10 @@ class Filesystem:
                 raise FSError(errno.EROFS, "mounted read-only")
             if fh is None:
                 self._check(caller, node, W_OK)
-                await self.names.refresh(node)  # the times set below go on the current attributes
+                # truncate(2) acts on the current version (one HEAD: one another node stored
+                # within the TTL counts), and the times set below go on its attributes
+                node.attr_time = 0
+                await self.names.refresh(node)
             if node.meta is not None:
                 node.meta = node.meta.touched(data=True)
                 node.meta = node.meta.with_(mode=posixattrs.mode_after_write(node.meta.mode, node.meta.gid,

@@ -419,9 +419,10 @@ class OpenFiles:
                     raise
                 await handle.staged.truncate(size)
         else:
-            # truncate(2) on a path has no close() to wait for: make it durable now, on the
-            # current version (one HEAD: a version another node stored within the TTL counts).
-            node.attr_time = 0
+            # truncate(2) on a path has no close() to wait for: make it durable now (on the
+            # current version: `Filesystem.setattr` read it).
+            if node.is_record:
+                node.attr_time = 0
             await self.fs.names.refresh(node)
             staged = await self.writable_staged(node, truncate=(size == 0))
             try:
