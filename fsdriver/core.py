@@ -492,11 +492,18 @@ class Filesystem:
                 # within the TTL counts), and the times set below go on its attributes
                 node.attr_time = 0
                 await self.names.refresh(node)
-            if node.meta is not None:
-                node.meta = node.meta.touched(data=True)
-                node.meta = node.meta.with_(mode=posixattrs.mode_after_write(node.meta.mode, node.meta.gid,
-                                                                             self._caller(caller)))
+            def stamp():
+                if node.meta is not None:
+                    node.meta = node.meta.touched(data=True)
+                    node.meta = node.meta.with_(mode=posixattrs.mode_after_write(
+                        node.meta.mode, node.meta.gid, self._caller(caller)))
+
+            stamp()
+            version = node.etag
             await self.files.truncate(node, size, fh)
+            handle = self.files.handles.get(fh) if fh is not None else None
+            if handle is not None and handle.writable and node.etag != version:
+                stamp()  # it took another node's newer version (`OpenFiles._follow_current`) and its attributes
             node.mtime = time.time()
             if node.nlink > 1 and fh is None:
                 await self._links_changed()

@@ -259,7 +259,8 @@ class OpenFiles:
             except PreconditionFailed:
                 if not await self._follow_current(handle.node, staged):
                     raise
-                n = await staged.write(staged.size if handle.append else off, data)
+                off = staged.size if handle.append else off
+                n = await staged.write(off, data)
         finally:
             self.fs.budget.release(len(data))
         self.fs.uploader.wrote(handle.node, staged, self.fs.nursery, off, off + n)  # parts it filled go up now
@@ -341,8 +342,8 @@ class OpenFiles:
         """This mount copied ``node``'s object, version ``old``, to ``info`` (its metadata replaced,
         or renamed): the content is the same, so its readers pinned to ``old`` follow the copy
         (`Prefetcher.follow`) instead of failing with ESTALE when its etag differs."""
-        if old is None or old == info.etag:
-            return
+        if old is None or old == info.etag or info.copied_from != old:
+            return  # the same etag, or not known to be a copy of ``old`` (another node's version)
         for handle in self.handles.values():
             reader = getattr(handle, "reader", None)
             if handle.node is node and isinstance(reader, Prefetcher):
@@ -441,6 +442,8 @@ class OpenFiles:
         caller tries once more; else (or when the file is gone) the ESTALE stands."""
         if node.staged is not staged or staged.present or not self.unchanged_here(node):
             return False
+        if any(h.node is node and getattr(h, "served", False) for h in self.handles.values()):
+            return False  # a reader already served bytes of the old version: never a mix (`_repin`)
         before, size = node.etag, node.size
         node.attr_time = 0
         try:

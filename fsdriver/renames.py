@@ -85,6 +85,10 @@ class Renames:
                 info = (moved or {}).get(n.key)
                 if info is not None:  # a copy may give the object a new etag (S3 multipart)
                     self.fs.files.copied(n, n.etag, info)
+                    if n.staged is not None and info.copied_from not in (None, n.etag):
+                        # Another node's version was copied: the local content stays built on the
+                        # version it knew (what it has not fetched yet is ESTALE, never a mix).
+                        continue
                     n.size, n.mtime, n.etag, n.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
         if node.is_dir and node.meta is not None and self.fs.has_posix(node):
             now = time.time()

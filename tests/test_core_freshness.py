@@ -500,3 +500,94 @@ def test_a_read_of_a_held_copy_of_a_version_replaced_within_the_ttl_takes_the_ne
         await fs.release(fh)
 
     run(tmp_path, backend, body)
+
+
+@pytest.mark.expected_log("precondition failed")
+@pytest.mark.parametrize("size", [3 << 20, 6 << 20])  # single-part, multipart
+@pytest.mark.parametrize("opened", ["O_RDONLY", "O_RDWR"])
+def test_a_rename_after_another_nodes_write_never_mixes_versions_for_a_holder(tmp_path, s3_backend, size, opened):
+    """A holder served bytes of version X; another node replaces the file within the TTL; a rename
+    here copies whatever is there now (V).  The holder must not follow the copy as if it were X
+    (`OpenFiles.copied` checks the version the copy copied): ESTALE or X's bytes, never V's."""
+    old, new = b"O" * size, b"N" * size
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f", old)
+        clock.now += 5
+        await fs.lookup(d, "f")  # this mount knows the old version for a TTL
+        fh, _, _ = await fs.open(ino, getattr(os, opened))
+        assert await fs.read(fh, 100, 4096) == old[100:4196]
+        fs.sync_backend.put_bytes("pipeline/p1/d/f", new)  # another node, within the TTL
+        await fs.rename(d, "f", d, "g", 0)
+        try:
+            later = await fs.read(fh, 2 << 20, 4096)
+        except PreconditionFailed:
+            later = None
+        await fs.release(fh)
+        assert later is None or later == old[2 << 20:(2 << 20) + 4096], f"two versions mixed: {later[:8]!r}"
+
+    run(tmp_path, s3_backend, body)
+
+
+@pytest.mark.expected_log("precondition failed")
+def test_a_reader_that_served_bytes_never_follows_a_writers_copy_to_another_version(tmp_path, backend):
+    """Descriptor A read part of X; another node replaced the file within the TTL; B opens it for
+    appending here (its local copy is built on X and holds nothing yet), so A now reads through
+    that copy.  A's next read must not take the new version (`_follow_current` refuses when a
+    reader served bytes): ESTALE or X's bytes."""
+    old, new = b"O" * (3 << 20), b"N" * (3 << 20)
+
+    async def body(fs, d, clock):
+        ino = await write_file(fs, d, "f", old)
+        clock.now += 5
+        await fs.lookup(d, "f")
+        a, _, _ = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(a, 100, 4096) == old[100:4196]
+        fs.sync_backend.put_bytes("pipeline/p1/d/f", new)  # another node
+        b, _, _ = await fs.open(ino, os.O_WRONLY | os.O_APPEND)  # within the TTL: no HEAD
+        try:
+            later = await fs.read(a, 2 << 20, 4096)
+        except PreconditionFailed:
+            later = None
+        await fs.release(b)
+        await fs.release(a)
+        assert later is None or later == old[2 << 20:(2 << 20) + 4096], f"two versions mixed: {later[:8]!r}"
+
+    run(tmp_path, backend, body)
+
+
+@pytest.mark.parametrize("how", ["ftruncate", "truncate"])
+def test_a_truncate_that_takes_another_nodes_version_keeps_its_own_times(tmp_path, backend, how):
+    """A truncate that takes the version another node stored within the TTL (with that node's
+    attributes: an mtime from `cp -p`) stamps its own mtime on it, as any truncate does."""
+    import time
+
+    old, new = b"old\n" * 3, b"the new version, from another node\n" * 3
+
+    async def body(fs, d, clock):
+        fh, attr, _ = await fs.create(d, "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode=0o644)
+        await fs.write(fh, 0, old)
+        await fs.flush(fh)
+        await fs.release(fh)
+        ino = attr.ino
+        clock.now += 5
+        await fs.lookup(d, "log")
+        key = "pipeline/p1/d/log"
+        meta = dict(fs.sync_backend.head(key).meta or {})
+        meta["mtime"], meta["mtime-nsec"] = "1000000000", "0"
+        fs.sync_backend.put_bytes(key, new, meta=meta)  # another node
+        t0 = time.time()
+        if how == "ftruncate":
+            fh, _, _ = await fs.open(ino, os.O_WRONLY)
+            await fs.setattr(ino, size=10, fh=fh)
+            await fs.flush(fh)
+            await fs.release(fh)
+        else:
+            await fs.setattr(ino, size=10)
+        clock.now += 5
+        attr = await fs.getattr(ino)
+        stored = fs.sync_backend.head(key).meta
+        assert fs.sync_backend.get_range(key, 0) == new[:10]
+        assert attr.mtime >= t0 - 1 and int(stored["mtime"]) >= int(t0) - 1, "the truncate's mtime was lost"
+
+    run(tmp_path, backend, body)

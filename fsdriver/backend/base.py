@@ -40,8 +40,10 @@ class ObjectInfo:
 
     ``meta``: the object's user metadata ({} when it has none), or None when this answer does not
     carry it (S3 listings).  ``nlink``: how many keys name this object (hard links, disk only; a
-    directory marker is 1).  Neither takes part in equality: two answers about the same version of
-    an object compare equal whether or not they carry its metadata.
+    directory marker is 1).  ``copied_from``: for the answer of a copy (a rename, a metadata change
+    on S3), the etag of the version it copied, when the server guaranteed it (None: not known).
+    None of these takes part in equality: two answers about the same version of an object compare
+    equal whether or not they carry its metadata.
     """
 
     key: str
@@ -50,6 +52,7 @@ class ObjectInfo:
     etag: str  # changes whenever the content changes (not with the metadata); opaque
     meta: "dict[str, str] | None" = field(default=None, compare=False)
     nlink: int = field(default=1, compare=False)
+    copied_from: "str | None" = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@
 - botocore errors become `fsdriver.errors` exceptions in `s3_errors` (`fsdriver.backend.s3_errors`).
 """
 
+import dataclasses
 import email.utils
 import os
 import threading
@@ -513,7 +514,7 @@ class S3Backend(Backend):
                 Bucket=self.bucket, Key=self._k(key), CopySource=source,
                 Metadata=meta, MetadataDirective="REPLACE", **cond,
             )["CopyObjectResult"]
-        return _info(key, info.size, r["LastModified"], r["ETag"], meta)
+        return dataclasses.replace(_info(key, info.size, r["LastModified"], r["ETag"], meta), copied_from=info.etag)
 
     def list(self, prefix: str = "", delimiter: str | None = None, max_keys: int | None = None) -> Iterator[ListEntry]:
         params = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
@@ -613,7 +614,8 @@ class S3Backend(Backend):
                 CopySourceIfMatch=_quote(info.etag),  # the version whose size we report
                 **replace,
             )["CopyObjectResult"]
-        return _info(dst, info.size, r["LastModified"], r["ETag"], info.meta if meta is None else dict(meta))
+        copied = _info(dst, info.size, r["LastModified"], r["ETag"], info.meta if meta is None else dict(meta))
+        return dataclasses.replace(copied, copied_from=info.etag)  # (CopySourceIfMatch)
 
     def close(self) -> None:
         # Parts still queued (a failed upload's siblings) are not started; a part in flight is not
