@@ -35,6 +35,11 @@ class Unavailable(BackendError):
     """The backend could not be reached or kept failing after retries."""
 
 
+class NoAnswer(Unavailable):
+    """The backend did not answer at all: the connection or the read timed out (a black-holed
+    endpoint), as opposed to a quick refusal or an error answer (503, throttling)."""
+
+
 class OutOfDescriptors(Unavailable):
     """This process (EMFILE) or the system (ENFILE) has no file descriptor left for a connection."""
 

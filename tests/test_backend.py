@@ -298,9 +298,21 @@ def test_s3_errors_are_mapped(moto_server):
 
     with pytest.raises(BucketNotFound, match="bucket 'no-such-bucket-here' does not exist"):
         missing.check()
+    from fsdriver.errors import NoAnswer
+
     dead = S3Backend("b", endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_timeout=1)
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as refused:
         dead.head("k")
+    assert not isinstance(refused.value, NoAnswer)  # refused at once: an answer of sorts
+    import socket
+
+    with socket.socket() as hole:  # accepts connections (the kernel's backlog), never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        silent = S3Backend("b", endpoint_url=f"http://127.0.0.1:{hole.getsockname()[1]}", max_attempts=1,
+                           connect_timeout=1, read_timeout=0.5)
+        with pytest.raises(NoAnswer):
+            silent.head("k")
 
 
 def test_every_put_gets_a_new_etag(backend):

@@ -26,7 +26,7 @@ from typing import Callable, TypeVar
 
 import trio
 
-from ..errors import Unavailable
+from ..errors import NoAnswer, Unavailable
 from .base import Backend, ListEntry, ObjectInfo, RangeReader
 
 # Calls without side effects: safe to abandon at the bound (by the name of the function called).
@@ -118,17 +118,9 @@ class AsyncBackend:
         call = functools.partial(self._counted, functools.partial(fn, *args, **kwargs))
         if name in READ_ONLY:
             bound = None if self.timeout is None else (self._probe if self.unresponsive else self.timeout)
-            started = trio.current_time()
-            own = started + bound if bound is not None else float("inf")
+            own = trio.current_time() + bound if bound is not None else float("inf")
             with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
-                try:
-                    return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
-                except Unavailable:
-                    # The client's own timeouts (`request_settings`: about half the bound) ended it,
-                    # not a refusal: the backend does not answer, as when the bound ends a call.
-                    if self.timeout is not None and trio.current_time() - started >= self._probe:
-                        self.unresponsive = True
-                    raise
+                return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
             if trio.current_time() >= own:  # this call's own bound, not a request that waited long
                 self.unresponsive = True
             raise Unavailable(f"the backend did not answer within {self.timeout:g}s ({name})")
@@ -144,7 +136,13 @@ class AsyncBackend:
             self.in_flight += 1
         try:
             result = call()
-        except Unavailable:  # unreachable, or its requests timed out: no answer
+        except NoAnswer:
+            # The client's own timeouts (`request_settings`: about half the bound) ended it: the
+            # backend does not answer, as when the bound ends a call.
+            if self.timeout is not None:
+                self.unresponsive = True
+            raise
+        except Unavailable:  # unreachable, or an error answer: not a sign either way
             raise
         except BaseException:  # an answer, if a refusal (a 404 says the backend is there)
             self.unresponsive = False

@@ -18,13 +18,16 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionError as BotoConnectionError,
+    ConnectTimeoutError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 
 from ..errors import (
     BucketNotFound,
     InvalidRequest,
+    NoAnswer,
     NotFound,
     OutOfDescriptors,
     PermissionDenied,
@@ -97,6 +100,8 @@ def s3_errors(key: str | None, bucket: str):
             raise OutOfDescriptors(
                 f"{what}: no file descriptor left for a connection to S3 ({os.strerror(code)}); "
                 "raise the daemon's descriptor limit (LimitNOFILE)", key, code) from None
+        if isinstance(e, (ConnectTimeoutError, ReadTimeoutError)):
+            raise NoAnswer(f"{what}: S3 did not answer ({e})", key) from None
         if isinstance(e, BotoConnectionError):
             raise Unavailable(f"{what}: cannot reach S3 ({e})", key) from None
         raise Unavailable(f"{what}: S3 request failed ({e})", key) from None
