@@ -315,23 +315,20 @@ class S3Backend(Backend):
             cond["IfNoneMatch"] = "*"
         return cond
 
-    def _check_conditions(self, key: str, cond: dict) -> None:
-        """Before a conditional CompleteMultipartUpload: refuse it (PreconditionFailed) when the key
-        already fails ``cond``.  S3 checks If-Match / If-None-Match on the completion itself; some
-        servers ignore them there (moto ignores If-Match, and If-None-Match for completions that
-        arrive together), and a retry of a failed close must never replace another node's later
-        write on them either.  What lands between this HEAD and the completion is left to the
-        server's own check (S3's is atomic)."""
-        if not cond:
+    def _check_if_match(self, key: str, cond: dict) -> None:
+        """Before a multipart upload with If-Match (a retry of a failed close, a leftover of a
+        crash, a big record's commit): refuse it (PreconditionFailed) when the key no longer holds
+        that version.  S3 checks If-Match on the completion itself, atomically; some servers
+        ignore it there (moto does), and such a retry must never replace another node's later
+        write or bring back a deleted file on them either.  What lands between this HEAD and the
+        completion is left to the server's own check.  (If-None-Match needs no HEAD: moto honours
+        it on completions one after the other, and a HEAD could not close the simultaneous case.)"""
+        if "IfMatch" not in cond:
             return
         try:
             etag = self.head(key).etag
         except NotFound:
-            if "IfMatch" in cond:
-                raise PreconditionFailed(f"{key}: deleted since the version it replaces (if_match)", key) from None
-            return
-        if "IfNoneMatch" in cond:
-            raise PreconditionFailed(f"{key}: exists (if_none_match)", key)
+            raise PreconditionFailed(f"{key}: deleted since the version it replaces (if_match)", key) from None
         if _quote(etag) != cond["IfMatch"]:
             raise PreconditionFailed(f"{key}: etag changed since the version it replaces (if_match)", key)
 
@@ -383,6 +380,7 @@ class S3Backend(Backend):
         """Upload ``size`` bytes as parallel parts; ``read_part(start, end)`` gives each part."""
         k = self._k(key)
         token = uuid.uuid4().hex
+        self._check_if_match(key, cond)  # before uploading all of it for nothing
         with self._errors(key):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=k, Metadata={**meta, _TOKEN: token})["UploadId"]
@@ -400,7 +398,7 @@ class S3Backend(Backend):
             for n, start in enumerate(range(0, size, self.part_size), start=1):
                 futures.append(self._pool.submit(upload, n, start))
             parts = [f.result() for f in futures]
-            self._check_conditions(key, cond)
+            self._check_if_match(key, cond)
             try:
                 with self._put_errors(key, cond):
                     r = self.client.complete_multipart_upload(
@@ -464,7 +462,7 @@ class S3Backend(Backend):
             listed.append({"PartNumber": n, "ETag": e})
             if (n, e) in sums:
                 listed[-1]["ChecksumCRC32"] = sums[(n, e)]
-        self._check_conditions(key, cond)
+        self._check_if_match(key, cond)
         try:
             with self._put_errors(key, cond):
                 r = self.client.complete_multipart_upload(
