@@ -194,9 +194,9 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
             spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
             nursery.start_soon(_readahead_then_ready, mountpoint, args.readahead, ready)
             await pyfuse3.main()
-            unwritten = []
             with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
-                unwritten = await fs.flush_metadata()
+                await fs.flush_metadata()
+            unwritten = fs.dirindex.unwritten()
             if bound.cancelled_caught or unwritten:
                 log.error("directory times and index rows not stored at unmount (%s): the files' own "
                           "attributes are stored, but listings on other nodes may show the attributes "

@@ -295,7 +295,11 @@ class DirIndex:
             for lock in list(self._locks.values()):
                 async with lock:  # an explicit change being written
                     pass
-        return [changes.node for changes in self._changes.values()]
+        return self.unwritten()
+
+    def unwritten(self) -> list:
+        """The directories with index changes not written (yet)."""
+        return [changes.node for changes in (*self._changes.values(), *self._writing.values())]
 
     async def _flush(self, due_only: bool) -> None:
         now = time.monotonic()
@@ -320,6 +324,9 @@ class DirIndex:
                 log.warning("%s: directory index not written (%s); trying again in %.0f s", node.display, e, backoff)
                 self._requeue(changes)
                 continue
+            except BaseException:  # cancelled (the unmount's bound): still not written
+                self._requeue(changes)
+                raise
             took = time.monotonic() - started
             if took * 3 > WRITE_DELAY:  # a large index: at most about a quarter of the time writing it
                 self._due[ino] = (time.monotonic() + 3 * took, 0)
