@@ -203,7 +203,7 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
                           "the index held before (a chmod, chown or touch made within a second of the "
                           "file's write) until the file next changes%s",
                           f"the backend did not answer within {fs.backend.timeout or 30:g} s" if bound.cancelled_caught
-                          else "the backend refused or failed the writes",
+                          else f"the last write failed: {fs.dirindex.last_error or 'see above'}",
                           "" if not unwritten else ": " + ", ".join(n.display for n in unwritten[:10]))
             # Unmounted: stop waiting for backend calls in flight (an upload retry against a dead
             # endpoint), or the daemon would outlive its mount by as long as they take.

@@ -119,6 +119,8 @@ def _parse(data: bytes, key: str) -> dict:
 
 
 class DirIndex:
+    last_error = ""  # why the last write of an index failed (the unmount's error repeats it)
+
     def __init__(self, fs):
         self.fs = fs  # the core.Filesystem
         self.enabled = not fs.sync_backend.lists_meta
@@ -322,6 +324,7 @@ class DirIndex:
                 backoff = min(60.0, 2 * self._due.get(ino, (0, WRITE_DELAY / 2))[1])
                 self._due[ino] = (time.monotonic() + backoff, backoff)
                 log.warning("%s: directory index not written (%s); trying again in %.0f s", node.display, e, backoff)
+                self.last_error = str(e)
                 self._requeue(changes)
                 continue
             except BaseException:  # cancelled (the unmount's bound): still not written
