@@ -33,11 +33,12 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        exe = Path(sys.executable).with_name("moto_server")
+        # moto_server's own main, by way of tests/motoserve.py (it skips a per-request scan)
+        launcher = Path(__file__).with_name("motoserve.py")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | TEST_ENV | self.extra_env
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-P", str(launcher), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         log.close()
