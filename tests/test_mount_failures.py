@@ -8,7 +8,7 @@ import subprocess
 import boto3
 import pytest
 
-from .mounting import force_unmount, make_mount, mountctl, mounted, require_fuse
+from .mounting import force_unmount, make_mount, mountctl, mounted, require_fuse, status_section
 from .servers import MotoServer
 
 BUCKET = "outage-bucket"
@@ -53,7 +53,7 @@ def test_upload_failure_gives_eio_and_data_survives(s3_mount, own_server):
     assert [p["key"] for p in pending] == ["pipeline/p/precious"]
     assert (d / "precious").read_bytes() == b"do not lose me"  # still readable locally
     p = mountctl("status", env=s3_mount.env)
-    assert "pending: pipeline/p/precious" in p.stdout
+    assert "pending: pipeline/p/precious" in status_section(p.stdout, s3_mount.path), p.stdout
     own_server.start()
     own_server.create_bucket()
     mountctl("flush", str(s3_mount.path), env=s3_mount.env)
