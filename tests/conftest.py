@@ -1,8 +1,10 @@
+import fcntl
 import itertools
 import logging
 import os
 import shutil
 import sys
+import time
 
 import boto3
 import pytest
@@ -38,6 +40,56 @@ def _aws_test_env():
         if _isolated(k):
             del os.environ[k]
     os.environ.update(saved)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject.toml's addopts): one worker more than there are CPUs.  Most tests
+    wait on the kernel, a daemon or the S3 server rather than compute; more workers than that only
+    add load (the suite must pass on a loaded 2-core machine).  STASHFS_TEST_WORKERS overrides."""
+    if os.environ.get("STASHFS_TEST_WORKERS"):
+        return int(os.environ["STASHFS_TEST_WORKERS"])
+    return len(os.sched_getaffinity(0)) + 1
+
+
+SYSTEM_WIDE_WAIT = 900  # seconds: far above any one test's length, even on a loaded machine
+
+
+def _flock(f, mode: int, what: str) -> None:
+    """flock ``f``, bounded: a test never waits forever on another worker."""
+    deadline = time.monotonic() + SYSTEM_WIDE_WAIT
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {SYSTEM_WIDE_WAIT}s for {what}", pytrace=False)
+            time.sleep(0.01)  # another worker's test holds the lock: flock has no timeout
+
+
+@pytest.fixture(autouse=True)
+def _system_wide(request, tmp_path_factory):
+    """Tests marked ``system_wide`` change what every other test sees (dropping the kernel's
+    caches): under pytest-xdist such a test runs alone.  Every test holds a shared lock for its
+    set-up, call and teardown; a ``system_wide`` one takes it exclusively.  The turnstile gives
+    the waiting exclusive test its turn: no new test starts while it waits."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield  # one process: tests run one at a time anyway
+        return
+    run_dir = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    exclusive = request.node.get_closest_marker("system_wide") is not None
+    with open(run_dir / "system-wide.turnstile", "a") as turnstile, open(run_dir / "system-wide.lock", "a") as lock:
+        _flock(turnstile, fcntl.LOCK_EX, "the turnstile of system-wide tests")
+        try:
+            _flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH,
+                   "the other workers' tests to end" if exclusive else "a system-wide test to end")
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
