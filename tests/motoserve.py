@@ -1,6 +1,9 @@
 """``moto_server`` for the tests (tests/servers.py runs this file instead of the script).
 
-The same server (the same arguments, the same ``moto.server.main``), with two changes:
+The same server (the same arguments, the same ``moto.server.main``), with two changes, and one
+option of its own: ``--bucket NAME`` (repeatable) makes the bucket before the server answers, so
+that a server restarted on its port to end a simulated outage comes back with its bucket, as S3
+does; nothing reaches it in between.
 
 - Speed: moto finds the backend of every request by testing whether the request's service is one
   of its modules, listing its package directory (a ``listdir`` and an ``isdir`` per entry, ~200
@@ -43,5 +46,24 @@ for _name in ("put_object", "copy_object", "delete_object", "_key_response_post"
 
 from moto.server import main  # noqa: E402
 
+
+def _make_buckets(argv: list[str]) -> list[str]:
+    """Make the buckets of the ``--bucket NAME`` arguments; the other arguments."""
+    rest, names = [], []
+    args = iter(argv)
+    for a in args:
+        if a == "--bucket":
+            names.append(next(args))
+        else:
+            rest.append(a)
+    if names:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        for name in names:
+            s3_backends[DEFAULT_ACCOUNT_ID]["aws"].create_bucket(name, "us-east-1")
+    return rest
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(_make_buckets(sys.argv[1:])))
