@@ -1,4 +1,7 @@
+import compileall
 import fcntl
+import functools
+import importlib.util
 import itertools
 import logging
 import os
@@ -18,6 +21,48 @@ from .servers import TEST_ENV, MotoServer
 
 BUCKET = "stashfs-test"
 _counter = itertools.count()
+
+
+def pytest_configure(config):
+    """Compile the project's packages once for the run (the controller, not each worker).  Every
+    mount starts `python -m mountctl` and a daemon, hundreds in all, and where the environment
+    says PYTHONDONTWRITEBYTECODE (as it may), each of them compiled fsdriver and mountctl from
+    source: a fifth of their CPU.  The .pyc files go where Python puts them by itself
+    (__pycache__, ignored by git); Python checks them against the sources' mtimes as always."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for name in ("fsdriver", "mountctl", "bench"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            for d in spec.submodule_search_locations:
+                compileall.compile_dir(d, quiet=1)
+
+
+def _share_botocore_data() -> None:
+    """Every S3Backend (fixtures, DataStores, a mount's `backend`, hundreds per run) makes its own
+    boto3 session, whose loader parsed botocore's S3 model and endpoint files again: JSON decoding
+    was a third of the test processes' CPU.  Here the loaders of this process share what they
+    load (per search path and arguments): what one session's clients already share.  Only the
+    test processes; the daemons and commands they start load as they do in production."""
+    from botocore import loaders
+
+    shared: dict = {}
+
+    def sharing(name, method):
+        @functools.wraps(method)
+        def load(self, *args, **kwargs):
+            key = (name, tuple(self.search_paths), args, tuple(sorted(kwargs.items())))
+            if key not in shared:
+                shared[key] = method(self, *args, **kwargs)
+            return shared[key]
+        return load
+
+    for name in ("list_available_services", "determine_latest_version", "list_api_versions",
+                 "load_service_model", "load_data_with_path"):
+        setattr(loaders.Loader, name, sharing(name, getattr(loaders.Loader, name)))
+
+
+_share_botocore_data()
 
 
 def _isolated(name: str) -> bool:
