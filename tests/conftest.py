@@ -1,8 +1,13 @@
+import compileall
+import fcntl
+import functools
+import importlib.util
 import itertools
 import logging
 import os
 import shutil
 import sys
+import time
 
 import boto3
 import pytest
@@ -16,6 +21,48 @@ from .servers import TEST_ENV, MotoServer
 
 BUCKET = "stashfs-test"
 _counter = itertools.count()
+
+
+def pytest_configure(config):
+    """Compile the project's packages once for the run (the controller, not each worker).  Every
+    mount starts `python -m mountctl` and a daemon, hundreds in all, and where the environment
+    says PYTHONDONTWRITEBYTECODE (as it may), each of them compiled fsdriver and mountctl from
+    source: a fifth of their CPU.  The .pyc files go where Python puts them by itself
+    (__pycache__, ignored by git); Python checks them against the sources' mtimes as always."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for name in ("fsdriver", "mountctl", "bench"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            for d in spec.submodule_search_locations:
+                compileall.compile_dir(d, quiet=1)
+
+
+def _share_botocore_data() -> None:
+    """Every S3Backend (fixtures, DataStores, a mount's `backend`, hundreds per run) makes its own
+    boto3 session, whose loader parsed botocore's S3 model and endpoint files again: JSON decoding
+    was a third of the test processes' CPU.  Here the loaders of this process share what they
+    load (per search path and arguments): what one session's clients already share.  Only the
+    test processes; the daemons and commands they start load as they do in production."""
+    from botocore import loaders
+
+    shared: dict = {}
+
+    def sharing(name, method):
+        @functools.wraps(method)
+        def load(self, *args, **kwargs):
+            key = (name, tuple(self.search_paths), args, tuple(sorted(kwargs.items())))
+            if key not in shared:
+                shared[key] = method(self, *args, **kwargs)
+            return shared[key]
+        return load
+
+    for name in ("list_available_services", "determine_latest_version", "list_api_versions",
+                 "load_service_model", "load_data_with_path"):
+        setattr(loaders.Loader, name, sharing(name, getattr(loaders.Loader, name)))
+
+
+_share_botocore_data()
 
 
 def _isolated(name: str) -> bool:
@@ -38,6 +85,56 @@ def _aws_test_env():
         if _isolated(k):
             del os.environ[k]
     os.environ.update(saved)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject.toml's addopts): one worker more than there are CPUs.  Most tests
+    wait on the kernel, a daemon or the S3 server rather than compute; more workers than that only
+    add load (the suite must pass on a loaded 2-core machine).  STASHFS_TEST_WORKERS overrides."""
+    if os.environ.get("STASHFS_TEST_WORKERS"):
+        return int(os.environ["STASHFS_TEST_WORKERS"])
+    return len(os.sched_getaffinity(0)) + 1
+
+
+SYSTEM_WIDE_WAIT = 900  # seconds: far above any one test's length, even on a loaded machine
+
+
+def _flock(f, mode: int, what: str) -> None:
+    """flock ``f``, bounded: a test never waits forever on another worker."""
+    deadline = time.monotonic() + SYSTEM_WIDE_WAIT
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {SYSTEM_WIDE_WAIT}s for {what}", pytrace=False)
+            time.sleep(0.01)  # another worker's test holds the lock: flock has no timeout
+
+
+@pytest.fixture(autouse=True)
+def _system_wide(request, tmp_path_factory):
+    """Tests marked ``system_wide`` change what every other test sees (dropping the kernel's
+    caches): under pytest-xdist such a test runs alone.  Every test holds a shared lock for its
+    set-up, call and teardown; a ``system_wide`` one takes it exclusively.  The turnstile gives
+    the waiting exclusive test its turn: no new test starts while it waits."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield  # one process: tests run one at a time anyway
+        return
+    run_dir = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    exclusive = request.node.get_closest_marker("system_wide") is not None
+    with open(run_dir / "system-wide.turnstile", "a") as turnstile, open(run_dir / "system-wide.lock", "a") as lock:
+        _flock(turnstile, fcntl.LOCK_EX, "the turnstile of system-wide tests")
+        try:
+            _flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH,
+                   "the other workers' tests to end" if exclusive else "a system-wide test to end")
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

@@ -86,6 +86,20 @@ class Mount:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
 
+def status_section(stdout: str, mountpoint: Path) -> str:
+    """The lines `mountctl status` prints for the mount at ``mountpoint``: its heading and the
+    indented lines under it.  The command lists every stashfs mount on the machine (those of
+    other tests running at the same time, other users' too), so a test reads its own."""
+    lines, mine = [], False
+    for line in stdout.splitlines():
+        if not line.startswith(" "):
+            mine = line.startswith(f"{mountpoint}: ")
+        if mine:
+            lines.append(line)
+    assert lines, f"no status of {mountpoint} in:\n{stdout}"
+    return "\n".join(lines) + "\n"
+
+
 def force_unmount(path: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
 

@@ -25,19 +25,24 @@ def free_port() -> int:
 class MotoServer:
     """``moto_server`` in its own process; `stop()`/`start()` simulate an outage on one port."""
 
-    def __init__(self, log_dir: Path, extra_env: dict | None = None):
+    def __init__(self, log_dir: Path, extra_env: dict | None = None, buckets: tuple = ()):
+        """``buckets``: made before the server answers, at every start (a restart after an outage
+        finds them, as on S3, before any client can ask)."""
         self.extra_env = extra_env or {}
+        self.buckets = tuple(buckets)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / "moto.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        exe = Path(sys.executable).with_name("moto_server")
+        # moto_server's own main, by way of tests/motoserve.py (it skips a per-request scan)
+        launcher = Path(__file__).with_name("motoserve.py")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | TEST_ENV | self.extra_env
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-P", str(launcher), "-H", "127.0.0.1", "-p", str(self.port),
+             *(a for b in self.buckets for a in ("--bucket", b))],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         log.close()

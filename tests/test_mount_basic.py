@@ -204,6 +204,7 @@ def test_a_descriptor_of_a_removed_directory_still_answers_fstat(mount):
     assert os.listdir(d.parent) == []
 
 
+@pytest.mark.system_wide  # drop_caches: other tests' mounts and files lose their cached pages too
 def test_ls_a_lists_dot_and_dotdot(mount):
     """As on ext4, a directory lists "." (itself) and ".." (its parent) first; the kernel takes no
     lookup of them, so after it forgets every inode the tree still answers."""

@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from .blackhole import SwitchableProxy
-from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .mounting import force_unmount, make_mount, mountctl, require_fuse, status_section
 
 BUCKET = "faults-bucket"
 FORGED = "2099-01-01 00:00:00,000 ERROR stashfs.fs: FORGED LINE"
@@ -174,9 +174,10 @@ def test_status_and_umount_with_300_pending_uploads(proxied):
     assert 0 < len(st["pending_uploads"]) < 300
 
     p = mountctl("status", env=m.env)
-    assert "pending uploads 300" in p.stdout, p.stdout
-    p = mountctl("status", "--all", env=m.env)
-    shown = {line.split("pending: ")[1].split(" ")[0] for line in p.stdout.splitlines() if "pending: " in line}
+    assert "pending uploads 300" in status_section(p.stdout, m.path), p.stdout
+    p = mountctl("status", "--all", env=m.env)  # every mount on the machine: this one's lines
+    shown = {line.split("pending: ")[1].split(" ")[0] for line in status_section(p.stdout, m.path).splitlines()
+             if "pending: " in line}
     assert shown == {f"pipeline/p/{n}" for n in names}
 
     proxy.set_mode("forward")

@@ -215,6 +215,5 @@ def test_pending_upload_reads_back_after_the_ttl_during_an_outage(short_ttl_s3_m
     assert (d / "precious").read_bytes() == b"do not lose me"
     assert os.stat(d / "precious").st_size == len(b"do not lose me")
     own_server.start()
-    own_server.create_bucket()
     mountctl("flush", str(short_ttl_s3_mount.path), env=short_ttl_s3_mount.env)
     assert short_ttl_s3_mount.backend.get_range("pipeline/p/sub/precious", 0) == b"do not lose me"

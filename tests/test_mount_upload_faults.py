@@ -211,7 +211,6 @@ def test_a_pending_upload_is_journaled_on_a_full_cache_disk(own_server, small_ca
         m.kill9()
         (small_cache / "filler").unlink()
         own_server.start()
-        own_server.create_bucket()
         m.mount()
         body = _client(own_server.url).get_object(Bucket=BUCKET, Key="pipeline/p/kept")["Body"].read()
         assert body == b"journaled although the disk is full"
@@ -269,7 +268,6 @@ def test_flush_discard_drops_a_pending_upload(own_server, tmp_path):
         assert p.returncode == 1 and "--discard" in p.stderr and "next mount" in p.stderr, p.stderr
         assert [json.loads(j.read_text())["key"] for j in (m.cache_dir / "pending").glob("*.json")] == ["pipeline/p/b"]
         own_server.start()
-        own_server.create_bucket()
         m.mount()  # uploads what is left before serving
         keys = [o["Key"] for o in _client(own_server.url).list_objects_v2(Bucket=BUCKET)["Contents"]]
         assert "pipeline/p/b" in keys and "pipeline/p/a" not in keys
