@@ -492,6 +492,7 @@ class Filesystem:
                 # within the TTL counts), and the times set below go on its attributes
                 node.attr_time = 0
                 await self.names.refresh(node)
+
             def stamp():
                 if node.meta is not None:
                     node.meta = node.meta.touched(data=True)

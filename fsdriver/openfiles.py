@@ -435,7 +435,7 @@ class OpenFiles:
                 self.drop_staged(node)
 
     async def _follow_current(self, node: Node, staged: StagedFile) -> bool:
-        """A write or truncate needed bytes of the version its staged file is built on, and that
+        """A read, write or truncate needed bytes of the version its staged file is built on, and that
         version is gone (replaced by another node within the TTL this mount trusted what it
         knew).  If the staged file holds nothing of it yet — nothing written, nothing fetched —
         it follows the current version (`rebase`), as an open a moment later would have, and the
