@@ -73,12 +73,16 @@ class Mount:
         self.mounted = False
         return p
 
-    def kill9(self) -> None:
+    def kill_daemon(self) -> None:
+        """kill -9 the daemon and wait (bounded) for it to be gone; the dead mount stays."""
         pid = self.status()["pid"]
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.02)  # waiting for a process to exit
+
+    def kill9(self) -> None:
+        self.kill_daemon()
         force_unmount(self.path)
         self.mounted = False
 

@@ -9,7 +9,6 @@ import pty
 import re
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -139,21 +138,12 @@ def test_exec_refuses_a_missing_local_backend(tmp_path):
     assert not missing.exists()
 
 
-def _kill_daemon(m) -> None:
-    """kill -9 the mount's daemon and wait (bounded) for it to be gone."""
-    pid = m.status()["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)  # waiting for a process to exit
-
-
 def test_umount_detaches_a_mount_whose_daemon_died(tmp_path):
     require_fuse()
     m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
     m.mount()
     try:
-        _kill_daemon(m)
+        m.kill_daemon()
         p = mountctl("umount", str(m.path), env=m.env, check=False, timeout=TIMEOUT)
         one_line(p, 0, "detached", "daemon had exited")
         assert not os.path.ismount(m.path)
@@ -175,7 +165,7 @@ def test_umount_detaches_a_dead_mount_whose_root_still_answers_stat(tmp_path, mo
     m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
     m.mount()
     try:
-        _kill_daemon(m)
+        m.kill_daemon()
         monkeypatch.setattr(spawn, "is_dead", lambda mp: False)  # what a cached stat shows
         assert mount_cmd.cmd_umount(argparse.Namespace(mountpoint=str(m.path))) == 0
         assert "daemon had exited" in capsys.readouterr().err
