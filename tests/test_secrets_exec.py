@@ -193,6 +193,9 @@ def test_secret_files_removed_when_exec_gets_sigterm(home):
         _, path, _ = readline(proc.stdout).split()
         check_file(path.decode(), value)
         proc.send_signal(signal.SIGTERM)  # forwarded: the command ends, then exec cleans up
+        # Wait with stdin still open: communicate() would close it first, and the command would
+        # then read EOF and exit 0 when it ran before the forwarded signal arrived.
+        proc.wait(timeout=TIMEOUT)
         proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
