@@ -15,28 +15,16 @@ from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
-from . import rawclient
+from . import appclient, rawclient
+from .appclient import read_all
 from .harness import MiB, Env, Timer, drop_caches, proc_cpu, proc_status
 
-READ_SIZE = 1 * MiB
 BIG_KEY = "pipeline/bench/big.bin"
 MANY_PREFIX = "pipeline/bench/many/"
 
 
 def _delta(env: Env, before: dict) -> dict:
     return env.proxy.counts.delta(before, env.proxy.snapshot())
-
-
-def _read_all(path) -> int:
-    """``cat``-like: read the whole file with 1 MiB reads, keep nothing."""
-    buf = bytearray(READ_SIZE)
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                return total
-            total += n
 
 
 def make_local_file(env: Env, size: int) -> Path:
@@ -102,17 +90,17 @@ def mount_sequential(env: Env, size: int, memory_limit: str, name: str = "seq") 
         cpu0 = proc_cpu(pid)
         before = env.proxy.snapshot()
         env.proxy.counts.start_trace()
-        with Timer() as t:
-            n = _read_all(path)
-        trace = env.proxy.counts.stop_trace()
+        try:
+            app = appclient.run(env, "read", path, size)  # a process of its own, as the reference
+        finally:
+            trace = env.proxy.counts.stop_trace()
         proxy = _delta(env, before)
         cpu = proc_cpu(pid) - cpu0
         after = m.status()
         mem = proc_status(pid)
-    assert n == size, f"the mount read {n} bytes of {size}"
     reads = after["requests"].get("read", 0) - st["requests"].get("read", 0)
     return {
-        **_read_figures(t.seconds, size, proxy, cpu), "trace": trace_summary(trace),
+        **_read_figures(app["seconds"], size, proxy, cpu), "trace": trace_summary(trace), "app_cpu_s": app["cpu_s"],
         "daemon_cpu_s": cpu, "fuse_reads": reads, "fuse_read_kib": size / max(reads, 1) / 1024,
         "daemon": {"backend_requests": after["backend_requests"], "bytes_down": after["bytes_down"],
                    "prefetch_hit_bytes": after["prefetch_hit_bytes"]},
@@ -196,10 +184,10 @@ def disk_sequential(env: Env, store: Path, local: Path, size: int, rounds: int =
                 if dropped:
                     drop_caches()
                 else:  # cannot drop: read warm, so none has an unfair advantage
-                    _read_all(p)
+                    read_all(p)
                 cpu0 = proc_cpu(st0["pid"])
                 with Timer() as timers[name]:
-                    n = _read_all(p)
+                    n = read_all(p)
                 if name == "mount":
                     cpu += proc_cpu(st0["pid"]) - cpu0
                 assert n == size, f"{name}: the disk read gave {n} bytes of {size}"
@@ -233,13 +221,13 @@ def cached_backing_reads(target: Path, paths: dict, size: int) -> dict:
     ``paths`` (the same file through a FUSE mount) read with only the mount's own pages dropped,
     so that no read waits for the disk -> MB/s by name ("direct" for the backing file).  What a
     FUSE daemon can carry on this machine, whatever the disk does."""
-    _read_all(target)  # into the page cache; reads through the mounts keep it there
+    read_all(target)  # into the page cache; reads through the mounts keep it there
     out = {}
     for name, p in {"direct": target, **paths}.items():
         if name != "direct":
             drop_file_cache(p)
         with Timer() as t:
-            n = _read_all(p)
+            n = read_all(p)
         assert n == size, f"{name}: the cached read gave {n} bytes of {size}"
         out[name] = size / t.seconds / 1e6
     return out

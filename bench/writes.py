@@ -1,17 +1,18 @@
 """Writes: small-file creates and one big write, each durable when ``close()`` returns.
 
 S3 creates: ``count`` files of ``size`` bytes (4 KiB) written and closed one after another in a
-new directory of a fresh S3 mount (the ``mkdir`` is not counted).  Requests are counted during the
-creates and at the unmount that follows (what the creates left to do, such as a directory index);
-requests per created file = both / count.  Reference: a loop of ``put_object`` of the same size
-(`bench.rawclient`, a process of its own).
+new directory of a fresh S3 mount (the ``mkdir`` is not counted), by a process of its own
+(`bench.appclient`, as the reference's client is, away from the proxy's threads).  Requests are
+counted during the creates and at the unmount that follows (what the creates left to do, such as
+a directory index); requests per created file = both / count.  Reference: a loop of
+``put_object`` of the same size (`bench.rawclient`, a process of its own).
 
-Big write: a fresh S3 mount; one process opens a new file, writes ``size`` bytes (128 MiB in a full
-run) with 1 MiB ``write()``s, ``fsync``s and closes it; the time runs from ``open`` to ``close``
-returning.  Requests by kind, the daemon's peak RSS (VmHWM) and CPU; after the unmount the object
-is checked straight on moto (uncounted): its size and SHA-256 equal the local file's.  Reference:
-boto3 ``upload_file`` of the same local file with the default TransferConfig (8 MiB parts, 10
-threads), in a process of its own.
+Big write: a fresh S3 mount; a process of its own (`bench.appclient`) opens a new file, writes
+``size`` bytes (128 MiB in a full run) with 1 MiB ``write()``s, ``fsync``s and closes it; the time
+runs from ``open`` to ``close`` returning.  Requests by kind, the daemon's peak RSS (VmHWM) and
+CPU; after the unmount the object is checked straight on moto (uncounted): its size and SHA-256
+equal the local file's.  Reference: boto3 ``upload_file`` of the same local file with the default
+TransferConfig (8 MiB parts, 10 threads), in a process of its own.
 
 Disk creates: the same creates through a disk mount, against files of the same size written,
 ``fsync``-ed and closed in a new directory of the backing filesystem directly (the durability
@@ -23,8 +24,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from . import rawclient
-from .harness import MiB, Env, Timer, daemon_figures, proc_cpu
+from . import appclient, rawclient
+from .appclient import creates
+from .harness import MiB, Env, daemon_figures, proc_cpu
 from .scenarios import judge_rounds
 
 BIG_WRITE_KEY = "pipeline/bench/bigwrite/w.bin"
@@ -46,22 +48,6 @@ def _add(a: dict, b: dict) -> dict:
             "bytes": a["bytes"] + b["bytes"], "errors": err}
 
 
-def creates(root: Path, count: int, size: int, fsync: bool = False) -> dict:
-    """Write ``count`` files of ``size`` bytes into the existing directory ``root``, one at a time,
-    each closed (and ``fsync``-ed before the close when asked)."""
-    payload = os.urandom(size)
-    with Timer() as t:
-        for i in range(count):
-            fd = os.open(root / f"s{i:05d}.dat", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, payload)
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-    return {"count": count, "size": size, "seconds": t.seconds, "files_s": count / t.seconds}
-
-
 def mount_s3_creates(env: Env, count: int, size: int) -> dict:
     rel = Path("pipeline") / "bench" / "small"
     with env.mount_s3("create") as m:
@@ -69,7 +55,9 @@ def mount_s3_creates(env: Env, count: int, size: int) -> dict:
         st = m.status()
         cpu0 = proc_cpu(st["pid"])
         before = env.proxy.snapshot()
-        r = creates(m.path / rel, count, size)
+        app = appclient.run(env, "creates", m.path / rel, count, size)  # a process of its own, as the reference
+        r = {"count": count, "size": size, "seconds": app["seconds"], "files_s": count / app["seconds"],
+             "app_cpu_s": app["cpu_s"]}
         r["proxy"] = _delta(env, before)
         r["daemon"] = daemon_figures(m, cpu0)
         before = env.proxy.snapshot()
@@ -110,9 +98,7 @@ def server_phases(trace: list) -> dict:
 
 
 def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRITE_KEY) -> dict:
-    data = local.read_bytes()
-    size = len(data)
-    view = memoryview(data)
+    size = local.stat().st_size
     path_rel = Path(key)
     with env.mount_s3("bigw", "--memory-limit", memory_limit) as m:
         (m.path / path_rel.parent).mkdir(parents=True, exist_ok=True)
@@ -121,18 +107,8 @@ def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRI
         rss0 = daemon_figures(m)["rss"]
         before = env.proxy.snapshot()
         env.proxy.counts.start_trace()
-        try:
-            with Timer() as t:
-                fd = os.open(m.path / path_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    off = 0
-                    while off < size:
-                        off += os.write(fd, view[off:off + MiB])
-                    with Timer() as f:
-                        os.fsync(fd)
-                finally:
-                    with Timer() as c:
-                        os.close(fd)
+        try:  # a process of its own, as the reference
+            app = appclient.run(env, "write", m.path / path_rel, local)
         finally:
             trace = env.proxy.counts.stop_trace()
         proxy = _delta(env, before)
@@ -146,11 +122,13 @@ def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRI
     for chunk in got.iter_chunks(MiB):
         digest.update(chunk)
         n += len(chunk)
-    ok = n == size and digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    with open(local, "rb") as f:
+        ok = n == size and digest.hexdigest() == hashlib.file_digest(f, "sha256").hexdigest()
     assert ok, f"the object written through the mount has {n} bytes of {size} or other content"
-    return {"bytes": size, "seconds": t.seconds, "mb_s": size / t.seconds / 1e6, "fsync_s": f.seconds,
-            "close_s": c.seconds, **server_phases(trace), "proxy": proxy, "unmount_proxy": unmount, "content_verified": ok,
-            "daemon": daemon, "rss_after_mount": rss0, "memory_limit": st["memory"]["limit"]}
+    return {"bytes": size, "seconds": app["seconds"], "mb_s": size / app["seconds"] / 1e6, "fsync_s": app["fsync_s"],
+            "close_s": app["close_s"], "app_cpu_s": app["cpu_s"], **server_phases(trace), "proxy": proxy,
+            "unmount_proxy": unmount, "content_verified": ok, "daemon": daemon, "rss_after_mount": rss0,
+            "memory_limit": st["memory"]["limit"]}
 
 
 def raw_upload(env: Env, local: Path, key: str = "pipeline/bench/raw-bigwrite/w.bin") -> dict:

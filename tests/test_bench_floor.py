@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench import report, scenarios, tables
+from bench import appclient, report, scenarios, tables
 from bench.harness import Env
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
@@ -72,9 +72,9 @@ def test_cached_backing_reads_drop_only_the_mounts_pages(env):
         def reads():
             return m.status()["requests"].get("read", 0)
 
-        assert scenarios._read_all(path) == len(data)
+        assert appclient.read_all(path) == len(data)
         before = reads()
-        assert scenarios._read_all(path) == len(data)
+        assert appclient.read_all(path) == len(data)
         assert reads() == before  # the mount's own pages served it: the kernel kept them
         scenarios.drop_file_cache(path)
         fd = os.open(target, os.O_RDONLY)
@@ -82,7 +82,7 @@ def test_cached_backing_reads_drop_only_the_mounts_pages(env):
             assert os.preadv(fd, [bytearray(1 << 20)], 3 << 20, os.RWF_NOWAIT) == 1 << 20
         finally:
             os.close(fd)
-        assert scenarios._read_all(path) == len(data)
+        assert appclient.read_all(path) == len(data)
         assert reads() > before  # the mount's were dropped: read through the daemon again
         before = reads()
         got = scenarios.cached_backing_reads(target, {"floor": floor.path / "pipeline" / "p" / "f.bin",
