@@ -15,7 +15,7 @@ from typing import Iterable
 
 from . import kvnames
 from .backend.base import Backend
-from .errors import NotFound
+from .errors import NotFound, PreconditionFailed
 
 # One marker: (expires at, unix seconds; the record etag it applies to; the marker's key).
 Marker = tuple[int, str, str]
@@ -65,13 +65,17 @@ def set_expiry(backend: Backend, prefix: str, name: str, etag: str, expires: int
 
 
 def expire_record(backend: Backend, prefix: str, name: str, markers: Iterable[Marker]) -> None:
-    """Remove an expired record (only while it still has the expired etag) and its markers."""
+    """Remove an expired record, only while it still has the expired etag, and its markers.
+
+    The delete is conditional (If-Match): a write that lands between the HEAD and the delete is
+    never removed.  The HEAD first keeps that rule, all but that window, on an S3-compatible server
+    that ignores If-Match on a delete."""
     markers = list(markers)
     key = prefix + name
     for _, tag, _ in markers:
         try:
             if backend.head(key).etag == tag:
-                backend.delete(key)
-        except NotFound:
-            pass
+                backend.delete(key, if_match=tag)
+        except (NotFound, PreconditionFailed):
+            pass  # gone, or written again since: the new version stays
     delete_markers(backend, markers)

@@ -170,6 +170,18 @@ def test_delete_and_delete_prefix(backend):
     assert backend.head("pq/x").size == 1  # a sibling with a longer name is untouched
 
 
+def test_a_conditional_delete_removes_only_the_version_it_names(backend):
+    first = backend.put_bytes("r.json", b"1").etag
+    second = backend.put_bytes("r.json", b"22").etag
+    with pytest.raises(PreconditionFailed):
+        backend.delete("r.json", if_match=first)  # replaced since: the new version stays
+    assert backend.get_range("r.json", 0) == b"22"
+    backend.delete("r.json", if_match=second)
+    with pytest.raises(NotFound):
+        backend.head("r.json")
+    backend.delete("r.json", if_match=second)  # gone already: not an error, as without it
+
+
 def test_copy(backend):
     backend.put_bytes("src", DATA)
     info = backend.copy("src", "dir/dst")

@@ -51,3 +51,30 @@ def test_expire_record_keeps_a_version_written_since(backend):
     kvexpiry.set_expiry(backend, STORE, "a.json", backend.head(STORE + "a.json").etag, int(time.time()) - 1)
     kvexpiry.expire_record(backend, STORE, "a.json", kvexpiry.markers_of(backend, STORE, "a.json"))
     assert [e.key for e in backend.list(STORE) if not e.key.endswith("/")] == []  # disk: dirs too
+
+
+class _WriteAfterHead:
+    """The backend, with another writer's put landing right after each HEAD of ``key``: the
+    window between expire_record's look at the record and its delete."""
+
+    def __init__(self, backend, key: str, value: bytes):
+        self.backend, self.key, self.value = backend, key, value
+
+    def head(self, key):
+        info = self.backend.head(key)
+        if key == self.key:
+            self.backend.put_bytes(key, self.value)
+        return info
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_expire_record_never_removes_a_write_that_lands_after_it_looked(backend):
+    etag = _put(backend, "a.json", b"1")
+    kvexpiry.set_expiry(backend, STORE, "a.json", etag, int(time.time()) - 1)
+    markers = kvexpiry.markers_of(backend, STORE, "a.json")
+    racing = _WriteAfterHead(backend, STORE + "a.json", b"2")
+    kvexpiry.expire_record(racing, STORE, "a.json", markers)
+    assert backend.get_range(STORE + "a.json", 0) == b"2"  # acknowledged to its writer: kept
+    assert kvexpiry.markers_of(backend, STORE, "a.json") == []

@@ -271,8 +271,8 @@ class AsyncBackend:
         collect.__name__ = "list"
         return await self.run(collect)
 
-    async def delete(self, key: str) -> None:
-        await self.run(self.sync.delete, key)
+    async def delete(self, key: str, **kw) -> None:
+        await self.run(self.sync.delete, key, **kw)
 
     async def delete_prefix(self, prefix: str) -> int:
         return await self.run(self.sync.delete_prefix, prefix)

@@ -279,8 +279,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Delete ``key``.  Deleting a missing key is not an error (as on S3)."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete ``key``.  Deleting a missing key is not an error (as on S3).
+
+        ``if_match``: only while the object has that etag (an object, not a marker); another
+        etag raises PreconditionFailed, a missing key is still not an error.  S3 general purpose
+        buckets honour If-Match on DeleteObject; an S3-compatible server that ignores it deletes
+        whatever is there, as a delete without it does.
+        """
 
     @abc.abstractmethod
     def delete_many(self, keys: Iterable[str]) -> None:

@@ -481,12 +481,19 @@ class DiskBackend(Backend):
             elif stat.S_ISREG(st.st_mode):
                 yield _info(dir_key + e.name, st, meta)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
         with self._lock(key.rstrip("/")):
             try:
                 if key.endswith("/"):
                     os.rmdir(path)
+                elif if_match is not None:
+                    st = os.lstat(path)
+                    if stat.S_ISDIR(st.st_mode):
+                        return
+                    if etag_of(st) != if_match:
+                        raise PreconditionFailed(f"{key}: etag changed (if_match)", key)
+                    os.unlink(path)
                 elif not path.is_dir():
                     os.unlink(path)
                 else:

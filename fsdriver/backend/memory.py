@@ -403,9 +403,13 @@ class MemoryBackend(Backend):
         self._leave(gate, (key,))
         return (None if o is None else o.info(key)), is_dir
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         gate = self._enter("delete", key)
-        self._delete(key)
+        with self._lock:
+            current = self._objects.get(key)
+            if if_match is not None and current is not None and current.etag != if_match:
+                raise PreconditionFailed(f"{key}: etag changed (if_match)", key)
+            self._objects.pop(key, None)
         self._leave(gate, (key,))
 
     def delete_many(self, keys: Iterable[str]) -> None:

@@ -550,9 +550,14 @@ class S3Backend(Backend):
             is_dir = next(iter(self.list(key + "/", max_keys=1)), None) is not None
         return info, is_dir
 
-    def delete(self, key: str) -> None:
-        with self._errors(key):
-            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        try:
+            with self._errors(key):
+                self.client.delete_object(Bucket=self.bucket, Key=self._k(key),
+                                          **({"IfMatch": if_match} if if_match is not None else {}))
+        except NotFound as e:  # If-Match on a missing key: 404, gone already
+            if if_match is None or isinstance(e, BucketNotFound):
+                raise
 
     def _delete_batch(self, keys: Sequence[str], what: str) -> None:
         """One DeleteObjects request (at most 1,000 keys); BackendError names the first failure."""
