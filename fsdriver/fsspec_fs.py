@@ -65,7 +65,7 @@ class StashFileSystem(Listing, Writing, Removal, AbstractFileSystem):
             self.backend = open_backend(backend, endpoint_url=endpoint_url)
         else:
             self.backend = shared_backend(backend)
-        # The disk backend refuses file/directory clashes itself; on S3 they are checked first.
+        # File/directory clashes are checked before a write: with LISTs on S3, local stats on disk.
         self._remote = not isinstance(self.backend, DiskBackend)
 
     @classmethod

@@ -16,7 +16,7 @@ from . import kvexpiry, owners, strictjson
 from .access import login_name
 from .backend import ObjectInfo
 from .data import claim_pipeline
-from .errors import NotFound
+from .errors import NameTooLong, NotFound
 from .fsspec_errors import os_errors
 from .fsspec_listing import dir_entry, file_entry
 from .fsspec_paths import Place, check_writable, resolve
@@ -28,11 +28,20 @@ class Writing:
     def _check_target(self, place: Place) -> None:
         """The mount's rules for a new object at ``place`` (raises before anything is written)."""
         check_writable(place)
+        limit = self.backend.max_key_bytes
+        if limit is not None and len(place.key.encode()) + 1 > limit:  # +1: a directory's marker, as in the mount
+            raise NameTooLong(f"{place.path}: longer than the backend's keys may be ({limit} bytes)")
         if place.tree == "kv":
             return  # stores are flat
-        if not self._remote:  # the disk backend refuses the other clashes itself
-            if self.backend.local_path(place.key).is_dir():
+        if not self._remote:  # local stats: the disk backend's own refusal would not say which clash
+            path = self.backend.local_path(place.key)
+            if path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
+            if not path.parent.is_dir():
+                for depth in range(3, place.depth):
+                    parent = "/".join(place.parts[:depth])
+                    if self.backend.local_path(parent).is_file():
+                        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
             return
         with os_errors(place.path):
             known = self.known.get(place.path)
@@ -113,6 +122,9 @@ class Writing:
     def cp_file(self, path1, path2, **kwargs) -> None:
         src = resolve(self._strip_protocol(path1))
         dst = resolve(self._strip_protocol(path2))
+        if src.path == dst.path:  # onto itself (however spelt): nothing to do, as os.rename(a, a)
+            self.info(src.path)  # still FileNotFoundError for a missing one
+            return
         if self.isdir(src.path):
             self.makedirs(dst.path, exist_ok=True)
             return
