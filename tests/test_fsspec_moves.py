@@ -58,3 +58,69 @@ def test_a_file_below_a_file_is_enotdir_before_the_backend_is_asked(fs, backend)
             write("pipeline/p13/f/g/h")
         assert e.value.errno == errno.ENOTDIR
     assert objects(backend) == {"pipeline/p13/f": b"1"}
+
+
+def tree(fs):
+    fs.pipe_file("pipeline/p13/d/x", b"x")
+    fs.pipe_file("pipeline/p13/d/y/z", b"z")
+    return {"pipeline/p13/d/x": b"x", "pipeline/p13/d/y/z": b"z"}
+
+
+@pytest.mark.parametrize("dst", ["pipeline/p13/d/sub", "pipeline/p13/d/y", "pipeline/p13/d/y/new",
+                                 "stashfs://pipeline/p13/d/sub/", "/pipeline/p13/d/sub"])
+def test_a_directory_moved_into_itself_is_einval_and_nothing_changes(fs, backend, dst):
+    before = tree(fs)
+    with pytest.raises(OSError) as e:
+        fs.mv("pipeline/p13/d", dst, recursive=True)  # was: copied below itself, then all removed
+    assert e.value.errno == errno.EINVAL
+    assert objects(backend) == before
+    assert fs.find("pipeline/p13") == sorted(before)
+
+
+@pytest.mark.parametrize("src,dst", [
+    ("pipeline/p13/d/x", "/pipeline/p13/d/x"),
+    ("stashfs://pipeline/p13/d/x", "pipeline/p13/d/x"),
+    ("pipeline/p13/d/x", "pipeline/p13/d"),  # into its own directory: the same path
+    ("pipeline/p13/d/x", "pipeline/p13/d/"),
+    ("pipeline/p13/d", "/pipeline/p13/d/"),
+    ("pipeline/p13/d", "pipeline/p13"),
+])
+def test_a_move_onto_itself_does_nothing(fs, backend, src, dst):
+    before = tree(fs)
+    fs.mv(src, dst, recursive=True)  # was: the source removed (disk), or ENOTDIR (S3)
+    if not fs.isdir(src):
+        fs.mv(src, dst)
+    assert objects(backend) == before
+
+
+def test_a_file_moved_below_itself_is_enotdir(fs, backend):
+    before = tree(fs)
+    with pytest.raises(NotADirectoryError):
+        fs.mv("pipeline/p13/d/x", "pipeline/p13/d/x/y")
+    with pytest.raises(FileNotFoundError):
+        fs.mv("pipeline/p13/missing", "/pipeline/p13/missing")
+    assert objects(backend) == before
+
+
+def test_moves_still_move(fs, backend):
+    tree(fs)
+    fs.mv("pipeline/p13/d", "pipeline/p13/e", recursive=True)
+    assert objects(backend) == {"pipeline/p13/e/x": b"x", "pipeline/p13/e/y/z": b"z"}
+    fs.makedirs("pipeline/p13/f")
+    fs.mv("pipeline/p13/e", "pipeline/p13/f", recursive=True)  # into an existing directory
+    fs.mv("pipeline/p13/f/e/x", "pipeline/p13/x")
+    assert objects(backend) == {"pipeline/p13/f/e/y/z": b"z", "pipeline/p13/x": b"x"}
+    fs.pipe_file("pipeline/p13/g/1.csv", b"1")
+    fs.pipe_file("pipeline/p13/g/2.csv", b"2")
+    fs.pipe_file("pipeline/p13/g/keep.txt", b"k")
+    fs.mv("pipeline/p13/g/*.csv", "pipeline/p13/h/")
+    assert fs.find("pipeline/p13/g") == ["pipeline/p13/g/keep.txt"]
+    assert fs.cat("pipeline/p13/h/1.csv") == b"1" and fs.cat("pipeline/p13/h/2.csv") == b"2"
+    with pytest.raises(IsADirectoryError):  # a directory moves with recursive=True only
+        fs.mv("pipeline/p13/g", "pipeline/p13/i")
+    fs.pipe_file("pipeline/p13/f/t1", b"1")
+    fs.pipe_file("pipeline/p13/f/t2", b"2")
+    fs.mv("pipeline/p13/f", "pipeline/p13/j", recursive=True, maxdepth=1)  # what is deeper stays
+    assert fs.find("pipeline/p13/f") == ["pipeline/p13/f/e/y/z"]
+    assert fs.cat(["pipeline/p13/j/t1", "pipeline/p13/j/t2"]) == {"pipeline/p13/j/t1": b"1",
+                                                                 "pipeline/p13/j/t2": b"2"}
