@@ -74,6 +74,9 @@ class Removal:
                 self._keep_parent(place)
                 return
         paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
+        for named in self._strip_protocol(path if isinstance(path, list) else [path]):
+            if not has_magic(named):
+                self.info(named)  # a missing path is FileNotFoundError before anything goes, as os.remove
         self._remove_each(paths)
 
     def _remove_each(self, paths, keep_full: bool = False) -> None:

@@ -124,3 +124,15 @@ def test_moves_still_move(fs, backend):
     assert fs.find("pipeline/p13/f") == ["pipeline/p13/f/e/y/z"]
     assert fs.cat(["pipeline/p13/j/t1", "pipeline/p13/j/t2"]) == {"pipeline/p13/j/t1": b"1",
                                                                  "pipeline/p13/j/t2": b"2"}
+
+
+def test_removing_a_missing_path_is_filenotfounderror(fs, backend):
+    before = tree(fs)
+    for rm in (fs.rm, fs.rm_file, lambda p: fs.rm(p, recursive=True), lambda p: fs.rm(["pipeline/p13/d/x", p])):
+        with pytest.raises(FileNotFoundError):  # fs.rm(p) returned silently
+            rm("pipeline/p13/missing")
+    with pytest.raises(FileNotFoundError):
+        fs.rm("pipeline/p13/*.none")
+    assert objects(backend) == before  # a list naming a missing path removes nothing
+    fs.rm(["pipeline/p13/d/x", "stashfs://pipeline/p13/d/y"], recursive=True)
+    assert objects(backend) == {} and fs.ls("pipeline/p13", detail=False) == ["pipeline/p13/d"]
