@@ -60,8 +60,14 @@ class StashFile(AbstractBufferedFile):
             raise FileExistsError(errno.EEXIST, f"{path} exists", path)
         super().__init__(fs, path, mode, block_size, autocommit, cache_type=cache_type,
                          cache_options=cache_options, **kwargs)
-        if mode == "ab" and fs.exists(path):  # append: the new object is the old one plus the writes
-            self._spill_file().write(fs.cat_file(path))
+        if mode == "ab":  # append: the new object is the old one plus the writes
+            try:
+                old = fs.cat_file(path)
+            except FileNotFoundError:
+                old = None
+            if old is not None:
+                self._spill_file().write(old)
+                self.loc = len(old)  # tell() is the size, as after open(..., "ab")
 
     def _pin(self, details: dict) -> dict:
         if details["type"] != "file":

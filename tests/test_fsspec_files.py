@@ -1,4 +1,4 @@
-"""Open stashfs:// files: which version a read sees."""
+"""Open stashfs:// files: which version a read sees, and where an appending file starts."""
 
 import errno
 
@@ -54,3 +54,17 @@ def test_a_file_replaced_while_open_after_a_read_is_estale_once_worded(fs, backe
             f.read(10)
     assert e.value.errno == errno.ESTALE
     assert e.value.strerror == "pipeline/p13/big: replaced by a new version while open"
+
+
+@pytest.mark.parametrize("old", [b"", b"0123456789", bytes(3 * 1024 * 1024)], ids=["empty", "small", "spilled"])
+def test_appending_starts_at_the_end(fs, backend, old):
+    fs.pipe_file("pipeline/p13/log", old)
+    with fs.open("pipeline/p13/log", "ab", block_size=1024 * 1024) as f:
+        assert f.tell() == len(old)  # was 0: Python's open(..., "ab") and s3fs tell the size
+        assert f.write(b"tail") == 4
+        assert f.tell() == len(old) + 4 and f.loc == f.tell()
+    assert backend.get_range("pipeline/p13/log", 0) == old + b"tail"
+    with fs.open("pipeline/p13/new-log", "ab") as f:
+        assert f.tell() == 0
+        f.write(b"x")
+    assert backend.get_range("pipeline/p13/new-log", 0) == b"x"
