@@ -55,7 +55,7 @@ class StashFile(AbstractBufferedFile):
             return
         if mode not in ("wb", "xb", "ab"):
             raise ValueError(f"stashfs files open in rb, wb, xb or ab mode, not {mode!r}")
-        fs._check_target(self.place)
+        self._replaces = fs._check_target(self.place)
         if mode == "xb" and fs.exists(path):
             raise FileExistsError(errno.EEXIST, f"{path} exists", path)
         super().__init__(fs, path, mode, block_size, autocommit, cache_type=cache_type,
@@ -66,6 +66,7 @@ class StashFile(AbstractBufferedFile):
             except FileNotFoundError:
                 old = None
             if old is not None:
+                self._replaces = True
                 self._spill_file().write(old)
                 self.loc = len(old)  # tell() is the size, as after open(..., "ab")
 
@@ -123,10 +124,12 @@ class StashFile(AbstractBufferedFile):
         exclusive = self.mode == "xb"
         try:
             if self._spill is None:
-                self.fs._store(self.place, data=self._small, exclusive=exclusive, checked=True)
+                self.fs._store(self.place, data=self._small, exclusive=exclusive, checked=True,
+                               replaces=self._replaces)
             else:
                 self._spill.flush()
-                self.fs._store(self.place, file=self._spill.name, exclusive=exclusive, checked=True)
+                self.fs._store(self.place, file=self._spill.name, exclusive=exclusive, checked=True,
+                               replaces=self._replaces)
         finally:
             self.discard()
 

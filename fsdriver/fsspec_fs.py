@@ -18,9 +18,10 @@ else ``$STASHFS_BACKEND``, the config file or the local default (`fsdriver.confi
   is both an object and a prefix is a directory.
 
 The filesystem is put together from parts, each with one job: `fsspec_listing` (metadata),
-`fsspec_writes`, `fsspec_moves`, `fsspec_removal`, `fsspec_file` (an open file), `fsspec_errors`
-(OSErrors), `fsspec_paths` (paths to keys) and `fsspec_cache` (the metadata TTL); this module
-holds the class, its configuration and reading data.  Nothing here imports pyfuse3 or trio.
+`fsspec_writes`, `fsspec_moves`, `fsspec_removal`, `fsspec_attrs` (POSIX attributes),
+`fsspec_file` (an open file), `fsspec_errors` (OSErrors), `fsspec_paths` (paths to keys) and
+`fsspec_cache` (the metadata TTL); this module holds the class, its configuration and reading
+data.  Nothing here imports pyfuse3 or trio.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class Moving:
         moves = [(src, dst) for src, dst in pairs if src != dst]
         self._check_moves(moves)
         for src, dst in moves:
-            self.cp_file(src, dst)
+            self._copy(resolve(src), resolve(dst), moving=True)
         if not moves:
             return
         if isinstance(path1, str) and not has_magic(path1) and recursive and maxdepth is None and moves == pairs:
