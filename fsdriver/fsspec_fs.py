@@ -18,7 +18,7 @@ else ``$STASHFS_BACKEND``, the config file or the local default (`fsdriver.confi
   is both an object and a prefix is a directory.
 
 The filesystem is put together from parts, each with one job: `fsspec_listing` (metadata),
-`fsspec_writes`, `fsspec_moves`, `fsspec_removal`, `fsspec_attrs` (POSIX attributes),
+`fsspec_writes`, `fsspec_moves`, `fsspec_removal`, `fsspec_attrs` (POSIX attributes, ``touch``),
 `fsspec_file` (an open file), `fsspec_errors` (OSErrors), `fsspec_paths` (paths to keys) and
 `fsspec_cache` (the metadata TTL); this module holds the class, its configuration and reading
 data.  Nothing here imports pyfuse3 or trio.
@@ -37,6 +37,7 @@ from fsspec.utils import stringify_path
 from .backend import Backend
 from .backend.disk import DiskBackend
 from .configured import open_backend, shared_backend
+from .fsspec_attrs import Attributes
 from .fsspec_cache import MetaCache
 from .fsspec_errors import os_errors
 from .fsspec_file import StashFile
@@ -51,7 +52,7 @@ __all__ = ["PROTOCOL", "StashFile", "StashFileSystem", "os_errors"]
 PROTOCOL = "stashfs"
 
 
-class StashFileSystem(Listing, Writing, Moving, Removal, AbstractFileSystem):
+class StashFileSystem(Listing, Writing, Moving, Removal, Attributes, AbstractFileSystem):
     """The stashfs tree (``pipeline/``, ``user/``, ``kv/``) on one backend."""
 
     protocol = PROTOCOL

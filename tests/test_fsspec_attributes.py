@@ -1,5 +1,5 @@
 """The POSIX attributes of files (mode, owner, times, in the object's user metadata) through
-stashfs://: a rewrite keeps them as the mount does."""
+stashfs://: a rewrite keeps them as the mount does, and touch sets the modification time."""
 
 import os
 import stat
@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("fsspec")
 
-from fsdriver import posixattrs  # noqa: E402
+from fsdriver import kvexpiry, posixattrs  # noqa: E402
 from fsdriver.fsspec_fs import StashFileSystem  # noqa: E402
+from fsdriver.kv import DataStore  # noqa: E402
 
 from .test_fsspec import RecordingBackend  # noqa: E402
 
@@ -34,7 +35,7 @@ def give_attributes(backend, key, mode=0o640):
 
 
 @pytest.mark.fuse
-def test_a_rewrite_keeps_what_the_mount_set(mount):
+def test_a_rewrite_keeps_what_the_mount_set_and_touch_shows_in_the_mount(mount):
     f = mount.path / "pipeline" / "p1" / "f.csv"
     f.parent.mkdir()
     f.write_bytes(b"old")
@@ -44,10 +45,13 @@ def test_a_rewrite_keeps_what_the_mount_set(mount):
     fs.pipe_file("pipeline/p1/f.csv", b"new")  # was: no metadata left, the mount's default mode again
     assert stat.S_IMODE(attributes(mount.backend, "pipeline/p1/f.csv").mode) == 0o640
     fs.pipe_file("pipeline/p1/link", b"data")  # a write replaces a symlink with a regular file
+    os.utime(f, (OLD, OLD))
+    fs.touch("pipeline/p1/f.csv", truncate=False)
     mount.umount()
     mount.mount()  # a fresh mount: nothing remembered, the objects tell
     st = os.stat(f)
     assert (stat.S_IMODE(st.st_mode), f.read_bytes()) == (0o640, b"new")
+    assert abs(st.st_mtime - time.time()) < 60
     link = f.parent / "link"
     assert not link.is_symlink() and link.read_bytes() == b"data"
 
@@ -59,7 +63,8 @@ def test_every_kind_of_rewrite_keeps_the_attributes(fs, backend, tmp_path):
     local = tmp_path / "local.bin"
     local.write_bytes(b"3")
     writes = [lambda: fs.pipe_file(key, b"1"), lambda: fs.put_file(str(local), key),
-              lambda: fs.write_bytes(key, b"2" * (3 << 20)), lambda: fs.cp_file("user/alice/g", key)]
+              lambda: fs.write_bytes(key, b"2" * (3 << 20)), lambda: fs.cp_file("user/alice/g", key),
+              lambda: fs.touch(key)]
     fs.pipe_file("user/alice/g", b"g")
     for write in writes:
         before = time.time()
@@ -83,6 +88,36 @@ def test_a_move_takes_the_source_attributes(fs, backend):
     fs.mv("user/alice/src", "user/alice/dst")  # as rename(2): the file moved is the one shown
     assert stat.S_IMODE(attributes(backend, "user/alice/dst").mode) == 0o600
     assert fs.cat("user/alice/dst") == b"s"
+
+
+def test_touch_without_truncate_sets_the_modification_time(fs, backend):
+    fs.pipe_file("pipeline/p13/plain", b"content")
+    fs.pipe_file("pipeline/p13/with-attrs", b"content")
+    give_attributes(backend, "pipeline/p13/with-attrs")
+    if backend.keeps_mtime:
+        backend.set_mtime("pipeline/p13/plain", OLD)
+        backend.set_mtime("pipeline/p13/with-attrs", OLD)
+    fs.known.ttl = 0
+    before = time.time()
+    for name in ("plain", "with-attrs"):
+        fs.touch(f"pipeline/p13/{name}", truncate=False)  # was NotImplementedError, empty message
+        assert fs.cat(f"pipeline/p13/{name}") == b"content"
+        assert fs.modified(f"pipeline/p13/{name}").timestamp() >= int(before)  # S3: whole seconds
+    touched = attributes(backend, "pipeline/p13/with-attrs")
+    assert touched.mtime >= before and stat.S_IMODE(touched.mode) == 0o640  # what the mount shows
+    with pytest.raises(IsADirectoryError):
+        fs.touch("pipeline/p13", truncate=False)
+    fs.touch("pipeline/p13/missing", truncate=False)
+    assert fs.cat("pipeline/p13/missing") == b""
+
+
+def test_touching_a_record_keeps_its_ttl(fs, backend):
+    ds = DataStore("st", backend=backend)
+    ds.set("k", {"a": 1}, ttl=600)
+    fs.touch("kv/st/k.json", truncate=False)
+    etag = backend.head("kv/st/k.json").etag  # on disk a new one: the mtime is part of it
+    assert [tag for _, tag, _ in kvexpiry.markers_of(backend, "kv/st/", "k.json")] == [etag]
+    assert ds["k"] == {"a": 1}
 
 
 class HeadCounting(RecordingBackend):
