@@ -141,3 +141,19 @@ def test_keeping_attributes_costs_one_head_per_file_replaced_and_none_per_new_fi
     assert spy.heads == []
     fs.pipe_file("user/alice/new", b"2")
     assert spy.heads == ["user/alice/new"]
+
+
+@pytest.mark.fuse
+def test_symlinks_and_special_files_are_plain_objects_as_documented(mount):
+    d = mount.path / "pipeline" / "p1"
+    d.mkdir()
+    (d / "data.csv").write_bytes(b"a\n1\n")
+    (d / "latest.csv").symlink_to("data.csv")
+    os.mkfifo(d / "fifo")
+    fs = StashFileSystem(backend=mount.backend, skip_instance_cache=True)
+    assert [(e["name"], e["type"], e["size"]) for e in fs.ls("pipeline/p1")] == [
+        ("pipeline/p1/data.csv", "file", 4), ("pipeline/p1/fifo", "file", 0), ("pipeline/p1/latest.csv", "file", 8)]
+    assert fs.cat("pipeline/p1/latest.csv") == b"data.csv"  # the target, not followed (docs/python.md)
+    assert fs.cat("pipeline/p1/fifo") == b""
+    assert stat.S_ISLNK(attributes(mount.backend, "pipeline/p1/latest.csv").mode)  # what tells them apart
+    assert stat.S_ISFIFO(attributes(mount.backend, "pipeline/p1/fifo").mode)
