@@ -18,9 +18,10 @@ else ``$STASHFS_BACKEND``, the config file or the local default (`fsdriver.confi
   is both an object and a prefix is a directory.
 
 The filesystem is put together from parts, each with one job: `fsspec_listing` (metadata),
-`fsspec_writes`, `fsspec_removal`, `fsspec_file` (an open file), `fsspec_errors` (OSErrors),
-`fsspec_paths` (paths to keys) and `fsspec_cache` (the metadata TTL); this module holds the
-class, its configuration and reading data.  Nothing here imports pyfuse3 or trio.
+`fsspec_writes`, `fsspec_moves`, `fsspec_removal`, `fsspec_attrs` (POSIX attributes, ``touch``),
+`fsspec_file` (an open file), `fsspec_errors` (OSErrors), `fsspec_paths` (paths to keys) and
+`fsspec_cache` (the metadata TTL); this module holds the class, its configuration and reading
+data.  Nothing here imports pyfuse3 or trio.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from fsspec.utils import stringify_path
 from .backend import Backend
 from .backend.disk import DiskBackend
 from .configured import open_backend, shared_backend
+from .fsspec_attrs import Attributes
 from .fsspec_cache import MetaCache
 from .fsspec_errors import os_errors
 from .fsspec_file import StashFile
 from .fsspec_listing import Listing
+from .fsspec_moves import Moving
 from .fsspec_paths import resolve
 from .fsspec_removal import Removal
 from .fsspec_writes import Writing
@@ -49,7 +52,7 @@ __all__ = ["PROTOCOL", "StashFile", "StashFileSystem", "os_errors"]
 PROTOCOL = "stashfs"
 
 
-class StashFileSystem(Listing, Writing, Removal, AbstractFileSystem):
+class StashFileSystem(Listing, Writing, Moving, Removal, Attributes, AbstractFileSystem):
     """The stashfs tree (``pipeline/``, ``user/``, ``kv/``) on one backend."""
 
     protocol = PROTOCOL
@@ -65,7 +68,7 @@ class StashFileSystem(Listing, Writing, Removal, AbstractFileSystem):
             self.backend = open_backend(backend, endpoint_url=endpoint_url)
         else:
             self.backend = shared_backend(backend)
-        # The disk backend refuses file/directory clashes itself; on S3 they are checked first.
+        # File/directory clashes are checked before a write: with LISTs on S3, local stats on disk.
         self._remote = not isinstance(self.backend, DiskBackend)
 
     @classmethod

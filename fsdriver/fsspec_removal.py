@@ -1,4 +1,4 @@
-"""Removing for the ``stashfs://`` filesystem: ``rm_file``, ``rmdir``, ``rm``.
+"""Removing for the ``stashfs://`` filesystem: ``rm_file``, ``rmdir``, ``rm`` (and what a move copied).
 
 `Removal` is a part of `fsdriver.fsspec_fs.StashFileSystem`.  Like the mount, a directory on S3
 keeps a marker when its last entry is removed (`_keep`), an empty pipeline loses its owner
@@ -74,8 +74,17 @@ class Removal:
                 self._keep_parent(place)
                 return
         paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
+        for named in self._strip_protocol(path if isinstance(path, list) else [path]):
+            if not has_magic(named):
+                self.info(named)  # a missing path is FileNotFoundError before anything goes, as os.remove
+        self._remove_each(paths)
+
+    def _remove_each(self, paths, keep_full: bool = False) -> None:
+        """Remove each of ``paths`` (files, and directories emptied by removing the others), then
+        keep their parents; a directory still holding something is IsADirectoryError, or is kept
+        with ``keep_full`` (what a move did not copy)."""
         removed, parents = set(), set()
-        for p in reversed(paths):  # children before their directories
+        for p in sorted(paths, reverse=True):  # children before their directories
             place = resolve(p)
             try:
                 info = self.info(place.path)
@@ -87,6 +96,8 @@ class Removal:
                 self._remove_file(place)
             elif place.depth >= 2:
                 if self._list(place)[1]:
+                    if keep_full:
+                        continue
                     raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory (recursive=True "
                                                           "removes it with its content)", place.path)
                 self._remove_dir(place)

@@ -3,8 +3,8 @@
 `Writing` is a part of `fsdriver.fsspec_fs.StashFileSystem`.  Every write is one atomic object
 put (``exclusive``: a conditional put, FileExistsError), checked first by the mount's rules: no
 file where a directory is or under a file, records checked as JSON (`strictjson`), a pipeline
-claimed on its first write; writing a record ends its TTL.  What a write made is remembered in
-the `MetaCache`.
+claimed on its first write; writing a record ends its TTL.  A file replaced keeps its POSIX
+attributes (`fsspec_attrs`).  What a write made is remembered in the `MetaCache`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from . import kvexpiry, owners, strictjson
 from .access import login_name
 from .backend import ObjectInfo
 from .data import claim_pipeline
-from .errors import NotFound
+from .errors import NameTooLong, NotFound
+from .fsspec_attrs import kept_attributes
 from .fsspec_errors import os_errors
 from .fsspec_listing import dir_entry, file_entry
 from .fsspec_paths import Place, check_writable, resolve
@@ -25,19 +26,35 @@ from .fsspec_paths import Place, check_writable, resolve
 class Writing:
     """The writing side of `StashFileSystem`."""
 
-    def _check_target(self, place: Place) -> None:
-        """The mount's rules for a new object at ``place`` (raises before anything is written)."""
+    def _check_target(self, place: Place) -> bool | None:
+        """The mount's rules for a new object at ``place`` (raises before anything is written);
+        whether a file is there already (None: not known)."""
         check_writable(place)
+        limit = self.backend.max_key_bytes
+        if limit is not None and len(place.key.encode()) + 1 > limit:  # +1: a directory's marker, as in the mount
+            raise NameTooLong(f"{place.path}: longer than the backend's keys may be ({limit} bytes)")
         if place.tree == "kv":
-            return  # stores are flat
-        if not self._remote:  # the disk backend refuses the other clashes itself
-            if self.backend.local_path(place.key).is_dir():
+            return None  # stores are flat
+        if not self._remote:  # local stats: the disk backend's own refusal would not say which clash
+            path = self.backend.local_path(place.key)
+            if path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
-            return
+            if not path.parent.is_dir():
+                for depth in range(3, place.depth):
+                    parent = "/".join(place.parts[:depth])
+                    if self.backend.local_path(parent).is_file():
+                        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
+            return None
         with os_errors(place.path):
             known = self.known.get(place.path)
-            if known is not None and known["type"] == "directory" or known is None and not self.known.absent(
-                    place.path) and next(iter(self.backend.list(place.key + "/", max_keys=1)), None) is not None:
+            if known is not None:
+                exists = True
+            elif self.known.absent(place.path):
+                exists = False
+            else:  # one LIST tells both: the object, and keys below it
+                obj, is_dir = self.backend.lookup(place.key)
+                exists, known = obj is not None, dir_entry(place.path) if is_dir else None
+            if known is not None and known["type"] == "directory":
                 raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
             for depth in range(3, place.depth):
                 parent = "/".join(place.parts[:depth])
@@ -53,13 +70,19 @@ class Writing:
                 except NotFound:
                     continue
                 raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
+        return exists
 
     def _store(self, place: Place, data: bytes | None = None, file: str | None = None,
-               exclusive: bool = False, checked: bool = False) -> ObjectInfo:
+               exclusive: bool = False, checked: bool = False, replaces: bool | None = None) -> ObjectInfo:
         """Put ``data`` (or the local ``file``) at ``place`` atomically, by the mount's rules
-        (``checked``: `_check_target` already passed, when the file was opened)."""
+        (``checked``: `_check_target` already passed, when the file was opened, and told
+        ``replaces``).  A file replaced keeps its attributes (`kept_attributes`)."""
         if not checked:
-            self._check_target(place)
+            replaces = self._check_target(place)
+        meta = None
+        if replaces is not False and not exclusive:
+            with os_errors(place.path):
+                meta = kept_attributes(self.backend, place)
         if place.tree == "kv":
             if data is None:
                 data = _read_record_file(file, place.path)
@@ -71,9 +94,9 @@ class Writing:
         try:
             with os_errors(place.path):
                 if data is not None:
-                    info = self.backend.put_bytes(place.key, bytes(data), **cond)
+                    info = self.backend.put_bytes(place.key, bytes(data), meta=meta, **cond)
                 else:
-                    info = self.backend.put_file(place.key, file, **cond)
+                    info = self.backend.put_file(place.key, file, meta=meta, **cond)
         except OSError as e:
             self.known.forget(place.path, tree=True, listing=True)
             if e.errno == errno.ESTALE and exclusive:
@@ -111,20 +134,29 @@ class Writing:
             callback.relative_update(size)
 
     def cp_file(self, path1, path2, **kwargs) -> None:
-        src = resolve(self._strip_protocol(path1))
-        dst = resolve(self._strip_protocol(path2))
+        self._copy(resolve(self._strip_protocol(path1)), resolve(self._strip_protocol(path2)))
+
+    def _copy(self, src: Place, dst: Place, moving: bool = False) -> None:
+        """Copy one file (or make one directory) in the backend.  A file replaced keeps its
+        attributes, as ``cp`` keeps them, unless ``moving``: a move takes the source's, as
+        rename(2) does."""
+        if src.path == dst.path:  # onto itself (however spelt): nothing to do, as os.rename(a, a)
+            self.info(src.path)  # still FileNotFoundError for a missing one
+            return
         if self.isdir(src.path):
             self.makedirs(dst.path, exist_ok=True)
             return
         if src.tree == "kv" or dst.tree == "kv":  # records are checked, and expired ones are missing
             self._store(dst, data=self.cat_file(src.path))
             return
-        self._check_target(dst)
+        replaces = self._check_target(dst)
         if dst.tree == "pipeline":
             claim_pipeline(self.backend, dst.parts[1])
         try:
-            with os_errors(src.path):
-                info = self.backend.copy(src.key, dst.key)
+            with os_errors(dst.path):
+                meta = kept_attributes(self.backend, dst) if replaces is not False and not moving else None
+            with os_errors(src.path):  # None: the source's attributes
+                info = self.backend.copy(src.key, dst.key, meta=meta)
         except BaseException:
             self.known.forget(dst.path, tree=True, listing=True)
             raise

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fsdriver", "mountctl")
 MOUNT_ONLY = {"pyfuse3", "trio"}
 FSSPEC = ("fsdriver.fsspec_fs", "fsdriver.fsspec_file", "fsdriver.fsspec_listing",
-          "fsdriver.fsspec_writes", "fsdriver.fsspec_removal", "fsdriver.fsspec_errors",
-          "fsdriver.fsspec_paths", "fsdriver.fsspec_cache")
+          "fsdriver.fsspec_writes", "fsdriver.fsspec_moves", "fsdriver.fsspec_removal",
+          "fsdriver.fsspec_attrs", "fsdriver.fsspec_errors", "fsdriver.fsspec_paths", "fsdriver.fsspec_cache")
 API = ("fsdriver.data", "fsdriver.kv") + FSSPEC
 # The filesystem core and its parts: given a backend, never the user-facing API or its defaults.
 CORE = ("fsdriver.core", "fsdriver.records", "fsdriver.uploads", "fsdriver.staging",

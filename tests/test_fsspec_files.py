@@ -1,0 +1,70 @@
+"""Open stashfs:// files: which version a read sees, and where an appending file starts."""
+
+import errno
+
+import pytest
+
+fsspec = pytest.importorskip("fsspec")
+
+from fsdriver.fsspec_fs import StashFileSystem  # noqa: E402
+
+OLD = b"a,b\n1,2\n"
+NEW = b"a,b\n1,2\n3,4\n5,6\n"
+
+
+@pytest.fixture
+def fs(backend):
+    """A long metadata TTL: what exists/info learnt is still trusted when the file is opened."""
+    return StashFileSystem(backend=backend, metadata_ttl=600, skip_instance_cache=True)
+
+
+@pytest.mark.parametrize("cache_type", ["readahead", "bytes", "all", "none", "blockcache"])
+@pytest.mark.parametrize("new", [NEW, b"a,b\n"], ids=["longer", "shorter"])
+def test_a_file_replaced_before_it_was_opened_reads_the_new_version_whole(fs, backend, cache_type, new):
+    fs.pipe_file("pipeline/p13/t.csv", OLD)
+    assert fs.exists("pipeline/p13/t.csv") and fs.size("pipeline/p13/t.csv") == len(OLD)
+    backend.put_bytes("pipeline/p13/t.csv", new)  # another process rewrites it
+    with fs.open("pipeline/p13/t.csv", "rb", cache_type=cache_type) as f:  # was ESTALE at the read
+        assert f.read() == new
+        assert f.size == len(new) and f.tell() == len(new)
+    assert fs.size("pipeline/p13/t.csv") == len(new)  # what the open learnt is what info tells now
+
+
+def test_pandas_reads_a_file_replaced_after_exists(backend):
+    pd = pytest.importorskip("pandas")
+    opts = {"backend": backend, "metadata_ttl": 600}
+    fs = fsspec.filesystem("stashfs", **opts)  # the instance pandas gets too: fsspec caches them
+    try:
+        fs.pipe_file("user/alice/t.csv", OLD)
+        assert fs.exists("user/alice/t.csv")
+        backend.put_bytes("user/alice/t.csv", NEW)
+        df = pd.read_csv("stashfs://user/alice/t.csv", storage_options=opts)
+        assert df["a"].tolist() == [1, 3, 5]
+    finally:
+        StashFileSystem.clear_instance_cache()
+
+
+def test_a_file_replaced_while_open_after_a_read_is_estale_once_worded(fs, backend):
+    fs.pipe_file("pipeline/p13/big", b"a" * 100_000)
+    with fs.open("pipeline/p13/big", "rb", block_size=1000, cache_type="bytes") as f:
+        assert f.read(10) == b"a" * 10
+        backend.put_bytes("pipeline/p13/big", b"b" * 100_000)
+        f.seek(50_000)
+        with pytest.raises(OSError) as e:
+            f.read(10)
+    assert e.value.errno == errno.ESTALE
+    assert e.value.strerror == "pipeline/p13/big: replaced by a new version while open"
+
+
+@pytest.mark.parametrize("old", [b"", b"0123456789", bytes(3 * 1024 * 1024)], ids=["empty", "small", "spilled"])
+def test_appending_starts_at_the_end(fs, backend, old):
+    fs.pipe_file("pipeline/p13/log", old)
+    with fs.open("pipeline/p13/log", "ab", block_size=1024 * 1024) as f:
+        assert f.tell() == len(old)  # was 0: Python's open(..., "ab") and s3fs tell the size
+        assert f.write(b"tail") == 4
+        assert f.tell() == len(old) + 4 and f.loc == f.tell()
+    assert backend.get_range("pipeline/p13/log", 0) == old + b"tail"
+    with fs.open("pipeline/p13/new-log", "ab") as f:
+        assert f.tell() == 0
+        f.write(b"x")
+    assert backend.get_range("pipeline/p13/new-log", 0) == b"x"
