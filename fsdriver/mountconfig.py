@@ -215,10 +215,13 @@ class MountConfig:
     log_level: str = _field("INFO", Opt(_log_level, "DEBUG, INFO, WARNING or ERROR", "LEVEL"))
 
     @classmethod
-    def load(cls, given: dict | None = None, spelling: str = "cli") -> "MountConfig":
+    def load(cls, given: dict | None = None, spelling: str = "cli",
+             only: tuple[str, ...] | None = None) -> "MountConfig":
         """The configuration in force: ``given`` values (None: not given) over the environment over
         [mount] in the config files over the defaults.  ``spelling`` names options in errors as on a
-        command line (``--memory-limit``) or in an fstab line (``memory_limit=``)."""
+        command line (``--memory-limit``) or in an fstab line (``memory_limit=``).  ``only``: read
+        and check just these options (the others keep their defaults): a bad value elsewhere in
+        [mount] does not stop a command that needs one option (`configured_mountpoint`)."""
         given = {k: v for k, v in (given or {}).items() if v is not None}
         unknown = set(given) - set(NAMES)
         if unknown:
@@ -226,6 +229,8 @@ class MountConfig:
         files = config.load_section("mount", {}, {})  # config.ConfigError: the file cannot be read
         values = {}
         for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
             opt: Opt = f.metadata["opt"]
             if f.name in given:
                 raw, where = given[f.name], option_name(f.name, spelling)
@@ -243,7 +248,7 @@ class MountConfig:
                 shown = "" if opt.flag else f" {raw!r}"
                 raise MountConfigError(f"{where}{shown}: {e}") from None
         cfg = cls(**values)
-        if not cfg.org_group:  # one organisation: [secrets] names it too
+        if not cfg.org_group and (only is None or "org_group" in only):  # one organisation: [secrets] names it too
             cfg.org_group = config.load_section("secrets", {"org_group": ""}, {})["org_group"]
         return cfg
 
@@ -284,6 +289,12 @@ class MountConfig:
 
 NAMES = tuple(f.name for f in dataclasses.fields(MountConfig))
 DEFAULTS = MountConfig()
+
+
+def configured_mountpoint(given: str | None = None) -> str:
+    """The node's mount point, absolute: ``given``, else $STASHFS_MOUNTPOINT, [mount] mountpoint,
+    /mnt/stashfs.  Reads no other option."""
+    return os.path.abspath(MountConfig.load({"mountpoint": given}, only=("mountpoint",)).mountpoint)
 
 
 def option_name(name: str, spelling: str = "cli") -> str:

@@ -54,21 +54,27 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_flush)
 
 
-DEFAULT_TARGET = "default: the only stashfs mount when there is one, else the configured mount point"
+DEFAULT_TARGET = ("default: the only stashfs mount when there is one, else the one at the configured mount "
+                  "point ($STASHFS_MOUNTPOINT, [mount] mountpoint, /mnt/stashfs); with several mounts and "
+                  "none there, name one")
 
 
-def configured_mountpoint(mountpoint: str | None = None) -> str:
-    """``mountpoint`` if given, else the configured one; absolute."""
-    return os.path.abspath(mountpoint or mountconfig.MountConfig.load().mountpoint)
-
-
-def target_mountpoint(mountpoint: str | None) -> str:
+def target_mountpoint(mountpoint: str | None, command: str) -> str:
     """The mount umount and flush act on: the one named, else the only stashfs mount (``make
-    mount`` mounts at ~/stashfs, a node at /mnt/stashfs: either is found), else the configured one."""
+    mount`` mounts at ~/stashfs, a node at /mnt/stashfs: either is found), else the one at the
+    configured mount point; with several and none there, the user names one (exit status 2)."""
     if mountpoint:
         return os.path.abspath(mountpoint)
-    found = {m.mountpoint for m in mounts.stashfs_mounts()}
-    return found.pop() if len(found) == 1 else configured_mountpoint()
+    try:
+        mp = mounts.the_mount(mountconfig.configured_mountpoint)
+    except mounts.SeveralMounts as e:
+        raise CLIError(f"{e}: name the one to {_VERBS[command]} (mountctl {command} MOUNTPOINT)", 2) from None
+    if mp is None:
+        raise CLIError(f"no stashfs mount on this machine: nothing to {_VERBS[command]}")
+    return mp
+
+
+_VERBS = {"umount": "unmount", "flush": "flush"}
 
 
 def cmd_mount(args) -> int:
@@ -81,8 +87,8 @@ def cmd_mount(args) -> int:
     return 0
 
 
-def _require_stashfs(mountpoint: str | None) -> str:
-    mp = target_mountpoint(mountpoint)
+def _require_stashfs(mountpoint: str | None, command: str) -> str:
+    mp = target_mountpoint(mountpoint, command)
     entry = mounts.find(mp)
     if entry is None or entry.fstype != mounts.FSTYPE:
         raise CLIError(f"{mp} is not a stashfs mount")
@@ -101,7 +107,7 @@ def _detach_dead(mp: str) -> int:
 
 
 def cmd_umount(args) -> int:
-    mp = _require_stashfs(args.mountpoint)
+    mp = _require_stashfs(args.mountpoint, "umount")
     if spawn.is_dead(mp):
         return _detach_dead(mp)
     pid, cache_dir = None, "?"
@@ -220,7 +226,7 @@ def _discard(mp: str, args) -> int:
 
 
 def cmd_flush(args) -> int:
-    mp = _require_stashfs(args.mountpoint)
+    mp = _require_stashfs(args.mountpoint, "flush")
     if args.discard or args.discard_all:
         return _discard(mp, args)
     try:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fsdriver.access import login_name
+
 from .mounting import force_unmount, make_mount, mountctl, require_fuse
 
 TIMEOUT = 60
@@ -310,12 +312,23 @@ def test_empty_values_in_the_config_file_mean_not_set(tmp_path):
 
 
 def test_exec_without_mounting_ignores_options_only_mounting_uses(tmp_path):
-    """Review finding: a bad memory_limit in [mount] made a secrets-only `mountctl exec` exit 2."""
-    conf = tmp_path / "no-config" / "stashfs"
-    conf.mkdir(parents=True)
-    (conf / "config.toml").write_text('[mount]\nmemory_limit = "1X"\n')
-    p = mountctl("exec", "--", "true", env=clean_env(tmp_path, HOME=str(tmp_path)), check=False, timeout=TIMEOUT)
-    assert p.returncode == 0, p.stderr
+    """Review finding: a bad memory_limit in [mount] made a secrets-only `mountctl exec` exit 2.
+    The configured mount point is still read (other tests' mounts may be on the machine: exec
+    takes the one at the configured mount point, and refuses to guess among several)."""
+    require_fuse()
+    m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+    m.mount()
+    try:
+        conf = tmp_path / "no-config" / "stashfs"
+        conf.mkdir(parents=True)
+        (conf / "config.toml").write_text(f'[mount]\nmountpoint = "{m.path}"\nmemory_limit = "1X"\n')
+        env = clean_env(tmp_path, HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"),
+                        STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org"))
+        p = mountctl("exec", "--", "sh", "-c", 'echo "$STASHFS_USER_DIR"', env=env, check=False, timeout=TIMEOUT)
+        assert (p.returncode, p.stderr, p.stdout) == (0, "", f"{m.path}/user/{login_name()}\n")
+    finally:
+        m.umount()
+        force_unmount(m.path)
 
 
 # -- owner and mode shown for objects without attributes of their own (issue 11)

@@ -259,16 +259,21 @@ def with_secrets(home):
     return home
 
 
-def test_exec_environment_for_each_flag(with_secrets):
+@pytest.mark.parametrize("mount", ["disk"], indirect=True)
+def test_exec_environment_for_each_flag(with_secrets, mount):
     env = dict(os.environ, API_TOKEN="from-parent", INHERITED="kept")
-    p = ctl("exec", "--pipeline", "p1", "--no-mask", "--", sys.executable, "-c", SHOW_ENV, env=env)
+    # --pipeline claims the pipeline on a mount: this test's own, named (others' mounts may be there).
+    p = ctl("exec", "--pipeline", "p1", "--mount", str(mount.path), "--no-mask", "--", sys.executable, "-c", SHOW_ENV,
+            env=env)
     got = json.loads(p.stdout)
     assert got["API_TOKEN"] == VALUES[0] and got["SHARED"] == VALUES[2] and got["ORG_ONLY"] == VALUES[1]
     assert got["INHERITED"] == "kept" and got["STASHFS_PIPELINE_ID"] == "p1"
     assert "secret API_TOKEN overrides the inherited variable" in p.stderr
-    got = json.loads(ctl("exec", "--preserve-env", "--no-mask", "--", sys.executable, "-c", SHOW_ENV, env=env).stdout)
+    got = json.loads(ctl("exec", "--no-mount", "--preserve-env", "--no-mask", "--", sys.executable, "-c", SHOW_ENV,
+                         env=env).stdout)
     assert got["API_TOKEN"] == "from-parent" and got["SHARED"] == VALUES[2]
-    got = json.loads(ctl("exec", "--pristine", "--no-mask", "--", sys.executable, "-c", SHOW_ENV, env=env).stdout)
+    got = json.loads(ctl("exec", "--no-mount", "--pristine", "--no-mask", "--", sys.executable, "-c", SHOW_ENV,
+                         env=env).stdout)
     assert got["INHERITED"] is None and got["API_TOKEN"] == VALUES[0]
 
 
@@ -283,19 +288,20 @@ def test_exec_masks_values_and_encodings(with_secrets):
             "print('b64', base64.b64encode(v.encode()).decode(), flush=True)\n"
             "print('url', urllib.parse.quote(os.environ['SHARED'] + '/x', safe=''), flush=True)\n"
             "print('err', v, file=sys.stderr)\n")
-    p = ctl("exec", "--", sys.executable, "-c", code)
+    p = ctl("exec", "--no-mount", "--", sys.executable, "-c", code)
     assert "token=****" in p.stdout and "err ****" in p.stderr
     assert b64.b64encode(VALUES[0].encode()).decode() not in p.stdout
     assert quote(VALUES[2], safe="") not in p.stdout and "****" in p.stdout.splitlines()[2]
 
 
 def test_exec_exit_codes(with_secrets):
-    assert ctl("exec", "--", sys.executable, "-c", "raise SystemExit(7)", check=False).returncode == 7
-    p = ctl("exec", "--", "no-such-command-xyz", check=False)
+    assert ctl("exec", "--no-mount", "--", sys.executable, "-c", "raise SystemExit(7)", check=False).returncode == 7
+    p = ctl("exec", "--no-mount", "--", "no-such-command-xyz", check=False)
     assert p.returncode == 127 and "no-such-command-xyz" in p.stderr and "not found" in p.stderr
-    p = ctl("exec", "--no-mask", "--", "no-such-command-xyz", check=False)
+    p = ctl("exec", "--no-mount", "--no-mask", "--", "no-such-command-xyz", check=False)
     assert p.returncode == 127
-    p = ctl("exec", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)", check=False)
+    p = ctl("exec", "--no-mount", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+            check=False)
     assert p.returncode == 128 + 15
 
 
