@@ -13,6 +13,7 @@ No pyfuse3/trio here: mountctl imports this module.
 """
 
 import dataclasses
+import errno
 import math
 import os
 import re
@@ -227,7 +228,7 @@ class MountConfig:
         if unknown:
             raise TypeError(f"not mount options: {sorted(unknown)}")
         files = config.load_section("mount", {}, {})  # config.ConfigError: the file cannot be read
-        values = {}
+        values, sources = {}, {}
         for f in dataclasses.fields(cls):
             if only is not None and f.name not in only:
                 continue
@@ -247,10 +248,35 @@ class MountConfig:
             except ValueError as e:
                 shown = "" if opt.flag else f" {raw!r}"
                 raise MountConfigError(f"{where}{shown}: {e}") from None
+            sources[f.name] = where
         cfg = cls(**values)
+        cfg._sources = sources
         if not cfg.org_group and (only is None or "org_group" in only):  # one organisation: [secrets] names it too
             cfg.org_group = config.load_section("secrets", {"org_group": ""}, {})["org_group"]
         return cfg
+
+    def source(self, name: str, spelling: str = "cli") -> str:
+        """Where the value of option ``name`` came from, as errors name it: ``--log-file``,
+        ``$STASHFS_BACKEND``, ``[mount] log_file in the config file``."""
+        return getattr(self, "_sources", {}).get(name) or option_name(name, spelling)
+
+    def check_paths(self, spelling: str = "cli") -> None:
+        """The log file and the cache dir, when given, must be usable before a daemon is started
+        (a bad one is a bad value: one line naming the option, exit status 2).  Both are created
+        here as the daemon would create them: the log file 0600, the cache dir 0700 with its
+        parents; trying is the only sure test (root may write anywhere but in /proc)."""
+        if self.log_file:
+            where, path = self.source("log_file", spelling), self.log_file
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise MountConfigError(f"{where} {path!r}: {_path_reason(path, e)}") from None
+        if self.cache_dir:
+            where, path = self.source("cache_dir", spelling), self.cache_dir
+            try:
+                _make_dir(path)
+            except OSError as e:
+                raise MountConfigError(f"{where} {path!r}: {_path_reason(path, e)}") from None
 
     def backend_url(self) -> str:
         """The backend URL in force: the configured one, else the local default."""
@@ -295,6 +321,41 @@ def configured_mountpoint(given: str | None = None) -> str:
     """The node's mount point, absolute: ``given``, else $STASHFS_MOUNTPOINT, [mount] mountpoint,
     /mnt/stashfs.  Reads no other option."""
     return os.path.abspath(MountConfig.load({"mountpoint": given}, only=("mountpoint",)).mountpoint)
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _make_dir(path: str) -> None:
+    """``path`` as a directory (0700 when made here, its parents as mkdir -p makes them)."""
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+
+
+def _path_reason(path: str, e: OSError) -> str:
+    """Why ``path`` cannot be used, in words: the OS's reason, and the path it is about when that
+    is another one (a parent that does not exist or is not a directory)."""
+    path = os.path.abspath(path)
+    about = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else path
+    if e.errno == errno.ENOTDIR:
+        return "not a directory" if about == path else f"{about} is not a directory"
+    if e.errno == errno.EISDIR:
+        return "is a directory"
+    if e.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(path)):
+        return f"cannot create it: no directory {os.path.dirname(path)}"
+    return f"cannot create it: {e.strerror}" + ("" if about == path else f" ({about})")
 
 
 def option_name(name: str, spelling: str = "cli") -> str:

@@ -87,6 +87,7 @@ def node_mount(explicit: str | None) -> str | None:
     if not cfg.backend:
         return None
     cfg.check_backend_dir()  # as `mountctl mount`: a mistyped local path is not created silently
+    cfg.check_paths()  # a log file or cache dir that cannot be made: named, exit 2
     os.makedirs(mp, exist_ok=True)
     # Concurrent execs on this node: each locks the mount point directory and looks again, so
     # only the first starts a daemon and the others find its mount.

@@ -81,6 +81,7 @@ def cmd_mount(args) -> int:
     cfg = mountconfig.MountConfig.load(mountconfig.given(args))  # a bad value: one line, exit 2
     cfg.mountpoint = spawn.preflight(cfg.mountpoint)
     cfg.check_backend_dir()
+    cfg.check_paths()  # --log-file, --cache-dir: one line naming the option, exit 2
     if args.foreground:
         spawn.exec_foreground(cfg)
     spawn.start(cfg)

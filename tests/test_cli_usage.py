@@ -431,3 +431,76 @@ def test_the_daemon_hands_the_owner_and_mode_options_to_the_core(tmp_path, monke
         ours.setLevel(levels[1])
     options = built.value.args[0]
     assert (options.default_uid, options.default_gid, options.file_mode, options.dir_mode) == expected
+
+
+# -- user trial findings: what was wrong, named on one line
+
+
+def _path_cases(tmp_path: Path) -> list:
+    """(option, value, reason): paths mountctl cannot make, and why, as it says it."""
+    (tmp_path / "a-file").write_text("x")
+    return [
+        ("log_file", f"{tmp_path}/no-dir/log", f"cannot create it: no directory {tmp_path}/no-dir"),
+        ("log_file", str(tmp_path), "is a directory"),
+        ("cache_dir", str(tmp_path / "a-file"), "not a directory"),
+        ("cache_dir", f"{tmp_path}/a-file/cache", f"{tmp_path}/a-file is not a directory"),
+        ("cache_dir", "/proc/stashfs-no-such-dir", "cannot create it: No such file or directory"),
+    ]
+
+
+def test_path_options_that_cannot_be_made_exit_2_naming_the_option(tmp_path):
+    """User trial: `--log-file /nonexistent/dir/log` exited 1 with "No such file or directory:
+    <path>" (the option not named), `--cache-dir /proc/x` exited 1 with Python's repr of the
+    error from the daemon.  Now each is a bad value: one line naming the option, the path and the
+    reason, exit 2, before any daemon starts; from the command line, the config file and an fstab
+    line alike."""
+    require_fuse()
+    mp, be = tmp_path / "mp", tmp_path / "be"
+    mp.mkdir()
+    be.mkdir()
+    for name, value, reason in _path_cases(tmp_path):
+        option = "--" + name.replace("_", "-")
+        p = mountctl("mount", str(mp), "--backend", str(be), option, value, env=clean_env(tmp_path), check=False,
+                     timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"mountctl: {option} {value!r}: {reason}\n"), p.stderr
+        conf = tmp_path / f"config-{name}" / "stashfs"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "config.toml").write_text(f'[mount]\nbackend = "{be}"\n{name} = "{value}"\n')
+        p = mountctl("mount", str(mp), env=clean_env(tmp_path, XDG_CONFIG_HOME=str(conf.parent)), check=False,
+                     timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"mountctl: [mount] {name} in the config file {value!r}: {reason}\n")
+        p = subprocess.run([sys.executable, "-m", "mountctl.fstab", str(be), str(mp), "-o", f"{name}={value}"],
+                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"stashfs: {name}= {value!r}: {reason}\n")
+        assert not os.path.ismount(mp)
+    assert not (tmp_path / "no-dir").exists()  # the missing directory is named, not created
+
+
+def test_exec_names_a_bad_log_file_before_mounting_on_demand(tmp_path):
+    require_fuse()
+    (tmp_path / "be").mkdir()
+    conf = tmp_path / "config" / "stashfs"
+    conf.mkdir(parents=True)
+    log = f"{tmp_path}/no-dir/log"
+    (conf / "config.toml").write_text(f'[mount]\nmountpoint = "{tmp_path / "mnt"}"\nbackend = "{tmp_path / "be"}"\n'
+                                      f'log_file = "{log}"\n')
+    env = clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"), STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org"),
+                    XDG_STATE_HOME=str(tmp_path / "state"))
+    p = mountctl("exec", "--pipeline", "p1", "--", "touch", str(tmp_path / "ran"), env=env, check=False,
+                 timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (
+        2, f"mountctl: [mount] log_file in the config file {log!r}: cannot create it: no directory {tmp_path}/no-dir\n")
+    assert not (tmp_path / "ran").exists() and not os.path.ismount(tmp_path / "mnt")
+
+
+def test_the_daemon_names_a_cache_dir_it_cannot_make_without_a_repr(tmp_path):
+    """Started directly (as systemd's unit does through `mountctl mount --foreground`, or should
+    mountctl's check be passed by a race), the daemon says the path and the reason."""
+    (tmp_path / "be").mkdir()
+    (tmp_path / "mp").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    p = subprocess.run([sys.executable, "-m", "fsdriver", str(tmp_path / "mp"), "--backend", str(tmp_path / "be"),
+                        "--cache-dir", str(tmp_path / "a-file")], env=clean_env(tmp_path), capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert p.returncode == 1 and "[Errno" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert f"cache dir {tmp_path / 'a-file'}: not a directory" in p.stderr, p.stderr
