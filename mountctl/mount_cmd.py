@@ -21,7 +21,8 @@ EXIT_TIMEOUT = 60.0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT")
+    # No secret goes near these commands: their usage errors name what was typed (mountctl.cli.Parser).
+    p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT", shows_arguments=True)
     p.add_argument("mountpoint", nargs="?",
                    help="default: $STASHFS_MOUNTPOINT, [mount] mountpoint in the config file, "
                         f"{mountconfig.DEFAULTS.mountpoint}")
@@ -30,11 +31,11 @@ def register(sub) -> None:
                    help="stay attached: exec the daemon (systemd Type=notify, containers)")
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon")
+    p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon", shows_arguments=True)
     p.add_argument("mountpoint", nargs="?", help=DEFAULT_TARGET)
     p.set_defaults(func=cmd_umount)
 
-    p = sub.add_parser("status", help="every stashfs mount on this machine")
+    p = sub.add_parser("status", help="every stashfs mount on this machine", shows_arguments=True)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON array, one object per mount")
     out.add_argument("--prometheus", action="store_true",
@@ -45,7 +46,8 @@ def register(sub) -> None:
                    help="list every pending upload (by default: their count, size and the first 20)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("flush", help="upload everything pending now (or drop pending uploads: --discard)")
+    p = sub.add_parser("flush", help="upload everything pending now (or drop pending uploads: --discard)",
+                       shows_arguments=True)
     p.add_argument("mountpoint", nargs="?", help=DEFAULT_TARGET)
     p.add_argument("--discard", metavar="KEY", action="append",
                    help="drop this pending upload instead of uploading it: a key as `mountctl status` shows "

@@ -504,3 +504,43 @@ def test_the_daemon_names_a_cache_dir_it_cannot_make_without_a_repr(tmp_path):
                        text=True, timeout=TIMEOUT)
     assert p.returncode == 1 and "[Errno" not in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert f"cache dir {tmp_path / 'a-file'}: not a directory" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("args,stray", [
+    (["mount", "{mp}", "--bogus"], "--bogus"),
+    (["mount", "{mp}", "extra"], "extra"),
+    (["status", "/path"], "/path"),
+    (["status", "--bogus"], "--bogus"),
+    (["umount", "{mp}", "--bogus"], "--bogus"),
+    (["flush", "--bogus"], "--bogus"),
+])
+def test_unknown_options_of_mount_commands_are_named_with_their_usage(tmp_path, args, stray):
+    """User trial: these printed the top-level usage and "1 unexpected argument(s), not shown (secret
+    values are read from stdin...)": no secret goes near them, so the option is named."""
+    (tmp_path / "mp").mkdir()
+    args = [a.format(mp=tmp_path / "mp") for a in args]
+    p = mountctl(*args, env=clean_env(tmp_path), check=False, timeout=TIMEOUT)
+    assert p.returncode == 2 and p.stderr.startswith(f"usage: mountctl {args[0]} "), p.stderr
+    assert p.stderr.splitlines()[-1] == f"mountctl {args[0]}: error: unrecognized arguments: {stray}"
+    assert "not shown" not in p.stderr and not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.parametrize("args,usage", [
+    (["secrets", "set", "A", "{v}"], "mountctl secrets set"),
+    (["secrets", "list", "{v}"], "mountctl secrets list"),
+    (["secrets", "list", "--{v}"], "mountctl secrets list"),
+    (["secrets", "get", "A", "--reveal", "{v}"], "mountctl secrets get"),
+    (["exec", "--{v}", "--", "true"], "mountctl exec"),
+    (["{v}"], "mountctl"),
+])
+def test_stray_arguments_near_secrets_are_never_repeated(tmp_path, args, usage):
+    """What `secrets` and `exec` (and the top level) are given by mistake may be a secret: counted,
+    never shown, with the usage of the command it was given to."""
+    value = "sk-live-" + os.urandom(8).hex()
+    args = [a.format(v=value) for a in args]
+    p = mountctl(*args, env=clean_env(tmp_path, STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org")), check=False,
+                 timeout=TIMEOUT)
+    assert p.returncode == 2 and value not in p.stderr and value not in p.stdout, p.stderr
+    assert p.stderr.startswith(f"usage: {usage} "), p.stderr
+    assert ("1 unexpected argument(s), not shown (secret values are read from stdin or a prompt, never from the "
+            "command line)" in p.stderr or "invalid choice (not shown)" in p.stderr), p.stderr
