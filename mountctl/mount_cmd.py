@@ -79,6 +79,12 @@ def target_mountpoint(mountpoint: str | None, command: str) -> str:
 _VERBS = {"umount": "unmount", "flush": "flush"}
 
 
+def _denied(mp: str, what: str) -> CLIError:
+    """The control file answers EACCES to anyone but the mount's owner and root (and the kernel
+    does, for a mount without allow_other): the daemon is fine, the caller may not."""
+    return CLIError(f"cannot {what} {mp}: permission denied (only the user who mounted it and root may)")
+
+
 def cmd_mount(args) -> int:
     cfg = mountconfig.MountConfig.load(mountconfig.given(args))  # a bad value: one line, exit 2
     cfg.mountpoint = spawn.preflight(cfg.mountpoint)
@@ -122,6 +128,8 @@ def cmd_umount(args) -> int:
     except OSError as e:
         if e.errno == errno.ENOTCONN:  # it died meanwhile (a kill -9 a moment ago)
             return _detach_dead(mp)
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "unmount") from None
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
     try:
@@ -214,10 +222,12 @@ def _discard(mp: str, args) -> int:
             if path is not None and (path + os.sep).startswith(mp + os.sep):
                 item = os.path.relpath(path, mp)  # a path in the mount names its key
             keys.append(item)
-    before = {(i["key"], i["bytes"]) for i in mounts.pending(mp)}  # all pages, not the status's first few
     try:
+        before = {(i["key"], i["bytes"]) for i in mounts.pending(mp)}  # all pages, not the status's first few
         mounts.discard(mp, keys)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "discard pending uploads of") from None
         if e.errno == errno.ENOENT:
             raise CLIError(f"{mp}: no pending upload of {', '.join(keys or [])} (see `mountctl status`)")
         raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
@@ -235,6 +245,8 @@ def cmd_flush(args) -> int:
     try:
         mounts.flush(mp)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "flush") from None
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
         st = mounts.status(mp)

@@ -1,7 +1,7 @@
 """Which mount `mountctl exec`, `umount` and `flush` act on when none is named (user trial
 findings): the only stashfs mount, else the one at the configured mount point; with several and
 none there they refuse rather than guess.  `exec --pipeline` claims the pipeline on the mount it
-uses, or does not run the command."""
+uses, or does not run the command.  And what `umount` and `flush` say of another user's mount."""
 
 import os
 import re
@@ -9,6 +9,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mountctl import mounts
 from .mounting import force_unmount, make_mount, mountctl, require_fuse
 
 TIMEOUT = 60
+NOBODY = (65534, 65534)
 
 
 def clean_env(tmp_path: Path, **extra) -> dict:
@@ -198,3 +200,30 @@ def test_among_the_machines_mounts_exec_and_umount_refuse_to_guess(tmp_path):
             if m.mounted:
                 m.umount()
             force_unmount(m.path)
+
+
+@pytest.mark.parametrize("allow_other", [True, False])
+def test_umount_and_flush_of_another_users_mount_say_permission_denied(other_user_python, allow_other):
+    """User trial: user nobody's `mountctl umount` of root's mount said "the daemon does not answer
+    (Permission denied)" though the daemon was fine."""
+    require_fuse()
+    base = Path(tempfile.mkdtemp(prefix="stashfs-others-"))  # user nobody must reach the mount point
+    os.chmod(base, 0o755)
+    m = make_mount(base, str(base / "be"), dict(os.environ), extra=["--allow-other"] if allow_other else [])
+    try:
+        m.mount()
+        pid = m.status()["pid"]
+        env = dict(os.environ, HOME=str(base), XDG_CONFIG_HOME=str(base / "nobody-config"))
+        for args, what in ((["umount"], "unmount"), (["flush"], "flush"),
+                           (["flush", "--discard-all"], "discard pending uploads of")):
+            p = subprocess.run(["setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
+                                other_user_python, "-m", "mountctl", *args, str(m.path)],
+                               env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+            assert (p.returncode, p.stderr) == (
+                1, f"mountctl: cannot {what} {m.path}: permission denied (only the user who mounted it and root may)\n")
+        assert os.path.ismount(m.path) and m.status()["pid"] == pid  # untouched
+    finally:
+        if m.mounted:
+            m.umount()
+        force_unmount(m.path)
+        shutil.rmtree(base, ignore_errors=True)

@@ -544,3 +544,15 @@ def test_stray_arguments_near_secrets_are_never_repeated(tmp_path, args, usage):
     assert p.stderr.startswith(f"usage: {usage} "), p.stderr
     assert ("1 unexpected argument(s), not shown (secret values are read from stdin or a prompt, never from the "
             "command line)" in p.stderr or "invalid choice (not shown)" in p.stderr), p.stderr
+
+
+def test_status_textfile_errors_name_the_given_path(tmp_path):
+    """User trial: a --textfile in a missing directory was reported as `.stashfs-33v98jt7.prom.tmp`
+    (the temp file written beside it)."""
+    env = clean_env(tmp_path)
+    target = f"{tmp_path}/no-dir/x.prom"
+    p = mountctl("status", "--textfile", target, env=env, check=False, timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (2, f"mountctl: --textfile {target!r}: no directory {tmp_path}/no-dir\n")
+    p = mountctl("status", "--textfile", str(tmp_path), env=env, check=False, timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (2, f"mountctl: --textfile {str(tmp_path)!r}: is a directory\n")
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".stashfs-")] == []  # no temp file left
