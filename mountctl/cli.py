@@ -16,7 +16,7 @@ from fsdriver import __version__
 from fsdriver.config import ConfigError
 from fsdriver.errors import BackendError, InvalidName
 from fsdriver.mountconfig import MountConfigError
-from fsdriver.secrets.store import InvalidSecretName, InvalidSecretValue, SecretsError
+from fsdriver.secrets.store import InvalidSecretName, InvalidSecretsSetting, InvalidSecretValue, SecretsError
 
 from .errors import CLIError
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.status
     except SecretsError as e:
         print(f"mountctl: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue)) else 1
+        return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue, InvalidSecretsSetting)) else 1
     except InvalidName as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

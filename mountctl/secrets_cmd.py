@@ -6,7 +6,10 @@ import sys
 
 from fsdriver.secrets import accesslog
 from fsdriver.secrets.mask import MIN_MASKED, unmasked
-from fsdriver.secrets.store import InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value, open_store
+from fsdriver.secrets.store import (
+    InvalidSecretsSetting, InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value,
+    open_store,
+)
 
 from .errors import CLIError
 from .formats import utc
@@ -53,7 +56,7 @@ def _scope(args) -> str:
 
 
 def _fail(e: SecretsError):
-    return CLIError(str(e), status=1)
+    return CLIError(str(e), status=2 if isinstance(e, InvalidSecretsSetting) else 1)
 
 
 def _read_value(name: str) -> str:

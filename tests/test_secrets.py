@@ -225,6 +225,28 @@ def test_config_file_chooses_the_store(home, monkeypatch):
         load_config()
 
 
+def test_an_unknown_store_from_the_environment_or_config_file_exits_2_naming_it(home):
+    """User trial: `STASHFS_SECRETS_STORE=vault mountctl secrets list` exited 1 while `--store vault`
+    exited 2.  Every command that opens the store says where the bad name came from, on one line,
+    with exit status 2 (and, as for --store, does not repeat the value)."""
+    value = "vault-" + os.urandom(4).hex()
+    commands = (["secrets", "list"], ["secrets", "list", "--org"], ["secrets", "set", "A"], ["secrets", "rm", "A"],
+                ["secrets", "get", "A", "--reveal"], ["exec", "--", "touch", str(home / "ran")])
+    env = dict(os.environ, STASHFS_SECRETS_STORE=value)
+    for args in commands:
+        p = ctl(*args, input="some-value-123", env=env, check=False)
+        assert (p.returncode, p.stderr) == (
+            2, "mountctl: $STASHFS_SECRETS_STORE: unknown secrets store (the value is not shown): local or ssm\n"), args
+    cfgdir = home / "config" / "stashfs"
+    cfgdir.mkdir(parents=True)
+    (cfgdir / "config.toml").write_text(f'[secrets]\nstore = "{value}"\n')
+    for args in commands:
+        p = ctl(*args, input="some-value-123", check=False)
+        assert (p.returncode, p.stderr) == (2, "mountctl: [secrets] store in the config file: unknown secrets store "
+                                               "(the value is not shown): local or ssm\n"), args
+    assert not (home / "ran").exists()
+
+
 def test_local_store_api(home):
     s = open_store("local")
     assert isinstance(s, LocalStore)
