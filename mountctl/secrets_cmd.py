@@ -82,10 +82,12 @@ def cmd_set(args) -> None:
         check_value(value)
     except InvalidSecretValue as e:
         raise CLIError(f"refusing to set {name}: {e}", status=2) from None
+    store = open_store(args.store)
     try:
-        open_store(args.store).set(_scope(args), name, value)
+        store.set(_scope(args), name, value)
     except SecretsError as e:
         raise _fail(e) from None
+    _warn_sharing(store, _scope(args))
     if unmasked([value]):
         print(f"mountctl: warning: {name} is shorter than {MIN_MASKED} bytes: mountctl exec passes it to commands "
               "but does not mask it in their output", file=sys.stderr)
@@ -113,14 +115,22 @@ def cmd_list(args) -> None:
     return 1 if failed else 0
 
 
+def _warn_sharing(store, scope: str) -> None:
+    warning = store.sharing_warning(scope)
+    if warning:
+        print(f"mountctl: warning: {warning}", file=sys.stderr)
+
+
 def cmd_rm(args) -> None:
     name = check_name(args.name)
+    store = open_store(args.store)
     try:
-        open_store(args.store).delete(_scope(args), name)
+        store.delete(_scope(args), name)
     except KeyError:
         raise CLIError(f"no {_scope(args)} secret {args.name}") from None
     except SecretsError as e:
         raise _fail(e) from None
+    _warn_sharing(store, _scope(args))
 
 
 def cmd_get(args) -> None:

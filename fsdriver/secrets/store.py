@@ -139,6 +139,11 @@ class SecretStore(abc.ABC):
     def values(self, scope: str) -> dict[str, str]:
         """Every secret of a scope, for `mountctl exec`."""
 
+    def sharing_warning(self, scope: str) -> str | None:
+        """Why the secrets of ``scope`` cannot be shared as docs/secrets.md says they are (one
+        line, said after a write), or None."""
+        return None
+
 
 def open_store(store: str | None = None, **overrides) -> SecretStore:
     cfg = load_config(store=store, **overrides)
