@@ -124,6 +124,11 @@ def _id(text) -> int:
     return value
 
 
+def mode_spellings(example: str) -> str:
+    """What `_mode` reads, as --help says it: ``octal: 644, 0644 or 0o644``."""
+    return f"octal: {example}, 0{example} or 0o{example}"
+
+
 def _mode(text) -> int:
     """Permission bits in octal: ``644``, ``0644`` or ``0o644`` -> 0o644 (at most 0o7777).  A number in
     a config file is refused: TOML reads ``644`` as decimal, so only a string says octal."""
@@ -205,11 +210,12 @@ class MountConfig:
         _id, "group shown for objects that carry no attributes of their own (written by other tools)",
         "GID", shown_default="the namespace's group"))
     file_mode: int | None = _field(None, Opt(
-        _mode, "mode (octal) shown for files that carry no attributes of their own (written by other tools)",
+        _mode, f"mode ({mode_spellings('644')}) shown for files that carry no attributes of their own (written by "
+               "other tools)",
         "MODE", shown_default="the namespace's: 0600, 0660 or 0666", octal=True))
     dir_mode: int | None = _field(None, Opt(
-        _mode, "mode (octal) shown for directories that carry no attributes of their own (written by other "
-               "tools)", "MODE", shown_default="the namespace's: 0700, 0770 or 0777", octal=True))
+        _mode, f"mode ({mode_spellings('755')}) shown for directories that carry no attributes of their own (written "
+               "by other tools)", "MODE", shown_default="the namespace's: 0700, 0770 or 0777", octal=True))
     log_file: str | None = _field(None, Opt(
         _text, "the daemon's log, created 0600", "FILE",
         shown_default="none in the background, stderr with --foreground"))
