@@ -8,6 +8,7 @@ option value (fsdriver.mountconfig, where the options are declared).
 """
 
 import argparse
+import errno
 import hashlib
 import logging
 import os
@@ -148,10 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     except (BackendError, ValueError, OSError) as e:
         ready.fail(f"backend {url}: {e}")
         return 1
+    cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir(backend.url, mountpoint)
     try:
-        cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(backend.url, mountpoint))
-    except (CacheLocked, OSError) as e:
+        cache = Cache(cache_root)
+    except CacheLocked as e:
         ready.fail(str(e))
+        return 1
+    except OSError as e:  # the reason and the path, not Python's repr of the exception
+        about = f" ({e.filename})" if e.filename is not None and str(e.filename) != str(cache_root) else ""
+        reason = "not a directory" if e.errno in (errno.EEXIST, errno.ENOTDIR) else e.strerror or str(e)
+        ready.fail(f"cache dir {cache_root}: {reason}{about}")
         return 1
     fs = Filesystem(backend, cache, Options(
         metadata_ttl=args.metadata_ttl, memory_limit=args.memory_limit,

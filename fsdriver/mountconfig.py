@@ -13,6 +13,7 @@ No pyfuse3/trio here: mountctl imports this module.
 """
 
 import dataclasses
+import errno
 import math
 import os
 import re
@@ -123,6 +124,11 @@ def _id(text) -> int:
     return value
 
 
+def mode_spellings(example: str) -> str:
+    """What `_mode` reads, as --help says it: ``octal: 644, 0644 or 0o644``."""
+    return f"octal: {example}, 0{example} or 0o{example}"
+
+
 def _mode(text) -> int:
     """Permission bits in octal: ``644``, ``0644`` or ``0o644`` -> 0o644 (at most 0o7777).  A number in
     a config file is refused: TOML reads ``644`` as decimal, so only a string says octal."""
@@ -204,28 +210,34 @@ class MountConfig:
         _id, "group shown for objects that carry no attributes of their own (written by other tools)",
         "GID", shown_default="the namespace's group"))
     file_mode: int | None = _field(None, Opt(
-        _mode, "mode (octal) shown for files that carry no attributes of their own (written by other tools)",
+        _mode, f"mode ({mode_spellings('644')}) shown for files that carry no attributes of their own (written by "
+               "other tools)",
         "MODE", shown_default="the namespace's: 0600, 0660 or 0666", octal=True))
     dir_mode: int | None = _field(None, Opt(
-        _mode, "mode (octal) shown for directories that carry no attributes of their own (written by other "
-               "tools)", "MODE", shown_default="the namespace's: 0700, 0770 or 0777", octal=True))
+        _mode, f"mode ({mode_spellings('755')}) shown for directories that carry no attributes of their own (written "
+               "by other tools)", "MODE", shown_default="the namespace's: 0700, 0770 or 0777", octal=True))
     log_file: str | None = _field(None, Opt(
         _text, "the daemon's log, created 0600", "FILE",
         shown_default="none in the background, stderr with --foreground"))
     log_level: str = _field("INFO", Opt(_log_level, "DEBUG, INFO, WARNING or ERROR", "LEVEL"))
 
     @classmethod
-    def load(cls, given: dict | None = None, spelling: str = "cli") -> "MountConfig":
+    def load(cls, given: dict | None = None, spelling: str = "cli",
+             only: tuple[str, ...] | None = None) -> "MountConfig":
         """The configuration in force: ``given`` values (None: not given) over the environment over
         [mount] in the config files over the defaults.  ``spelling`` names options in errors as on a
-        command line (``--memory-limit``) or in an fstab line (``memory_limit=``)."""
+        command line (``--memory-limit``) or in an fstab line (``memory_limit=``).  ``only``: read
+        and check just these options (the others keep their defaults): a bad value elsewhere in
+        [mount] does not stop a command that needs one option (`configured_mountpoint`)."""
         given = {k: v for k, v in (given or {}).items() if v is not None}
         unknown = set(given) - set(NAMES)
         if unknown:
             raise TypeError(f"not mount options: {sorted(unknown)}")
         files = config.load_section("mount", {}, {})  # config.ConfigError: the file cannot be read
-        values = {}
+        values, sources = {}, {}
         for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
             opt: Opt = f.metadata["opt"]
             if f.name in given:
                 raw, where = given[f.name], option_name(f.name, spelling)
@@ -242,10 +254,35 @@ class MountConfig:
             except ValueError as e:
                 shown = "" if opt.flag else f" {raw!r}"
                 raise MountConfigError(f"{where}{shown}: {e}") from None
+            sources[f.name] = where
         cfg = cls(**values)
-        if not cfg.org_group:  # one organisation: [secrets] names it too
+        cfg._sources = sources
+        if not cfg.org_group and (only is None or "org_group" in only):  # one organisation: [secrets] names it too
             cfg.org_group = config.load_section("secrets", {"org_group": ""}, {})["org_group"]
         return cfg
+
+    def source(self, name: str, spelling: str = "cli") -> str:
+        """Where the value of option ``name`` came from, as errors name it: ``--log-file``,
+        ``$STASHFS_BACKEND``, ``[mount] log_file in the config file``."""
+        return getattr(self, "_sources", {}).get(name) or option_name(name, spelling)
+
+    def check_paths(self, spelling: str = "cli") -> None:
+        """The log file and the cache dir, when given, must be usable before a daemon is started
+        (a bad one is a bad value: one line naming the option, exit status 2).  Both are created
+        here as the daemon would create them: the log file 0600, the cache dir 0700 with its
+        parents; trying is the only sure test (root may write anywhere but in /proc)."""
+        if self.log_file:
+            where, path = self.source("log_file", spelling), self.log_file
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise MountConfigError(f"{where} {path!r}: {_path_reason(path, e)}") from None
+        if self.cache_dir:
+            where, path = self.source("cache_dir", spelling), self.cache_dir
+            try:
+                _make_dir(path)
+            except OSError as e:
+                raise MountConfigError(f"{where} {path!r}: {_path_reason(path, e)}") from None
 
     def backend_url(self) -> str:
         """The backend URL in force: the configured one, else the local default."""
@@ -284,6 +321,47 @@ class MountConfig:
 
 NAMES = tuple(f.name for f in dataclasses.fields(MountConfig))
 DEFAULTS = MountConfig()
+
+
+def configured_mountpoint(given: str | None = None) -> str:
+    """The node's mount point, absolute: ``given``, else $STASHFS_MOUNTPOINT, [mount] mountpoint,
+    /mnt/stashfs.  Reads no other option."""
+    return os.path.abspath(MountConfig.load({"mountpoint": given}, only=("mountpoint",)).mountpoint)
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _make_dir(path: str) -> None:
+    """``path`` as a directory (0700 when made here, its parents as mkdir -p makes them)."""
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+
+
+def _path_reason(path: str, e: OSError) -> str:
+    """Why ``path`` cannot be used, in words: the OS's reason, and the path it is about when that
+    is another one (a parent that does not exist or is not a directory)."""
+    path = os.path.abspath(path)
+    about = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else path
+    if e.errno == errno.ENOTDIR:
+        return "not a directory" if about == path else f"{about} is not a directory"
+    if e.errno == errno.EISDIR:
+        return "is a directory"
+    if e.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(path)):
+        return f"cannot create it: no directory {os.path.dirname(path)}"
+    return f"cannot create it: {e.strerror}" + ("" if about == path else f" ({about})")
 
 
 def option_name(name: str, spelling: str = "cli") -> str:

@@ -16,16 +16,26 @@ from fsdriver import __version__
 from fsdriver.config import ConfigError
 from fsdriver.errors import BackendError, InvalidName
 from fsdriver.mountconfig import MountConfigError
-from fsdriver.secrets.store import InvalidSecretName, InvalidSecretValue, SecretsError
+from fsdriver.secrets.store import InvalidSecretName, InvalidSecretsSetting, InvalidSecretValue, SecretsError
 
 from .errors import CLIError
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, except that it never repeats stray arguments: one could be a secret typed by
-    mistake on the command line (values are read from stdin or a prompt)."""
+    mistake on the command line (values are read from stdin or a prompt).
+
+    A subcommand no secret goes near (``mount``, ``umount``, ``status``, ``flush``) is made with
+    ``shows_arguments=True``: its errors name the unknown option as argparse words them.  Stray
+    arguments are reported by the subcommand's own parser, with its usage (`main`)."""
+
+    def __init__(self, *args, shows_arguments: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shows_arguments = shows_arguments
 
     def error(self, message: str):
+        if self.shows_arguments:  # argparse's own words (it exits)
+            super().error(message)
         if message.startswith("unrecognized arguments"):
             n = len(message.split(":", 1)[1].split())
             message = (f"{n} unexpected argument(s), not shown (secret values are read from stdin "
@@ -52,7 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (mount_cmd, data_cmd, kv_cmd, pipeline_cmd, secrets_cmd, exec_cmd):
         group.register(sub)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser as a default of the namespaces it parses: the deepest one that
+    parsed a command line is its `PARSER` (``mountctl secrets list`` -> that of ``list``)."""
+    parser.set_defaults(**{PARSER: parser})
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
+
+
+PARSER = "_mountctl_parser"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     # Shell completion (bash, zsh, fish): `eval "$(register-python-argcomplete mountctl)"`.
     # Under completion this prints the candidates and exits; otherwise it returns at once.
     argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args, stray = parser.parse_known_args(argv)
+    if stray:  # said by the subcommand's parser (its usage; whether it may repeat them)
+        getattr(args, PARSER, parser).error(f"unrecognized arguments: {' '.join(stray)}")
     logging.basicConfig(level=logging.WARNING, format="mountctl: %(message)s")
     try:
         return args.func(args) or 0
@@ -69,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.status
     except SecretsError as e:
         print(f"mountctl: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue)) else 1
+        return 2 if isinstance(e, (InvalidSecretName, InvalidSecretValue, InvalidSecretsSetting)) else 1
     except InvalidName as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,14 @@
 """``mountctl exec``: run a command with secrets and the stashfs paths in its environment.
 
+The mount whose paths the command gets: ``--mount``, else the only stashfs mount on the machine,
+else the one at the configured mount point; with several and none there, exec refuses (exit
+status 2) rather than guess; ``--no-mount`` runs with secrets only.
+
 With ``--pipeline`` the command works on the node's mount (the configured mount point): exec
-mounts it when it is not mounted and a backend is configured (the daemon outlives the command),
-then claims the pipeline by creating its directory as the calling user.
+mounts it when it is not mounted and a backend is configured (the daemon outlives the command);
+with no backend configured it takes the mount chosen as above.  Either way it claims the
+pipeline by creating its directory as the calling user, or fails: CMD never runs with a
+pipeline directory that is not its user's.
 
 ``--secret-files`` / ``--secret-file NAME`` give secrets as files instead of variables
 (`fsdriver.secrets.secret_files`); every exec is recorded in the user's access log
@@ -14,7 +20,7 @@ import fcntl
 import os
 import sys
 
-from fsdriver import layout
+from fsdriver import layout, mountconfig
 from fsdriver.access import login_name
 from fsdriver.secrets import accesslog, secret_files
 from fsdriver.secrets.environment import compose
@@ -23,7 +29,7 @@ from fsdriver.secrets.store import (
     MAX_VALUE_BYTES, SecretsError, SecretsPermissionError, check_name, current_user, open_store,
 )
 
-from fsdriver.mountconfig import MountConfig, MountConfigError
+from fsdriver.mountconfig import MountConfig
 
 from . import mounts, spawn
 from .errors import CLIError
@@ -34,9 +40,13 @@ def register(sub) -> None:
     p.add_argument("--pipeline", metavar="ID",
                    help="claim pipeline ID (mounting the node's mount if needed); sets STASHFS_PIPELINE_ID "
                         "and STASHFS_PIPELINE_DIR")
-    p.add_argument("--mount", metavar="MOUNTPOINT",
-                   help="the stashfs mount (default: $STASHFS_MOUNTPOINT, [mount] mountpoint in the config "
-                        "file, /mnt/stashfs; without --pipeline, else the one found)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--mount", metavar="MOUNTPOINT",
+                       help="the stashfs mount (default: the only stashfs mount, else the one at the configured "
+                            "mount point: $STASHFS_MOUNTPOINT, [mount] mountpoint in the config file, /mnt/stashfs; "
+                            "with several mounts and none there, name one)")
+    where.add_argument("--no-mount", action="store_true",
+                       help="use no mount: secrets only, no STASHFS_USER_DIR or STASHFS_KV_DIR (not with --pipeline)")
     p.add_argument("--pristine", action="store_true", help="start from an empty environment (PATH, HOME kept)")
     p.add_argument("--preserve-env", action="store_true", help="never override an inherited variable")
     p.add_argument("--no-mask", action="store_true", help="exec the command directly, output unfiltered")
@@ -50,21 +60,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_exec)
 
 
-def find_mount(explicit: str | None) -> str | None:
-    """The mount to use without mounting: ``--mount`` (which must be stashfs), else the configured
-    mount point if it is mounted, else the first stashfs mount found."""
+def find_mount(explicit: str | None, pipeline: str | None = None) -> str | None:
+    """The mount to use without mounting: ``--mount`` (which must be stashfs), else the only
+    stashfs mount, else the one at the configured mount point; None when there is no stashfs mount.
+    Several and none at the configured mount point: CLIError (status 2), naming them."""
     if explicit is not None:
         if not mounts.is_stashfs(explicit):
             raise CLIError(f"{explicit} is not a stashfs mount")
         return explicit
     try:
-        mp = os.path.abspath(MountConfig.load().mountpoint)
-    except MountConfigError:  # a bad option that only mounting uses: exec without mounting runs
-        mp = None
-    if mp is not None and mounts.is_stashfs(mp):
-        return mp
-    found = mounts.stashfs_mounts()
-    return found[0].mountpoint if found else None
+        return mounts.the_mount(mountconfig.configured_mountpoint)
+    except mounts.SeveralMounts as e:
+        what = f"the one to claim pipeline {pipeline} on" if pipeline else "one"
+        hint = "" if pipeline else " (or --no-mount to run with secrets only)"
+        raise CLIError(f"{e}: name {what} with --mount MOUNTPOINT{hint}", 2) from None
 
 
 def node_mount(explicit: str | None) -> str | None:
@@ -78,6 +87,7 @@ def node_mount(explicit: str | None) -> str | None:
     if not cfg.backend:
         return None
     cfg.check_backend_dir()  # as `mountctl mount`: a mistyped local path is not created silently
+    cfg.check_paths()  # a log file or cache dir that cannot be made: named, exit 2
     os.makedirs(mp, exist_ok=True)
     # Concurrent execs on this node: each locks the mount point directory and looks again, so
     # only the first starts a daemon and the others find its mount.
@@ -91,6 +101,19 @@ def node_mount(explicit: str | None) -> str | None:
     finally:
         os.close(fd)
     return mp
+
+
+def pipeline_mount(explicit: str | None, pipeline: str) -> str:
+    """The mount to claim ``pipeline`` on: the node's (mounted now if a backend is configured),
+    else the one `find_mount` chooses; CLIError when there is none (CMD must not run with a
+    pipeline directory that does not exist)."""
+    mount = node_mount(explicit)
+    if mount is None:  # e.g. a workstation with its own mount and no [mount] backend
+        mount = find_mount(explicit, pipeline)
+    if mount is None:
+        raise CLIError(f"no stashfs mount to claim pipeline {pipeline} on, and none made: no backend configured "
+                       "([mount] backend or $STASHFS_BACKEND)")
+    return mount
 
 
 def claim_pipeline(mount: str, pipeline: str) -> str:
@@ -171,21 +194,17 @@ def cmd_exec(args) -> int:
     from fsdriver.secrets import runner
 
     argv = args.command
+    if args.pipeline and args.no_mount:
+        raise CLIError("--pipeline claims the pipeline on a mount: it cannot go with --no-mount", 2)
     secrets = load_secrets(args.store)
     merged = {**secrets["org"], **secrets["user"]}
     env_secrets, file_secrets = split_files(args, merged)  # bad input fails before anything is mounted
     if args.pipeline:
         layout.check_name(args.pipeline, "pipeline id")
-        mount = node_mount(args.mount)
-        if mount is not None:
-            claim_pipeline(mount, args.pipeline)
-        else:  # e.g. a workstation with its own mount and no [mount] backend: as without --pipeline
-            mount = find_mount(args.mount)
-            if mount is None:
-                print("mountctl: no stashfs mount, and none made: no backend configured ([mount] backend or "
-                      "$STASHFS_BACKEND); STASHFS_PIPELINE_DIR is not set", file=sys.stderr)
+        mount = pipeline_mount(args.mount, args.pipeline)
+        claim_pipeline(mount, args.pipeline)
     else:
-        mount = find_mount(args.mount)
+        mount = None if args.no_mount else find_mount(args.mount)
     org = {n: v for n, v in secrets["org"].items() if n in env_secrets}
     user = {n: v for n, v in secrets["user"].items() if n in env_secrets}
     values = [v for scope in ("org", "user") for v in secrets[scope].values()]

@@ -80,6 +80,7 @@ def mount(argv: list[str]) -> None:
                            "/etc/stashfs/config.toml, or $STASHFS_BACKEND)")
         cfg.mountpoint = spawn.preflight(args.mountpoint)
         cfg.check_backend_dir("fstab")
+        cfg.check_paths("fstab")
     except mountconfig.MountConfigError as e:
         raise CLIError(str(e), 2) from None
     spawn.start(cfg)

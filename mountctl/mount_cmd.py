@@ -21,7 +21,8 @@ EXIT_TIMEOUT = 60.0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT")
+    # No secret goes near these commands: their usage errors name what was typed (mountctl.cli.Parser).
+    p = sub.add_parser("mount", help="mount stashfs at MOUNTPOINT", shows_arguments=True)
     p.add_argument("mountpoint", nargs="?",
                    help="default: $STASHFS_MOUNTPOINT, [mount] mountpoint in the config file, "
                         f"{mountconfig.DEFAULTS.mountpoint}")
@@ -30,11 +31,11 @@ def register(sub) -> None:
                    help="stay attached: exec the daemon (systemd Type=notify, containers)")
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon")
+    p = sub.add_parser("umount", help="upload what is pending, unmount and stop the daemon", shows_arguments=True)
     p.add_argument("mountpoint", nargs="?", help=DEFAULT_TARGET)
     p.set_defaults(func=cmd_umount)
 
-    p = sub.add_parser("status", help="every stashfs mount on this machine")
+    p = sub.add_parser("status", help="every stashfs mount on this machine", shows_arguments=True)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON array, one object per mount")
     out.add_argument("--prometheus", action="store_true",
@@ -45,7 +46,8 @@ def register(sub) -> None:
                    help="list every pending upload (by default: their count, size and the first 20)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("flush", help="upload everything pending now (or drop pending uploads: --discard)")
+    p = sub.add_parser("flush", help="upload everything pending now (or drop pending uploads: --discard)",
+                       shows_arguments=True)
     p.add_argument("mountpoint", nargs="?", help=DEFAULT_TARGET)
     p.add_argument("--discard", metavar="KEY", action="append",
                    help="drop this pending upload instead of uploading it: a key as `mountctl status` shows "
@@ -54,35 +56,48 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_flush)
 
 
-DEFAULT_TARGET = "default: the only stashfs mount when there is one, else the configured mount point"
+DEFAULT_TARGET = ("default: the only stashfs mount when there is one, else the one at the configured mount "
+                  "point ($STASHFS_MOUNTPOINT, [mount] mountpoint, /mnt/stashfs); with several mounts and "
+                  "none there, name one")
 
 
-def configured_mountpoint(mountpoint: str | None = None) -> str:
-    """``mountpoint`` if given, else the configured one; absolute."""
-    return os.path.abspath(mountpoint or mountconfig.MountConfig.load().mountpoint)
-
-
-def target_mountpoint(mountpoint: str | None) -> str:
+def target_mountpoint(mountpoint: str | None, command: str) -> str:
     """The mount umount and flush act on: the one named, else the only stashfs mount (``make
-    mount`` mounts at ~/stashfs, a node at /mnt/stashfs: either is found), else the configured one."""
+    mount`` mounts at ~/stashfs, a node at /mnt/stashfs: either is found), else the one at the
+    configured mount point; with several and none there, the user names one (exit status 2)."""
     if mountpoint:
         return os.path.abspath(mountpoint)
-    found = {m.mountpoint for m in mounts.stashfs_mounts()}
-    return found.pop() if len(found) == 1 else configured_mountpoint()
+    try:
+        mp = mounts.the_mount(mountconfig.configured_mountpoint)
+    except mounts.SeveralMounts as e:
+        raise CLIError(f"{e}: name the one to {_VERBS[command]} (mountctl {command} MOUNTPOINT)", 2) from None
+    if mp is None:
+        raise CLIError(f"no stashfs mount on this machine: nothing to {_VERBS[command]}")
+    return mp
+
+
+_VERBS = {"umount": "unmount", "flush": "flush"}
+
+
+def _denied(mp: str, what: str) -> CLIError:
+    """The control file answers EACCES to anyone but the mount's owner and root (and the kernel
+    does, for a mount without allow_other): the daemon is fine, the caller may not."""
+    return CLIError(f"cannot {what} {mp}: permission denied (only the user who mounted it and root may)")
 
 
 def cmd_mount(args) -> int:
     cfg = mountconfig.MountConfig.load(mountconfig.given(args))  # a bad value: one line, exit 2
     cfg.mountpoint = spawn.preflight(cfg.mountpoint)
     cfg.check_backend_dir()
+    cfg.check_paths()  # --log-file, --cache-dir: one line naming the option, exit 2
     if args.foreground:
         spawn.exec_foreground(cfg)
     spawn.start(cfg)
     return 0
 
 
-def _require_stashfs(mountpoint: str | None) -> str:
-    mp = target_mountpoint(mountpoint)
+def _require_stashfs(mountpoint: str | None, command: str) -> str:
+    mp = target_mountpoint(mountpoint, command)
     entry = mounts.find(mp)
     if entry is None or entry.fstype != mounts.FSTYPE:
         raise CLIError(f"{mp} is not a stashfs mount")
@@ -101,7 +116,7 @@ def _detach_dead(mp: str) -> int:
 
 
 def cmd_umount(args) -> int:
-    mp = _require_stashfs(args.mountpoint)
+    mp = _require_stashfs(args.mountpoint, "umount")
     if spawn.is_dead(mp):
         return _detach_dead(mp)
     pid, cache_dir = None, "?"
@@ -113,6 +128,8 @@ def cmd_umount(args) -> int:
     except OSError as e:
         if e.errno == errno.ENOTCONN:  # it died meanwhile (a kill -9 a moment ago)
             return _detach_dead(mp)
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "unmount") from None
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
     try:
@@ -205,10 +222,12 @@ def _discard(mp: str, args) -> int:
             if path is not None and (path + os.sep).startswith(mp + os.sep):
                 item = os.path.relpath(path, mp)  # a path in the mount names its key
             keys.append(item)
-    before = {(i["key"], i["bytes"]) for i in mounts.pending(mp)}  # all pages, not the status's first few
     try:
+        before = {(i["key"], i["bytes"]) for i in mounts.pending(mp)}  # all pages, not the status's first few
         mounts.discard(mp, keys)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "discard pending uploads of") from None
         if e.errno == errno.ENOENT:
             raise CLIError(f"{mp}: no pending upload of {', '.join(keys or [])} (see `mountctl status`)")
         raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
@@ -220,12 +239,14 @@ def _discard(mp: str, args) -> int:
 
 
 def cmd_flush(args) -> int:
-    mp = _require_stashfs(args.mountpoint)
+    mp = _require_stashfs(args.mountpoint, "flush")
     if args.discard or args.discard_all:
         return _discard(mp, args)
     try:
         mounts.flush(mp)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise _denied(mp, "flush") from None
         if e.errno != errno.EIO:
             raise CLIError(f"{mp}: the daemon does not answer ({e.strerror})")
         st = mounts.status(mp)

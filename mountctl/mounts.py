@@ -3,6 +3,7 @@
 import json
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from fsdriver import control
 
@@ -57,6 +58,34 @@ def is_stashfs(mountpoint: str) -> bool:
 
 def stashfs_mounts() -> list[MountEntry]:
     return [m for m in mounts() if m.fstype == FSTYPE]
+
+
+class SeveralMounts(Exception):
+    """More than one stashfs mount, and none of them at the configured mount point: which one a
+    command means is not for mountctl to guess."""
+
+    def __init__(self, found: list[str], configured: str | None):
+        self.found, self.configured = found, configured
+        shown = ", ".join(found[:MOUNTS_SHOWN]) + (f", ... ({len(found) - MOUNTS_SHOWN} more)"
+                                                   if len(found) > MOUNTS_SHOWN else "")
+        none_at = f", none at the configured mount point {configured}" if configured else ""
+        super().__init__(f"{len(found)} stashfs mounts on this machine ({shown}){none_at}")
+
+
+MOUNTS_SHOWN = 5
+
+
+def the_mount(configured: Callable[[], str | None]) -> str | None:
+    """The stashfs mount a command means when none is named: the only one on the machine, else
+    the one at the configured mount point (``configured()``, asked only then); None when there is
+    none.  SeveralMounts when there are several and none is at the configured mount point."""
+    found = sorted({m.mountpoint for m in stashfs_mounts()})
+    if len(found) <= 1:
+        return found[0] if found else None
+    mp = configured()
+    if mp is not None and is_stashfs(mp):
+        return mp
+    raise SeveralMounts(found, mp)
 
 
 def status(mountpoint: str) -> dict:

@@ -5,8 +5,11 @@ One sample per mount, labelled ``mountpoint`` (and ``backend`` on ``stashfs_up``
 ``_total``.  The names are listed in docs/operations.md: keep both in step.
 """
 
+import errno
 import os
 import tempfile
+
+from .errors import CLIError
 
 # (metric, type, help, status key or a function of the status)
 _SIMPLE = (
@@ -78,14 +81,26 @@ def render(statuses: list[dict]) -> str:
 
 
 def write_textfile(path: str, text: str) -> None:
-    """Replace ``path`` atomically: the collector must never read half a file."""
+    """Replace ``path`` atomically: the collector must never read half a file.  A failure is a
+    CLIError about ``path`` (``--textfile``), never about the temp file beside it."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-", suffix=".prom.tmp")
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-", suffix=".prom.tmp")
+    except OSError as e:
+        reason = (f"no directory {directory}" if e.errno == errno.ENOENT and not os.path.isdir(directory)
+                  else "is a directory" if e.errno == errno.EISDIR else e.strerror)
+        # The directory, the path given: a bad value (exit status 2).
+        raise CLIError(f"--textfile {path!r}: {reason}", 2) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)  # node_exporter runs as its own user
         os.replace(tmp, path)
+    except OSError as e:  # e.g. ENOSPC: the write failed (exit status 1)
+        os.unlink(tmp)
+        raise CLIError(f"--textfile {path!r}: cannot write it: {e.strerror}") from None
     except BaseException:
         os.unlink(tmp)
         raise

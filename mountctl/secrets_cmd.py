@@ -6,7 +6,10 @@ import sys
 
 from fsdriver.secrets import accesslog
 from fsdriver.secrets.mask import MIN_MASKED, unmasked
-from fsdriver.secrets.store import InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value, open_store
+from fsdriver.secrets.store import (
+    InvalidSecretsSetting, InvalidSecretValue, SecretsError, SecretsPermissionError, check_name, check_value,
+    open_store,
+)
 
 from .errors import CLIError
 from .formats import utc
@@ -53,7 +56,7 @@ def _scope(args) -> str:
 
 
 def _fail(e: SecretsError):
-    return CLIError(str(e), status=1)
+    return CLIError(str(e), status=2 if isinstance(e, InvalidSecretsSetting) else 1)
 
 
 def _read_value(name: str) -> str:
@@ -79,10 +82,12 @@ def cmd_set(args) -> None:
         check_value(value)
     except InvalidSecretValue as e:
         raise CLIError(f"refusing to set {name}: {e}", status=2) from None
+    store = open_store(args.store)
     try:
-        open_store(args.store).set(_scope(args), name, value)
+        store.set(_scope(args), name, value)
     except SecretsError as e:
         raise _fail(e) from None
+    _warn_sharing(store, _scope(args))
     if unmasked([value]):
         print(f"mountctl: warning: {name} is shorter than {MIN_MASKED} bytes: mountctl exec passes it to commands "
               "but does not mask it in their output", file=sys.stderr)
@@ -110,14 +115,22 @@ def cmd_list(args) -> None:
     return 1 if failed else 0
 
 
+def _warn_sharing(store, scope: str) -> None:
+    warning = store.sharing_warning(scope)
+    if warning:
+        print(f"mountctl: warning: {warning}", file=sys.stderr)
+
+
 def cmd_rm(args) -> None:
     name = check_name(args.name)
+    store = open_store(args.store)
     try:
-        open_store(args.store).delete(_scope(args), name)
+        store.delete(_scope(args), name)
     except KeyError:
         raise CLIError(f"no {_scope(args)} secret {args.name}") from None
     except SecretsError as e:
         raise _fail(e) from None
+    _warn_sharing(store, _scope(args))
 
 
 def cmd_get(args) -> None:

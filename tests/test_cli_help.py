@@ -33,10 +33,27 @@ def test_mount_help_lists_the_owner_and_mode_options():
     for option, metavar, what, default in [
             ("--uid", "UID", "owner shown for objects", "the namespace owner"),
             ("--gid", "GID", "group shown for objects", "the namespace's group"),
-            ("--file-mode", "MODE", "mode (octal) shown for files", "the namespace's: 0600, 0660 or 0666"),
-            ("--dir-mode", "MODE", "mode (octal) shown for directories", "the namespace's: 0700, 0770 or 0777")]:
+            ("--file-mode", "MODE", "mode (octal: 644, 0644 or 0o644) shown for files",
+             "the namespace's: 0600, 0660 or 0666"),
+            ("--dir-mode", "MODE", "mode (octal: 755, 0755 or 0o755) shown for directories",
+             "the namespace's: 0700, 0770 or 0777")]:
         assert (f"{option} {metavar} {what} that carry no attributes of their own (written by other tools) "
                 f"(default: {default})") in text, option
+
+
+def test_every_mode_spelling_the_help_shows_is_accepted():
+    """User trial: `--file-mode 0o644` was accepted though the help said only "octal": the help
+    now lists each spelling, and each one it lists reads as the same mode."""
+    import re
+
+    from fsdriver.mountconfig import MountConfig
+
+    text = " ".join(subprocess.run([sys.executable, "-m", "mountctl", "mount", "--help"], capture_output=True,
+                                   text=True, timeout=60, check=True).stdout.split())
+    for option, name in (("--file-mode", "file_mode"), ("--dir-mode", "dir_mode")):
+        shown = re.search(re.escape(option) + r" MODE mode \(octal: ([0-7]+), (0[0-7]+) or (0o[0-7]+)\)", text)
+        assert shown, option
+        assert {getattr(MountConfig.load({name: s}), name) for s in shown.groups()} == {int(shown[1], 8)}
 
 
 def test_version():

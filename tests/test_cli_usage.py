@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fsdriver.access import login_name
+
 from .mounting import force_unmount, make_mount, mountctl, require_fuse
 
 TIMEOUT = 60
@@ -310,12 +312,23 @@ def test_empty_values_in_the_config_file_mean_not_set(tmp_path):
 
 
 def test_exec_without_mounting_ignores_options_only_mounting_uses(tmp_path):
-    """Review finding: a bad memory_limit in [mount] made a secrets-only `mountctl exec` exit 2."""
-    conf = tmp_path / "no-config" / "stashfs"
-    conf.mkdir(parents=True)
-    (conf / "config.toml").write_text('[mount]\nmemory_limit = "1X"\n')
-    p = mountctl("exec", "--", "true", env=clean_env(tmp_path, HOME=str(tmp_path)), check=False, timeout=TIMEOUT)
-    assert p.returncode == 0, p.stderr
+    """Review finding: a bad memory_limit in [mount] made a secrets-only `mountctl exec` exit 2.
+    The configured mount point is still read (other tests' mounts may be on the machine: exec
+    takes the one at the configured mount point, and refuses to guess among several)."""
+    require_fuse()
+    m = make_mount(tmp_path, str(tmp_path / "be"), dict(os.environ))
+    m.mount()
+    try:
+        conf = tmp_path / "no-config" / "stashfs"
+        conf.mkdir(parents=True)
+        (conf / "config.toml").write_text(f'[mount]\nmountpoint = "{m.path}"\nmemory_limit = "1X"\n')
+        env = clean_env(tmp_path, HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"),
+                        STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org"))
+        p = mountctl("exec", "--", "sh", "-c", 'echo "$STASHFS_USER_DIR"', env=env, check=False, timeout=TIMEOUT)
+        assert (p.returncode, p.stderr, p.stdout) == (0, "", f"{m.path}/user/{login_name()}\n")
+    finally:
+        m.umount()
+        force_unmount(m.path)
 
 
 # -- owner and mode shown for objects without attributes of their own (issue 11)
@@ -418,3 +431,128 @@ def test_the_daemon_hands_the_owner_and_mode_options_to_the_core(tmp_path, monke
         ours.setLevel(levels[1])
     options = built.value.args[0]
     assert (options.default_uid, options.default_gid, options.file_mode, options.dir_mode) == expected
+
+
+# -- user trial findings: what was wrong, named on one line
+
+
+def _path_cases(tmp_path: Path) -> list:
+    """(option, value, reason): paths mountctl cannot make, and why, as it says it."""
+    (tmp_path / "a-file").write_text("x")
+    return [
+        ("log_file", f"{tmp_path}/no-dir/log", f"cannot create it: no directory {tmp_path}/no-dir"),
+        ("log_file", str(tmp_path), "is a directory"),
+        ("cache_dir", str(tmp_path / "a-file"), "not a directory"),
+        ("cache_dir", f"{tmp_path}/a-file/cache", f"{tmp_path}/a-file is not a directory"),
+        ("cache_dir", "/proc/stashfs-no-such-dir", "cannot create it: No such file or directory"),
+    ]
+
+
+def test_path_options_that_cannot_be_made_exit_2_naming_the_option(tmp_path):
+    """User trial: `--log-file /nonexistent/dir/log` exited 1 with "No such file or directory:
+    <path>" (the option not named), `--cache-dir /proc/x` exited 1 with Python's repr of the
+    error from the daemon.  Now each is a bad value: one line naming the option, the path and the
+    reason, exit 2, before any daemon starts; from the command line, the config file and an fstab
+    line alike."""
+    require_fuse()
+    mp, be = tmp_path / "mp", tmp_path / "be"
+    mp.mkdir()
+    be.mkdir()
+    for name, value, reason in _path_cases(tmp_path):
+        option = "--" + name.replace("_", "-")
+        p = mountctl("mount", str(mp), "--backend", str(be), option, value, env=clean_env(tmp_path), check=False,
+                     timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"mountctl: {option} {value!r}: {reason}\n"), p.stderr
+        conf = tmp_path / f"config-{name}" / "stashfs"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "config.toml").write_text(f'[mount]\nbackend = "{be}"\n{name} = "{value}"\n')
+        p = mountctl("mount", str(mp), env=clean_env(tmp_path, XDG_CONFIG_HOME=str(conf.parent)), check=False,
+                     timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"mountctl: [mount] {name} in the config file {value!r}: {reason}\n")
+        p = subprocess.run([sys.executable, "-m", "mountctl.fstab", str(be), str(mp), "-o", f"{name}={value}"],
+                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+        assert (p.returncode, p.stderr) == (2, f"stashfs: {name}= {value!r}: {reason}\n")
+        assert not os.path.ismount(mp)
+    assert not (tmp_path / "no-dir").exists()  # the missing directory is named, not created
+
+
+def test_exec_names_a_bad_log_file_before_mounting_on_demand(tmp_path):
+    require_fuse()
+    (tmp_path / "be").mkdir()
+    conf = tmp_path / "config" / "stashfs"
+    conf.mkdir(parents=True)
+    log = f"{tmp_path}/no-dir/log"
+    (conf / "config.toml").write_text(f'[mount]\nmountpoint = "{tmp_path / "mnt"}"\nbackend = "{tmp_path / "be"}"\n'
+                                      f'log_file = "{log}"\n')
+    env = clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"), STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org"),
+                    XDG_STATE_HOME=str(tmp_path / "state"))
+    p = mountctl("exec", "--pipeline", "p1", "--", "touch", str(tmp_path / "ran"), env=env, check=False,
+                 timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (
+        2, f"mountctl: [mount] log_file in the config file {log!r}: cannot create it: no directory {tmp_path}/no-dir\n")
+    assert not (tmp_path / "ran").exists() and not os.path.ismount(tmp_path / "mnt")
+
+
+def test_the_daemon_names_a_cache_dir_it_cannot_make_without_a_repr(tmp_path):
+    """Started directly (as systemd's unit does through `mountctl mount --foreground`, or should
+    mountctl's check be passed by a race), the daemon says the path and the reason."""
+    (tmp_path / "be").mkdir()
+    (tmp_path / "mp").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    p = subprocess.run([sys.executable, "-m", "fsdriver", str(tmp_path / "mp"), "--backend", str(tmp_path / "be"),
+                        "--cache-dir", str(tmp_path / "a-file")], env=clean_env(tmp_path), capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert p.returncode == 1 and "[Errno" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert f"cache dir {tmp_path / 'a-file'}: not a directory" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("args,stray", [
+    (["mount", "{mp}", "--bogus"], "--bogus"),
+    (["mount", "{mp}", "extra"], "extra"),
+    (["status", "/path"], "/path"),
+    (["status", "--bogus"], "--bogus"),
+    (["umount", "{mp}", "--bogus"], "--bogus"),
+    (["flush", "--bogus"], "--bogus"),
+])
+def test_unknown_options_of_mount_commands_are_named_with_their_usage(tmp_path, args, stray):
+    """User trial: these printed the top-level usage and "1 unexpected argument(s), not shown (secret
+    values are read from stdin...)": no secret goes near them, so the option is named."""
+    (tmp_path / "mp").mkdir()
+    args = [a.format(mp=tmp_path / "mp") for a in args]
+    p = mountctl(*args, env=clean_env(tmp_path), check=False, timeout=TIMEOUT)
+    assert p.returncode == 2 and p.stderr.startswith(f"usage: mountctl {args[0]} "), p.stderr
+    assert p.stderr.splitlines()[-1] == f"mountctl {args[0]}: error: unrecognized arguments: {stray}"
+    assert "not shown" not in p.stderr and not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.parametrize("args,usage", [
+    (["secrets", "set", "A", "{v}"], "mountctl secrets set"),
+    (["secrets", "list", "{v}"], "mountctl secrets list"),
+    (["secrets", "list", "--{v}"], "mountctl secrets list"),
+    (["secrets", "get", "A", "--reveal", "{v}"], "mountctl secrets get"),
+    (["exec", "--{v}", "--", "true"], "mountctl exec"),
+    (["{v}"], "mountctl"),
+])
+def test_stray_arguments_near_secrets_are_never_repeated(tmp_path, args, usage):
+    """What `secrets` and `exec` (and the top level) are given by mistake may be a secret: counted,
+    never shown, with the usage of the command it was given to."""
+    value = "sk-live-" + os.urandom(8).hex()
+    args = [a.format(v=value) for a in args]
+    p = mountctl(*args, env=clean_env(tmp_path, STASHFS_ORG_SECRETS_DIR=str(tmp_path / "org")), check=False,
+                 timeout=TIMEOUT)
+    assert p.returncode == 2 and value not in p.stderr and value not in p.stdout, p.stderr
+    assert p.stderr.startswith(f"usage: {usage} "), p.stderr
+    assert ("1 unexpected argument(s), not shown (secret values are read from stdin or a prompt, never from the "
+            "command line)" in p.stderr or "invalid choice (not shown)" in p.stderr), p.stderr
+
+
+def test_status_textfile_errors_name_the_given_path(tmp_path):
+    """User trial: a --textfile in a missing directory was reported as `.stashfs-33v98jt7.prom.tmp`
+    (the temp file written beside it)."""
+    env = clean_env(tmp_path)
+    target = f"{tmp_path}/no-dir/x.prom"
+    p = mountctl("status", "--textfile", target, env=env, check=False, timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (2, f"mountctl: --textfile {target!r}: no directory {tmp_path}/no-dir\n")
+    p = mountctl("status", "--textfile", str(tmp_path), env=env, check=False, timeout=TIMEOUT)
+    assert (p.returncode, p.stderr) == (2, f"mountctl: --textfile {str(tmp_path)!r}: is a directory\n")
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".stashfs-")] == []  # no temp file left

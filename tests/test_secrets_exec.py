@@ -74,7 +74,7 @@ def test_set_refuses_nul_and_oversized_values_and_keeps_the_old_one(home):
         assert_absent([bad[:20], bad[-20:]], p.stderr)
     assert ctl("secrets", "get", "TOKEN", "--reveal").stdout == good + "\n"
     code = "import os, hashlib; print(hashlib.sha256(os.environ['TOKEN'].encode()).hexdigest())"
-    p = ctl("exec", "--", sys.executable, "-c", code)
+    p = ctl("exec", "--no-mount", "--", sys.executable, "-c", code)
     assert p.stdout.strip() == hashlib.sha256(good.encode()).hexdigest()
 
 
@@ -113,10 +113,10 @@ def test_short_values_warned_at_set_and_named_once_at_exec(home):
     assert "PIN is shorter than 6 bytes" in p.stderr and short not in p.stderr
     assert "warning" not in ctl("secrets", "set", "TOKEN", input=long_).stderr
     code = "import os; print(os.environ['TOKEN']); print(len(os.environ['PIN']))"
-    p = ctl("exec", "--", sys.executable, "-c", code)
+    p = ctl("exec", "--no-mount", "--", sys.executable, "-c", code)
     assert p.stdout == "****\n5\n"
     assert p.stderr == "mountctl: not masked in the output (shorter than 6 bytes): PIN\n"
-    assert "not masked" not in ctl("exec", "--no-mask", "--", "true").stderr
+    assert "not masked" not in ctl("exec", "--no-mount", "--no-mask", "--", "true").stderr
 
 
 # -- org secrets a user may not read
@@ -128,7 +128,7 @@ def test_exec_runs_with_own_secrets_when_org_secrets_are_unreadable(home, unpriv
     ctl("secrets", "set", "MINE", input=mine, env=unprivileged, as_user=(*NOBODY, []))
     # sh, not this Python: the venv's interpreter need not be executable by user nobody.
     code = 'printf %s "$MINE" | sha256sum | cut -d" " -f1; [ -n "${ORG_TOKEN+x}" ] && echo True || echo False'
-    p = ctl("exec", "--", "sh", "-c", code, env=unprivileged, as_user=(*NOBODY, []), check=False)
+    p = ctl("exec", "--no-mount", "--", "sh", "-c", code, env=unprivileged, as_user=(*NOBODY, []), check=False)
     assert_absent([org_value, mine], p.stdout, p.stderr)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == [hashlib.sha256(mine.encode()).hexdigest(), "False"]
@@ -151,7 +151,7 @@ print(open(path).read(), flush=True)
 
 
 def start_exec(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "mountctl", "exec", *args], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "mountctl", "exec", "--no-mount", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or dict(os.environ))
 
 
@@ -223,12 +223,12 @@ def test_secret_files_of_a_killed_exec_are_removed_by_the_next_once_the_command_
         proc.kill()  # SIGKILL: mountctl cannot clean up; its command lives on
         proc.communicate(timeout=TIMEOUT)
         # While the command lives, its files stay: another exec does not take them away.
-        ctl("exec", "--", "true")
+        ctl("exec", "--no-mount", "--", "true")
         check_file(path.decode(), value)
         os.kill(child, signal.SIGKILL)
         wait_exit(child)
         child = None
-        ctl("exec", "--", "true")
+        ctl("exec", "--no-mount", "--", "true")
         assert not os.path.exists(path) and exec_dirs() == []
     finally:
         if proc.poll() is None:
@@ -240,7 +240,7 @@ def test_secret_files_of_a_killed_exec_are_removed_by_the_next_once_the_command_
 
 
 def test_unknown_secret_file_is_refused_before_running(home):
-    p = run_ctl("exec", "--secret-file", "NOPE", "--", "touch", str(home / "ran"))
+    p = run_ctl("exec", "--no-mount", "--secret-file", "NOPE", "--", "touch", str(home / "ran"))
     assert p.returncode == 2 and p.stderr == "mountctl: --secret-file NOPE: no such secret\n"
     assert not (home / "ran").exists()
 
@@ -268,9 +268,9 @@ def test_access_log_records_names_never_values(home):
     a, b = fresh(), fresh()
     ctl("secrets", "set", "API_TOKEN", input=a)
     ctl("secrets", "set", "DB_PASSWORD", "--org", input=b)
-    ctl("exec", "--", "true")
-    ctl("exec", "--secret-file", "DB_PASSWORD", "--no-mask", "--", sys.executable, "-c", "pass")
-    ctl("exec", "--", a, check=False)  # a value typed as the command: masked in the log too
+    ctl("exec", "--no-mount", "--", "true")
+    ctl("exec", "--no-mount", "--secret-file", "DB_PASSWORD", "--no-mask", "--", sys.executable, "-c", "pass")
+    ctl("exec", "--no-mount", "--", a, check=False)  # a value typed as the command: masked in the log too
     entries = [json.loads(line) for line in ctl("secrets", "log", "--json").stdout.splitlines()]
     assert [e["command"] for e in entries] == ["true", os.path.basename(sys.executable), "****"]
     assert entries[0]["secrets"] == ["API_TOKEN", "DB_PASSWORD"] and entries[0]["files"] == []

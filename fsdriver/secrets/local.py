@@ -157,6 +157,17 @@ class LocalStore(SecretStore):
         self._org = _Scope("org", org_dir / "org.enc", org_dir / "org.key",
                            "STASHFS_ORG_SECRETS_KEY", 0o640 if readers is not None else 0o600, readers)
 
+    def sharing_warning(self, scope: str) -> str | None:
+        """Org secrets are shared through a group's read access (org_group, else admin_group): with
+        neither group on this machine the files are made 0600, readable by their writer (root)
+        only, and org members would get "permission denied" with nothing said at the write."""
+        if check_scope(scope) != "org" or self._org.group is not None:
+            return None
+        group = self.cfg["admin_group"]
+        return (f"org secrets in {self._org.path.parent} are readable by root only (0600): there is no group "
+                f"{group!r} on this machine (and no [secrets] org_group) to share them with, so org members "
+                f"cannot read them (create the group and give the files to it: docs/secrets.md)")
+
     def _scope(self, scope: str) -> _Scope:
         return self._user if check_scope(scope) == "user" else self._org
 

@@ -62,6 +62,10 @@ class InvalidSecretValue(SecretsError):
     """A value no command could be given (the message never contains it)."""
 
 
+class InvalidSecretsSetting(SecretsError):
+    """A bad value of a [secrets] setting, named by where it came from (exit status 2)."""
+
+
 @dataclass(frozen=True)
 class SecretInfo:
     name: str
@@ -135,6 +139,11 @@ class SecretStore(abc.ABC):
     def values(self, scope: str) -> dict[str, str]:
         """Every secret of a scope, for `mountctl exec`."""
 
+    def sharing_warning(self, scope: str) -> str | None:
+        """Why the secrets of ``scope`` cannot be shared as docs/secrets.md says they are (one
+        line, said after a write), or None."""
+        return None
+
 
 def open_store(store: str | None = None, **overrides) -> SecretStore:
     cfg = load_config(store=store, **overrides)
@@ -146,4 +155,12 @@ def open_store(store: str | None = None, **overrides) -> SecretStore:
         from .ssm import SSMStore
 
         return SSMStore(cfg)
-    raise SecretsError(f"unknown secrets store {cfg['store']!r}: local or ssm")
+    # Where the bad name came from (--store is checked by the command line's own parser); the
+    # value is not repeated, as for --store: it may be something pasted in the wrong place.
+    if store is not None:
+        where = "--store"
+    elif os.environ.get(ENV["store"]):
+        where = f"${ENV['store']}"
+    else:
+        where = "[secrets] store in the config file"
+    raise InvalidSecretsSetting(f"{where}: unknown secrets store (the value is not shown): local or ssm")
