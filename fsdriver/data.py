@@ -51,13 +51,16 @@ def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
 
 
 class ObjectStore:
-    """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``."""
+    """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``.
 
-    def __init__(self, tree: str, name: str, backend: Backend | str | None = None):
+    ``backend``: a URL (or an open `Backend`), else the configured one; a local directory that is
+    named must exist unless ``create`` (as the mount's ``--create``)."""
+
+    def __init__(self, tree: str, name: str, backend: Backend | str | None = None, create: bool = False):
         self.tree = tree
         self.name = name
         self.root = layout.root_prefix(tree, name)
-        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend, create=create)
 
     def __repr__(self) -> str:
         return f"<{self.tree} store {self.name!r} on {self.backend.url}>"
@@ -209,13 +212,14 @@ class _StoreFactory:
     def __init__(self, tree: str):
         self._tree = tree
 
-    def __call__(self, name: str | None = None, *, backend: Backend | str | None = None, **kw) -> ObjectStore:
+    def __call__(self, name: str | None = None, *, backend: Backend | str | None = None, create: bool = False,
+                 **kw) -> ObjectStore:
         name = name or kw.pop(f"{'id' if self._tree == 'pipeline' else 'name'}", None)
         if kw:
             raise TypeError(f"unexpected arguments: {', '.join(kw)}")
         if name is None:
             name = self._default_name()
-        return ObjectStore(self._tree, name, backend)
+        return ObjectStore(self._tree, name, backend, create=create)
 
     def _default_name(self) -> str:
         if self._tree == "pipeline":

@@ -52,6 +52,16 @@ class InvalidRequest(BackendError):
     """The backend rejected the request as malformed (bad key, bad range, object vs prefix clash)."""
 
 
+class NoBackendDirectory(FileNotFoundError):
+    """A local backend directory that was named (argument, ``$STASHFS_BACKEND``, the config file)
+    does not exist and was not to be created: a mistyped path would read as an empty store."""
+
+    def __init__(self, path: str):
+        super().__init__(2, "backend directory does not exist (check the path, or pass create=True "
+                            "to make a new store there)", path)
+        self.path = path
+
+
 class InvalidName(ValueError):
     """A pipeline id, user name, store name or path segment that stashfs refuses."""
 

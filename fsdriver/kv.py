@@ -61,10 +61,12 @@ class MissingKey(KeyError, TypeError):
 class DataStore(MutableMapping):
     """One key/value store.  Keys are non-empty strings; values anything JSON can hold."""
 
-    def __init__(self, name: str, backend: Backend | str | None = None):
+    def __init__(self, name: str, backend: Backend | str | None = None, create: bool = False):
+        """``backend``: a URL (or an open `Backend`), else the configured one; a local directory
+        that is named must exist unless ``create`` (as the mount's ``--create``)."""
         self.name = name
         self.prefix = layout.root_prefix("kv", name)
-        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend, create=create)
         self._checked = False  # whether the backend answered check() (see _check_backend)
 
     def __repr__(self) -> str:

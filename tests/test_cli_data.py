@@ -12,6 +12,7 @@ import pytest
 def cli(request, tmp_path):
     env = dict(os.environ)
     if request.param == "disk":
+        (tmp_path / "be").mkdir()  # a named backend directory must exist (else --create)
         env["STASHFS_BACKEND"] = str(tmp_path / "be")
     else:
         server = request.getfixturevalue("moto_server")
@@ -89,3 +90,33 @@ def test_backend_and_endpoint_from_the_config_file(tmp_path, moto_server, s3_url
     (cfg / "config.toml").write_text("[mount\n")
     p = run("pipeline", "list")
     assert p.returncode == 1 and "cannot read the configuration" in p.stderr and "Traceback" not in p.stderr
+
+
+def mountctl(*args, env=None, stdout=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "mountctl", *args], env=env or dict(os.environ),
+                          stdout=stdout, stderr=subprocess.PIPE, timeout=60)
+
+
+@pytest.mark.parametrize("args", [
+    ["data", "ls", "--pipeline", "p1"], ["data", "gets", "f", "--pipeline", "p1"],
+    ["data", "put", "f", "-", "--pipeline", "p1"], ["kv", "keys", "crm"], ["kv", "get", "crm", "a"],
+    ["kv", "set", "crm", "a", "1"], ["kv", "incr", "crm", "a"],
+])
+def test_a_mistyped_local_backend_is_refused_not_made(tmp_path, args):
+    typo = tmp_path / "typo-store"
+    p = mountctl(*args, "--backend", str(typo))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert err == f"mountctl: backend directory {typo} does not exist (check the path, or add --create to create it)\n"
+    assert not typo.exists()
+
+
+def test_create_makes_a_new_local_store(tmp_path):
+    new = tmp_path / "new-store"
+    assert mountctl("data", "put", "f", "/dev/null", "--pipeline", "p1", "--backend", str(new), "--create"
+                    ).returncode == 0
+    assert mountctl("kv", "set", "crm", "a", "1", "--backend", str(tmp_path / "kv-store"), "--create"
+                    ).returncode == 0
+    assert mountctl("data", "ls", "--pipeline", "p1", "--backend", str(new)).stdout == b"f\n"
+    assert mountctl("kv", "keys", "crm", "--backend", str(tmp_path / "kv-store")).stdout == b"a\n"
+

@@ -128,6 +128,7 @@ def test_pipeline_and_user_scoping(backend, monkeypatch):
 
 
 def test_module_level_stores_use_environment(tmp_path, monkeypatch):
+    (tmp_path / "be").mkdir()  # a named backend directory must exist
     monkeypatch.setenv("STASHFS_BACKEND", str(tmp_path / "be"))
     monkeypatch.setenv("STASHFS_PIPELINE_ID", "pp")
     data.pipeline.puts("k", b"v")

@@ -194,6 +194,7 @@ def test_values_are_strict_json_within_the_record_limits(ds):
     ("[" * 100_000, "nested more than"), ("{oops", "not JSON"),
 ])
 def test_mountctl_kv_set_refuses_what_is_not_strict_json(tmp_path, value, says):
+    (tmp_path / "be").mkdir()
     env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"))
     p = subprocess.run([sys.executable, "-m", "mountctl", "kv", "set", "s", "k", "-"], input=value, env=env,
                        capture_output=True, text=True, timeout=60)
