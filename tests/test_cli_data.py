@@ -120,3 +120,10 @@ def test_create_makes_a_new_local_store(tmp_path):
     assert mountctl("data", "ls", "--pipeline", "p1", "--backend", str(new)).stdout == b"f\n"
     assert mountctl("kv", "keys", "crm", "--backend", str(tmp_path / "kv-store")).stdout == b"a\n"
 
+
+def test_a_missing_bucket_is_one_line(moto_server):
+    env = dict(os.environ, AWS_ENDPOINT_URL=moto_server.url)
+    for args in (["data", "ls", "--pipeline", "p1"], ["data", "gets", "f", "--pipeline", "p1"],
+                 ["kv", "keys", "crm"], ["kv", "get", "crm", "a"]):
+        p = mountctl(*args, "--backend", "s3://no-such-bucket", env=env)
+        assert (p.returncode, p.stderr) == (1, b"mountctl: bucket 'no-such-bucket' does not exist\n"), args

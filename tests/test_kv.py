@@ -1,5 +1,6 @@
 """Key/value records: the encoding, and DataStore on disk and S3."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fsdriver import kvnames
-from fsdriver.errors import InvalidName, NameTooLong
+from fsdriver.backend.s3 import S3Backend
+from fsdriver.errors import BucketNotFound, InvalidName, NameTooLong, Unavailable
 from fsdriver.kv import DataStore
 
 
@@ -201,3 +203,30 @@ def test_mountctl_kv_set_refuses_what_is_not_strict_json(tmp_path, value, says):
     assert p.returncode == 2
     assert says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "k" not in DataStore("s", backend=str(tmp_path / "be"))
+
+
+def test_backend_failures_are_oserrors_naming_the_key(moto_server):
+    missing = DataStore("crm", backend=S3Backend("nosuchbucket", "", endpoint_url=moto_server.url))
+    down = DataStore("crm", backend=S3Backend("bucket", "", endpoint_url="http://127.0.0.1:9", max_attempts=1))
+    for ds, code, kind in [(missing, errno.ENXIO, BucketNotFound), (down, errno.EIO, Unavailable)]:
+        for what, call in {"get": lambda: ds.get("a"), "getitem": lambda: ds["a"], "in": lambda: "a" in ds,
+                           "set": lambda: ds.set("a", 1), "incr": lambda: ds.incr("a"),
+                           "setdefault": lambda: ds.setdefault("a", 1), "del": lambda: ds.__delitem__("a"),
+                           "keys": lambda: list(ds.keys()), "items": lambda: dict(ds.items()),
+                           "len": lambda: len(ds), "clear": lambda: ds.clear()}.items():
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == code and isinstance(e.value, kind), (what, e.value)
+            assert e.value.filename == ("crm" if what in ("keys", "items", "len", "clear") else "a"), what
+
+
+def test_a_key_the_endpoint_cannot_store_is_never_no_such_object(ds):
+    if ds.backend.keeps_empty_dirs:  # disk stores it
+        ds["new\nline"] = 1
+        assert ds["new\nline"] == 1
+        return
+    with pytest.raises(OSError) as e:  # moto answers a PUT of a key with a newline with 404
+        ds["new\nline"] = 1
+    assert (e.value.errno, e.value.filename) == (errno.EINVAL, "new\nline")
+    assert "no such object" not in str(e.value) and "refused to store this key" in str(e.value)
+    assert list(ds.keys()) == []
