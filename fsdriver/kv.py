@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import random
 import time
 from collections.abc import MutableMapping
@@ -41,15 +42,33 @@ MAX_ATTEMPTS = 200
 
 def dumps(value: Any) -> bytes:
     """A value as record bytes: TypeError if JSON cannot hold it, ValueError (`strictjson.InvalidJSON`,
-    `strictjson.RecordTooLarge`) if it breaks a record's limits — the same rules as the mount's."""
+    `strictjson.RecordTooLarge`) if it breaks a record's limits or holds a string that UTF-8
+    cannot encode — the same rules as the mount's."""
     try:
-        data = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except RecursionError:
         raise strictjson.InvalidJSON(f"value nested more than {strictjson.MAX_DEPTH} deep") from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {e}") from None
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end]
+        raise strictjson.InvalidJSON(
+            f"value holds a string with a lone surrogate {bad!r}: records are UTF-8 JSON, which cannot "
+            "encode it (a surrogate is only valid as half of a pair)") from None
     strictjson.check(data)
     return data
+
+
+def check_ttl(ttl: Any) -> None:
+    """A TTL is None or a positive, finite number of seconds (TypeError, ValueError naming it)."""
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__} ({ttl!r})")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
 
 
 def _os_errors(method):
@@ -144,8 +163,7 @@ class DataStore(MutableMapping):
     @_os_errors
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value``; with ``ttl`` (seconds) the record reads as missing once it has passed."""
-        if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl must be positive, got {ttl}")
+        check_ttl(ttl)
         data = dumps(value)
         name = kvnames.record_name(key)
         old = markers_of(self.backend, self.prefix, name)
@@ -156,6 +174,7 @@ class DataStore(MutableMapping):
     @_os_errors
     def set_ttl(self, key: str, ttl: float | None) -> None:
         """Give an existing record a TTL (None removes it); KeyError if the key is missing."""
+        check_ttl(ttl)
         name = kvnames.record_name(key)
         found = self._read(key)
         if found is None:

@@ -205,6 +205,44 @@ def test_mountctl_kv_set_refuses_what_is_not_strict_json(tmp_path, value, says):
     assert "k" not in DataStore("s", backend=str(tmp_path / "be"))
 
 
+@pytest.mark.parametrize("ttl,error", [
+    (float("nan"), ValueError), (float("inf"), ValueError), (float("-inf"), ValueError), (0, ValueError),
+    (-1, ValueError), ("10", TypeError), (True, TypeError), ([10], TypeError),
+])
+def test_a_ttl_is_a_positive_finite_number_of_seconds(ds, ttl, error):
+    ds["k"] = "old"
+    with pytest.raises(error, match="ttl must be"):
+        ds.set("k", "new", ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        ds.set_ttl("k", ttl)
+    assert ds["k"] == "old"
+    assert [e.key for e in ds.backend.list("kv/s/.expires/")] == []  # no marker written
+
+
+def test_a_lone_surrogate_is_refused_with_a_clear_reason(ds):
+    ds["n"] = "kept"
+    for value in ("\ud800", {"a": ["x\udfff"]}):
+        with pytest.raises(ValueError, match="lone surrogate .* UTF-8") as e:
+            ds["n"] = value
+        assert not isinstance(e.value, TypeError)
+    assert ds["n"] == "kept"
+    ds["pair"] = "\U0001f600"  # a character outside the BMP is fine
+    assert ds["pair"] == "\U0001f600"
+
+
+@pytest.mark.parametrize("args,says", [
+    (["k", '"\\ud800"'], "lone surrogate"), (["k", "1", "--ttl", "nan"], "ttl must be"),
+    (["k", "1", "--ttl", "inf"], "ttl must be"),
+])
+def test_mountctl_kv_set_refuses_bad_values_and_ttls_in_one_line(tmp_path, args, says):
+    (tmp_path / "be").mkdir()
+    env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"))
+    p = subprocess.run([sys.executable, "-m", "mountctl", "kv", "set", "s", *args], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "k" not in DataStore("s", backend=str(tmp_path / "be"))
+
+
 def test_backend_failures_are_oserrors_naming_the_key(moto_server):
     missing = DataStore("crm", backend=S3Backend("nosuchbucket", "", endpoint_url=moto_server.url))
     down = DataStore("crm", backend=S3Backend("bucket", "", endpoint_url="http://127.0.0.1:9", max_attempts=1))
