@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from fsdriver import data
+from fsdriver.kv import DataStore
+
 
 @pytest.fixture(params=["disk", "s3"])
 def cli(request, tmp_path):
@@ -119,6 +122,30 @@ def test_create_makes_a_new_local_store(tmp_path):
                     ).returncode == 0
     assert mountctl("data", "ls", "--pipeline", "p1", "--backend", str(new)).stdout == b"f\n"
     assert mountctl("kv", "keys", "crm", "--backend", str(tmp_path / "kv-store")).stdout == b"a\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["kv", "keys", "crm"], ["kv", "get", "crm", "k1"], ["kv", "incr", "crm", "n"],
+    ["data", "gets", "big", "--pipeline", "p1"], ["data", "get", "big", "-", "--pipeline", "p1"],
+    ["data", "ls", "--pipeline", "p1"], ["data", "ls", "--pipeline", "p1", "--json"],
+    ["data", "size", "big", "--pipeline", "p1"],
+])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, args):
+    """`mountctl kv keys crm | head -1`: stdout closed by its reader is not an error (status 0,
+    nothing on stderr), as for cat.  The reader here is gone before the first write: no race."""
+    be = tmp_path / "be"
+    be.mkdir()
+    DataStore("crm", backend=str(be)).update({f"k{i}": i for i in range(100)})
+    data.pipeline("p1", backend=str(be)).puts("big", b"x" * 1_000_000)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = mountctl(*args, "--backend", str(be), stdout=write)
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr) == (0, b"")
+    if "incr" in args:
+        assert DataStore("crm", backend=str(be))["n"] == 1  # done before its result was printed
 
 
 def test_a_missing_bucket_is_one_line(moto_server):
