@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             # Each request (retries included) ends within about the bound: so do the mount-time
             # check and the calls that are never abandoned (fsdriver/backend/aio.py).
             options = {"endpoint_url": args.endpoint_url, **request_settings(args.backend_timeout)}
-        backend = open_backend(url, **options)
+        # A missing local directory was refused above unless --create (check_backend_dir).
+        backend = open_backend(url, create=True, **options)
         backend.check()
     except (BackendError, ValueError, OSError) as e:
         ready.fail(f"backend {url}: {e}")

@@ -19,21 +19,28 @@ every backend:
   ``list_tree(path)`` every object at or below ``path`` taken as a path ("a/b" lists "a/b" and
   "a/b/...", never "a/bc");
 - ``delete(name, recursive=True)`` removes ``name`` and everything below ``name/``, never
-  ``namefoo``.
+  ``namefoo``; the directory it was in stays (on S3 it gets a marker if it is left empty);
+- a file is never put where a directory is (``IsADirectoryError``) or below a file
+  (``NotADirectoryError``), on S3 as on disk (`fsdriver.treeshape`, shared with the mount's rules);
+- every failure of the backend is an ``OSError`` with ``errno`` set (`fsdriver.apierrors`: a
+  missing bucket is ``BucketNotFoundError``, ENXIO, never "no such object");
+- a local backend directory that is named must exist (``create=True`` makes a new store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from typing import Sequence
 
-from . import layout, owners
+from . import layout, owners, treeshape
 from .access import current_user, login_name
+from .apierrors import api_errors
 from .backend import Backend, ObjectInfo
 from .configured import shared_backend
-from .errors import BackendError, InvalidName, InvalidRequest, NotFound
+from .errors import BackendError, BucketNotFound, InvalidName, NotFound
 
 
 _claimed: set = set()  # (backend url, pipeline id) whose owner record this process has ensured
@@ -51,13 +58,16 @@ def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
 
 
 class ObjectStore:
-    """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``."""
+    """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``.
 
-    def __init__(self, tree: str, name: str, backend: Backend | str | None = None):
+    ``backend``: a URL (or an open `Backend`), else the configured one; a local directory that is
+    named must exist unless ``create`` (as the mount's ``--create``)."""
+
+    def __init__(self, tree: str, name: str, backend: Backend | str | None = None, create: bool = False):
         self.tree = tree
         self.name = name
         self.root = layout.root_prefix(tree, name)
-        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend, create=create)
 
     def __repr__(self) -> str:
         return f"<{self.tree} store {self.name!r} on {self.backend.url}>"
@@ -68,11 +78,19 @@ class ObjectStore:
     def _not_found(self, name: str) -> FileNotFoundError:
         return FileNotFoundError(2, f"no object {name!r} in {self.tree} {self.name!r}", name)
 
-    def _head(self, name: str) -> ObjectInfo:
+    @contextlib.contextmanager
+    def _object(self, name: str):
+        """A missing object as FileNotFoundError naming it (a missing bucket stays what it is)."""
         try:
-            return self.backend.head(self._key(name))
+            yield
+        except BucketNotFound:
+            raise
         except NotFound:
             raise self._not_found(name) from None
+
+    def _head(self, name: str) -> ObjectInfo:
+        with self._object(name):
+            return self.backend.head(self._key(name))
 
     def put(self, name: str, file: str | os.PathLike) -> None:
         """Store the local file ``file`` at ``name``."""
@@ -86,12 +104,17 @@ class ObjectStore:
 
     def _put(self, name: str, do_put) -> None:
         key = self._key(name)
-        if self.tree == "pipeline":
-            claim_pipeline(self.backend, self.name)
-        try:
-            do_put(key)
-        except InvalidRequest as e:
-            raise NotADirectoryError(20, str(e), name) from None
+        known = treeshape.recent_writes(self.backend)
+        with api_errors(name):
+            treeshape.check_new_object(self.backend, key, name, known)
+            if self.tree == "pipeline":
+                claim_pipeline(self.backend, self.name)
+            try:
+                do_put(key)
+            except BaseException:
+                known.removed(key)
+                raise
+        known.wrote(key)
 
     def get(self, name: str, file: str | os.PathLike) -> None:
         """Store object ``name`` into the local file ``file`` (replaced atomically)."""
@@ -100,10 +123,8 @@ class ObjectStore:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-get-")
         try:
             with os.fdopen(fd, "wb") as f:
-                try:
+                with api_errors(name), self._object(name):
                     self.backend.get_to_file(key, f)
-                except NotFound:
-                    raise self._not_found(name) from None
             os.replace(tmp, file)
         except BaseException:
             try:
@@ -126,25 +147,27 @@ class ObjectStore:
                 raise ValueError(f"byte_range begin {begin} is negative")
             if end is not None and end < begin:
                 raise ValueError(f"byte_range end {end} is before begin {begin}")
-        try:
+        with api_errors(name), self._object(name):
             return self.backend.get_range(key, begin, end)
-        except NotFound:
-            raise self._not_found(name) from None
 
     def size(self, name: str) -> int:
         """The size of object ``name`` in bytes."""
-        return self._head(name).size
+        with api_errors(name):
+            return self._head(name).size
 
     def exists(self, name: str) -> bool:
+        """Whether object ``name`` exists (a missing bucket or an unreachable backend raises)."""
         try:
-            self._head(name)
+            with api_errors(name):
+                self._head(name)
         except FileNotFoundError:
             return False
         return True
 
     def stat(self, name: str) -> ObjectInfo:
         """Size, mtime and etag of object ``name`` (``key`` relative to the store)."""
-        info = self._head(name)
+        with api_errors(name):
+            info = self._head(name)
         return ObjectInfo(name, info.size, info.mtime, info.etag)
 
     def list(self, prefix: str = "") -> list[str]:
@@ -158,7 +181,8 @@ class ObjectStore:
         segments = layout.split_path(head, allow_empty=True) if sep else []
         if "\0" in partial or head.endswith("/"):
             raise InvalidName(f"invalid prefix {prefix!r}: contains NUL or a doubled '/'")
-        return self._listing(self.root + "".join(s + "/" for s in segments) + partial)
+        with api_errors(prefix or None):
+            return self._listing(self.root + "".join(s + "/" for s in segments) + partial)
 
     def list_tree(self, path: str = "") -> list[str]:
         """Names of the objects at or below ``path`` taken as a path ("a/b" lists "a/b" and
@@ -169,13 +193,14 @@ class ObjectStore:
         """Like `list_tree`, with size, mtime and etag."""
         segments = layout.split_path(path, allow_empty=True)
         base = self.root + "".join(s + "/" for s in segments)
-        found = self._listing(base)
-        if segments:
-            try:
-                info = self.backend.head(base[:-1])
-                found.append(ObjectInfo(info.key[len(self.root):], info.size, info.mtime, info.etag))
-            except NotFound:
-                pass
+        with api_errors(path or None):
+            found = self._listing(base)
+            if segments:
+                try:
+                    info = self._head(path)
+                    found.append(ObjectInfo(info.key[len(self.root):], info.size, info.mtime, info.etag))
+                except FileNotFoundError:
+                    pass
         found.sort(key=lambda i: i.key.encode("utf-8"))
         return found
 
@@ -189,18 +214,26 @@ class ObjectStore:
         ]
 
     def delete(self, name: str, recursive: bool = False) -> None:
-        """Delete object ``name``; with ``recursive``, also everything below ``name/``."""
+        """Delete object ``name``; with ``recursive``, also everything below ``name/``.  The
+        directory it was in stays, as on disk and in the mount (on S3: a marker if it is left
+        empty, `treeshape.keep_directory`)."""
         key = self._key(name)
-        exists = True
-        try:
-            self.backend.head(key)
-        except NotFound:
-            exists = False
-        if exists:
-            self.backend.delete(key)
-        removed = self.backend.delete_prefix(key + "/") if recursive else 0
-        if not exists and not removed:
-            raise self._not_found(name)
+        with api_errors(name):
+            try:
+                self._head(name)
+                exists = True
+            except FileNotFoundError:
+                exists = False
+            if not exists and not (recursive and treeshape.has_entries(self.backend, key)):
+                raise self._not_found(name)  # neither an object nor a directory (an empty one counts)
+            try:
+                if exists:
+                    self.backend.delete(key)
+                if recursive:
+                    self.backend.delete_prefix(key + "/")
+            finally:
+                treeshape.recent_writes(self.backend).removed(key)
+            treeshape.keep_directory(self.backend, key.rpartition("/")[0])
 
 
 class _StoreFactory:
@@ -209,13 +242,14 @@ class _StoreFactory:
     def __init__(self, tree: str):
         self._tree = tree
 
-    def __call__(self, name: str | None = None, *, backend: Backend | str | None = None, **kw) -> ObjectStore:
+    def __call__(self, name: str | None = None, *, backend: Backend | str | None = None, create: bool = False,
+                 **kw) -> ObjectStore:
         name = name or kw.pop(f"{'id' if self._tree == 'pipeline' else 'name'}", None)
         if kw:
             raise TypeError(f"unexpected arguments: {', '.join(kw)}")
         if name is None:
             name = self._default_name()
-        return ObjectStore(self._tree, name, backend)
+        return ObjectStore(self._tree, name, backend, create=create)
 
     def _default_name(self) -> str:
         if self._tree == "pipeline":

@@ -52,6 +52,26 @@ class InvalidRequest(BackendError):
     """The backend rejected the request as malformed (bad key, bad range, object vs prefix clash)."""
 
 
+class KeyIsPrefix(InvalidRequest):
+    """An object put where keys exist below ``key/``, on a backend where a name cannot be both
+    (disk): a file where a directory is (EISDIR)."""
+
+
+class ParentIsObject(InvalidRequest):
+    """An object put below an object, on a backend where a name cannot be both (disk): a parent
+    of the key is a file, not a directory (ENOTDIR)."""
+
+
+class NoBackendDirectory(FileNotFoundError):
+    """A local backend directory that was named (argument, ``$STASHFS_BACKEND``, the config file)
+    does not exist and was not to be created: a mistyped path would read as an empty store."""
+
+    def __init__(self, path: str):
+        super().__init__(2, "backend directory does not exist (check the path, or pass create=True "
+                            "to make a new store there)", path)
+        self.path = path
+
+
 class InvalidName(ValueError):
     """A pipeline id, user name, store name or path segment that stashfs refuses."""
 

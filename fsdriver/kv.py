@@ -12,19 +12,25 @@ It reads and writes the same objects as the mount (``kv/<store>/<encoded key>.js
 changing ``ds["a"]["b"]`` in place writes nothing — assign the whole value again (or use modify).
 A store is a `collections.abc.MutableMapping`: code written for a dict works (``update(mapping)``,
 ``pop``, ``setdefault``, ``values``).  A missing key raises `MissingKey`, both a KeyError (what
-Python code expects) and a TypeError (what Pipedream documents).
+Python code expects) and a TypeError (what Pipedream documents).  A failure of the backend is an
+OSError naming the key (`fsdriver.apierrors`: a missing bucket is `BucketNotFoundError`, both an
+OSError and a `BucketNotFound`).  A local backend directory that is named must exist unless
+``create=True``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import random
 import time
 from collections.abc import MutableMapping
 from typing import Any, Callable, Iterator
 
 from . import kvnames, layout, strictjson
+from .apierrors import api_errors
 from .backend import Backend, ObjectInfo
 from .configured import shared_backend
 from .errors import BucketNotFound, NotFound, PreconditionFailed
@@ -36,15 +42,46 @@ MAX_ATTEMPTS = 200
 
 def dumps(value: Any) -> bytes:
     """A value as record bytes: TypeError if JSON cannot hold it, ValueError (`strictjson.InvalidJSON`,
-    `strictjson.RecordTooLarge`) if it breaks a record's limits — the same rules as the mount's."""
+    `strictjson.RecordTooLarge`) if it breaks a record's limits or holds a string that UTF-8
+    cannot encode — the same rules as the mount's."""
     try:
-        data = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except RecursionError:
         raise strictjson.InvalidJSON(f"value nested more than {strictjson.MAX_DEPTH} deep") from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable: {e}") from None
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end]
+        raise strictjson.InvalidJSON(
+            f"value holds a string with a lone surrogate {bad!r}: records are UTF-8 JSON, which cannot "
+            "encode it (a surrogate is only valid as half of a pair)") from None
     strictjson.check(data)
     return data
+
+
+def check_ttl(ttl: Any) -> None:
+    """A TTL is None or a positive, finite number of seconds (TypeError, ValueError naming it)."""
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__} ({ttl!r})")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
+
+
+def _os_errors(method):
+    """A public method of `DataStore` whose backend failures are OSErrors naming its key (or the
+    store, for one without a key)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        key = args[0] if args and isinstance(args[0], str) else None
+        with api_errors(key if key is not None else self.name):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 def loads(data: bytes, where: str) -> Any:
@@ -61,11 +98,12 @@ class MissingKey(KeyError, TypeError):
 class DataStore(MutableMapping):
     """One key/value store.  Keys are non-empty strings; values anything JSON can hold."""
 
-    def __init__(self, name: str, backend: Backend | str | None = None):
+    def __init__(self, name: str, backend: Backend | str | None = None, create: bool = False):
+        """``backend``: a URL (or an open `Backend`), else the configured one; a local directory
+        that is named must exist unless ``create`` (as the mount's ``--create``)."""
         self.name = name
         self.prefix = layout.root_prefix("kv", name)
-        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend)
-        self._checked = False  # whether the backend answered check() (see _check_backend)
+        self.backend = backend if isinstance(backend, Backend) else shared_backend(backend, create=create)
 
     def __repr__(self) -> str:
         return f"<DataStore {self.name!r} on {self.backend.url}>"
@@ -87,7 +125,6 @@ class DataStore(MutableMapping):
             except BucketNotFound:
                 raise  # not an empty store: the backend is wrong (a missing key is only a KeyError)
             except NotFound:
-                self._check_backend()
                 return None
             except PreconditionFailed:  # changed between HEAD and GET: read again
                 continue
@@ -98,40 +135,35 @@ class DataStore(MutableMapping):
             return None
         return loads(data, f"{self.name}[{key!r}]"), info
 
-    def _check_backend(self) -> None:
-        """Once per store, at the first missing key: S3 answers a HEAD in a missing bucket with a
-        bare 404, so ask about the bucket itself (BucketNotFound, PermissionDenied) before saying
-        that a key is missing."""
-        if not self._checked:
-            self.backend.check()
-            self._checked = True
-
     def _set_expiry(self, key: str, etag: str, ttl: float | None, old: list) -> None:
         expires = None if ttl is None else int(time.time() + ttl + 0.999)
         set_expiry(self.backend, self.prefix, kvnames.record_name(key), etag, expires, old)
 
     # -- the mapping -------------------------------------------------------------------------
 
+    @_os_errors
     def __getitem__(self, key: str) -> Any:
         found = self._read(key)
         if found is None:
             raise MissingKey(key)
         return found[0]
 
+    @_os_errors
     def get(self, key: str, default: Any = None) -> Any:
         found = self._read(key)
         return default if found is None else found[0]
 
+    @_os_errors
     def __contains__(self, key: str) -> bool:
         return self._read(key) is not None
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.set(key, value)
 
+    @_os_errors
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value``; with ``ttl`` (seconds) the record reads as missing once it has passed."""
-        if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl must be positive, got {ttl}")
+        check_ttl(ttl)
         data = dumps(value)
         name = kvnames.record_name(key)
         old = markers_of(self.backend, self.prefix, name)
@@ -139,14 +171,17 @@ class DataStore(MutableMapping):
         if ttl is not None or old:
             self._set_expiry(key, info.etag, ttl, old)
 
+    @_os_errors
     def set_ttl(self, key: str, ttl: float | None) -> None:
         """Give an existing record a TTL (None removes it); KeyError if the key is missing."""
+        check_ttl(ttl)
         name = kvnames.record_name(key)
         found = self._read(key)
         if found is None:
             raise MissingKey(key)
         self._set_expiry(key, found[1].etag, ttl, markers_of(self.backend, self.prefix, name))
 
+    @_os_errors
     def __delitem__(self, key: str) -> None:
         name = kvnames.record_name(key)
         if self._read(key) is None:
@@ -162,10 +197,11 @@ class DataStore(MutableMapping):
         return iter(self.keys())
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        for key in self.keys():
-            found = self._read(key)
-            if found is not None:
-                yield key, found[0]
+        with api_errors(self.name):
+            for key in self.keys():
+                found = self._read(key)
+                if found is not None:
+                    yield key, found[0]
 
     def values(self) -> Iterator[Any]:
         for _, value in self.items():
@@ -181,6 +217,7 @@ class DataStore(MutableMapping):
                             "of one key is modify(key, fn, default=...)")
         super().update(*args, **kwargs)
 
+    @_os_errors
     def setdefault(self, key: str, default: Any = None) -> Any:
         """The value of ``key``; if missing, store ``default`` and return it — atomically: of two
         workers, one stores its default and both get that value."""
@@ -196,6 +233,7 @@ class DataStore(MutableMapping):
                 continue
         raise RuntimeError(f"{self.name}[{key!r}]: gave up after {MAX_ATTEMPTS} conflicting writes")
 
+    @_os_errors
     def clear(self) -> None:
         """Delete every record of the store (irreversible); the store itself stays."""
         self.backend.delete_prefix(self.prefix)
@@ -203,6 +241,7 @@ class DataStore(MutableMapping):
 
     # -- atomic read-modify-write ------------------------------------------------------------
 
+    @_os_errors
     def modify(self, key: str, fn: Callable[[Any], Any], default: Any = _MISSING) -> Any:
         """Replace the value with ``fn(value)`` atomically; returns the new value.
 
@@ -235,6 +274,7 @@ class DataStore(MutableMapping):
             return new
         raise RuntimeError(f"{self.name}[{key!r}]: gave up after {MAX_ATTEMPTS} conflicting updates")
 
+    @_os_errors
     def incr(self, key: str, by: int | float = 1) -> int | float:
         """Add ``by`` to a numeric record (missing counts as 0) atomically; returns the new value."""
 
@@ -253,6 +293,10 @@ class Keys:
         self._store = store
 
     def __iter__(self) -> Iterator[str]:
+        with api_errors(self._store.name):
+            yield from self._keys()
+
+    def _keys(self) -> Iterator[str]:
         s = self._store
         expiries = store_expiries(s.backend, s.prefix)
         now = time.time()

@@ -11,6 +11,7 @@ from fsdriver import data
 from .errors import CLIError
 from .formats import utc
 from .progress import IOProgress
+from .storecmd import store_command
 
 
 def register(sub) -> None:
@@ -28,6 +29,9 @@ def register(sub) -> None:
 
     cp = cmds.add_parser("put", help="store a local file ('-' for stdin) at NAME")
     cp.add_argument("name"); cp.add_argument("file"); store_args(cp); cp.set_defaults(func=cmd_put)
+    cp.add_argument("--create", action="store_true",
+                    help="create the local backend directory if it does not exist (a mistyped path is refused "
+                         "otherwise; the default location is always created)")
     cp = cmds.add_parser("get", help="store object NAME into a local file ('-' for stdout)")
     cp.add_argument("name"); cp.add_argument("file"); store_args(cp); cp.set_defaults(func=cmd_get)
     cp = cmds.add_parser("gets", help="print object NAME (or a byte range of it) to stdout")
@@ -48,14 +52,16 @@ def register(sub) -> None:
 
 
 def _store(args) -> data.ObjectStore:
+    create = getattr(args, "create", False)
     if args.user is not None:
-        return data.user(args.user or None, backend=args.backend)
+        return data.user(args.user or None, backend=args.backend, create=create)
     pipeline_id = args.pipeline or os.environ.get("STASHFS_PIPELINE_ID")  # as the Python API does
     if not pipeline_id:
         raise CLIError("which store? give --pipeline ID or --user [NAME], or set STASHFS_PIPELINE_ID", 2)
-    return data.pipeline(pipeline_id, backend=args.backend)
+    return data.pipeline(pipeline_id, backend=args.backend, create=create)
 
 
+@store_command
 def cmd_put(args) -> None:
     store = _store(args)
     # A missing bucket or an unreachable endpoint: one line about it, before a pipeline's owner
@@ -79,6 +85,7 @@ def _put_file(store: data.ObjectStore, name: str, path: str) -> None:
         store.put(name, path)
 
 
+@store_command
 def cmd_get(args) -> None:
     store = _store(args)
     if args.file == "-":
@@ -101,12 +108,14 @@ def _parse_range(text: str) -> list:
         raise ValueError(f"--range {text!r}: BEGIN and END must be integers") from None
 
 
+@store_command
 def cmd_gets(args) -> None:
     rng = _parse_range(args.range) if args.range else None
     sys.stdout.buffer.write(_store(args).gets(args.name, byte_range=rng))
     sys.stdout.buffer.flush()
 
 
+@store_command
 def cmd_ls(args) -> None:
     infos = _store(args).list_tree_info(args.prefix)
     if args.json:
@@ -119,9 +128,11 @@ def cmd_ls(args) -> None:
             print(i.key)
 
 
+@store_command
 def cmd_size(args) -> None:
     print(_store(args).size(args.name))
 
 
+@store_command
 def cmd_rm(args) -> None:
     _store(args).delete(args.name, recursive=args.recursive)

@@ -7,29 +7,34 @@ from fsdriver import strictjson
 from fsdriver.kv import DataStore
 
 from .errors import CLIError
+from .storecmd import store_command
 
 
 def register(sub) -> None:
     p = sub.add_parser("kv", help="read and write key/value records without a mount")
     cmds = p.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
 
-    def common(cp, key=True):
+    def common(cp, key=True, create=False):
         cp.add_argument("store")
         if key:
             cp.add_argument("key")
         cp.add_argument("--backend", metavar="URL",
                         help="backend URL (default: $STASHFS_BACKEND, [mount] backend in the config file, local disk)")
+        if create:
+            cp.add_argument("--create", action="store_true",
+                            help="create the local backend directory if it does not exist (a mistyped path is "
+                                 "refused otherwise; the default location is always created)")
 
     cp = cmds.add_parser("get", help="print a record's JSON value")
     common(cp)
     cp.set_defaults(func=cmd_get)
     cp = cmds.add_parser("set", help="store a JSON value ('-' reads it from stdin)")
-    common(cp)
+    common(cp, create=True)
     cp.add_argument("value", help="JSON text, e.g. 42, '\"text\"', '{\"a\": 1}'")
     cp.add_argument("--ttl", type=float, metavar="SECONDS", help="the record expires after this long")
     cp.set_defaults(func=cmd_set)
     cp = cmds.add_parser("incr", help="add to a numeric record atomically and print the result")
-    common(cp)
+    common(cp, create=True)
     cp.add_argument("--by", type=_number, default=1, help="an integer or a float (default 1)")
     cp.set_defaults(func=cmd_incr)
     cp = cmds.add_parser("keys", help="list the keys of a store")
@@ -53,9 +58,10 @@ def _number(text: str) -> int | float:
 
 
 def _store(args) -> DataStore:
-    return DataStore(args.store, backend=args.backend)
+    return DataStore(args.store, backend=args.backend, create=getattr(args, "create", False))
 
 
+@store_command
 def cmd_get(args) -> None:
     try:
         value = _store(args)[args.key]
@@ -64,6 +70,7 @@ def cmd_get(args) -> None:
     print(json.dumps(value, ensure_ascii=False))
 
 
+@store_command
 def cmd_set(args) -> None:
     text = sys.stdin.read() if args.value == "-" else args.value
     try:
@@ -75,6 +82,7 @@ def cmd_set(args) -> None:
     _store(args).set(args.key, value, ttl=args.ttl)
 
 
+@store_command
 def cmd_incr(args) -> None:
     try:
         print(json.dumps(_store(args).incr(args.key, args.by)))
@@ -82,6 +90,7 @@ def cmd_incr(args) -> None:
         raise CLIError(str(e)) from None
 
 
+@store_command
 def cmd_keys(args) -> None:
     keys = list(_store(args).keys())
     if args.json:
@@ -91,6 +100,7 @@ def cmd_keys(args) -> None:
             print(k)
 
 
+@store_command
 def cmd_rm(args) -> None:
     try:
         del _store(args)[args.key]
@@ -98,6 +108,7 @@ def cmd_rm(args) -> None:
         raise CLIError(f"no key {args.key!r} in store {args.store!r}") from None
 
 
+@store_command
 def cmd_clear(args) -> None:
     if not args.yes:
         raise CLIError(f"clear deletes every record of {args.store!r}: add --yes to confirm", status=2)

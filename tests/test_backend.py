@@ -284,14 +284,14 @@ def test_disk_put_is_atomic_on_crash_leftovers(disk_backend):
 
 
 def test_open_backend_urls(tmp_path, moto_server, monkeypatch):
-    b = open_backend(str(tmp_path / "plain"))
+    b = open_backend(str(tmp_path / "plain"), create=True)
     assert isinstance(b, DiskBackend) and b.root == (tmp_path / "plain").resolve()
-    b = open_backend(f"file://{tmp_path}/viaurl")
+    b = open_backend(f"file://{tmp_path}/viaurl", create=True)
     assert b.root == (tmp_path / "viaurl").resolve()
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert open_backend().root == (tmp_path / "xdg" / "stashfs").resolve()
     monkeypatch.setenv("STASHFS_BACKEND", str(tmp_path / "env"))
-    assert open_backend().root == (tmp_path / "env").resolve()
+    assert open_backend(create=True).root == (tmp_path / "env").resolve()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
     s3 = open_backend("s3://stashfs-test/some/prefix")
     s3.put_bytes("k", b"v")

@@ -7,11 +7,15 @@ import sys
 
 import pytest
 
+from fsdriver import data
+from fsdriver.kv import DataStore
+
 
 @pytest.fixture(params=["disk", "s3"])
 def cli(request, tmp_path):
     env = dict(os.environ)
     if request.param == "disk":
+        (tmp_path / "be").mkdir()  # a named backend directory must exist (else --create)
         env["STASHFS_BACKEND"] = str(tmp_path / "be")
     else:
         server = request.getfixturevalue("moto_server")
@@ -89,3 +93,64 @@ def test_backend_and_endpoint_from_the_config_file(tmp_path, moto_server, s3_url
     (cfg / "config.toml").write_text("[mount\n")
     p = run("pipeline", "list")
     assert p.returncode == 1 and "cannot read the configuration" in p.stderr and "Traceback" not in p.stderr
+
+
+def mountctl(*args, env=None, stdout=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "mountctl", *args], env=env or dict(os.environ),
+                          stdout=stdout, stderr=subprocess.PIPE, timeout=60)
+
+
+@pytest.mark.parametrize("args", [
+    ["data", "ls", "--pipeline", "p1"], ["data", "gets", "f", "--pipeline", "p1"],
+    ["data", "put", "f", "-", "--pipeline", "p1"], ["kv", "keys", "crm"], ["kv", "get", "crm", "a"],
+    ["kv", "set", "crm", "a", "1"], ["kv", "incr", "crm", "a"],
+])
+def test_a_mistyped_local_backend_is_refused_not_made(tmp_path, args):
+    typo = tmp_path / "typo-store"
+    p = mountctl(*args, "--backend", str(typo))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert err == f"mountctl: backend directory {typo} does not exist (check the path, or add --create to create it)\n"
+    assert not typo.exists()
+
+
+def test_create_makes_a_new_local_store(tmp_path):
+    new = tmp_path / "new-store"
+    assert mountctl("data", "put", "f", "/dev/null", "--pipeline", "p1", "--backend", str(new), "--create"
+                    ).returncode == 0
+    assert mountctl("kv", "set", "crm", "a", "1", "--backend", str(tmp_path / "kv-store"), "--create"
+                    ).returncode == 0
+    assert mountctl("data", "ls", "--pipeline", "p1", "--backend", str(new)).stdout == b"f\n"
+    assert mountctl("kv", "keys", "crm", "--backend", str(tmp_path / "kv-store")).stdout == b"a\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["kv", "keys", "crm"], ["kv", "get", "crm", "k1"], ["kv", "incr", "crm", "n"],
+    ["data", "gets", "big", "--pipeline", "p1"], ["data", "get", "big", "-", "--pipeline", "p1"],
+    ["data", "ls", "--pipeline", "p1"], ["data", "ls", "--pipeline", "p1", "--json"],
+    ["data", "size", "big", "--pipeline", "p1"],
+])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, args):
+    """`mountctl kv keys crm | head -1`: stdout closed by its reader is not an error (status 0,
+    nothing on stderr), as for cat.  The reader here is gone before the first write: no race."""
+    be = tmp_path / "be"
+    be.mkdir()
+    DataStore("crm", backend=str(be)).update({f"k{i}": i for i in range(100)})
+    data.pipeline("p1", backend=str(be)).puts("big", b"x" * 1_000_000)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = mountctl(*args, "--backend", str(be), stdout=write)
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr) == (0, b"")
+    if "incr" in args:
+        assert DataStore("crm", backend=str(be))["n"] == 1  # done before its result was printed
+
+
+def test_a_missing_bucket_is_one_line(moto_server):
+    env = dict(os.environ, AWS_ENDPOINT_URL=moto_server.url)
+    for args in (["data", "ls", "--pipeline", "p1"], ["data", "gets", "f", "--pipeline", "p1"],
+                 ["kv", "keys", "crm"], ["kv", "get", "crm", "a"]):
+        p = mountctl(*args, "--backend", "s3://no-such-bucket", env=env)
+        assert (p.returncode, p.stderr) == (1, b"mountctl: bucket 'no-such-bucket' does not exist\n"), args

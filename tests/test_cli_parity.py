@@ -11,6 +11,7 @@ def run(*args, env, input=None):
 
 
 def test_data_commands_take_the_pipeline_from_the_environment(tmp_path):
+    (tmp_path / "be").mkdir()
     env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"), STASHFS_PIPELINE_ID="p7")
     assert run("data", "put", "rows.csv", "-", env=env, input=b"a,b\n").returncode == 0
     assert run("data", "gets", "rows.csv", "--pipeline", "p7", env=env).stdout == b"a,b\n"

@@ -41,6 +41,7 @@ def fs(backend):
 
 
 def test_registered_through_the_entry_point_without_fuse_or_trio(tmp_path):
+    (tmp_path / "b").mkdir()  # a named backend directory must exist
     code = (
         "import sys, fsspec\n"
         f"fs = fsspec.filesystem('stashfs', backend={str(tmp_path / 'b')!r})\n"

@@ -1,5 +1,6 @@
 """Key/value records: the encoding, and DataStore on disk and S3."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fsdriver import kvnames
-from fsdriver.errors import InvalidName, NameTooLong
+from fsdriver.backend.s3 import S3Backend
+from fsdriver.errors import BucketNotFound, InvalidName, NameTooLong, Unavailable
 from fsdriver.kv import DataStore
 
 
@@ -194,9 +196,75 @@ def test_values_are_strict_json_within_the_record_limits(ds):
     ("[" * 100_000, "nested more than"), ("{oops", "not JSON"),
 ])
 def test_mountctl_kv_set_refuses_what_is_not_strict_json(tmp_path, value, says):
+    (tmp_path / "be").mkdir()
     env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"))
     p = subprocess.run([sys.executable, "-m", "mountctl", "kv", "set", "s", "k", "-"], input=value, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "k" not in DataStore("s", backend=str(tmp_path / "be"))
+
+
+@pytest.mark.parametrize("ttl,error", [
+    (float("nan"), ValueError), (float("inf"), ValueError), (float("-inf"), ValueError), (0, ValueError),
+    (-1, ValueError), ("10", TypeError), (True, TypeError), ([10], TypeError),
+])
+def test_a_ttl_is_a_positive_finite_number_of_seconds(ds, ttl, error):
+    ds["k"] = "old"
+    with pytest.raises(error, match="ttl must be"):
+        ds.set("k", "new", ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        ds.set_ttl("k", ttl)
+    assert ds["k"] == "old"
+    assert [e.key for e in ds.backend.list("kv/s/.expires/")] == []  # no marker written
+
+
+def test_a_lone_surrogate_is_refused_with_a_clear_reason(ds):
+    ds["n"] = "kept"
+    for value in ("\ud800", {"a": ["x\udfff"]}):
+        with pytest.raises(ValueError, match="lone surrogate .* UTF-8") as e:
+            ds["n"] = value
+        assert not isinstance(e.value, TypeError)
+    assert ds["n"] == "kept"
+    ds["pair"] = "\U0001f600"  # a character outside the BMP is fine
+    assert ds["pair"] == "\U0001f600"
+
+
+@pytest.mark.parametrize("args,says", [
+    (["k", '"\\ud800"'], "lone surrogate"), (["k", "1", "--ttl", "nan"], "ttl must be"),
+    (["k", "1", "--ttl", "inf"], "ttl must be"),
+])
+def test_mountctl_kv_set_refuses_bad_values_and_ttls_in_one_line(tmp_path, args, says):
+    (tmp_path / "be").mkdir()
+    env = dict(os.environ, STASHFS_BACKEND=str(tmp_path / "be"))
+    p = subprocess.run([sys.executable, "-m", "mountctl", "kv", "set", "s", *args], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "k" not in DataStore("s", backend=str(tmp_path / "be"))
+
+
+def test_backend_failures_are_oserrors_naming_the_key(moto_server):
+    missing = DataStore("crm", backend=S3Backend("nosuchbucket", "", endpoint_url=moto_server.url))
+    down = DataStore("crm", backend=S3Backend("bucket", "", endpoint_url="http://127.0.0.1:9", max_attempts=1))
+    for ds, code, kind in [(missing, errno.ENXIO, BucketNotFound), (down, errno.EIO, Unavailable)]:
+        for what, call in {"get": lambda: ds.get("a"), "getitem": lambda: ds["a"], "in": lambda: "a" in ds,
+                           "set": lambda: ds.set("a", 1), "incr": lambda: ds.incr("a"),
+                           "setdefault": lambda: ds.setdefault("a", 1), "del": lambda: ds.__delitem__("a"),
+                           "keys": lambda: list(ds.keys()), "items": lambda: dict(ds.items()),
+                           "len": lambda: len(ds), "clear": lambda: ds.clear()}.items():
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == code and isinstance(e.value, kind), (what, e.value)
+            assert e.value.filename == ("crm" if what in ("keys", "items", "len", "clear") else "a"), what
+
+
+def test_a_key_the_endpoint_cannot_store_is_never_no_such_object(ds):
+    if ds.backend.keeps_empty_dirs:  # disk stores it
+        ds["new\nline"] = 1
+        assert ds["new\nline"] == 1
+        return
+    with pytest.raises(OSError) as e:  # moto answers a PUT of a key with a newline with 404
+        ds["new\nline"] = 1
+    assert (e.value.errno, e.value.filename) == (errno.EINVAL, "new\nline")
+    assert "no such object" not in str(e.value) and "refused to store this key" in str(e.value)
+    assert list(ds.keys()) == []

@@ -132,6 +132,7 @@ _WITHOUT_THE_MOUNT = textwrap.dedent("""
 
 
 def test_the_api_works_without_pyfuse3_and_trio(tmp_path):
+    (tmp_path / "backend").mkdir()  # a named backend directory must exist
     out = subprocess.run([sys.executable, "-c", _WITHOUT_THE_MOUNT, str(tmp_path / "backend")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -250,7 +250,7 @@ def cli(request, tmp_path):
     env = dict(os.environ, STASHFS_ADMIN_GROUP="stashfs-test-admins-none")
     if request.param == "disk":
         url = str(tmp_path / "be")
-        backend = open_backend(url)
+        backend = open_backend(url, create=True)
     else:
         server = request.getfixturevalue("moto_server")
         url = request.getfixturevalue("s3_url")
@@ -361,7 +361,7 @@ def test_cli_gc_bad_durations(cli, duration):
 
 
 def test_gc_skips_a_pipeline_written_after_it_was_selected(tmp_path, monkeypatch, capsys):
-    b = open_backend(str(tmp_path / "be"))
+    b = open_backend(str(tmp_path / "be"), create=True)
     populate(b)
     backdate(b, "pipeline/p1", 7200)
     backdate(b, owners.record_key("p7"), 7200)
@@ -383,7 +383,7 @@ def test_gc_skips_a_pipeline_written_after_it_was_selected(tmp_path, monkeypatch
 
 def test_gc_archive_keeps_writes_made_during_it(tmp_path):
     """With a cutoff (gc), objects written after it survive, and so do the pipeline and its owner."""
-    b = open_backend(str(tmp_path / "be"))
+    b = open_backend(str(tmp_path / "be"), create=True)
     populate(b)
     backdate(b, "pipeline/p1", 7200)
     old = {k for k, _ in snapshot(b) if k.startswith("pipeline/p1/") and not k.endswith("/")}

@@ -5,22 +5,28 @@
 - ``s3://bucket[/prefix]``         S3 or any S3-compatible endpoint
 - ``file:///abs/path`` or a path   local disk
 
+A local directory is opened only if it exists (`NoBackendDirectory`, a FileNotFoundError,
+otherwise): a mistyped path would read as an empty store.  ``create=True`` makes it (0700).
+
 It reads no configuration: everything comes from its arguments (and, for S3, boto3's own
 environment).  Which backend to use when none is named — ``$STASHFS_BACKEND``, the config file,
 the local default — is the application's rule, in `fsdriver.configured`.
 """
 
+import errno
 import os
 from urllib.parse import urlparse
 
+from ..errors import NoBackendDirectory
 from .base import Backend, CommonPrefix, ListEntry, ObjectInfo
 
 __all__ = ["Backend", "CommonPrefix", "ListEntry", "ObjectInfo", "open_url"]
 
 
-def open_url(url: str, **options) -> Backend:
+def open_url(url: str, *, create: bool = False, **options) -> Backend:
     """Open the backend named by ``url`` (see the module docstring).
 
+    ``create``: make a local directory that does not exist yet (else `NoBackendDirectory`).
     ``options`` go to the backend's constructor (for S3: ``endpoint_url``, ``max_connections``,
     timeouts, part sizes).
     """
@@ -42,5 +48,10 @@ def open_url(url: str, **options) -> Backend:
         raise ValueError(f"backend URL {url!r}: unknown scheme {parsed.scheme!r} (use s3:// or file://)")
     from .disk import DiskBackend
 
-    os.makedirs(path, mode=0o700, exist_ok=True)  # created here: private to its user
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise NotADirectoryError(errno.ENOTDIR, "backend path is not a directory", path)
+        if not create:
+            raise NoBackendDirectory(path)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # created here: private to its user
     return DiskBackend(path)

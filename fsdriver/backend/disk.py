@@ -13,7 +13,8 @@
   and the rename happen under an flock on one of a fixed set of lock files picked by key hash.
   Unconditional puts take the same lock so they cannot slip in between a check and its rename.
 - A directory marker (key ending in "/") is a real directory.  A file and a directory cannot share
-  a name on disk (S3 allows it): such a put raises InvalidRequest.
+  a name on disk (S3 allows it): such a put raises InvalidRequest (`KeyIsPrefix` for an object
+  where a directory is, `ParentIsObject` below an object).
 - User metadata is one xattr, ``user.stashfs.meta`` (compact JSON of the dict), on the backing
   file, or directory for a marker; no xattr means {}.  A put sets it on the temp file before the
   rename, so content and metadata land together; `set_meta` rewrites it in place (etag unchanged).
@@ -37,7 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ..errors import InvalidRequest, NotFound, PermissionDenied, PreconditionFailed, Unavailable
+from ..errors import (InvalidRequest, KeyIsPrefix, NotFound, ParentIsObject, PermissionDenied, PreconditionFailed,
+                      Unavailable)
 from ..fsutil import fsync_dir
 from .base import Backend, CommonPrefix, ListEntry, ObjectInfo, PathLike, check_meta
 
@@ -206,7 +208,7 @@ class DiskBackend(Backend):
                     if if_match is not None and current != if_match:
                         raise PreconditionFailed(f"{key}: etag changed since it was read", key)
                 if there is not None and stat.S_ISDIR(there.st_mode):
-                    raise InvalidRequest(f"{key}: is a prefix (directory), not an object", key)
+                    raise KeyIsPrefix(f"{key}: is a prefix (directory), not an object", key)
                 if linked:
                     with _os_errors(key):
                         return _info(key, _overwrite(path, tmp, meta, key), meta)
@@ -230,7 +232,7 @@ class DiskBackend(Backend):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise InvalidRequest(
+            raise ParentIsObject(
                 f"{key}: a parent of this key is an object, not a prefix", key
             ) from None
 

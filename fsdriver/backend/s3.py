@@ -203,15 +203,29 @@ class S3Backend(Backend):
         return s3_errors(key, self.bucket)
 
     @contextmanager
-    def _put_errors(self, key: str, cond: dict):
-        """S3 answers a put with If-Match on a missing key with 404; the protocol says 412."""
+    def _put_errors(self, key: str, cond: dict, creates: bool = False):
+        """S3 answers a put with If-Match on a missing key with 404; the protocol says 412.
+        ``creates``: a request that makes an object (PutObject, CreateMultipartUpload), which S3
+        answers with 404 only for a missing bucket (NoSuchBucket) or that If-Match: any other 404
+        is the server refusing the key itself (moto: a key with a newline), never "no such
+        object"."""
         try:
             with self._errors(key):
                 yield
         except NotFound as e:
-            if "IfMatch" in cond and not isinstance(e, BucketNotFound):
+            if isinstance(e, BucketNotFound):
+                raise
+            if "IfMatch" in cond:
                 raise PreconditionFailed(f"{key}: does not exist (if_match)", key) from None
+            if creates:
+                raise InvalidRequest(f"{key!r}: the S3 endpoint refused to store this key (404 Not Found "
+                                     "to a write; some S3 servers cannot take a newline or another control "
+                                     "character in a key)", key) from None
             raise
+
+    # Whether the bucket is known to exist: a HEAD answers a missing bucket with a bare 404, the
+    # answer of a missing key, so the first HEAD that finds nothing asks about the bucket (once).
+    _bucket_seen = False
 
     def check(self) -> None:
         try:
@@ -219,11 +233,31 @@ class S3Backend(Backend):
                 self.client.head_bucket(Bucket=self.bucket)
         except NotFound:  # HEAD answers a bare 404, without the NoSuchBucket code
             raise BucketNotFound(f"bucket {self.bucket!r} does not exist") from None
+        self._bucket_seen = True
 
     def head(self, key: str) -> ObjectInfo:
-        with self._errors(key):
-            r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        try:
+            with self._errors(key):
+                r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except NotFound:
+            self._missing_bucket()
+            raise
         return _info(key, r["ContentLength"], r["LastModified"], r["ETag"], _user_meta(r))
+
+    def _missing_bucket(self) -> None:
+        """After a bare 404 to a HEAD: BucketNotFound if the bucket itself is missing (asked once
+        per backend; a missing key is then told from a missing bucket for good).  Credentials that
+        may not ask about the bucket leave the answer "no such object", as before."""
+        if self._bucket_seen:
+            return
+        try:
+            self.check()
+        except BucketNotFound:
+            raise
+        except PermissionDenied:
+            self._bucket_seen = True  # it cannot be told: do not ask at every missing key
+        except BackendError:
+            pass  # unreachable now: ask again next time
 
     def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         with self._errors(key):
@@ -348,7 +382,7 @@ class S3Backend(Backend):
     def _put_object(self, key: str, body, size: int, cond: dict, meta: dict) -> ObjectInfo:
         token = uuid.uuid4().hex
         try:
-            with self._put_errors(key, cond):
+            with self._put_errors(key, cond, creates=True):
                 r = self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body,
                                            Metadata={**meta, _TOKEN: token}, **cond)
         except _AMBIGUOUS:
@@ -381,7 +415,7 @@ class S3Backend(Backend):
         k = self._k(key)
         token = uuid.uuid4().hex
         self._check_if_match(key, cond)  # before uploading all of it for nothing
-        with self._errors(key):
+        with self._put_errors(key, {}, creates=True):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=k, Metadata={**meta, _TOKEN: token})["UploadId"]
 
@@ -431,7 +465,7 @@ class S3Backend(Backend):
         meta = check_meta(key, meta)
         token = uuid.uuid4().hex
         extra = {"ChecksumAlgorithm": "CRC32"} if checksum else {}
-        with self._errors(key):
+        with self._put_errors(key, {}, creates=True):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=self._k(key), Metadata={**meta, _TOKEN: token}, **extra)["UploadId"]
         self._streams[upload_id] = (token, meta, {} if checksum else None)

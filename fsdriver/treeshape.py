@@ -1,0 +1,125 @@
+"""The tree's shape where the backend does not keep it (S3): the rules every writer keeps.
+
+On disk a directory is a directory: an object cannot be put where a directory is, or below an
+object (the disk backend refuses both: `KeyIsPrefix`, `ParentIsObject`), and an empty directory
+stays.  S3 has keys only, so a writer keeps the mount's rules itself (docs/semantics.md: the mount
+never makes a name both a file and a directory, and a directory whose last entry goes stays):
+
+- `check_new_object`, before a put: no file where a directory is (IsADirectoryError) or below a
+  file (NotADirectoryError).  One LIST (is the name a directory?) and one HEAD per directory level
+  above it (is it a file?), less what ``known`` already tells;
+- `keep_directory`, after a delete: a directory left with nothing below it gets a marker, so it
+  stays (one LIST, and the PUT of the marker when it was the last entry).
+
+Keys are the tree's paths (``pipeline/<id>/a/b``, no trailing "/"); the levels checked are those
+below the namespace (``pipeline/<id>``), which is a directory by construction.  ``known`` is what
+the caller learnt lately (`fsdriver.fsspec_cache.MetaCache`: ``get(path)``, an info dict with a
+"type", or None; ``absent(path)``, whether a fresh listing showed no such name), or None; a caller
+without listings of its own (the data API) passes `recent_writes`, what it put lately.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import weakref
+
+from .backend import Backend
+from .errors import BucketNotFound, NotFound, PreconditionFailed
+from .fsspec_cache import MetaCache
+
+NAMESPACE_DEPTH = 2  # pipeline/<id>, user/<name>, kv/<store>
+
+
+def check_new_object(backend: Backend, key: str, name: str, known=None) -> None:
+    """Refuse, as the mount does, an object at ``key`` where a directory is or below a file.
+    ``name``: what the caller called it (the errors' filename)."""
+    if backend.keeps_empty_dirs:
+        return  # a real tree: the backend refuses a clash itself
+    entry = known.get(key) if known is not None else None
+    if entry is not None:
+        if entry["type"] == "directory":
+            raise IsADirectoryError(errno.EISDIR, f"{key} is a directory", name)
+    elif not (known is not None and known.absent(key)) and has_entries(backend, key):
+        raise IsADirectoryError(errno.EISDIR, f"{key} is a directory", name)
+    parts = key.split("/")
+    for depth in range(NAMESPACE_DEPTH + 1, len(parts)):
+        parent = "/".join(parts[:depth])
+        if known is not None and known.absent(parent):
+            break  # nothing there, nor below
+        entry = known.get(parent) if known is not None else None
+        if entry is not None:
+            if entry["type"] == "file":
+                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", name)
+            continue
+        try:
+            backend.head(parent)
+        except BucketNotFound:
+            raise
+        except NotFound:
+            continue
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", name)
+
+
+def keep_directory(backend: Backend, directory: str) -> None:
+    """After a delete below ``directory`` (a namespace or a directory in one): on S3, give it a
+    marker if nothing is left below it, so it stays as on disk and in the mount.  Never over a
+    marker made meanwhile (it may hold the directory's attributes and index)."""
+    if backend.keeps_empty_dirs or directory.count("/") < NAMESPACE_DEPTH - 1:
+        return
+    if has_entries(backend, directory):
+        return
+    try:
+        backend.put_bytes(directory + "/", b"", if_none_match=True)
+    except PreconditionFailed:
+        pass
+
+
+def has_entries(backend: Backend, directory: str) -> bool:
+    """Whether any key (a marker included) starts with ``directory/``: one LIST of one key."""
+    return next(iter(backend.list(directory + "/", max_keys=1)), None) is not None
+
+
+class RecentWrites:
+    """What this process put lately on one backend, as ``known`` for `check_new_object`:
+    a name put within the TTL is a file and its parents are directories, so putting more there
+    asks nothing about them again.  The mount's metadata TTL (a change made elsewhere counts at
+    the latest one TTL later); thread-safe (pipeline code puts from threads)."""
+
+    TTL = 1.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cache = MetaCache(self.TTL)
+
+    def get(self, path: str) -> dict | None:
+        with self._lock:
+            return self._cache.get(path)
+
+    def absent(self, path: str) -> bool:
+        return False  # no listings: nothing is known to be missing
+
+    def wrote(self, key: str) -> None:
+        parts = key.split("/")
+        with self._lock:
+            self._cache.forget(key, tree=True)
+            self._cache.put({"name": key, "type": "file"})
+            for depth in range(NAMESPACE_DEPTH + 1, len(parts)):
+                self._cache.put({"name": "/".join(parts[:depth]), "type": "directory"})
+
+    def removed(self, key: str) -> None:
+        with self._lock:
+            self._cache.forget(key, tree=True)
+
+
+_recent: "weakref.WeakKeyDictionary[Backend, RecentWrites]" = weakref.WeakKeyDictionary()
+_recent_lock = threading.Lock()
+
+
+def recent_writes(backend: Backend) -> RecentWrites:
+    """The `RecentWrites` of ``backend`` in this process (one per backend object)."""
+    with _recent_lock:
+        recent = _recent.get(backend)
+        if recent is None:
+            recent = _recent[backend] = RecentWrites()
+        return recent
