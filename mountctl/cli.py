@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, PARSER, parser).error(f"unrecognized arguments: {' '.join(stray)}")
     logging.basicConfig(level=logging.WARNING, format="mountctl: %(message)s")
     try:
-        return args.func(args) or 0
+        status = args.func(args) or 0
+        sys.stdout.flush()  # inside: a reader gone (`| head`) shows here, not at exit
+        return status
+    except BrokenPipeError:  # an OSError: before those
+        _drop_stdout()
+        return 0
     except CLIError as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return e.status
@@ -116,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
     except Exception as e:  # a bug: still one line, with the traceback on request
         if os.environ.get("STASHFS_DEBUG"):
             raise
@@ -128,3 +131,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _drop_stdout() -> None:
+    """Output cut short by its reader (``mountctl kv keys crm | head -1``) ends the command quietly
+    with status 0, as ``cat | head`` does: the rest is dropped, and stdout goes to /dev/null so that
+    nothing fails again when Python flushes it at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to flush at exit
+        pass

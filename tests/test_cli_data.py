@@ -129,6 +129,7 @@ def test_create_makes_a_new_local_store(tmp_path):
     ["data", "gets", "big", "--pipeline", "p1"], ["data", "get", "big", "-", "--pipeline", "p1"],
     ["data", "ls", "--pipeline", "p1"], ["data", "ls", "--pipeline", "p1", "--json"],
     ["data", "size", "big", "--pipeline", "p1"],
+    ["pipeline", "list"], ["pipeline", "list", "--json"],  # any command: cli.main's ending
 ])
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, args):
     """`mountctl kv keys crm | head -1`: stdout closed by its reader is not an error (status 0,
