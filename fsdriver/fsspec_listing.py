@@ -1,4 +1,4 @@
-"""Reading metadata for the ``stashfs://`` filesystem: ``info``, ``ls``, ``find``, ``modified``.
+"""Reading metadata for the ``stashfs://`` filesystem: ``info``, ``exists``, ``ls``, ``find``, ``modified``.
 
 `Listing` is a part of `fsdriver.fsspec_fs.StashFileSystem` (``self.backend``, ``self.known``).
 Entries are fsspec info dicts (`dir_entry`, `file_entry`: size, mtime and etag); what a listing
@@ -40,6 +40,16 @@ class Listing:
         info = self._info(place)
         self.known.put(info)
         return info
+
+    def exists(self, path, **kwargs) -> bool:
+        """Whether ``path`` exists: False only when it is missing.  A missing bucket (ENXIO) or an
+        unreachable backend (EIO) raises, where fsspec's own ``exists`` answered False to any
+        error: ``if not fs.exists("done"): recompute()`` must not take that branch on an outage."""
+        try:
+            self.info(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _info(self, place: Place) -> dict:
         with os_errors(place.path):

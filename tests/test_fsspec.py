@@ -12,6 +12,7 @@ fsspec = pytest.importorskip("fsspec")
 
 from fsdriver import data  # noqa: E402
 from fsdriver.backend.base import Backend  # noqa: E402
+from fsdriver.backend.s3 import S3Backend  # noqa: E402
 from fsdriver.errors import NotFound  # noqa: E402
 from fsdriver.fsspec_fs import StashFileSystem  # noqa: E402
 from fsdriver.kv import DataStore  # noqa: E402
@@ -204,3 +205,20 @@ def test_changes_made_elsewhere_show_within_the_ttl(backend):
         time.sleep(0.02)  # polling the TTL's end
     fs.pipe("user/alice/t.csv", b"333")  # our own write shows at once
     assert fs.info("user/alice/t.csv")["size"] == 3 and fs.cat("user/alice/t.csv") == b"333"
+
+
+def test_exists_is_false_only_for_a_missing_path(moto_server, fs):
+    """fsspec's own ``exists`` answered False to any error: a missing bucket or an outage read as
+    "not there", and ``if not fs.exists("done"): recompute()`` took the wrong branch."""
+    fs.pipe_file("pipeline/p1/done", b"1")
+    assert fs.exists("pipeline/p1/done") and not fs.exists("pipeline/p1/missing")
+    nobucket = StashFileSystem(backend=S3Backend("nosuchbucket", "pfx", endpoint_url=moto_server.url),
+                               skip_instance_cache=True)
+    with pytest.raises(OSError) as e:
+        nobucket.exists("pipeline/p1/done")
+    assert e.value.errno == errno.ENXIO and "bucket 'nosuchbucket' does not exist" in str(e.value)
+    down = StashFileSystem(backend=S3Backend("b", "pfx", endpoint_url="http://127.0.0.1:9", connect_timeout=1,
+                                             read_timeout=1, max_attempts=1), skip_instance_cache=True)
+    with pytest.raises(OSError) as e:
+        down.exists("pipeline/p1/done")
+    assert e.value.errno == errno.EIO
