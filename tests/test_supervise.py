@@ -112,11 +112,11 @@ class FailingDeletes(DiskBackend):
         self.failing.set()
         self.failed = 0
 
-    def delete(self, key):
+    def delete(self, key, **kw):
         if self.failing.is_set():
             self.failed += 1
             raise Unavailable(f"{key}: cannot reach S3 (test)", key)
-        return super().delete(key)
+        return super().delete(key, **kw)
 
 
 @pytest.mark.expected_log(r"background expiry of 'kv/s/lock.json' failed \(.*cannot reach S3 \(test\)\); retrying")

@@ -250,9 +250,9 @@ def test_flush_stops_at_the_first_upload_the_backend_does_not_answer(tmp_path):
 
 
 class FailingDelete(GatedDisk):
-    def delete(self, key):
+    def delete(self, key, **kw):
         self._pass("delete")
-        return super().delete(key)
+        return super().delete(key, **kw)
 
 
 @pytest.mark.expected_log(r"upload failed")
