@@ -5,7 +5,6 @@ uses, or does not run the command.  And what `umount` and `flush` say of another
 
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from fsdriver.backend.disk import DiskBackend
 from mountctl import mounts
 
 from .mounting import force_unmount, make_mount, mountctl, require_fuse
+from .namespaces import PrivateNamespace, open_namespace
 
 TIMEOUT = 60
 NOBODY = (65534, 65534)
@@ -37,35 +37,21 @@ def several(found: list, tail: str, configured: str = "/mnt/stashfs") -> str:
             f"configured mount point {configured}: {tail}\n")
 
 
-class PrivateMounts:
+class PrivateMounts(PrivateNamespace):
     """A private mount namespace without the machine's stashfs mounts (other tests', other users'):
     there mountctl sees exactly the mounts the test makes.  Commands run in it through nsenter; its
     mounts are invisible outside."""
 
     def __init__(self):
-        self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                        "echo ready && exec cat"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        ready, _, _ = select.select([self.holder.stdout], [], [], TIMEOUT)
-        if not ready or self.holder.stdout.readline() != b"ready\n":
-            self.close()
-            raise RuntimeError("no private mount namespace")
+        super().__init__()
         for mp in self.stashfs_mounts():  # copies of the machine's mounts: detached here only
             self.run("umount", "-l", mp)
-
-    def run(self, *cmd, env=None) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", f"--target={self.holder.pid}", "--mount", *map(str, cmd)],
-                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
     def mountctl(self, *args, env) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "mountctl", *args, env=env)
 
-    def path(self, p: Path) -> Path:
-        """``p`` as seen inside the namespace (through its root)."""
-        return Path(f"/proc/{self.holder.pid}/root{p}")
-
     def stashfs_mounts(self) -> list[str]:
-        with open(f"/proc/{self.holder.pid}/mountinfo") as f:
+        with open(self.mountinfo) as f:
             return sorted({mounts._unescape(line.split()[4]) for line in f
                            if line.partition(" - ")[2].split()[:1] == [mounts.FSTYPE]})
 
@@ -74,23 +60,12 @@ class PrivateMounts:
             for mp in self.stashfs_mounts():
                 self.run("fusermount3", "-u", "-z", mp)
         finally:
-            self.holder.stdin.close()
-            try:
-                self.holder.wait(TIMEOUT)
-            finally:
-                if self.holder.poll() is None:
-                    self.holder.kill()
+            super().close()
 
 
 @pytest.fixture
 def private_mounts():
-    require_fuse()
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
-        pytest.skip("needs root, unshare and nsenter for a private mount namespace")
-    try:
-        ns = PrivateMounts()
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    ns = open_namespace(PrivateMounts)
     try:
         assert ns.stashfs_mounts() == []
         yield ns

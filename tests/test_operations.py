@@ -20,6 +20,7 @@ from mountctl import mounts
 
 from .conftest import backend_env
 from .mounting import force_unmount, mountctl, require_fuse
+from .namespaces import PrivateNamespace, open_namespace
 
 BIN = Path(sys.executable).parent  # .venv/bin: mountctl and stashfs
 TIMEOUT = 60  # seconds; nothing waits forever
@@ -165,7 +166,7 @@ def test_exec_without_a_configured_backend_does_not_mount(node):
 # -- the fstab line, through mount(8) and mount.fuse3
 
 
-class Namespace:
+class Namespace(PrivateNamespace):
     """A private mount namespace whose /usr/local/sbin holds a `stashfs` link to .venv/bin/stashfs.
 
     mount(8) passes no PATH to its helpers: mount.fuse3 runs `stashfs` through /bin/sh with the
@@ -177,44 +178,15 @@ class Namespace:
         sbin = tmp_path / "sbin"
         sbin.mkdir()
         (sbin / "stashfs").symlink_to(BIN / "stashfs")
-        self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount --bind "$1" /usr/local/sbin && echo ready && exec cat', "sh", str(sbin)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        ready, _, _ = select.select([self.holder.stdout], [], [], TIMEOUT)
-        if not ready or self.holder.stdout.readline() != b"ready\n":
-            self.close()
-            raise RuntimeError("no private mount namespace")
-
-    def run(self, *cmd, env=None) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", f"--target={self.holder.pid}", "--mount", *map(str, cmd)],
-                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
-
-    def path(self, p: Path) -> Path:
-        """``p`` as seen inside the namespace (through its root)."""
-        return Path(f"/proc/{self.holder.pid}/root{p}")
+        super().__init__('mount --bind "$1" /usr/local/sbin', (sbin,))
 
     def stashfs_entries(self, mp: Path) -> int:
-        return stashfs_entries(mp, f"/proc/{self.holder.pid}/mountinfo")
-
-    def close(self) -> None:
-        self.holder.stdin.close()
-        try:
-            self.holder.wait(TIMEOUT)
-        finally:
-            if self.holder.poll() is None:
-                self.holder.kill()
+        return stashfs_entries(mp, self.mountinfo)
 
 
 @pytest.fixture
 def namespace(tmp_path):
-    require_fuse()
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
-        pytest.skip("needs root, unshare and nsenter for a private mount namespace")
-    try:
-        ns = Namespace(tmp_path)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    ns = open_namespace(Namespace, tmp_path)
     mps = []
     ns.mps = mps
     yield ns
