@@ -57,6 +57,17 @@ def claim_pipeline(backend: Backend, pipeline_id: str) -> None:
     _claimed.add((backend.url, pipeline_id))
 
 
+
+@contextlib.contextmanager
+def _naming(file):
+    """A local OSError (a missing directory, a directory in the way) names ``file``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, os.fspath(file)) from None
+
 class ObjectStore:
     """The objects of one namespace: ``pipeline/<id>/`` or ``user/<name>/``.
 
@@ -120,12 +131,14 @@ class ObjectStore:
         """Store object ``name`` into the local file ``file`` (replaced atomically)."""
         key = self._key(name)
         directory = os.path.dirname(os.path.abspath(file))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-get-")
+        with _naming(file):  # not the temp file's name: the user never gave it
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stashfs-get-")
         try:
             with os.fdopen(fd, "wb") as f:
                 with api_errors(name), self._object(name):
                     self.backend.get_to_file(key, f)
-            os.replace(tmp, file)
+            with _naming(file):
+                os.replace(tmp, file)
         except BaseException:
             try:
                 os.unlink(tmp)

@@ -155,3 +155,19 @@ def test_a_missing_bucket_is_one_line(moto_server):
                  ["kv", "keys", "crm"], ["kv", "get", "crm", "a"]):
         p = mountctl(*args, "--backend", "s3://no-such-bucket", env=env)
         assert (p.returncode, p.stderr) == (1, b"mountctl: bucket 'no-such-bucket' does not exist\n"), args
+
+
+def test_get_into_a_place_it_cannot_write_names_that_place(tmp_path):
+    """The local file is written through a temp file beside it: an error named the temp file."""
+    be = tmp_path / "be"
+    be.mkdir()
+    data.pipeline("p1", backend=str(be)).puts("f", b"x")
+    (tmp_path / "adir").mkdir()
+    for target, reason in ((tmp_path / "nodir" / "out", "No such file or directory"),
+                           (tmp_path / "adir", "Is a directory")):
+        with pytest.raises(OSError) as e:
+            data.pipeline("p1", backend=str(be)).get("f", target)
+        assert (e.value.strerror, e.value.filename) == (reason, str(target))
+        p = mountctl("data", "get", "f", str(target), "--pipeline", "p1", "--backend", str(be))
+        assert (p.returncode, p.stderr.decode()) == (1, f"mountctl: {reason}: {target}\n")
+    assert sorted(os.listdir(tmp_path / "adir")) == []  # no temp file left behind
