@@ -3,9 +3,11 @@
 object, as in the mount (docs/semantics.md, "Close-to-open"):
 
 - an open takes the version `info` knows, which may be one remembered within the metadata TTL;
-  when that version turns out to be gone at the first read (replaced by another writer, nothing
-  read from it yet), the file takes the current one, size included, and reads it whole, as an open
-  a moment later would have: a file that was never read from is never ESTALE;
+  when that version turns out to be gone at the first read, and that read starts at offset 0
+  (replaced by another writer, nothing read from it yet, no position taken from its size), the
+  file takes the current one, size included, and reads it whole, as an open a moment later would
+  have (``pd.read_csv`` after ``exists``); a first read elsewhere (``seek(-n, 2)``, a parquet
+  footer at ``f.size - 8``) is ESTALE, since its position came from the old size;
 - once bytes of a version were read, every later read is pinned to it (``If-Match``): ESTALE when
   the object is replaced while open, never bytes of two versions.
 """
@@ -98,8 +100,11 @@ class StashFile(AbstractBufferedFile):
             try:
                 data = self.fs.backend.get_range(self.place.key, start, end, if_match=self.etag)
             except PreconditionFailed:
-                if not self._read_any:
+                if not self._read_any and self.loc == 0:
                     raise _Unpinned() from None
+                # Bytes of the version were read, or the reader placed itself by its size (a
+                # seek from the end, a footer at f.size - 8): the current version's bytes there
+                # would be silently wrong.
                 raise OSError(errno.ESTALE, f"{self.path}: replaced by a new version while open",
                               self.path) from None
         self._read_any = True

@@ -30,6 +30,23 @@ def test_a_file_replaced_before_it_was_opened_reads_the_new_version_whole(fs, ba
     assert fs.size("pipeline/p13/t.csv") == len(new)  # what the open learnt is what info tells now
 
 
+@pytest.mark.parametrize("place", ["end", "footer"])
+def test_a_first_read_placed_by_the_remembered_size_is_estale_not_other_bytes(fs, backend, place):
+    """Review finding: the current version's bytes at a position the old size gave (the last 3
+    bytes, a parquet footer) were returned without an error."""
+    fs.pipe_file("pipeline/p13/t.csv", OLD)
+    assert fs.exists("pipeline/p13/t.csv")
+    backend.put_bytes("pipeline/p13/t.csv", NEW + b"longer than before\n")
+    with fs.open("pipeline/p13/t.csv", "rb") as f:
+        if place == "end":
+            f.seek(-3, 2)
+        else:
+            f.seek(f.size - 4)
+        with pytest.raises(OSError) as e:
+            f.read()
+    assert e.value.errno == errno.ESTALE
+
+
 def test_pandas_reads_a_file_replaced_after_exists(backend):
     pd = pytest.importorskip("pandas")
     opts = {"backend": backend, "metadata_ttl": 600}
