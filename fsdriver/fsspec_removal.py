@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 from glob import has_magic
 
-from . import kvexpiry, kvnames, owners
+from . import kvexpiry, kvnames, owners, treeshape
 from .fsspec_errors import os_errors
 from .fsspec_listing import dir_entry
 from .fsspec_paths import Place, resolve
@@ -43,6 +43,7 @@ class Removal:
                 if place.tree == "pipeline" and place.depth == 2:  # an empty pipeline is gone for good
                     owners.remove(self.backend, place.parts[1])
         finally:
+            treeshape.recent_writes(self.backend).removed(place.key)  # the data API's memory too
             self.known.forget(place.path, tree=True)
             self.known.removed(place.path)
 
@@ -53,6 +54,7 @@ class Removal:
                 if place.tree == "kv":
                     kvexpiry.drop_markers(self.backend, place.parent().prefix, place.parts[2])
         finally:
+            treeshape.recent_writes(self.backend).removed(place.key)  # the data API's memory too
             self.known.forget(place.path)
             self.known.removed(place.path)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import kvexpiry, owners, strictjson
+from . import kvexpiry, owners, strictjson, treeshape
 from .access import login_name
 from .backend import ObjectInfo
 from .data import claim_pipeline
@@ -109,7 +109,9 @@ class Writing:
 
     def _written(self, place: Place, info: ObjectInfo | None) -> None:
         """Remember what a write made: the file (None: a directory), its parents as directories,
-        and each name in its parent's listing."""
+        and each name in its parent's listing.  The data API's memory of this process's puts on
+        the same backend forgets the name (`treeshape.recent_writes`): its shape may have changed."""
+        treeshape.recent_writes(self.backend).removed(place.key)
         self.known.forget(place.path, tree=True)
         self.known.put(file_entry(place.path, info) if info is not None else dir_entry(place.path))
         for depth in range(2, place.depth):

@@ -285,3 +285,26 @@ def test_a_key_the_endpoint_cannot_store_is_never_no_such_object(store):
     assert (e.value.errno, e.value.filename) == (errno.EINVAL, "new\nline")
     assert "refused to store this key" in str(e.value) and "no such object" not in str(e.value)
     assert store.list() == []
+
+
+def test_fsspec_changes_in_the_same_process_are_not_hidden_by_what_the_api_remembers(backend):
+    """Review finding: the data API trusted its memory of its own recent puts for a second, and
+    fsspec's writes and removals on the same backend did not touch it: a file fsspec wrote where
+    the API had put a directory was then hidden by the API's next put below it."""
+    from fsdriver.fsspec_fs import StashFileSystem
+
+    fs = StashFileSystem(backend=backend, skip_instance_cache=True)
+    p = data.pipeline("p1", backend=backend)
+    p.puts("a/b", b"1")
+    fs.rm("pipeline/p1/a", recursive=True)
+    fs.pipe_file("pipeline/p1/a", b"file")
+    with pytest.raises(NotADirectoryError):
+        p.puts("a/c", b"2")
+    assert fs.cat_file("pipeline/p1/a") == b"file"
+    fs.makedirs("pipeline/p1/x/y")
+    p.puts("z", b"3")
+    fs.rm("pipeline/p1/z")
+    fs.makedirs("pipeline/p1/z/sub")
+    with pytest.raises(IsADirectoryError):
+        p.puts("z", b"4")
+    assert fs.info("pipeline/p1/z")["type"] == "directory"
