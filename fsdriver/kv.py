@@ -24,6 +24,7 @@ import copy
 import functools
 import json
 import math
+import numbers
 import random
 import time
 from collections.abc import MutableMapping
@@ -62,10 +63,11 @@ def dumps(value: Any) -> bytes:
 
 
 def check_ttl(ttl: Any) -> None:
-    """A TTL is None or a positive, finite number of seconds (TypeError, ValueError naming it)."""
+    """A TTL is None or a positive, finite number of seconds (TypeError, ValueError naming it):
+    any real number but a bool (numpy's and pandas' numbers, a Fraction)."""
     if ttl is None:
         return
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+    if isinstance(ttl, bool) or not isinstance(ttl, numbers.Real):
         raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__name__} ({ttl!r})")
     if not math.isfinite(ttl) or ttl <= 0:
         raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")

@@ -1,6 +1,7 @@
 """Key/value records: the encoding, and DataStore on disk and S3."""
 
 import errno
+import fractions
 import os
 import subprocess
 import sys
@@ -222,6 +223,15 @@ def test_a_ttl_is_a_positive_finite_number_of_seconds(ds, ttl, error):
         ds.set_ttl("k", ttl)
     assert ds["k"] == "old"
     assert [e.key for e in ds.backend.list("kv/s/.expires/")] == []  # no marker written
+
+
+def test_any_real_number_of_seconds_is_a_ttl(ds):
+    """Review finding: numpy's numbers and a Fraction, accepted before, were refused as not numbers."""
+    np = pytest.importorskip("numpy")
+    for i, ttl in enumerate((np.int64(60), np.float32(1.5), fractions.Fraction(3, 2), 60, 2.5)):
+        ds.set(f"k{i}", i, ttl=ttl)
+        assert ds[f"k{i}"] == i
+    assert len([e for e in ds.backend.list("kv/s/.expires/") if not e.key.endswith("/")]) == 5
 
 
 def test_a_lone_surrogate_is_refused_with_a_clear_reason(ds):
