@@ -14,7 +14,7 @@ import time
 
 from . import kvexpiry, kvnames, layout
 from .backend import CommonPrefix, ObjectInfo
-from .errors import NotFound
+from .errors import InvalidName, NotFound
 from .fsspec_errors import os_errors
 from .fsspec_paths import Place, is_listable_name, resolve
 
@@ -42,12 +42,14 @@ class Listing:
         return info
 
     def exists(self, path, **kwargs) -> bool:
-        """Whether ``path`` exists: False only when it is missing.  A missing bucket (ENXIO) or an
-        unreachable backend (EIO) raises, where fsspec's own ``exists`` answered False to any
-        error: ``if not fs.exists("done"): recompute()`` must not take that branch on an outage."""
+        """Whether ``path`` exists: False when it is missing, or could not exist (a name the tree's
+        rules refuse, `InvalidName`, as ``os.path.exists`` answers for a name too long).  A missing
+        bucket (ENXIO) or an unreachable backend (EIO) raises, where fsspec's own ``exists``
+        answered False to any error: ``if not fs.exists("done"): recompute()`` must not take
+        that branch on an outage."""
         try:
             self.info(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, InvalidName):
             return False
         return True
 

@@ -212,6 +212,8 @@ def test_exists_is_false_only_for_a_missing_path(moto_server, fs):
     "not there", and ``if not fs.exists("done"): recompute()`` took the wrong branch."""
     fs.pipe_file("pipeline/p1/done", b"1")
     assert fs.exists("pipeline/p1/done") and not fs.exists("pipeline/p1/missing")
+    for impossible in ("pipeline/Bad Id!/x", "pipeline/p1/" + "a" * 300, "nosuchtop/x", "pipeline/p1/a//b"):
+        assert not fs.exists(impossible)  # as os.path.exists answers for a name too long (review)
     nobucket = StashFileSystem(backend=S3Backend("nosuchbucket", "pfx", endpoint_url=moto_server.url),
                                skip_instance_cache=True)
     with pytest.raises(OSError) as e:
