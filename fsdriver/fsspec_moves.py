@@ -10,7 +10,8 @@ first, on normalised paths, by fsspec's own expansion (that of ``AbstractFileSys
 - a pair whose destination is its source is left alone, as ``os.rename(a, a)`` does;
 - a destination that is a moved source, or lies below one, refuses the move before anything is
   copied: EINVAL below a directory (rename(2)'s answer), ENOTDIR below a file;
-- only what was copied is removed (a whole tree with one listing and batch deletes on S3).
+- only what was copied is removed, name by name (one DELETE per file on S3, as each was one
+  COPY): a file another writer adds to the tree during the move stays where it was written.
 """
 
 from __future__ import annotations
@@ -37,12 +38,9 @@ class Moving:
         self._check_moves(moves)
         for src, dst in moves:
             self._copy(resolve(src), resolve(dst), moving=True)
-        if not moves:
-            return
-        if isinstance(path1, str) and not has_magic(path1) and recursive and maxdepth is None and moves == pairs:
-            self.rm(self._norm(path1), recursive=True)  # the whole tree was copied
-        else:
-            self._remove_each([src for src, _ in moves], keep_full=True)
+        # Only what was copied, one name at a time: a file another writer added to the tree meanwhile
+        # is not removed with it (a removal of the whole prefix would lose it).
+        self._remove_each([src for src, _ in moves], keep_full=True)
 
     def _norm(self, path) -> str:
         return resolve(self._strip_protocol(path)).path

@@ -136,3 +136,21 @@ def test_removing_a_missing_path_is_filenotfounderror(fs, backend):
     assert objects(backend) == before  # a list naming a missing path removes nothing
     fs.rm(["pipeline/p13/d/x", "stashfs://pipeline/p13/d/y"], recursive=True)
     assert objects(backend) == {} and fs.ls("pipeline/p13", detail=False) == ["pipeline/p13/d"]
+
+
+def test_a_file_added_to_the_tree_during_a_move_is_never_removed(fs, backend, monkeypatch):
+    """Review finding: a move of a whole tree removed the source's prefix at the end, with a file
+    another writer had added meanwhile, which the copy never saw: lost."""
+    copy = backend.copy
+    added = []
+
+    def adds_during_copy(src, dst, **kw):
+        if not added:
+            added.append(backend.put_bytes("pipeline/p13/d/late", b"late"))  # another writer, mid-move
+        return copy(src, dst, **kw)
+
+    fs.pipe_file("pipeline/p13/d/x", b"x")
+    fs.pipe_file("pipeline/p13/d/y/z", b"z")
+    monkeypatch.setattr(backend, "copy", adds_during_copy)
+    fs.mv("pipeline/p13/d", "pipeline/p13/e", recursive=True)
+    assert objects(backend) == {"pipeline/p13/d/late": b"late", "pipeline/p13/e/x": b"x", "pipeline/p13/e/y/z": b"z"}
