@@ -59,15 +59,15 @@ class StashFileSystem(Listing, Writing, Moving, Removal, Attributes, AbstractFil
     root_marker = ""
 
     def __init__(self, backend: Backend | str | None = None, endpoint_url: str | None = None,
-                 metadata_ttl: float = 1.0, **kwargs):
+                 metadata_ttl: float = 1.0, create: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.known = MetaCache(metadata_ttl)  # the mount's --metadata-ttl rule (fsspec_cache)
         if isinstance(backend, Backend):
             self.backend = backend
         elif endpoint_url:
-            self.backend = open_backend(backend, endpoint_url=endpoint_url)
-        else:
-            self.backend = shared_backend(backend)
+            self.backend = open_backend(backend, endpoint_url=endpoint_url, create=create)
+        else:  # create: a local directory named that does not exist yet is made (a new store)
+            self.backend = shared_backend(backend, create=create)
         # File/directory clashes are checked before a write: with LISTs on S3, local stats on disk.
         self._remote = not isinstance(self.backend, DiskBackend)
 

@@ -14,7 +14,7 @@ import argcomplete
 
 from fsdriver import __version__
 from fsdriver.config import ConfigError
-from fsdriver.errors import BackendError, InvalidName
+from fsdriver.errors import BackendError, InvalidName, NoBackendDirectory
 from fsdriver.mountconfig import MountConfigError
 from fsdriver.secrets.store import InvalidSecretName, InvalidSecretsSetting, InvalidSecretValue, SecretsError
 
@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidName as e:
         print(f"mountctl: {e}", file=sys.stderr)
         return 2
+    except NoBackendDirectory as e:  # before FileNotFoundError: its message speaks Python (create=True)
+        how = "add --create to create it" if hasattr(args, "create") else \
+            "a new store is made by `data put`, `kv set` or `kv incr` with --create"
+        print(f"mountctl: backend directory {e.path} does not exist (check the path, or {how})", file=sys.stderr)
+        return 1
     except MountConfigError as e:  # a bad mount option value, refused before any daemon starts
         print(f"mountctl: {e}", file=sys.stderr)
         return 2

@@ -82,6 +82,11 @@ def test_create_makes_a_new_store(tmp_path, monkeypatch):
     assert oct(new.stat().st_mode & 0o777) == oct(0o700)  # private to its user, as the mount's --create
     DataStore("crm", backend=str(tmp_path / "kv-store"), create=True)["a"] = 1
     assert DataStore("crm", backend=str(tmp_path / "kv-store"))["a"] == 1
+    import fsspec  # the storage option the refusal names (review: it was swallowed into **kwargs)
+
+    fs = fsspec.filesystem("stashfs", backend=str(tmp_path / "fs-store"), create=True, skip_instance_cache=True)
+    fs.pipe_file("pipeline/p1/g", b"y")
+    assert (tmp_path / "fs-store" / "pipeline" / "p1" / "g").read_bytes() == b"y"
     monkeypatch.delenv("STASHFS_BACKEND", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
