@@ -134,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def _drop_stdout() -> None:
     """Output cut short by its reader (``mountctl kv keys crm | head -1``) ends the command quietly
@@ -148,3 +145,7 @@ def _drop_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError):  # no real stdout (a test's capture): nothing to flush at exit
         pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -588,7 +588,7 @@ class S3Backend(Backend):
         try:
             with self._errors(key):
                 self.client.delete_object(Bucket=self.bucket, Key=self._k(key),
-                                          **({"IfMatch": if_match} if if_match is not None else {}))
+                                          **({"IfMatch": _quote(if_match)} if if_match is not None else {}))
         except NotFound as e:  # If-Match on a missing key: 404, gone already
             if if_match is None or isinstance(e, BucketNotFound):
                 raise
