@@ -119,6 +119,5 @@ class Removal:
         if not self._remote or directory.depth < 2:
             return
         with os_errors(directory.path):
-            if next(iter(self.backend.list(directory.prefix, max_keys=1)), None) is None:
-                self.backend.put_bytes(directory.prefix, b"")
+            treeshape.keep_directory(self.backend, directory.key)  # as the data API does
         self.known.put(dir_entry(directory.path))

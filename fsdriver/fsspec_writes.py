@@ -16,7 +16,7 @@ from . import kvexpiry, owners, strictjson, treeshape
 from .access import login_name
 from .backend import ObjectInfo
 from .data import claim_pipeline
-from .errors import NameTooLong, NotFound
+from .errors import NameTooLong
 from .fsspec_attrs import kept_attributes
 from .fsspec_errors import os_errors
 from .fsspec_listing import dir_entry, file_entry
@@ -45,32 +45,8 @@ class Writing:
                     if self.backend.local_path(parent).is_file():
                         raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
             return None
-        with os_errors(place.path):
-            known = self.known.get(place.path)
-            if known is not None:
-                exists = True
-            elif self.known.absent(place.path):
-                exists = False
-            else:  # one LIST tells both: the object, and keys below it
-                obj, is_dir = self.backend.lookup(place.key)
-                exists, known = obj is not None, dir_entry(place.path) if is_dir else None
-            if known is not None and known["type"] == "directory":
-                raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path)
-            for depth in range(3, place.depth):
-                parent = "/".join(place.parts[:depth])
-                if self.known.absent(parent):
-                    break  # nothing there, nor below
-                known = self.known.get(parent)
-                if known is not None:
-                    if known["type"] == "file":
-                        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
-                    continue
-                try:
-                    self.backend.head(parent)
-                except NotFound:
-                    continue
-                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", place.path)
-        return exists
+        with os_errors(place.path):  # the data API's check too, with what this filesystem learnt
+            return treeshape.check_new_object(self.backend, place.key, place.path, self.known)
 
     def _store(self, place: Place, data: bytes | None = None, file: str | None = None,
                exclusive: bool = False, checked: bool = False, replaces: bool | None = None) -> ObjectInfo:

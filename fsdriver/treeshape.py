@@ -6,8 +6,8 @@ stays.  S3 has keys only, so a writer keeps the mount's rules itself (docs/seman
 never makes a name both a file and a directory, and a directory whose last entry goes stays):
 
 - `check_new_object`, before a put: no file where a directory is (IsADirectoryError) or below a
-  file (NotADirectoryError).  One LIST (is the name a directory?) and one HEAD per directory level
-  above it (is it a file?), less what ``known`` already tells;
+  file (NotADirectoryError).  One LIST (is the name a directory, is a file there?) and one HEAD per
+  directory level above it (is it a file?), less what ``known`` already tells;
 - `keep_directory`, after a delete: a directory left with nothing below it gets a marker, so it
   stays (one LIST, and the PUT of the marker when it was the last entry).
 
@@ -31,17 +31,24 @@ from .fsspec_cache import MetaCache
 NAMESPACE_DEPTH = 2  # pipeline/<id>, user/<name>, kv/<store>
 
 
-def check_new_object(backend: Backend, key: str, name: str, known=None) -> None:
+def check_new_object(backend: Backend, key: str, name: str, known=None) -> bool | None:
     """Refuse, as the mount does, an object at ``key`` where a directory is or below a file.
-    ``name``: what the caller called it (the errors' filename)."""
+    ``name``: what the caller called it (the errors' filename).  Returns whether an object is at
+    ``key`` already (None: not asked, on a backend that keeps the tree itself)."""
     if backend.keeps_empty_dirs:
-        return  # a real tree: the backend refuses a clash itself
+        return None  # a real tree: the backend refuses a clash itself
     entry = known.get(key) if known is not None else None
     if entry is not None:
         if entry["type"] == "directory":
             raise IsADirectoryError(errno.EISDIR, f"{key} is a directory", name)
-    elif not (known is not None and known.absent(key)) and has_entries(backend, key):
-        raise IsADirectoryError(errno.EISDIR, f"{key} is a directory", name)
+        exists = True
+    elif known is not None and known.absent(key):
+        exists = False
+    else:  # one LIST tells both: the object, and keys below it
+        obj, is_dir = backend.lookup(key)
+        if is_dir:
+            raise IsADirectoryError(errno.EISDIR, f"{key} is a directory", name)
+        exists = obj is not None
     parts = key.split("/")
     for depth in range(NAMESPACE_DEPTH + 1, len(parts)):
         parent = "/".join(parts[:depth])
@@ -59,6 +66,7 @@ def check_new_object(backend: Backend, key: str, name: str, known=None) -> None:
         except NotFound:
             continue
         raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", name)
+    return exists
 
 
 def keep_directory(backend: Backend, directory: str) -> None:
