@@ -69,7 +69,11 @@ def test_a_seek_mid_stream_reads_the_right_bytes(s3_mount):
         os.close(fd)
     made = gets(before, s3_mount.status())
     assert made["get_range"] >= 1  # the seek: exactly what it asked for (as the kernel asked it)
-    assert sum(made.values()) <= 5, made  # not a request per window
+    # Not a request per window (62 windows of 1 MiB after the seek).  Usually 4 or 5: the seek, the
+    # read at 2 MiB (not a stream yet) and a new stream; on a loaded machine the kernel's
+    # read-ahead reads that arrive before the stream starts, out of order, are exact ranged GETs
+    # too (9 seen once in CI-like runs).
+    assert sum(made.values()) <= 12, made
 
 
 @pytest.mark.expected_log(r"precondition failed")
