@@ -43,6 +43,7 @@ from .dircache import Names
 from .errors import InvalidName, NameTooLong, PreconditionFailed
 from .errno_boundary import FSError
 from .control import CONTROL_NAME
+from .kernelra import KernelReadahead
 from .inodes import CONTROL_INO, ROOT_INO, InodeTable, Listing, Node
 from .memory import MemoryBudget
 from .namespaces import Namespaces
@@ -94,6 +95,9 @@ class Filesystem:
         # Where the kernel shows this tree (set by the FUSE adapter): which close() comes from an
         # inherited descriptor is told by the paths in /proc/<pid>/fd (fsdriver.closes).
         self.mountpoint: Optional[str] = None
+        # How far ahead of each other the kernel's read-ahead sends a reader's reads (set up by the
+        # daemon once mounted: fsdriver.kernelra); a stream's reach is at least twice that.
+        self.kernel_readahead = KernelReadahead(clock)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work: prefetch parts and upload retries live in this nursery."""
@@ -776,5 +780,6 @@ class Filesystem:
             "open_files": len(self.files.handles),
             "pending_uploads": self.uploader.describe_pending(),
             "memory": {"limit": self.budget.limit, "in_use": self.budget.used, "peak": self.budget.peak},
+            "kernel_readahead": self.kernel_readahead(),
         }
 

@@ -200,7 +200,7 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run)
             spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
-            nursery.start_soon(_readahead_then_ready, mountpoint, args.readahead, ready)
+            nursery.start_soon(_readahead_then_ready, fs, mountpoint, args.readahead, ready)
             await pyfuse3.main()
             with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
                 await fs.flush_metadata()
@@ -235,30 +235,35 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
     return 0
 
 
-async def _readahead_then_ready(mountpoint: str, size: int, ready: Readiness) -> None:
-    """Report readiness once the kernel read-ahead is set (``size`` 0: at once), so the very first
-    sequential read is already made of large FUSE reads.  It cannot be set before the main loop
-    answers: the kernel takes the smaller of its setting and the one the FUSE init handshake
-    (answered by the main loop) reports, and asks nothing until that handshake is done."""
-    if size:
-        try:
-            await _set_readahead(mountpoint, size)
-        except Exception:  # advice only: it never keeps the mount from being used
-            log.exception("kernel read-ahead of %s not set", mountpoint)
-    ready.ok()
-
-
-async def _set_readahead(mountpoint: str, size: int) -> None:
-    """Larger kernel read-ahead: fewer, larger FUSE reads for sequential readers (random reads are
-    not read ahead by the kernel).  The knob is the mount's backing-device setting in sysfs."""
+async def _readahead_then_ready(fs: Filesystem, mountpoint: str, size: int, ready: Readiness) -> None:
+    """Report readiness once the kernel read-ahead is set (``size`` 0: left as it is), so the very
+    first sequential read is already made of large FUSE reads.  It cannot be set before the main
+    loop answers: the kernel takes the smaller of its setting and the one the FUSE init handshake
+    (answered by the main loop) reports, and asks nothing until that handshake is done.  The
+    setting's sysfs file is handed to the filesystem, which reads it to know how far ahead of each
+    other a reader's reads may arrive (fsdriver.kernelra)."""
     try:
         st = await trio.to_thread.run_sync(os.stat, mountpoint)  # answered by our own main loop
         path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        if size:
+            await _set_readahead(mountpoint, path, size)
+        fs.kernel_readahead.found(path)
+    except OSError as e:
+        log.info("kernel read-ahead of %s not known (%s)", mountpoint, e.strerror)
+    except Exception:  # advice only: it never keeps the mount from being used
+        log.exception("kernel read-ahead of %s not set", mountpoint)
+    ready.ok()
 
-        def write():
-            with open(path, "w") as f:
-                f.write(str(max(size // 1024, 4)))
 
+async def _set_readahead(mountpoint: str, path: str, size: int) -> None:
+    """Larger kernel read-ahead: fewer, larger FUSE reads for sequential readers (random reads are
+    not read ahead by the kernel).  The knob is the mount's backing-device setting in sysfs."""
+
+    def write():
+        with open(path, "w") as f:
+            f.write(str(max(size // 1024, 4)))
+
+    try:
         await trio.to_thread.run_sync(write)
         log.info("kernel read-ahead of %s set to %d KiB", mountpoint, size // 1024)
     except OSError as e:

@@ -169,6 +169,7 @@ class OpenFiles:
         return Prefetcher(
             self.fs.backend, self.fs.budget, self.fs.nursery, lambda: node.key, node.size, node.etag,
             self.fs.stats, self.fs.options.max_prefetch, self.fs.options.part_size,
+            kernel_readahead=self.fs.kernel_readahead,
         )
 
     async def _load_record(self, node: Node) -> RecordReader:

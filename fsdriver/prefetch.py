@@ -13,18 +13,24 @@
   server that copies the whole object for every GET (moto), a sequential reader costs one
   request however large the object; a body that breaks off is resumed from where it stopped.
 - The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
-  to the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of each other.
-  Without knowing that setting, the stream keeps every piece no read has taken yet until reads
-  have gone more than ``max_window`` past it, and its reach (how far beyond what it received a
-  read is still its own) is that same read-ahead window, which follows how far the reads served
-  have got: a reader that goes on sequentially is one GET for any kernel read-ahead up to
-  ``max_window``.  Reads are served one at a time, in the order they arrive; reads woken together
-  arrive in any order (trio runs a round of woken tasks in either order), so the furthest read of
+  to twice the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of the
+  reads served before the reads between arrive.  The stream keeps every piece no read has taken
+  yet until reads have gone more than ``max_window`` past it, and its reach (how far beyond what
+  it received a read is still its own) is the larger of its read-ahead window, which follows how
+  far the reads served have got, and twice the kernel's read-ahead as the kernel has it now
+  (`fsdriver.kernelra`): a reader that goes on sequentially is one GET for any kernel read-ahead
+  up to ``max_window``, however late the reads between arrive.  A seek forward within that reach
+  is read up to by the stream (at most twice the kernel's read-ahead more than asked for).
+  Reads are served one at a time, in the order they arrive; reads woken together arrive in any
+  order (trio runs a round of woken tasks in either order), so the furthest read of
   a burst may come first, beyond the reach or before the read that starts the stream: a read that
   would be random first lets the reads at lower offsets that wait (once those that arrived with
   it joined the queue) go first, once.  A random reader alone never waits for anyone.
-- A read outside the stream's buffer and reach (a seek) cancels the stream (its body is closed,
-  its buffer released) and is a random read; sequential reads from there start a new one.
+- A read beyond the stream's reach (a seek forward) cancels the stream (its body is closed, its
+  buffer released) and is a random read; sequential reads from there start a new one.  A read
+  behind the stream (below what it still holds: the kernel reading again pages it dropped from
+  its page cache under memory pressure, or a seek back) is a random read too, but the stream goes
+  on for the reads ahead; if reads go on from there, the new stream they start replaces it.
 - Every request is pinned to the etag the file was opened at (If-Match), so a reader never mixes
   two versions of an object: a change underneath gives ESTALE when the next request is made (a
   body already streaming keeps serving the version it started with).
@@ -34,9 +40,12 @@
   read in progress everything, which ends the stream (the next sequential read starts another
   from there); during a read, the pieces below it no read took yet (the stream goes on: a far
   read-ahead read waiting for the pump never waits for memory held for the reads queued behind
-  it) and what lies beyond it (which ends the stream).
+  it) and what lies beyond it (which ends the stream), including the chunk the pump is reading
+  (its memory comes back when it lands: an idle file's chunk in flight is never kept from a read
+  that waits).
 """
 
+import logging
 from typing import Callable
 
 from .backend.aio import AsyncBackend
@@ -47,6 +56,8 @@ from .stats import Stats
 from .stream import Stream
 
 import trio
+
+log = logging.getLogger("stashfs.prefetch")
 
 KERNEL_READAHEAD = 128 * 1024
 INITIAL_WINDOW = (1 << 20) + KERNEL_READAHEAD
@@ -64,9 +75,11 @@ class Prefetcher:
         stats: Stats,
         max_window: int = DEFAULTS.max_prefetch,
         part_size: int = PART_SIZE,
+        kernel_readahead: Callable[[], int] = lambda: 0,
     ):
         self.backend, self.budget, self.nursery, self.stats = backend, budget, nursery, stats
         self.key, self.size, self.etag = key, size, etag
+        self.kernel_readahead = kernel_readahead  # the mount's setting now (fsdriver.kernelra)
         self.max_window = max(max_window, INITIAL_WINDOW)
         self.part_size = max(part_size, INITIAL_WINDOW)
         self.window = INITIAL_WINDOW  # how far the stream reads ahead of the reader now
@@ -106,15 +119,20 @@ class Prefetcher:
         gave_way = False
         while True:
             async with self._lock:
-                if self.stream is not None and self.stream.covers(off):
+                if self.stream is not None and self.stream.covers(off, 2 * self.kernel_readahead()):
                     pass  # inside the stream (or within its reach)
                 elif off == self.last_end and (off == 0 or self._adjacent):
                     self._start_stream(off)  # a second read in a row that continues the last
                 elif not gave_way and await self._reads_before(off):
                     gave_way = True  # served after them, it may be the stream's
                     continue
-                else:
-                    return await self._random(off, end)
+                else:  # behind the stream (the kernel read it again): the stream goes on
+                    behind = self.stream is not None and off < self.stream.base
+                    if self.stream is not None:
+                        log.debug("%s: read [%d, %d) %s the stream [%d, %d): an exact ranged GET",
+                                  self.stream.key, off, end, "behind" if behind else "beyond the reach of",
+                                  self.stream.base, self.stream.pos)
+                    return await self._random(off, end, keep_stream=behind)
                 stream = self.stream
                 self._active_off, self._active_end = off, end
                 try:
@@ -141,11 +159,13 @@ class Prefetcher:
         await trio.lowlevel.checkpoint()
         return any(o < off for o in self._queued)
 
-    async def _random(self, off: int, end: int) -> bytes:
-        """Exactly the bytes asked for, with one ranged GET; ends a stream elsewhere."""
+    async def _random(self, off: int, end: int, keep_stream: bool = False) -> bytes:
+        """Exactly the bytes asked for, with one ranged GET; ends a stream elsewhere unless told
+        to keep it."""
         self._adjacent = off == self.last_end
-        self._end_stream()
-        self.window = INITIAL_WINDOW
+        if not keep_stream:
+            self._end_stream()
+            self.window = INITIAL_WINDOW
         self.last_end = end
         self.stats.random_reads += 1
         await self.budget.acquire(end - off)

@@ -116,6 +116,7 @@ class Stream:
         self.chunks: deque[tuple[int, bytearray]] = deque()  # (offset, piece), contiguous, ascending
         self.pos = start  # end of the bytes received so far
         self.held = 0  # budget bytes held by self.chunks
+        self.in_flight = 0  # budget bytes taken for the chunk the pump is reading (from self.pos)
         self.read_end = start  # the furthest end of a read served: read-ahead is counted from here
         # piece offset -> the ranges of it reads were served, merged (a read may repeat or overlap
         # another: a piece is done only once every byte of it was served)
@@ -138,12 +139,13 @@ class Stream:
         """The lowest offset the stream can still serve."""
         return self.chunks[0][0] if self.chunks else self.pos
 
-    def covers(self, off: int) -> bool:
+    def covers(self, off: int, reach: int = 0) -> bool:
         """Whether a read at ``off`` is this stream's: in its buffer, or at most ``ahead`` bytes
-        beyond what it received (it gets there by itself; ``ahead`` is at least twice as far as
-        reads have got, so it follows how far ahead of each other they arrive).  A failed stream
-        covers its position: the read raises the error."""
-        return not self.cancelled and self.base <= off <= self.pos + self.ahead
+        (or ``reach``, if more) beyond what it received (it gets there by itself; ``ahead`` is at
+        least twice as far as reads have got, so it follows how far ahead of each other they
+        arrive; ``reach`` is how far the kernel's read-ahead may send them ahead before that).
+        A failed stream covers its position: the read raises the error."""
+        return not self.cancelled and self.base <= off <= self.pos + max(self.ahead, reach)
 
     async def read(self, off: int, end: int) -> bytes:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
@@ -217,7 +219,8 @@ class Stream:
     def reclaim(self, keep_below: int, drop_before: int = 0) -> int:
         """Drop the chunks that end at or below ``drop_before`` (bytes below the read in progress
         that no read took yet: reads of them become exact ranged GETs) and those that start at or
-        above ``keep_below`` (0: all); returns the bytes dropped.  Dropping from the front leaves
+        above ``keep_below`` (0: all), and the chunk in flight if it starts there too (its memory
+        comes back when it lands); returns the bytes dropped now.  Dropping from the front leaves
         the stream going; dropping beyond cancels it (what is below stays for the read in
         progress).  Without the first, a read far ahead that waits for the pump while the budget
         is full of the pieces below it, whose reads wait behind it, would wait for ever."""
@@ -233,7 +236,9 @@ class Stream:
             self._release(n)
             cancelled += n
         freed += cancelled
-        if cancelled:
+        # A chunk in flight beyond it is dropped too: it is given back when it lands (else it
+        # would land as buffer no read may ever take, and the waiter wait for ever).
+        if cancelled or (self.in_flight and self.pos >= keep_below):
             kept = list(self.chunks)
             self.chunks.clear()  # cancel() must not release what the read in progress keeps
             self.cancel()
@@ -312,6 +317,7 @@ class Stream:
     def _deliver(self, buffers: list[bytearray], n: int, credit: int) -> int:
         """Keep the first ``n`` bytes the body gave in ``buffers`` for ``credit`` bytes of budget;
         returns the credit still held (all of it if the stream was cancelled meanwhile)."""
+        self.in_flight = 0
         if self.cancelled:
             return credit
         left = n
@@ -361,11 +367,13 @@ class Stream:
             if size > 0 and useful and self.budget.try_acquire(size):
                 self.chunk = min(self.chunk * 2, self.max_chunk)
                 self._busy()
+                self.in_flight = size
                 return size
             if waiting:
                 need = min(self.wanted - self.pos, size)
                 self._busy()
                 await self.budget.acquire(need)
+                self.in_flight = need
                 return need
             self._wake = trio.Event()
             self._quiet.set()

@@ -201,7 +201,8 @@ def _print_status(out: list[dict]) -> None:
               f"prefetch hits {human_bytes(st['prefetch_hit_bytes'])}")
         print(f"  memory {human_bytes(st['memory']['in_use'])} of {human_bytes(st['memory']['limit'])} "
               f"(peak {human_bytes(st['memory']['peak'])}), open files {st['open_files']}, "
-              f"pending uploads {_pending_count(st)} ({human_bytes(st.get('pending', {}).get('bytes', 0))})")
+              f"pending uploads {_pending_count(st)} ({human_bytes(st.get('pending', {}).get('bytes', 0))}), "
+              f"kernel read-ahead {human_bytes(st.get('kernel_readahead', 0))}")
         for item in st["pending_uploads"]:
             print(f"    pending: {item['key']} ({human_bytes(item['bytes'])}): {item['error']}")
         more = _pending_count(st) - len(st["pending_uploads"])

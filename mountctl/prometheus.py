@@ -27,6 +27,7 @@ _SIMPLE = (
     ("stashfs_memory_limit_bytes", "gauge", "The memory budget (--memory-limit).", ("memory", "limit")),
     ("stashfs_memory_in_use_bytes", "gauge", "Memory of the budget in use.", ("memory", "in_use")),
     ("stashfs_memory_peak_bytes", "gauge", "Highest memory of the budget in use.", ("memory", "peak")),
+    ("stashfs_kernel_readahead_bytes", "gauge", "The kernel's read-ahead of the mount.", "kernel_readahead"),
     ("stashfs_pending_uploads", "gauge", "Uploads not yet in the backend (kept in the cache dir).",
      ("pending", "count")),
     ("stashfs_pending_upload_bytes", "gauge", "Bytes of the pending uploads.", ("pending", "bytes")),

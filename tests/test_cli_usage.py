@@ -216,6 +216,9 @@ def test_status_prometheus(tmp_path):
         assert f'stashfs_up{{{mine},backend="file://{tmp_path / "be"}"}} 1' in lines
         assert f'stashfs_requests_total{{{mine},op="mkdir"}} 1' in lines
         assert f'stashfs_memory_limit_bytes{{{mine}}} {512 << 20}' in lines
+        if os.geteuid() == 0:  # the daemon set it (--readahead's default) and reads it back
+            assert f'stashfs_kernel_readahead_bytes{{{mine}}} {1 << 20}' in lines
+            assert "kernel read-ahead 1.0 MiB" in mountctl("status", env=m.env, timeout=TIMEOUT).stdout
         assert "# TYPE stashfs_requests_total counter" in lines
         for line in lines:  # the exposition format: comments, or name{labels} value
             assert line.startswith("# ") or re.fullmatch(r'[a-z_]+\{[^}]*\} [0-9.e+-]+', line), line

@@ -86,8 +86,19 @@ def test_sequential_window_doubles_and_seek_resets(rec):
         assert p.window == 16 * MiB
         await p.stream.quiet()  # let the read-ahead in flight land before counting again
         rec.ranges.clear()
-        assert await p.read(2 * MiB, 1000) == data[2 * MiB : 2 * MiB + 1000]  # a seek back
-        assert p.window == INITIAL_WINDOW and rec.ranges == [(2 * MiB, 2 * MiB + 1000)]
+        stream = p.stream
+        # A read behind the stream (the kernel reads again what it dropped from its page cache,
+        # or a seek back): exactly what it asks for; the stream ahead is kept for the reads on.
+        assert await p.read(2 * MiB, 1000) == data[2 * MiB : 2 * MiB + 1000]
+        assert rec.ranges == [(2 * MiB, 2 * MiB + 1000)] and p.stream is stream and not stream.cancelled
+        assert await p.read(20 * MiB, MiB) == data[20 * MiB : 21 * MiB]
+        assert rec.ranges == [(2 * MiB, 2 * MiB + 1000)] and p.window == 16 * MiB
+        # A seek back, then reads on from there: exact GETs, until the second read in a row that
+        # continues the one before starts a new stream there (which ends the old one).
+        assert await p.read(MiB, 4096) + await p.read(MiB + 4096, 4096) == data[MiB : MiB + 8192]
+        assert rec.ranges[-2:] == [(MiB, MiB + 4096), (MiB + 4096, MiB + 8192)] and p.stream is stream
+        assert await p.read(MiB + 8192, 4096) == data[MiB + 8192 : MiB + 12288]
+        assert p.stream.start == MiB + 8192 and stream.cancelled and p.window == INITIAL_WINDOW
         p.close()
 
     run_with_nursery(body)

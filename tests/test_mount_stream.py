@@ -103,13 +103,14 @@ def s3_mount_16m_readahead(moto_server, s3_url, tmp_path):
 
 def test_a_sequential_read_with_a_large_kernel_readahead_is_one_get(s3_mount_16m_readahead):
     """With ``--readahead 16M`` the kernel sends 1 MiB reads concurrently, out of order and up to
-    16 MiB ahead of the reader: still one streamed GET, no ranged GETs, no bytes downloaded twice."""
+    twice 16 MiB ahead of the reads served: still one streamed GET, no bytes downloaded twice."""
     if os.geteuid() != 0:
         pytest.skip("setting a mount's read-ahead needs root")
     m = s3_mount_16m_readahead
     st = os.stat(m.path)
     with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
         assert int(f.read()) == 16 * 1024  # the mount's read-ahead was set
+    assert m.status()["kernel_readahead"] == 16 * MiB  # and the daemon knows it (a stream's reach)
     data = os.urandom(64 * MiB)
     m.backend.put_bytes("pipeline/seq/obj", data)
     path = m.path / "pipeline" / "seq" / "obj"
@@ -117,6 +118,10 @@ def test_a_sequential_read_with_a_large_kernel_readahead_is_one_get(s3_mount_16m
     before = m.status()
     assert read_sequentially(path) == data
     after = m.status()
-    assert gets(before, after) == {"open_range": 1, "get_range": 0}
-    assert after["random_reads"] - before["random_reads"] == 0
-    assert after["bytes_down"] - before["bytes_down"] == len(data)
+    made = gets(before, after)
+    assert made["open_range"] == 1  # one stream: never ended and started again
+    # Pages the kernel dropped from its page cache (memory pressure) before the reader got to them
+    # are read again, behind the stream: exact ranged GETs that leave the stream going (once in
+    # 24 runs under load).  Nothing else is downloaded twice.
+    assert made["get_range"] <= 2 and after["random_reads"] - before["random_reads"] == made["get_range"]
+    assert len(data) <= after["bytes_down"] - before["bytes_down"] <= len(data) + made["get_range"] * MiB

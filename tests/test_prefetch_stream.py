@@ -2,6 +2,7 @@
 backend (S3's semantics), whose call counters count requests (``open_range`` is one GET)."""
 
 import os
+import threading
 
 import pytest
 import trio
@@ -446,5 +447,117 @@ def test_quiet_waits_for_the_read_ahead_a_read_let_go():
             assert (budget.used, stream.pos) == (used, pos)  # nothing more was coming
         assert be.calls["open_range"] == 1
         p.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("kernel_ra", [16 * MiB, 0])
+def test_a_read_alone_far_ahead_is_the_streams_within_twice_the_kernels_read_ahead(kernel_ra):
+    """The kernel's read-ahead may send a read up to twice its setting ahead of the reads served
+    before the reads between arrive (an 18 MiB jump seen at 16M; further on a loaded machine),
+    with nothing below it queued yet: it is the stream's, never a random read that ends it.
+    Without a known setting (0) such a read is a seek: an exact ranged GET."""
+    be = MemoryBackend()
+    data = os.urandom(40 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p = prefetcher(be, nursery, kernel_readahead=lambda: kernel_ra)
+        for n in (0, 1):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        assert await p.read(30 * MiB, MiB) == data[30 * MiB:31 * MiB]  # alone, 29 MiB ahead
+        for n in [*range(2, 30), *range(31, 40)]:
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
+        if kernel_ra:
+            assert (be.calls["open_range"], be.calls["get_range"], p.stats.random_reads) == (1, 0, 0)
+        else:  # an exact GET ends the stream; 2 and 3 are exact too (the second read in a row
+            # that continues the one before starts a stream: 4)
+            assert (be.calls["open_range"], be.calls["get_range"], p.stats.random_reads) == (2, 3, 3)
+        stream = p.stream
+        p.close()
+        await stream.quiet()
+
+    run(body)
+
+
+def test_a_seek_beyond_twice_the_kernels_read_ahead_is_an_exact_get():
+    be = MemoryBackend()
+    data = os.urandom(64 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(512 * MiB)
+        p = prefetcher(be, nursery, budget=budget, kernel_readahead=lambda: 4 * MiB)
+        for n in (0, 1):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        stream = p.stream
+        await stream.quiet()
+        far = stream.pos + 8 * MiB + 1  # beyond twice the read-ahead and the stream's own window
+        assert stream.ahead < 8 * MiB
+        assert await p.read(far, 4096) == data[far:far + 4096]
+        assert be.calls["get_range"] == 1 and p.stats.random_reads == 1
+        assert p.stream is None and stream.cancelled
+        await stream.quiet()
+        assert budget.used == 0
+        p.close()
+
+    run(body)
+
+
+class HeldBodies(MemoryBackend):
+    """The second read of every streamed body waits until ``go`` is set (a slow network)."""
+
+    def __init__(self):
+        super().__init__()
+        self.go = threading.Event()
+
+    def open_range(self, key, start, end=None, **cond):
+        reader = super().open_range(key, start, end, **cond)
+        read, reads = reader.read, []
+
+        def held(n):
+            reads.append(n)
+            if len(reads) > 1:
+                assert self.go.wait(60)
+            return read(n)
+
+        reader.read = held
+        return reader
+
+
+def test_the_chunk_in_flight_of_an_idle_file_is_given_to_a_read_waiting_for_memory():
+    """A file read to the end of what its stream received, its pump reading the next chunk: the
+    memory of that chunk in flight is all another file's read needs.  Reclaimed, the stream is
+    dropped, so the chunk's memory is given back when it lands (else it would be kept as buffer
+    that the idle file may never read, and the read wait for ever)."""
+    be = HeldBodies()
+    a, b = os.urandom(16 * MiB), os.urandom(4 * MiB)
+    be.put_bytes("a", a)
+    be.put_bytes("b", b)
+
+    async def body(nursery):
+        budget = MemoryBudget(2 * MiB + MiB // 2)
+        pa = prefetcher(be, nursery, "a", budget=budget)
+        assert await pa.read(0, MiB) == a[:MiB]
+        assert await pa.read(MiB, INITIAL_WINDOW - MiB) == a[MiB:INITIAL_WINDOW]  # all it received
+        await trio.testing.wait_all_tasks_blocked()  # the pump's next chunk is in flight, held
+        stream = pa.stream
+        assert not stream.chunks and stream.in_flight == budget.used > budget.limit - MiB
+        pb = prefetcher(be, nursery, "b", budget=budget)
+        got = []
+
+        async def read_b():
+            got.append(await pb.read(2 * MiB + 5, MiB))
+
+        with trio.fail_after(60):  # a bound for the failure only
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read_b)
+                await trio.testing.wait_all_tasks_blocked()
+                assert budget.waiting == 1 and not got  # it waits for memory
+                be.go.set()  # the chunk lands
+        assert got == [b[2 * MiB + 5:3 * MiB + 5]]
+        assert stream.cancelled and budget.used == 0
+        pa.close()
+        pb.close()
 
     run(body)
