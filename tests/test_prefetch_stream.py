@@ -103,14 +103,16 @@ def test_whole_piece_reads_are_not_copied(monkeypatch):
     run(body)
 
 
-def test_a_seek_mid_stream_reads_exactly_and_a_new_stream_follows():
+@pytest.mark.parametrize("kernel_ra", [0, 4 * MiB])
+def test_a_seek_mid_stream_reads_exactly_and_a_new_stream_follows(kernel_ra):
+    """(A seek beyond twice the kernel's read-ahead too: the stream's reach never goes further.)"""
     be = MemoryBackend()
     data = os.urandom(64 * MiB)
     be.put_bytes("obj", data)
 
     async def body(nursery):
         budget = MemoryBudget(512 * MiB)
-        p = prefetcher(be, nursery, budget=budget)
+        p = prefetcher(be, nursery, budget=budget, kernel_readahead=lambda: kernel_ra)
         assert await read_all(p, 0, 3 * MiB, MiB) == data[: 3 * MiB]
         stream = p.stream
         assert await p.read(60 * MiB + 5, 4096) == data[60 * MiB + 5 : 60 * MiB + 4101]  # a seek
@@ -476,30 +478,6 @@ def test_a_read_alone_far_ahead_is_the_streams_within_twice_the_kernels_read_ahe
         stream = p.stream
         p.close()
         await stream.quiet()
-
-    run(body)
-
-
-def test_a_seek_beyond_twice_the_kernels_read_ahead_is_an_exact_get():
-    be = MemoryBackend()
-    data = os.urandom(64 * MiB)
-    be.put_bytes("obj", data)
-
-    async def body(nursery):
-        budget = MemoryBudget(512 * MiB)
-        p = prefetcher(be, nursery, budget=budget, kernel_readahead=lambda: 4 * MiB)
-        for n in (0, 1):
-            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
-        stream = p.stream
-        await stream.quiet()
-        far = stream.pos + 8 * MiB + 1  # beyond twice the read-ahead and the stream's own window
-        assert stream.ahead < 8 * MiB
-        assert await p.read(far, 4096) == data[far:far + 4096]
-        assert be.calls["get_range"] == 1 and p.stats.random_reads == 1
-        assert p.stream is None and stream.cancelled
-        await stream.quiet()
-        assert budget.used == 0
-        p.close()
 
     run(body)
 
