@@ -7,6 +7,9 @@ import subprocess
 
 import pytest
 
+from .conftest import backend_env
+from .mounting import mounted
+
 MiB = 1 << 20
 
 
@@ -274,7 +277,16 @@ def test_statfs(mount):
     assert st.f_namemax == 255 and st.f_bavail > 0
 
 
-def test_listing_has_attributes(mount):
+@pytest.mark.parametrize("kind", ["disk", "s3"])
+def test_listing_has_attributes(kind, request, tmp_path):
+    # A TTL longer than the test: a loaded machine's stall of more than the default second between
+    # the listing and a stat would make the kernel ask GETATTR, and the mount a HEAD.
+    url, env = backend_env(kind, request, tmp_path)
+    with mounted(tmp_path, url, env, extra=["--metadata-ttl", "60"]) as mount:
+        _listing_has_attributes(mount)
+
+
+def _listing_has_attributes(mount):
     d = mount.path / "pipeline" / "p"
     for i in range(30):  # written behind the mount's back, before it looks
         mount.backend.put_bytes(f"pipeline/p/f{i:02d}", b"x" * i)

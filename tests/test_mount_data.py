@@ -46,16 +46,18 @@ def test_random_offsets_of_64mib_object(mount, big_object):
 
 
 def test_sequential_read_is_prefetched(mount, big_object):
-    before = mount.status()
+    before, was_behind = mount.status(), mount.log().count("behind the stream")
     assert (mount.path / "pipeline" / "big" / "obj").read_bytes() == big_object
     after = mount.status()
     if mount.kind == "s3":
         gets = sum(after["backend_requests"].get(k, 0) - before["backend_requests"].get(k, 0)
                    for k in ("get_range", "open_range"))
         # one streamed GET for the whole file, not one per window or read (a stream reclaimed
-        # under memory pressure, on a loaded machine, starts once more)
-        assert gets <= 2, gets
-        assert after["bytes_down"] - before["bytes_down"] < len(big_object) * 1.1
+        # under memory pressure, on a loaded machine, starts once more; pages the kernel dropped
+        # and reads again behind the stream are exact GETs of their own)
+        again = mount.log().count("behind the stream") - was_behind
+        assert gets - again <= 2, (gets, again)
+        assert after["bytes_down"] - before["bytes_down"] < len(big_object) * 1.1 + again * MiB
         assert after["prefetch_hit_bytes"] > len(big_object) // 2
 
 
