@@ -126,8 +126,9 @@ class Prefetcher:
                 elif not gave_way and await self._reads_before(off):
                     gave_way = True  # served after them, it may be the stream's
                     continue
-                else:  # behind the stream (the kernel read it again): the stream goes on
-                    behind = self.stream is not None and off < self.stream.base
+                else:  # a seek: exact bytes; behind the stream (a page the kernel dropped and
+                    # reads again, or a seek back), the stream goes on for the reads ahead
+                    behind = self.stream is not None and not self.stream.cancelled and off < self.stream.base
                     if self.stream is not None:
                         log.debug("%s: read [%d, %d) %s the stream [%d, %d): an exact ranged GET",
                                   self.stream.key, off, end, "behind" if behind else "beyond the reach of",
