@@ -42,7 +42,7 @@ class MemoryBudget:
         while self.used + n > self.limit and self.used > 0:
             for reclaim in list(self._reclaimers):
                 reclaim()
-                if self.used + n <= self.limit:
+                if self.used == 0 or self.used + n <= self.limit:  # (larger than the whole: alone)
                     break
             else:
                 self.waiting += 1

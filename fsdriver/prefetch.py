@@ -13,24 +13,26 @@
   server that copies the whole object for every GET (moto), a sequential reader costs one
   request however large the object; a body that breaks off is resumed from where it stopped.
 - The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
-  to twice the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of the
-  reads served before the reads between arrive.  The stream keeps every piece no read has taken
-  yet until reads have gone more than ``max_window`` past it, and its reach (how far beyond what
-  it received a read is still its own) is the larger of its read-ahead window, which follows how
-  far the reads served have got, and twice the kernel's read-ahead as the kernel has it now
-  (`fsdriver.kernelra`): a reader that goes on sequentially is one GET for any kernel read-ahead
-  up to ``max_window``, however late the reads between arrive.  A seek forward within that reach
-  is read up to by the stream (at most twice the kernel's read-ahead more than asked for).
-  Reads are served one at a time, in the order they arrive; reads woken together arrive in any
-  order (trio runs a round of woken tasks in either order), so the furthest read of
-  a burst may come first, beyond the reach or before the read that starts the stream: a read that
-  would be random first lets the reads at lower offsets that wait (once those that arrived with
-  it joined the queue) go first, once.  A random reader alone never waits for anyone.
-- A read beyond the stream's reach (a seek forward) cancels the stream (its body is closed, its
-  buffer released) and is a random read; sequential reads from there start a new one.  A read
-  behind the stream (below what it still holds: the kernel reading again pages it dropped from
-  its page cache under memory pressure, or a seek back) is a random read too, but the stream goes
-  on for the reads ahead; if reads go on from there, the new stream they start replaces it.
+  to the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of each other.
+  The stream keeps every piece no read has taken yet until reads have gone more than
+  ``max_window`` past it, and its reach (how far beyond what it received a read is still its
+  own) is its read-ahead window, which follows how far the reads served have got: a reader that
+  goes on sequentially is one GET for any kernel read-ahead up to ``max_window``.  Reads are
+  served one at a time, in the order they arrive; reads woken together arrive in any order (trio
+  runs a round of woken tasks in either order), so the furthest read of a burst may come first,
+  beyond the reach or before the read that starts the stream: a read that would be random first
+  lets the reads at lower offsets that wait (once those that arrived with it joined the queue) go
+  first, once.  A random reader alone never waits for anyone.
+- A read beyond the stream's reach or behind it (below what it still holds) is a random read: an
+  exact ranged GET.  The stream goes on past it (for the reads between, or ahead) if it is
+  behind by at most ``max_window`` (the kernel reading again pages it dropped from its page
+  cache, or a short seek back), or beyond the reach by at most twice the kernel's read-ahead of
+  the mount as the kernel has it now (`fsdriver.kernelra`), bounded by ``max_window`` past the
+  reads served (the kernel's reads arrive that far ahead before the reads between, once seen
+  18 MiB ahead at a 16 MiB read-ahead); each such read is logged at DEBUG ("the stream goes on").
+  Otherwise (a seek) it cancels the stream (its body is closed, its buffer released).  Sequential
+  reads from a seek start a new stream at their second read in a row, which replaces the old
+  one; a random reader downloads what it reads, whatever the kernel's read-ahead.
 - Every request is pinned to the etag the file was opened at (If-Match), so a reader never mixes
   two versions of an object: a change underneath gives ESTALE when the next request is made (a
   body already streaming keeps serving the version it started with).
@@ -119,21 +121,15 @@ class Prefetcher:
         gave_way = False
         while True:
             async with self._lock:
-                if self.stream is not None and self.stream.covers(off, 2 * self.kernel_readahead()):
+                if self.stream is not None and self.stream.covers(off):
                     pass  # inside the stream (or within its reach)
                 elif off == self.last_end and (off == 0 or self._adjacent):
                     self._start_stream(off)  # a second read in a row that continues the last
                 elif not gave_way and await self._reads_before(off):
                     gave_way = True  # served after them, it may be the stream's
                     continue
-                else:  # a seek: exact bytes; behind the stream (a page the kernel dropped and
-                    # reads again, or a seek back), the stream goes on for the reads ahead
-                    behind = self.stream is not None and not self.stream.cancelled and off < self.stream.base
-                    if self.stream is not None:
-                        log.debug("%s: read [%d, %d) %s the stream [%d, %d): an exact ranged GET",
-                                  self.stream.key, off, end, "behind" if behind else "beyond the reach of",
-                                  self.stream.base, self.stream.pos)
-                    return await self._random(off, end, keep_stream=behind)
+                else:  # a seek: exact bytes (the stream goes on if it may still be needed)
+                    return await self._random(off, end, keep_stream=self._kept_for(off))
                 stream = self.stream
                 self._active_off, self._active_end = off, end
                 try:
@@ -154,6 +150,20 @@ class Prefetcher:
             self.reclaim()  # someone waits for memory: an idle file must not sit on its buffer
         return data
 
+    def _kept_for(self, off: int) -> bool:
+        """Whether the stream goes on past an exact read at ``off``: a read behind it by at most
+        ``max_window`` (a page the kernel dropped from its page cache and reads again, or a short
+        seek back), or one beyond its reach by at most twice the kernel's read-ahead past the
+        reads served, bounded by ``max_window`` (the kernel's reads arrive that far ahead of those
+        served before the reads between, which are still the stream's).  A second read in a row
+        from there starts a stream of its own, which replaces it."""
+        stream = self.stream
+        if stream is None or stream.cancelled:
+            return False
+        if off < stream.base:
+            return stream.base - off <= self.max_window
+        return off - stream.read_end <= min(2 * self.kernel_readahead(), self.max_window)
+
     async def _reads_before(self, off: int) -> bool:
         """Whether reads at lower offsets wait for their turn, once the reads that arrived with
         this one (woken in the same scheduling round, in any order) have joined the queue."""
@@ -163,6 +173,10 @@ class Prefetcher:
     async def _random(self, off: int, end: int, keep_stream: bool = False) -> bytes:
         """Exactly the bytes asked for, with one ranged GET; ends a stream elsewhere unless told
         to keep it."""
+        if self.stream is not None and not self.stream.cancelled:  # each a request of its own
+            log.debug("%s: a read at %d %s the stream [%d, %d): an exact ranged GET, the stream %s",
+                      self.stream.key, off, "behind" if off < self.stream.base else "beyond the reach of",
+                      self.stream.base, self.stream.pos, "goes on" if keep_stream else "ends")
         self._adjacent = off == self.last_end
         if not keep_stream:
             self._end_stream()

@@ -17,7 +17,7 @@ to twice how far reads have got (the furthest end served, from ``start``), up to
 it is also how far beyond what was received a read is still the stream's (`covers`).
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
-reads (up to its read-ahead, which the daemon does not need to know) concurrently.  So a piece is
+reads (up to its read-ahead, which the stream does not need to know) concurrently.  So a piece is
 kept until reads were served all of its bytes, and released then (at the end of the read that
 completed it: the whole piece it returned is referred to by nothing else), or once the reads'
 furthest end is more than ``max_ahead`` past it (bytes nobody asked for, e.g. in the page cache
@@ -139,13 +139,12 @@ class Stream:
         """The lowest offset the stream can still serve."""
         return self.chunks[0][0] if self.chunks else self.pos
 
-    def covers(self, off: int, reach: int = 0) -> bool:
+    def covers(self, off: int) -> bool:
         """Whether a read at ``off`` is this stream's: in its buffer, or at most ``ahead`` bytes
-        (or ``reach``, if more) beyond what it received (it gets there by itself; ``ahead`` is at
-        least twice as far as reads have got, so it follows how far ahead of each other they
-        arrive; ``reach`` is how far the kernel's read-ahead may send them ahead before that).
-        A failed stream covers its position: the read raises the error."""
-        return not self.cancelled and self.base <= off <= self.pos + max(self.ahead, reach)
+        beyond what it received (it gets there by itself; ``ahead`` is at least twice as far as
+        reads have got, so it follows how far ahead of each other they arrive).  A failed stream
+        covers its position: the read raises the error."""
+        return not self.cancelled and self.base <= off <= self.pos + self.ahead
 
     async def read(self, off: int, end: int) -> bytes:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
@@ -298,6 +297,7 @@ class Stream:
         finally:
             if credit:
                 _give_back(self.budget, credit)
+            self.in_flight = 0
             self.finished = True
             self._quiet.set()
             self._arrived.set()

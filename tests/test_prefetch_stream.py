@@ -454,11 +454,11 @@ def test_quiet_waits_for_the_read_ahead_a_read_let_go():
 
 
 @pytest.mark.parametrize("kernel_ra", [16 * MiB, 0])
-def test_a_read_alone_far_ahead_is_the_streams_within_twice_the_kernels_read_ahead(kernel_ra):
+def test_a_read_alone_far_ahead_within_twice_the_kernels_read_ahead_keeps_the_stream(kernel_ra):
     """The kernel's read-ahead may send a read up to twice its setting ahead of the reads served
-    before the reads between arrive (an 18 MiB jump seen at 16M; further on a loaded machine),
-    with nothing below it queued yet: it is the stream's, never a random read that ends it.
-    Without a known setting (0) such a read is a seek: an exact ranged GET."""
+    before the reads between arrive (an 18 MiB jump seen at 16M), with nothing below it queued
+    yet: an exact GET of its own that leaves the stream going for the reads between.  Without a
+    known setting (0) such a read is a seek: it ends the stream."""
     be = MemoryBackend()
     data = os.urandom(40 * MiB)
     be.put_bytes("obj", data)
@@ -467,17 +467,42 @@ def test_a_read_alone_far_ahead_is_the_streams_within_twice_the_kernels_read_ahe
         p = prefetcher(be, nursery, kernel_readahead=lambda: kernel_ra)
         for n in (0, 1):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
-        assert await p.read(30 * MiB, MiB) == data[30 * MiB:31 * MiB]  # alone, 29 MiB ahead
+        assert await p.read(30 * MiB, MiB) == data[30 * MiB:31 * MiB]  # alone, 28 MiB ahead
         for n in [*range(2, 30), *range(31, 40)]:
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
         if kernel_ra:
-            assert (be.calls["open_range"], be.calls["get_range"], p.stats.random_reads) == (1, 0, 0)
-        else:  # an exact GET ends the stream; 2 and 3 are exact too (the second read in a row
+            assert (be.calls["open_range"], be.calls["get_range"], p.stats.random_reads) == (1, 1, 1)
+        else:  # the exact GET ends the stream; 2 and 3 are exact too (the second read in a row
             # that continues the one before starts a stream: 4)
             assert (be.calls["open_range"], be.calls["get_range"], p.stats.random_reads) == (2, 3, 3)
         stream = p.stream
         p.close()
         await stream.quiet()
+
+    run(body)
+
+
+def test_a_random_reader_downloads_what_it_reads_whatever_the_kernels_read_ahead():
+    """A stream started by a read at 0, then random reads within twice a large kernel read-ahead:
+    exact GETs, never a stream that reads up to them (and, grown by them, further still)."""
+    be = MemoryBackend()
+    data = os.urandom(200 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget, stats = MemoryBudget(512 * MiB), Stats()
+        info = be.head("obj")
+        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
+                       info.etag, stats, kernel_readahead=lambda: 16 * MiB)
+        offsets = [0, 30 * MiB, 3 * MiB + 5, 31 * MiB, 20 * MiB, 60 * MiB, 150 * MiB]
+        for off in offsets:
+            assert await p.read(off, 16384) == data[off:off + 16384]
+            if p.stream is not None:
+                await p.stream.quiet()
+        # the first read's stream brought its first window; nothing else beyond what was read
+        assert stats.bytes_down <= len(offsets) * 16384 + INITIAL_WINDOW
+        p.close()
+        assert budget.used == 0
 
     run(body)
 
