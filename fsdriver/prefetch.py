@@ -32,7 +32,9 @@
   18 MiB ahead at a 16 MiB read-ahead); each such read is logged at DEBUG ("the stream goes on").
   Otherwise (a seek) it cancels the stream (its body is closed, its buffer released).  Sequential
   reads from a seek start a new stream at their second read in a row, which replaces the old
-  one; a random reader downloads what it reads, whatever the kernel's read-ahead.
+  one, unless they are behind it by no more than it holds: they catch up with it by exact GETs
+  (the kernel reading again a run of pages it dropped; a new stream would download what the old
+  one holds again).  A random reader downloads what it reads, whatever the kernel's read-ahead.
 - Every request is pinned to the etag the file was opened at (If-Match), so a reader never mixes
   two versions of an object: a change underneath gives ESTALE when the next request is made (a
   body already streaming keeps serving the version it started with).
@@ -123,7 +125,7 @@ class Prefetcher:
             async with self._lock:
                 if self.stream is not None and self.stream.covers(off):
                     pass  # inside the stream (or within its reach)
-                elif off == self.last_end and (off == 0 or self._adjacent):
+                elif off == self.last_end and (off == 0 or self._adjacent) and not self._catching_up(off):
                     self._start_stream(off)  # a second read in a row that continues the last
                 elif not gave_way and await self._reads_before(off):
                     gave_way = True  # served after them, it may be the stream's
@@ -163,6 +165,15 @@ class Prefetcher:
         if off < stream.base:
             return stream.base - off <= self.max_window
         return off - stream.read_end <= min(2 * self.kernel_readahead(), self.max_window)
+
+    def _catching_up(self, off: int) -> bool:
+        """Whether reads in a row behind the stream go on with exact GETs up to it instead of
+        starting a stream that replaces it: while the gap to it is no more than what it holds
+        (the kernel reading again a run of pages it dropped, or a short seek back; a new stream
+        would download what it holds again)."""
+        stream = self.stream
+        return (stream is not None and not stream.cancelled and off < stream.base
+                and stream.base - off <= min(stream.pos - stream.base, self.max_window))
 
     async def _reads_before(self, off: int) -> bool:
         """Whether reads at lower offsets wait for their turn, once the reads that arrived with

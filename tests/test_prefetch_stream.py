@@ -564,3 +564,37 @@ def test_the_chunk_in_flight_of_an_idle_file_is_given_to_a_read_waiting_for_memo
         pb.close()
 
     run(body)
+
+
+def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_what_it_holds():
+    """The kernel reading again a run of pages it dropped (or a short seek back, then reads on):
+    exact GETs up to the stream, which goes on; it holds more than the gap, so a new stream
+    replacing it would download that again.  From further back, a new stream replaces it."""
+    be = MemoryBackend()
+    data = os.urandom(100 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget, stats = MemoryBudget(512 * MiB), Stats()
+        info = be.head("obj")
+        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
+                       info.etag, stats, max_window=16 * MiB)
+        for n in range(40):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        stream = p.stream
+        await stream.quiet()
+        assert stream.base == 40 * MiB and stream.pos - stream.base >= 4 * MiB
+        for n in (36, 37, 38, 39, *range(40, 100)):  # 4 MiB again, then on
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
+        assert p.stream is stream and be.calls["open_range"] == 1 and be.calls["get_range"] == 4
+        assert stats.bytes_down == len(data) + 4 * MiB
+        # From further back than what it holds (it holds nothing now: read to the end): replaced.
+        for n in (10, 11, 12, 13):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
+        assert p.stream is not stream and stream.cancelled and be.calls["open_range"] == 2
+        last = p.stream
+        p.close()
+        await last.quiet()
+        assert budget.used == 0
+
+    run(body)
