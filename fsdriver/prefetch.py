@@ -158,7 +158,7 @@ class Prefetcher:
         seek back), or one beyond its reach by at most twice the kernel's read-ahead past the
         reads served, bounded by ``max_window`` (the kernel's reads arrive that far ahead of those
         served before the reads between, which are still the stream's).  A second read in a row
-        from there starts a stream of its own, which replaces it."""
+        from there starts a stream of its own, which replaces it (unless `_catching_up`)."""
         stream = self.stream
         if stream is None or stream.cancelled:
             return False
