@@ -34,6 +34,13 @@ def prefetcher(be, nursery, key="obj", budget=None, **kw):
                       info.size, info.etag, Stats(), **kw)
 
 
+def counted(be, nursery, key="obj", **kw):
+    """A prefetcher whose backend counts the bytes it downloads: (prefetcher, budget, stats)."""
+    budget, stats, info = MemoryBudget(512 * MiB), Stats(), be.head(key)
+    return (Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: key, info.size,
+                       info.etag, stats, **kw), budget, stats)
+
+
 async def read_all(p, start, end, step):
     out = bytearray()
     for off in range(start, end, step):
@@ -311,10 +318,7 @@ def test_a_random_reader_makes_exact_gets_and_keeps_no_buffer():
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget, stats = MemoryBudget(512 * MiB), Stats()
-        info = be.head("obj")
-        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
-                       info.etag, stats)
+        p, budget, stats = counted(be, nursery)
         offsets = [37 * MiB + 5, 3 * MiB, 50 * MiB, 20 * MiB + 4096, 9 * MiB, 63 * MiB, 30 * MiB]
         for i, off in enumerate(offsets, 1):
             assert await p.read(off, 128 * 1024) == data[off : off + 128 * 1024]
@@ -490,10 +494,7 @@ def test_a_random_reader_downloads_what_it_reads_whatever_the_kernels_read_ahead
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget, stats = MemoryBudget(512 * MiB), Stats()
-        info = be.head("obj")
-        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
-                       info.etag, stats, kernel_readahead=lambda: 16 * MiB)
+        p, budget, stats = counted(be, nursery, kernel_readahead=lambda: 16 * MiB)
         offsets = [0, 30 * MiB, 3 * MiB + 5, 31 * MiB, 20 * MiB, 60 * MiB, 150 * MiB]
         for off in offsets:
             assert await p.read(off, 16384) == data[off:off + 16384]
@@ -575,10 +576,7 @@ def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_wh
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget, stats = MemoryBudget(512 * MiB), Stats()
-        info = be.head("obj")
-        p = Prefetcher(AsyncBackend(be, stats=stats), budget, nursery, lambda: "obj", info.size,
-                       info.etag, stats, max_window=16 * MiB)
+        p, budget, stats = counted(be, nursery, max_window=16 * MiB)
         for n in range(40):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         stream = p.stream
