@@ -32,7 +32,8 @@ def behind(m) -> int:
 
 def assert_one_stream(m, before: dict, after: dict, size: int, behind_before: int) -> None:
     """What a sequential read of ``size`` bytes made: one streamed GET, never ended and started
-    again, and nothing downloaded twice but what the kernel read again behind the stream."""
+    again, and nothing downloaded twice but the reads the daemon logged as exact GETs past which
+    the stream goes on (`behind`)."""
     made = gets(before, after)
     assert made["open_range"] == 1, made
     again = behind(m) - behind_before
@@ -122,14 +123,15 @@ def s3_mount_16m_readahead(moto_server, s3_url, tmp_path):
 
 def test_a_sequential_read_with_a_large_kernel_readahead_is_one_get(s3_mount_16m_readahead):
     """With ``--readahead 16M`` the kernel sends 1 MiB reads concurrently, out of order and up to
-    twice 16 MiB ahead of the reads served: still one streamed GET, no bytes downloaded twice."""
+    twice 16 MiB ahead of the reads served: still one streamed GET, nothing downloaded twice but
+    the exact GETs past which the daemon logged that the stream goes on."""
     if os.geteuid() != 0:
         pytest.skip("setting a mount's read-ahead needs root")
     m = s3_mount_16m_readahead
     st = os.stat(m.path)
     with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
         assert int(f.read()) == 16 * 1024  # the mount's read-ahead was set
-    assert m.status()["kernel_readahead"] == 16 * MiB  # and the daemon knows it (a stream's reach)
+    assert m.status()["kernel_readahead"] == 16 * MiB  # and the daemon knows it (fsdriver.kernelra)
     data = os.urandom(64 * MiB)
     m.backend.put_bytes("pipeline/seq/obj", data)
     path = m.path / "pipeline" / "seq" / "obj"
