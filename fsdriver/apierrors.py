@@ -66,26 +66,28 @@ class StorageError(_AsOSError, OSError, BackendError):
     """Any other failure of the backend (EIO), e.g. some deletes of a batch refused."""
 
 
+# (backend error, the OSError raised for it, its errno), most specific first; anything else is a
+# StorageError (EIO).
+_AS_OSERROR = (
+    (BucketNotFound, BucketNotFoundError, errno.ENXIO),
+    (NotFound, FileNotFoundError, errno.ENOENT),
+    (PermissionDenied, AccessDeniedError, errno.EACCES),
+    (Unavailable, UnavailableError, errno.EIO),
+    (PreconditionFailed, ChangedError, errno.ESTALE),
+    (KeyIsPrefix, IsADirectoryError, errno.EISDIR),
+    (ParentIsObject, NotADirectoryError, errno.ENOTDIR),
+    (InvalidRequest, InvalidRequestError, errno.EINVAL),
+)
+
+
 def as_oserror(e: BackendError, name: str) -> OSError:
     """``e`` as the OSError the APIs raise, ``name`` (what the caller passed) as its filename."""
-    message = str(e)
-    if isinstance(e, BucketNotFound):
-        return BucketNotFoundError(errno.ENXIO, message, name)
-    if isinstance(e, NotFound):
-        return FileNotFoundError(errno.ENOENT, message, name)
-    if isinstance(e, PermissionDenied):
-        return AccessDeniedError(errno.EACCES, message, name)
-    if isinstance(e, Unavailable):
-        return UnavailableError(e.errno if isinstance(e, OutOfDescriptors) else errno.EIO, message, name)
-    if isinstance(e, PreconditionFailed):
-        return ChangedError(errno.ESTALE, message, name)
-    if isinstance(e, KeyIsPrefix):
-        return IsADirectoryError(errno.EISDIR, message, name)
-    if isinstance(e, ParentIsObject):
-        return NotADirectoryError(errno.ENOTDIR, message, name)
-    if isinstance(e, InvalidRequest):
-        return InvalidRequestError(errno.EINVAL, message, name)
-    return StorageError(errno.EIO, message, name)
+    for kind, error, code in _AS_OSERROR:
+        if isinstance(e, kind):
+            if isinstance(e, OutOfDescriptors):
+                code = e.errno  # EMFILE / ENFILE: the process's own limit, not the backend
+            return error(code, str(e), name)
+    return StorageError(errno.EIO, str(e), name)
 
 
 @contextlib.contextmanager

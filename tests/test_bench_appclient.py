@@ -6,16 +6,8 @@ import os
 import pytest
 
 from bench import appclient
-from bench.harness import Env
 
-
-@pytest.fixture
-def env():
-    e = Env()
-    try:
-        yield e
-    finally:
-        assert e.close() == []
+from .benchenv import env  # noqa: F401  (the fixture)
 
 
 def test_write_then_read_in_processes_of_their_own(env):

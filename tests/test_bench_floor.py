@@ -7,19 +7,10 @@ import os
 import pytest
 
 from bench import appclient, report, scenarios, tables
-from bench.harness import Env
+
+from .benchenv import env  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-@pytest.fixture
-def env():
-    e = Env()
-    try:
-        yield e
-    finally:
-        problems = e.close()
-        assert problems == []
 
 
 def test_floor_serves_the_backing_directory(env):
