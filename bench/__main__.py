@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import listing, masking, readers, report, scenarios, tables, writes
+from . import listing, masking, readers, report, scenarios, tables, warmup, writes
 from .harness import BUCKET, Env
 from .scenarios import random_offsets
 
@@ -126,6 +126,9 @@ def parse_args(argv):
                    help="concurrent sequential readers in the memory row (default 8; objects of a quarter "
                         "of --object-mib, at least 16 MiB)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs) for inspection")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="do not touch the free memory once before measuring (bench/warmup.py: on a fresh "
+                        "VM the first use of each page costs a fault in the host)")
     return p.parse_args(argv)
 
 
@@ -155,6 +158,9 @@ def main(argv=None) -> int:
 
     env = Env(keep=args.keep)
     try:
+        if not args.no_warmup:
+            step("touching the free memory once (bench/warmup.py: a fresh VM's host backs each page at its first use)")
+            results["warmup"] = warmup.touch_free_memory(limit=4 << 30 if args.quick else None)
         step("masking: 100 MB of command output with 50 secrets through exec's filter, and as a plain copy")
         results["masking"] = masking.measure()
         step(f"starting moto and the counting proxy (temp dir {env.root})")
@@ -207,6 +213,7 @@ def main(argv=None) -> int:
     error = "\n".join(errors) or None
     judged = report.pass_key(args.latency_ms) if results.get("s3") else None
     verdict = report.evaluate(results, judged)
+    results["page_cost_at_end_us"] = warmup.page_cost()  # has the machine's memory gone cold again?
     doc = report.document(results, cfg, verdict, started, problems, error)
     doc["code"] = code
     loads.append(os.getloadavg()[0])
@@ -218,6 +225,7 @@ def main(argv=None) -> int:
     load = m["load_avg_1m"]
     print(f"load average (1 min): {load['start']:.1f} at start, {load['max']:.1f} at most between steps, "
           f"{load['end']:.1f} at end (the run itself accounts for about 2; more means other work)")
+    print(warmup.describe(results.get("warmup"), results["page_cost_at_end_us"]))
     print(f"code: commit {code['commit'] or '?'}"
           + (f" plus uncommitted changes in {len(code['uncommitted_changes'])} files of fsdriver/ and mountctl/"
              if code["uncommitted_changes"] else ""))
