@@ -32,6 +32,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -257,6 +258,28 @@ class DirIndex:
         if lock is not None:
             async with lock:
                 pass
+
+    @asynccontextmanager
+    async def held(self, nodes):
+        """No index write of the directories among ``nodes`` runs meanwhile; one in flight is
+        waited for.  A directory rename copies their markers and then deletes the old ones: a
+        write landing on an old marker between its copy and its delete would be lost with it
+        while this mount took its changes (the directory's times) for written, and the next write
+        of the new marker, refused for the etag the lost one gave, would start again from the
+        copy and show the directory's times going back.  Writes held here run after, at the new
+        keys."""
+        held = []
+        try:
+            for node in sorted((n for n in nodes if n.is_dir), key=lambda n: n.ino):
+                lock = self._locks.setdefault(node.ino, trio.Lock())
+                await lock.acquire()
+                held.append((node.ino, lock))
+            yield
+        finally:
+            for ino, lock in reversed(held):
+                lock.release()
+                if not lock.statistics().tasks_waiting and self._locks.get(ino) is lock:
+                    self._locks.pop(ino, None)
 
     def _requeue(self, changes: _Changes) -> None:
         newer = self._changes.get(changes.node.ino)

@@ -7,6 +7,8 @@ now, so a close() racing the rename can neither upload to the old key after the 
 with it; the replaced target's staged file is locked too, so a retry of its pending upload cannot
 land after the copy and put the replaced content back.  On S3 a directory rename copies object by
 object (not atomic); a copy may give an object a new etag (multipart), which the moved nodes take.
+Meanwhile no directory index write of a directory that moves runs (`DirIndex.held`): one landing
+on an old marker between its copy and its delete would be lost with it.
 Renames inside a store turn scratch files into records and back (`Records.rename_in_store`).
 """
 
@@ -50,6 +52,8 @@ class Renames:
         async with AsyncExitStack() as locks:
             for n in sorted((n for n in moving + replaced if n.staged is not None), key=lambda n: n.ino):
                 await locks.enter_async_context(n.staged.lock)
+            if node.is_dir:  # no index write lands on a marker between its copy and its delete
+                await locks.enter_async_context(self.fs.dirindex.held(moving))
             if replaced:
                 await self.fs.files.fill_for_descriptors(target, target.staged)
             if node.in_store:

@@ -26,9 +26,19 @@ def test_page_cost_is_per_page_of_a_new_map():
 def test_leaves_the_reserve_alone():
     got = warmup.touch_free_memory(limit=warmup.CHUNK, reserve=1 << 50)  # more than any machine has free
     assert got["touched_bytes"] == 0 and got["us_per_page"] is None and got["first_chunk_us_per_page"] is None
-    assert warmup.describe(got) == "memory: nothing touched before measuring (less than the reserve was free)"
+    assert warmup.describe(got) == "memory: nothing touched before measuring (no free memory to touch beyond the reserve)"
 
 
 def test_says_when_it_was_skipped():
     assert "--no-warmup" in warmup.describe(None)
     assert warmup.describe(None, 3.0).endswith("a new page at the end of the run: 3.0 us")
+
+
+def test_no_memory_for_a_map_is_no_figure_and_no_failure(monkeypatch):
+    def refuse():
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(warmup, "_new_map", refuse)
+    assert warmup.page_cost() is None
+    got = warmup.touch_free_memory(limit=2 * warmup.CHUNK, reserve=0)
+    assert got["touched_bytes"] == 0 and got["after_us_per_page"] is None
+    assert warmup.describe(got, None) == "memory: nothing touched before measuring (no free memory to touch beyond the reserve)"

@@ -8,9 +8,11 @@ when looked up.
 
 import os
 import stat
+import threading
 
 import pytest
 import trio
+import trio.testing
 
 from fsdriver.backend.s3 import S3Backend
 from fsdriver.core import Filesystem, Options
@@ -406,3 +408,96 @@ def test_the_unmounts_flush_reports_the_index_rows_it_could_not_write(tmp_path, 
         assert await a.flush_metadata() == []
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
+
+
+class _Hold:
+    """One call held in its worker thread until the test opens it (bounded both ways)."""
+
+    def __init__(self, key: str):
+        self.key, self.entered, self.opened = key, threading.Event(), threading.Event()
+        self.done = threading.Event()  # the call returned (or failed)
+
+    def hold(self) -> None:
+        self.entered.set()
+        assert self.opened.wait(30), f"{self.key}: never let through"
+
+
+class HeldWrites(S3Backend):
+    """Holds, when armed, the next put of one key before it is sent (``put_hold``), and a directory
+    rename between its copies and its deletes (``delete_hold``: the first delete under a prefix)."""
+
+    put_hold: "_Hold | None" = None
+    delete_hold: "_Hold | None" = None
+
+    def put_bytes(self, key, *args, **kwargs):
+        held = self.put_hold
+        if held is None or key != held.key:
+            return super().put_bytes(key, *args, **kwargs)
+        self.put_hold = None
+        held.hold()
+        try:
+            return super().put_bytes(key, *args, **kwargs)
+        finally:
+            held.done.set()
+
+    def delete(self, key, **kwargs):
+        held = self.delete_hold
+        if held is not None and key.startswith(held.key):
+            self.delete_hold = None
+            held.hold()
+        return super().delete(key, **kwargs)
+
+
+def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url):
+    """The index write of a directory (its new times) in flight when the directory is renamed: it
+    must not land on the old marker between the rename's copy of it and its delete (lost with it,
+    while this mount took the times for written: the next change of the directory, a chown, then
+    started again from the copy and showed the directory's mtime going back)."""
+    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+
+    async def body(nodes):
+        fs, = nodes
+        pd = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        a = (await fs.mkdir(pd, "a", mode=0o755)).ino
+        await new_file(fs, a, "c")
+        await fs.flush_metadata()
+        await new_file(fs, a, "x")  # a's times move; written with its index in the next round
+        moved_at = (await fs.getattr(a)).mtime
+        put = backend.put_hold = _Hold("pipeline/p1/d/a/")
+        backend.delete_hold = deletes = _Hold("pipeline/p1/d/a/")
+        done = {name: trio.Event() for name in ("flush", "rename")}
+
+        async def flush():
+            await fs.flush_metadata()
+            done["flush"].set()
+
+        async def rename():
+            await fs.rename(pd, "a", pd, "b", 0)
+            done["rename"].set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            assert await trio.to_thread.run_sync(put.entered.wait, 30)  # a's index write is in flight
+            nursery.start_soon(rename)
+            # Until the rename either waits for the write or has copied the marker (and waits to
+            # delete it): whichever comes, the write is then let through (bounded by run_nodes).
+            while not deletes.entered.is_set():
+                await trio.testing.wait_all_tasks_blocked()
+                lock = fs.dirindex._locks.get(a)  # taken by each index write of a
+                if lock is not None and lock.statistics().tasks_waiting:
+                    break  # the rename waits for the write
+                await trio.to_thread.run_sync(deletes.entered.wait, 0.05)
+            put.opened.set()  # the write lands (on the old marker, if the rename has copied it)
+            assert await trio.to_thread.run_sync(put.done.wait, 30)
+            deletes.opened.set()
+            await done["rename"].wait()
+            await done["flush"].wait()
+        b = await path_ino(fs, "pipeline", "p1", "d", "b")
+        assert b == a
+        await fs.setattr(b, gid=4242)  # a chown keeps the mtime
+        attr = await fs.getattr(b)
+        assert (attr.gid, attr.mtime) == (4242, moved_at)
+        stored = new_backend(moto_server, s3_url).head("pipeline/p1/d/b/").meta
+        assert float(stored["mtime"]) + int(stored.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
+
+    run_nodes(tmp_path, [backend], body)
