@@ -627,6 +627,7 @@ class Filesystem:
                 raise FSError(errno.ENOTDIR, f"{target.display} is not a directory")
             if target.is_dir:
                 await self.names.check_empty(target)
+                await self.dirindex.removed(target)  # its pending times never land on what replaces it
                 await self.backend.delete(target.prefix)
         replaced_links = target.nlink if target is not None else 0
         if replaced_links > 1 and target.meta is not None and target.staged is None:

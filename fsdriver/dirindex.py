@@ -277,9 +277,10 @@ class DirIndex:
             yield
         finally:
             for ino, lock in reversed(held):
-                lock.release()
+                # (before the release, as `_tracked`: a release hands the lock to its waiter)
                 if not lock.statistics().tasks_waiting and self._locks.get(ino) is lock:
-                    self._locks.pop(ino, None)
+                    del self._locks[ino]
+                lock.release()
 
     def _requeue(self, changes: _Changes) -> None:
         newer = self._changes.get(changes.node.ino)
@@ -299,8 +300,8 @@ class DirIndex:
                 await self._write(changes)
             finally:
                 del self._writing[ino]
-                if not lock.statistics().tasks_waiting:
-                    self._locks.pop(ino, None)
+                if not lock.statistics().tasks_waiting and self._locks.get(ino) is lock:
+                    del self._locks[ino]
 
     async def run(self) -> None:
         """Background task: write the indexes changed since the last round."""

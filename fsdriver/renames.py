@@ -52,8 +52,6 @@ class Renames:
         async with AsyncExitStack() as locks:
             for n in sorted((n for n in moving + replaced if n.staged is not None), key=lambda n: n.ino):
                 await locks.enter_async_context(n.staged.lock)
-            if node.is_dir:  # no index write lands on a marker between its copy and its delete
-                await locks.enter_async_context(self.fs.dirindex.held(moving))
             if replaced:
                 await self.fs.files.fill_for_descriptors(target, target.staged)
             if node.in_store:
@@ -68,6 +66,9 @@ class Renames:
                         await self.fs.uploader.upload_locked(n, n.staged, retry=n.staged.replaces_known)
                 await self.fs.uploader.supersede("/".join(new_path))  # no older leftover lands after the copy
                 if node.is_dir:
+                    # No index write lands on a marker between its copy and its delete: until the
+                    # table says where the directories live now (the end of this block).
+                    await locks.enter_async_context(self.fs.dirindex.held(moving))
                     moved = await self.fs.backend.rename(node.prefix, "/".join(new_path) + "/")
                 elif node.meta is not None and self.fs.has_posix(node):
                     node.meta = node.meta.touched()  # a rename changes the file's ctime: kept with it

@@ -448,12 +448,13 @@ class HeldWrites(S3Backend):
         return super().delete(key, **kwargs)
 
 
-def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url):
+def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url, monkeypatch):
     """The index write of a directory (its new times) in flight when the directory is renamed: it
     must not land on the old marker between the rename's copy of it and its delete (lost with it,
     while this mount took the times for written: the next change of the directory, a chown, then
     started again from the copy and showed the directory's mtime going back)."""
     backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)  # only the test's flush writes a's index
 
     async def body(nodes):
         fs, = nodes
@@ -499,5 +500,59 @@ def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path
         assert (attr.gid, attr.mtime) == (4242, moved_at)
         stored = new_backend(moto_server, s3_url).head("pipeline/p1/d/b/").meta
         assert float(stored["mtime"]) + int(stored.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
+
+    run_nodes(tmp_path, [backend], body)
+
+
+def test_a_rename_onto_an_empty_directory_never_stores_the_replaced_ones_times(tmp_path, moto_server, s3_url,
+                                                                                monkeypatch):
+    """``mv d1 d2`` onto an empty d2 whose index write (its new times) is in flight: the write must
+    end before d2's marker is deleted, never be tried again on the marker the rename copied there
+    (d1's), which would then carry d2's times."""
+    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)  # only the test's flush writes d2's index
+
+    async def body(nodes):
+        fs, = nodes
+        pd = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        d1 = (await fs.mkdir(pd, "d1", mode=0o755)).ino
+        await new_file(fs, d1, "f")
+        d2 = (await fs.mkdir(pd, "d2", mode=0o755)).ino
+        await new_file(fs, d2, "g")
+        await fs.flush_metadata()
+        await fs.unlink(d2, "g")  # d2's times move: written with its index by the flush below
+        own = (await fs.getattr(d1)).mtime
+        assert (await fs.getattr(d2)).mtime > own
+        put = backend.put_hold = _Hold("pipeline/p1/d/d2/")
+        backend.delete_hold = deletes = _Hold("pipeline/p1/d/d1/")  # the rename's deletes, after its copies
+        done = {name: trio.Event() for name in ("flush", "rename")}
+
+        async def flush():
+            await fs.flush_metadata()
+            done["flush"].set()
+
+        async def rename():
+            await fs.rename(pd, "d1", pd, "d2", 0)
+            done["rename"].set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            assert await trio.to_thread.run_sync(put.entered.wait, 30)  # d2's index write is in flight
+            nursery.start_soon(rename)
+            while not deletes.entered.is_set():  # the rename waits for the write, or has copied d1
+                await trio.testing.wait_all_tasks_blocked()
+                lock = fs.dirindex._locks.get(d2)  # taken by each index write of d2
+                if lock is not None and lock.statistics().tasks_waiting:
+                    break
+                await trio.to_thread.run_sync(deletes.entered.wait, 0.05)
+            put.opened.set()
+            assert await trio.to_thread.run_sync(put.done.wait, 30)
+            deletes.opened.set()
+            await done["rename"].wait()
+            await done["flush"].wait()
+        assert await path_ino(fs, "pipeline", "p1", "d", "d2") == d1
+        assert (await fs.getattr(d1)).mtime == own
+        stored = new_backend(moto_server, s3_url).head("pipeline/p1/d/d2/").meta
+        assert float(stored["mtime"]) + int(stored.get("mtime-nsec", 0)) / 1e9 == pytest.approx(own, abs=1e-6)
 
     run_nodes(tmp_path, [backend], body)
