@@ -9,6 +9,7 @@ when looked up.
 import os
 import stat
 import threading
+from functools import partial
 
 import pytest
 import trio
@@ -554,5 +555,34 @@ def test_a_rename_onto_an_empty_directory_never_stores_the_replaced_ones_times(t
         assert (await fs.getattr(d1)).mtime == own
         stored = new_backend(moto_server, s3_url).head("pipeline/p1/d/d2/").meta
         assert float(stored["mtime"]) + int(stored.get("mtime-nsec", 0)) / 1e9 == pytest.approx(own, abs=1e-6)
+
+    run_nodes(tmp_path, [backend], body)
+
+
+def test_index_writes_of_a_directory_stay_one_at_a_time_after_a_rename_held_them(tmp_path, moto_server, s3_url,
+                                                                                  monkeypatch):
+    """A write that waited for `DirIndex.held` (a rename) gets the lock at its release: the lock
+    must stay the directory's while it writes, so that the next write waits for it."""
+    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)
+
+    async def body(nodes):
+        fs, = nodes
+        pd = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        a = (await fs.mkdir(pd, "a", mode=0o755)).ino
+        await fs.flush_metadata()
+        node = fs.inodes.get(a)
+        put = backend.put_hold = _Hold("pipeline/p1/d/a/")
+        async with trio.open_nursery() as nursery:
+            async with fs.dirindex.held([node]):
+                nursery.start_soon(partial(fs.setattr, a, mode=stat.S_IFDIR | 0o700))
+                await trio.testing.wait_all_tasks_blocked()  # the chmod waits for the lock
+            assert await trio.to_thread.run_sync(put.entered.wait, 30)  # its write is in flight
+            nursery.start_soon(partial(fs.setattr, a, mode=stat.S_IFDIR | 0o750))
+            await trio.testing.wait_all_tasks_blocked()  # the second waits for the first
+            put.opened.set()
+        assert stat.S_IMODE((await fs.getattr(a)).mode) == 0o750
+        meta = new_backend(moto_server, s3_url).head("pipeline/p1/d/a/").meta
+        assert int(meta["mode"]) == stat.S_IFDIR | 0o750
 
     run_nodes(tmp_path, [backend], body)
