@@ -18,6 +18,7 @@ explicit change (chmod, chown, utimens of the directory) is written at once.
 import errno
 import logging
 import time
+from contextlib import asynccontextmanager
 from typing import Callable, Optional
 
 import trio
@@ -179,6 +180,15 @@ class Attributes:
             self._wake = trio.Event()
             await trio.sleep(DIR_TIMES_DELAY)  # gather: one write per directory per round
             await self.flush()
+
+    @asynccontextmanager
+    async def held(self):
+        """No directory times are stored meanwhile; a round in flight is waited for.  A directory
+        rename holds them (disk: its times go into the directory's own metadata, at its path): a
+        round storing them at the old path after the move failed ("directory times not stored"),
+        and only the rename's own change of the directory's ctime stored them again."""
+        async with self._flushing:
+            yield
 
     async def flush(self) -> None:
         """Store every directory time change not stored yet (also at unmount, after the round in

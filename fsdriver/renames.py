@@ -8,7 +8,8 @@ with it; the replaced target's staged file is locked too, so a retry of its pend
 land after the copy and put the replaced content back.  On S3 a directory rename copies object by
 object (not atomic); a copy may give an object a new etag (multipart), which the moved nodes take.
 Meanwhile no directory index write of a directory that moves runs (`DirIndex.held`): one landing
-on an old marker between its copy and its delete would be lost with it.
+on an old marker between its copy and its delete would be lost with it; nor does a round storing
+directory times (`Attributes.held`; disk): at the old path, it failed.
 Renames inside a store turn scratch files into records and back (`Records.rename_in_store`).
 """
 
@@ -69,6 +70,7 @@ class Renames:
                     # No index write lands on a marker between its copy and its delete: until the
                     # table says where the directories live now (the end of this block).
                     await locks.enter_async_context(self.fs.dirindex.held(moving))
+                    await locks.enter_async_context(self.fs.attributes.held())
                     moved = await self.fs.backend.rename(node.prefix, "/".join(new_path) + "/")
                 elif node.meta is not None and self.fs.has_posix(node):
                     node.meta = node.meta.touched()  # a rename changes the file's ctime: kept with it

@@ -59,6 +59,10 @@ class GatedDisk(DiskBackend):
         self._pass("head")
         return super().head(key)
 
+    def set_meta(self, key, meta, **kw):
+        self._pass("set_meta")
+        return super().set_meta(key, meta, **kw)
+
     def list(self, prefix="", delimiter=None, max_keys=None):
         if delimiter:
             self._pass("list")
@@ -615,5 +619,41 @@ def test_a_retried_upload_frees_its_staged_file(tmp_path):
         assert await fs.uploader.flush_all() == []
         assert be.get_range("user/alice/f", 0) == b"later"
         assert list(fs.cache.staged_dir.iterdir()) == [] and list(fs.cache.pending_dir.iterdir()) == []
+
+    run(tmp_path, body)
+
+
+def test_a_directory_renamed_while_its_times_are_stored_keeps_them(tmp_path):
+    """Disk: the background round storing a directory's times (in its own metadata, at its path)
+    in flight when the directory is renamed: they land on the directory, never tried at its old
+    path after the move (which failed, logged "directory times not stored": the log guard)."""
+    async def body(fs, be, ns, nursery):
+        d = (await fs.mkdir(ns, "d", mode=0o755)).ino
+        await fs.flush_metadata()
+        fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)  # d's times move
+        await fs.release(fh)
+        moved_at = (await fs.getattr(d)).mtime
+        stored, release = be.gate("set_meta")
+        renamed = trio.Event()
+        nursery.start_soon(fs.flush_metadata)
+        await entered(stored)  # the round is storing d's times
+
+        async def rename():
+            await fs.rename(ns, "d", ns, "e", 0)
+            renamed.set()
+
+        nursery.start_soon(rename)
+        while not renamed.is_set():  # until the rename waits for the round, or is done
+            await trio.testing.wait_all_tasks_blocked()
+            if fs.attributes._flushing.statistics().tasks_waiting:
+                break
+            with trio.move_on_after(0.05):
+                await renamed.wait()
+        release.set()
+        await renamed.wait()
+        await fs.flush_metadata()
+        assert (await fs.getattr(d)).mtime == moved_at
+        meta = be.head("user/alice/e/").meta
+        assert float(meta["mtime"]) + int(meta.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
 
     run(tmp_path, body)
