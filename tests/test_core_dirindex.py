@@ -449,6 +449,26 @@ class HeldWrites(S3Backend):
         return super().delete(key, **kwargs)
 
 
+async def flush_beside_rename(fs, ino: int, put: _Hold, deletes: _Hold, rename) -> None:
+    """The metadata flush, whose index write of directory ``ino`` is held at ``put``, and
+    ``rename()`` at once.  Once the rename either waits for that write or has copied the markers
+    (held at ``deletes``, its first delete), the write is let through; the deletes go on once it
+    has landed (on the old marker, if the rename copied it first)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.flush_metadata)
+        assert await trio.to_thread.run_sync(put.entered.wait, 30)  # the index write is in flight
+        nursery.start_soon(rename)
+        while not deletes.entered.is_set():  # bounded by run_nodes
+            await trio.testing.wait_all_tasks_blocked()
+            lock = fs.dirindex._locks.get(ino)  # taken by each index write of the directory
+            if lock is not None and lock.statistics().tasks_waiting:
+                break  # the rename waits for the write
+            await trio.to_thread.run_sync(deletes.entered.wait, 0.05)
+        put.opened.set()
+        assert await trio.to_thread.run_sync(put.done.wait, 30)
+        deletes.opened.set()
+
+
 def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url, monkeypatch):
     """The index write of a directory (its new times) in flight when the directory is renamed: it
     must not land on the old marker between the rename's copy of it and its delete (lost with it,
@@ -467,33 +487,7 @@ def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path
         moved_at = (await fs.getattr(a)).mtime
         put = backend.put_hold = _Hold("pipeline/p1/d/a/")
         backend.delete_hold = deletes = _Hold("pipeline/p1/d/a/")
-        done = {name: trio.Event() for name in ("flush", "rename")}
-
-        async def flush():
-            await fs.flush_metadata()
-            done["flush"].set()
-
-        async def rename():
-            await fs.rename(pd, "a", pd, "b", 0)
-            done["rename"].set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush)
-            assert await trio.to_thread.run_sync(put.entered.wait, 30)  # a's index write is in flight
-            nursery.start_soon(rename)
-            # Until the rename either waits for the write or has copied the marker (and waits to
-            # delete it): whichever comes, the write is then let through (bounded by run_nodes).
-            while not deletes.entered.is_set():
-                await trio.testing.wait_all_tasks_blocked()
-                lock = fs.dirindex._locks.get(a)  # taken by each index write of a
-                if lock is not None and lock.statistics().tasks_waiting:
-                    break  # the rename waits for the write
-                await trio.to_thread.run_sync(deletes.entered.wait, 0.05)
-            put.opened.set()  # the write lands (on the old marker, if the rename has copied it)
-            assert await trio.to_thread.run_sync(put.done.wait, 30)
-            deletes.opened.set()
-            await done["rename"].wait()
-            await done["flush"].wait()
+        await flush_beside_rename(fs, a, put, deletes, partial(fs.rename, pd, "a", pd, "b", 0))
         b = await path_ino(fs, "pipeline", "p1", "d", "b")
         assert b == a
         await fs.setattr(b, gid=4242)  # a chown keeps the mtime
@@ -526,31 +520,7 @@ def test_a_rename_onto_an_empty_directory_never_stores_the_replaced_ones_times(t
         assert (await fs.getattr(d2)).mtime > own
         put = backend.put_hold = _Hold("pipeline/p1/d/d2/")
         backend.delete_hold = deletes = _Hold("pipeline/p1/d/d1/")  # the rename's deletes, after its copies
-        done = {name: trio.Event() for name in ("flush", "rename")}
-
-        async def flush():
-            await fs.flush_metadata()
-            done["flush"].set()
-
-        async def rename():
-            await fs.rename(pd, "d1", pd, "d2", 0)
-            done["rename"].set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush)
-            assert await trio.to_thread.run_sync(put.entered.wait, 30)  # d2's index write is in flight
-            nursery.start_soon(rename)
-            while not deletes.entered.is_set():  # the rename waits for the write, or has copied d1
-                await trio.testing.wait_all_tasks_blocked()
-                lock = fs.dirindex._locks.get(d2)  # taken by each index write of d2
-                if lock is not None and lock.statistics().tasks_waiting:
-                    break
-                await trio.to_thread.run_sync(deletes.entered.wait, 0.05)
-            put.opened.set()
-            assert await trio.to_thread.run_sync(put.done.wait, 30)
-            deletes.opened.set()
-            await done["rename"].wait()
-            await done["flush"].wait()
+        await flush_beside_rename(fs, d2, put, deletes, partial(fs.rename, pd, "d1", pd, "d2", 0))
         assert await path_ino(fs, "pipeline", "p1", "d", "d2") == d1
         assert (await fs.getattr(d1)).mtime == own
         stored = new_backend(moto_server, s3_url).head("pipeline/p1/d/d2/").meta
