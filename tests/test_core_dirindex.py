@@ -449,6 +449,14 @@ class HeldWrites(S3Backend):
         return super().delete(key, **kwargs)
 
 
+@pytest.fixture
+def held_writes(moto_server, s3_url, monkeypatch) -> HeldWrites:
+    """A `HeldWrites` backend on moto; the background index round kept out (only a test's own
+    flush writes an index)."""
+    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)
+    return HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
+
+
 async def flush_beside_rename(fs, ino: int, put: _Hold, deletes: _Hold, rename) -> None:
     """The metadata flush, whose index write of directory ``ino`` is held at ``put``, and
     ``rename()`` at once.  Once the rename either waits for that write or has copied the markers
@@ -469,13 +477,12 @@ async def flush_beside_rename(fs, ino: int, put: _Hold, deletes: _Hold, rename) 
         deletes.opened.set()
 
 
-def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url, monkeypatch):
+def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path, moto_server, s3_url, held_writes):
     """The index write of a directory (its new times) in flight when the directory is renamed: it
     must not land on the old marker between the rename's copy of it and its delete (lost with it,
     while this mount took the times for written: the next change of the directory, a chown, then
     started again from the copy and showed the directory's mtime going back)."""
-    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
-    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)  # only the test's flush writes a's index
+    backend = held_writes
 
     async def body(nodes):
         fs, = nodes
@@ -500,12 +507,11 @@ def test_a_directory_renamed_while_its_index_is_written_keeps_its_times(tmp_path
 
 
 def test_a_rename_onto_an_empty_directory_never_stores_the_replaced_ones_times(tmp_path, moto_server, s3_url,
-                                                                                monkeypatch):
+                                                                                held_writes):
     """``mv d1 d2`` onto an empty d2 whose index write (its new times) is in flight: the write must
     end before d2's marker is deleted, never be tried again on the marker the rename copied there
     (d1's), which would then carry d2's times."""
-    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
-    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)  # only the test's flush writes d2's index
+    backend = held_writes
 
     async def body(nodes):
         fs, = nodes
@@ -530,11 +536,10 @@ def test_a_rename_onto_an_empty_directory_never_stores_the_replaced_ones_times(t
 
 
 def test_index_writes_of_a_directory_stay_one_at_a_time_after_a_rename_held_them(tmp_path, moto_server, s3_url,
-                                                                                  monkeypatch):
+                                                                                  held_writes):
     """A write that waited for `DirIndex.held` (a rename) gets the lock at its release: the lock
     must stay the directory's while it writes, so that the next write waits for it."""
-    backend = HeldWrites(s3_url.split("/")[2], "data", endpoint_url=moto_server.url)
-    monkeypatch.setattr("fsdriver.dirindex.WRITE_DELAY", 3600.0)
+    backend = held_writes
 
     async def body(nodes):
         fs, = nodes
