@@ -210,6 +210,10 @@ class DirIndex:
             return
         changes = self._changes.setdefault(parent.ino, _Changes(parent))
         changes.rows[name] = row
+        # The directory's node lives until its rows are written (`Attributes.stored`), as for its
+        # times: forgotten by the kernel meanwhile, it would keep its old path through a rename of
+        # a directory above it, and its rows would be lost with the old marker.
+        parent.attrs_pending = True
         if row is None:
             changes.gone[name] = time.time()
         else:
@@ -238,6 +242,7 @@ class DirIndex:
         except BaseException:
             self._requeue(rows_only)  # what was pending before stays pending
             raise
+        self.fs.attributes.stored(node)
 
     async def write_now(self, node: Node) -> None:
         """Write the directory's pending rows now (its subdirectory's attributes changed)."""
@@ -249,6 +254,7 @@ class DirIndex:
         except BaseException:
             self._requeue(changes)
             raise
+        self.fs.attributes.stored(node)
 
     async def removed(self, node: Node) -> None:
         """The directory is being removed: nothing pending of it is written any more, and a write
@@ -258,6 +264,7 @@ class DirIndex:
         if lock is not None:
             async with lock:
                 pass
+        self.fs.attributes.stored(node)
 
     @asynccontextmanager
     async def held(self, nodes):

@@ -67,7 +67,7 @@ class Node:
     nlink: int = 1  # hard links (disk backend); 0 once unlinked
     target: Optional[bytes] = None  # symbolic links: the target, once read or written
     index: object = None  # directories on S3: their index as last read (fsdriver.dirindex.Index)
-    attrs_pending: bool = False  # directories: times changed here, not stored yet (kept until then)
+    attrs_pending: bool = False  # directories: times or index rows changed here, not stored yet (kept until then)
     # directories: a listing of it or below it that found something proves it exists until then
     # (its name is looked up again without a request while that listing is in use)
     exists_until: float = 0.0

@@ -9,7 +9,9 @@ land after the copy and put the replaced content back.  On S3 a directory rename
 object (not atomic); a copy may give an object a new etag (multipart), which the moved nodes take.
 Meanwhile no directory index write of a directory that moves runs (`DirIndex.held`): one landing
 on an old marker between its copy and its delete would be lost with it; nor does a round storing
-directory times (`Attributes.held`; disk): at the old path, it failed.
+directory times (`Attributes.held`; disk): at the old path, it failed.  A directory with rows or
+times not written yet is in the table even when the kernel forgot it (`Node.attrs_pending`), so it
+is among those that move and its changes are written at its new path.
 Renames inside a store turn scratch files into records and back (`Records.rename_in_store`).
 """
 

@@ -561,3 +561,52 @@ def test_index_writes_of_a_directory_stay_one_at_a_time_after_a_rename_held_them
         assert int(meta["mode"]) == stat.S_IFDIR | 0o750
 
     run_nodes(tmp_path, [backend], body)
+
+
+def test_a_forgotten_directorys_unwritten_rows_move_with_a_renamed_parent(tmp_path, moto_server, s3_url):
+    """A chmod in a directory, the directory and the file forgotten by the kernel (memory
+    pressure), then its parent renamed before the directory's index was written: the row is
+    written at the directory's new place.  It was dropped: the forgotten node kept the old path,
+    whose marker the rename had deleted, so another node listing the moved directory showed the
+    file with the mount's defaults."""
+    async def body(nodes):
+        a, b = nodes
+        p1 = await path_ino(a, "pipeline", "p1", create=True)
+        d = (await a.mkdir(p1, "d", mode=0o755)).ino
+        sub = (await a.mkdir(d, "sub", mode=0o755)).ino
+        f = await new_file(a, sub, "f", mode=0o644)
+        await a.flush_metadata()
+        await a.setattr(f, mode=stat.S_IFREG | 0o600)  # f's row in sub's index: written later
+        a.forget([(f, a.inodes.by_ino[f].lookups), (sub, a.inodes.by_ino[sub].lookups)])
+        await a.rename(p1, "d", p1, "e", 0)
+        await a.flush_metadata()
+        keys = [o.key for o in new_backend(moto_server, s3_url).list("pipeline/p1/")]
+        assert not any(k.startswith("pipeline/p1/d/") for k in keys), keys
+        bsub = await path_ino(b, "pipeline", "p1", "e", "sub")
+        before = requests(b)
+        seen = (await listed(b, bsub))["f"]
+        assert stat.S_IMODE(seen.mode) == 0o600
+        assert "head" not in grew(before, requests(b))
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
+
+
+def test_a_directory_removed_with_unwritten_changes_is_not_kept_for_ever(tmp_path, moto_server, s3_url):
+    """A directory whose times and rows are not written yet lives until they are; removed before,
+    it goes once the kernel forgets it (it stayed in the table until the unmount)."""
+    async def body(nodes):
+        fs, = nodes
+        pd = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        sub = (await fs.mkdir(pd, "sub", mode=0o755)).ino
+        await fs.flush_metadata()
+        await new_file(fs, sub, "x")  # sub's times and its row for x: written later
+        node = fs.inodes.by_ino[sub]
+        assert node.attrs_pending
+        await fs.unlink(sub, "x")
+        await fs.rmdir(pd, "sub")
+        fs.forget([(sub, node.lookups)])
+        assert sub not in fs.inodes.by_ino
+        await fs.flush_metadata()
+        assert not [o.key for o in new_backend(moto_server, s3_url).list("pipeline/p1/d/sub")]
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
