@@ -117,14 +117,20 @@ class Attributes:
         """A directory's attributes go into its marker's metadata (on S3 with its index,
         `fsdriver.dirindex`, applied to the marker's metadata as it is), then into its parent's
         listing and index (on S3 written at once: other nodes list the parent)."""
-        self._dirty_dirs.pop(node.ino, None)
+        waiting = self._dirty_dirs.pop(node.ino, None)  # its times changed before: stored with this
         if self.fs.dirindex.enabled:
             await self.fs.dirindex.store_dir(node, edit)  # shows what it stored
         else:
             # After a background round in flight: it stores the attributes as they were before this
             # change, and must not land after it (a chmod lost at the next mount otherwise).
-            async with self._flushing:
-                await self.fs.backend.set_meta(node.prefix, posixattrs.to_headers(new))
+            try:
+                async with self._flushing:
+                    await self.fs.backend.set_meta(node.prefix, posixattrs.to_headers(new))
+            except BaseException:
+                if waiting is not None:  # those times are still to be stored, by the next round
+                    self._dirty_dirs[node.ino] = waiting
+                    self._wake.set()
+                raise
             node.has_marker = True
             self._show(node, new)
         self.fs.inodes.changed(node)  # a listing that read the attributes before this is older

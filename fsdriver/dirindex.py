@@ -128,6 +128,9 @@ class DirIndex:
         self._changes: dict[int, _Changes] = {}
         self._writing: dict[int, _Changes] = {}  # being written: still what listings must show
         self._locks: dict[int, trio.Lock] = {}
+        # ino -> writes taken out of _changes and not finished (waiting for the lock, or running):
+        # the directory's changes are still pending meanwhile (`pending`)
+        self._taken: dict[int, int] = {}
         self._flushing = trio.Lock()
         self._wake = trio.Event()
         # ino -> (monotonic time before which it is not written again, the last back-off)
@@ -208,7 +211,7 @@ class DirIndex:
         """This mount changed ``parent/name`` (``row``: its new row; None: it is gone)."""
         if not self.enabled or parent.depth < 2 or parent.path[0] == "kv" or self.fs.options.read_only:
             return
-        changes = self._changes.setdefault(parent.ino, _Changes(parent))
+        changes = self._queued(parent)
         changes.rows[name] = row
         # The directory's node lives until its rows are written (`Attributes.stored`), as for its
         # times: forgotten by the kernel meanwhile, it would keep its old path through a rename of
@@ -225,11 +228,22 @@ class DirIndex:
         index, applied to the marker's metadata as it is then."""
         if not self.enabled or self.fs.options.read_only:
             return
-        self._changes.setdefault(node.ino, _Changes(node)).dir_edits.append(edit)
+        self._queued(node).dir_edits.append(edit)
         self._wake.set()
 
+    def _queued(self, node: Node) -> _Changes:
+        """The queued changes of ``node``'s directory (made if none).  An entry of an older node
+        of the same inode number (forgotten, then looked up again) is the same directory's: it is
+        written with the node the table holds now, at its path now."""
+        changes = self._changes.get(node.ino)
+        if changes is None:
+            changes = self._changes[node.ino] = _Changes(node)
+        elif changes.node is not node:
+            changes.node = node
+        return changes
+
     def pending(self, node: Node) -> bool:
-        return node.ino in self._changes or node.ino in self._writing
+        return node.ino in self._changes or node.ino in self._taken
 
     async def store_dir(self, node: Node, edit) -> None:
         """Store a change of the directory's own attributes now (chmod/chown/utimens); on a
@@ -240,7 +254,8 @@ class DirIndex:
         try:
             await self._tracked(changes)
         except BaseException:
-            self._requeue(rows_only)  # what was pending before stays pending
+            if rows_only.rows or rows_only.dir_edits:
+                self._requeue(rows_only)  # what was pending before stays pending
             raise
         self.fs.attributes.stored(node)
 
@@ -260,6 +275,7 @@ class DirIndex:
         """The directory is being removed: nothing pending of it is written any more, and a write
         in flight is waited for (it must not make the marker again after the delete)."""
         self._changes.pop(node.ino, None)
+        self._due.pop(node.ino, None)
         lock = self._locks.get(node.ino)
         if lock is not None:
             async with lock:
@@ -298,17 +314,24 @@ class DirIndex:
         self._wake.set()
 
     async def _tracked(self, changes: _Changes) -> None:
-        """One write at a time per directory; its rows stay visible to listings meanwhile."""
+        """One write at a time per directory; its rows stay visible to listings meanwhile, and
+        pending (the directory's node stays in the table) from the moment they left the queue."""
         ino = changes.node.ino
         lock = self._locks.setdefault(ino, trio.Lock())
-        async with lock:
-            self._writing[ino] = changes
-            try:
-                await self._write(changes)
-            finally:
-                del self._writing[ino]
-                if not lock.statistics().tasks_waiting and self._locks.get(ino) is lock:
-                    del self._locks[ino]
+        self._taken[ino] = self._taken.get(ino, 0) + 1
+        try:
+            async with lock:
+                self._writing[ino] = changes
+                try:
+                    await self._write(changes)
+                finally:
+                    del self._writing[ino]
+                    if not lock.statistics().tasks_waiting and self._locks.get(ino) is lock:
+                        del self._locks[ino]
+        finally:
+            self._taken[ino] -= 1
+            if not self._taken[ino]:
+                del self._taken[ino]
 
     async def run(self) -> None:
         """Background task: write the indexes changed since the last round."""
@@ -346,6 +369,7 @@ class DirIndex:
             del self._changes[ino]
             node = changes.node
             if node.unlinked:
+                self._due.pop(ino, None)
                 self.fs.attributes.stored(node)
                 continue
             started = time.monotonic()

@@ -208,7 +208,8 @@ class InodeTable:
         if (node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0 or node.pins > 0
                 or node.staged is not None or node.attrs_pending):
             return
-        self.by_ino.pop(node.ino, None)
+        if self.by_ino.get(node.ino) is node:  # (not a newer node of the same number)
+            del self.by_ino[node.ino]
         if self.by_path.get(node.path) is node:
             del self.by_path[node.path]
             if not node.unlinked:

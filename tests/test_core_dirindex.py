@@ -6,6 +6,7 @@ not lose each other's rows; objects written by other tools (s3fs metadata) show 
 when looked up.
 """
 
+import json
 import os
 import stat
 import threading
@@ -17,6 +18,7 @@ import trio.testing
 
 from fsdriver.backend.s3 import S3Backend
 from fsdriver.core import Filesystem, Options
+from fsdriver.errors import Unavailable
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -76,6 +78,12 @@ async def listed(fs, d):
         return {name: fs.attr(node) for name, node in await fs.readdir(fh)}
     finally:
         fs.releasedir(fh)
+
+
+def stored_row(moto_server, s3_url, prefix: str, name: str) -> dict:
+    """The row of ``name`` in the index the marker ``prefix`` holds in the bucket."""
+    body, _ = new_backend(moto_server, s3_url).get_object(prefix)
+    return json.loads(body)["rows"][name]
 
 
 def requests(fs) -> dict:
@@ -582,11 +590,10 @@ def test_a_forgotten_directorys_unwritten_rows_move_with_a_renamed_parent(tmp_pa
         await a.flush_metadata()
         keys = [o.key for o in new_backend(moto_server, s3_url).list("pipeline/p1/")]
         assert not any(k.startswith("pipeline/p1/d/") for k in keys), keys
+        assert stored_row(moto_server, s3_url, "pipeline/p1/e/sub/", "f")["m"]["mode"] == str(stat.S_IFREG | 0o600)
         bsub = await path_ino(b, "pipeline", "p1", "e", "sub")
-        before = requests(b)
         seen = (await listed(b, bsub))["f"]
         assert stat.S_IMODE(seen.mode) == 0o600
-        assert "head" not in grew(before, requests(b))
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body)
 
@@ -608,5 +615,101 @@ def test_a_directory_removed_with_unwritten_changes_is_not_kept_for_ever(tmp_pat
         assert sub not in fs.inodes.by_ino
         await fs.flush_metadata()
         assert not [o.key for o in new_backend(moto_server, s3_url).list("pipeline/p1/d/sub")]
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
+
+
+def test_rows_noted_during_a_chmod_of_their_directory_move_with_a_renamed_parent(tmp_path, moto_server, s3_url,
+                                                                                 held_writes):
+    """Found by review.  A chmod of ``sub`` in flight (its store_dir holds sub's lock); a file in sub changes
+    (a row noted); the background round pops that row and waits for the lock.  The chmod's
+    `stored(sub)` then finds nothing pending (the round's changes are in neither `_changes` nor
+    `_writing` while it waits) and clears `attrs_pending`.  The kernel forgets sub once the chmod
+    returned: it is dropped while its row is unwritten, a rename of its parent does not move it, and
+    the row is lost with the old marker -- the bug the commit fixes, by another path."""
+    backend = held_writes
+
+    async def body(nodes):
+        a, b = nodes
+        p1 = await path_ino(a, "pipeline", "p1", create=True)
+        d = (await a.mkdir(p1, "d", mode=0o755)).ino
+        sub = (await a.mkdir(d, "sub", mode=0o755)).ino
+        f = await new_file(a, sub, "f", mode=0o644)
+        await a.flush_metadata()
+        key = "pipeline/p1/d/sub/"
+        put1 = backend.put_hold = _Hold(key)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(a.setattr, sub, mode=stat.S_IFDIR | 0o700))  # chmod sub
+            assert await trio.to_thread.run_sync(put1.entered.wait, 30)  # its marker write in flight
+            await a.setattr(f, mode=stat.S_IFREG | 0o600)  # f's row in sub's index: written later
+            put2 = backend.put_hold = _Hold(key)
+            nursery.start_soon(a.flush_metadata)  # the round: pops sub's rows, waits for sub's lock
+            await trio.testing.wait_all_tasks_blocked()
+            assert a.dirindex._locks[sub].statistics().tasks_waiting == 1
+            put1.opened.set()  # the chmod ends
+            assert await trio.to_thread.run_sync(put2.entered.wait, 30)  # the round writes f's row
+            await trio.testing.wait_all_tasks_blocked()
+            # the chmod returned; the kernel forgets sub and f
+            a.forget([(f, a.inodes.by_ino[f].lookups), (sub, a.inodes.by_ino[sub].lookups)])
+            kept = sub in a.inodes.by_ino
+            renamed = trio.Event()
+
+            async def rename():
+                await a.rename(p1, "d", p1, "e", 0)
+                renamed.set()
+
+            nursery.start_soon(rename)
+            while not renamed.is_set():  # until the rename waits for f's row's write, or is done
+                await trio.testing.wait_all_tasks_blocked()
+                if a.dirindex._locks[sub].statistics().tasks_waiting:
+                    break
+                with trio.move_on_after(0.05):
+                    await renamed.wait()
+            put2.opened.set()
+        await a.flush_metadata()
+        assert stored_row(moto_server, s3_url, "pipeline/p1/e/sub/", "f")["m"]["mode"] == str(stat.S_IFREG | 0o600)
+        bsub = await path_ino(b, "pipeline", "p1", "e", "sub")
+        seen = (await listed(b, bsub))["f"]
+        assert stat.S_IMODE(seen.mode) == 0o600
+        assert kept, "sub left the table while f's row was being written"
+
+    run_nodes(tmp_path, [held_writes, new_backend(moto_server, s3_url)], body)
+
+
+def test_a_failed_chmod_with_nothing_pending_leaves_no_stale_node_in_the_index_queue(tmp_path, moto_server, s3_url):
+    """Found by review.  A chmod of a directory with nothing pending fails: `store_dir` requeues an empty
+    `_Changes(node)` while `node.attrs_pending` is False, so the kernel forgetting it drops the node
+    with an entry in `_changes`.  Looked up again it gets the same inode number (`_numbers`) as a
+    new Node; a row noted for it goes into the old entry (`setdefault` by ino), is written with the
+    old Node, and `stored(old)` never clears the new node's flag: it stays in the table for ever."""
+    async def body(nodes):
+        fs, = nodes
+        pd = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        sub = (await fs.mkdir(pd, "sub", mode=0o755)).ino
+        await new_file(fs, sub, "f")
+        await fs.flush_metadata()
+        assert not fs.inodes.by_ino[sub].attrs_pending and not fs.dirindex._changes
+        real = fs.sync_backend.put_bytes
+
+        def down(*args, **kwargs):
+            raise Unavailable("down")
+
+        fs.sync_backend.put_bytes = down
+        with pytest.raises(Exception):
+            await fs.setattr(sub, mode=stat.S_IFDIR | 0o700)
+        fs.sync_backend.put_bytes = real
+        old = fs.inodes.by_ino[sub]
+        fs.forget([(sub, old.lookups)])
+        assert sub not in fs.inodes.by_ino and sub not in fs.dirindex._changes  # nothing was queued
+        again = await path_ino(fs, "pipeline", "p1", "d", "sub")
+        assert again == sub and fs.inodes.by_ino[sub] is not old
+        f = await path_ino(fs, "pipeline", "p1", "d", "sub", "f")
+        await fs.setattr(f, mode=stat.S_IFREG | 0o600)  # a row for the new node
+        new = fs.inodes.by_ino[sub]
+        fs.forget([(f, fs.inodes.by_ino[f].lookups), (sub, new.lookups)])
+        fs.dirindex._due.clear()
+        assert await fs.flush_metadata() == []
+        assert not fs.dirindex.pending(new)
+        assert sub not in fs.inodes.by_ino, "kept: attrs_pending set, nothing pending"
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
