@@ -9,6 +9,7 @@ names and permissions and hands the work to the module that owns the concern:
     openfiles    handles, staged content, uploads at close/fsync, truncate, unlink of a file
     records      when a key/value record handle commits, and renames in a store
     renames      moving files and trees, with the staged files involved locked
+    treelock     a rename against the operations naming paths below what it moves
     uploads      getting staged content into the backend, pending uploads and retries
 
 The tree::
@@ -23,6 +24,7 @@ directories live at depth 3 and below.  See docs/semantics.md for what each oper
 """
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -54,9 +56,53 @@ from .renames import Renames
 from .staging import Cache
 from .stats import Stats
 from .supervise import spawn
+from .treelock import TreeLock
 from .uploads import Uploader
 
 log = logging.getLogger("stashfs.fs")
+
+
+def _naming(paths):
+    """The operation names the paths ``paths(fs, *args)`` gives: it waits while a rename moves
+    them, and a rename waits for it (`fsdriver.treelock`)."""
+    def wrap(op):
+        @functools.wraps(op)
+        async def naming(self, *args, **kwargs):
+            async with self.tree.using(lambda: paths(self, *args, **kwargs)):
+                return await op(self, *args, **kwargs)
+        return naming
+    return wrap
+
+
+def _own(fs, ino, *args, **kwargs):
+    return [fs._path(ino)]
+
+
+def _child(fs, parent_ino, name, *args, **kwargs):
+    return [fs._path(parent_ino) + (name,)]
+
+
+def _listed(fs, fh):
+    handle = fs.dir_handles.get(fh)
+    return [handle[0].path] if handle is not None else []
+
+
+def _linked(fs, ino, new_parent_ino, new_name, *args, **kwargs):
+    return [fs._path(ino), fs._path(new_parent_ino) + (new_name,)]
+
+
+def _renamed(fs, old_parent_ino, old_name, new_parent_ino, new_name, *args, **kwargs):
+    return [fs._path(old_parent_ino) + (old_name,), fs._path(new_parent_ino) + (new_name,)]
+
+
+def _moving(op):
+    """A rename: what it moves (source and target, each with what is below it) is named by no
+    other operation meanwhile (`fsdriver.treelock`)."""
+    @functools.wraps(op)
+    async def moving(self, *args, **kwargs):
+        async with self.tree.moving(lambda: _renamed(self, *args, **kwargs)):
+            return await op(self, *args, **kwargs)
+    return moving
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -73,6 +119,7 @@ class Filesystem:
         self.backend = AsyncBackend(backend, options.max_requests, self.stats, options.backend_timeout)
         self.cache = cache
         self.inodes = InodeTable()
+        self.tree = TreeLock()  # renames against operations naming what they move
         self.names = Names(self, self.inodes, self.backend, self.stats, options.metadata_ttl, clock)
         self.budget = MemoryBudget(options.memory_limit)
         cache.budget = self.budget  # small new files stay in memory until their upload (fsdriver.staging)
@@ -187,6 +234,7 @@ class Filesystem:
         now = time.time()
         return Meta(mode, caller.uid, gid, now, now, now, rdev)
 
+    @_naming(_own)
     async def getattr(self, ino: int, caller: Optional[Caller] = None) -> Attr:
         node = self._node(ino)
         if ino == CONTROL_INO:
@@ -205,6 +253,11 @@ class Filesystem:
             await self.names.refresh(node)
         return self.attr(node)
 
+    def _path(self, ino: int) -> tuple:
+        """The path of inode ``ino`` (() when not known: the operation answers ENOENT itself)."""
+        node = self.inodes.get(ino)
+        return node.path if node is not None else ()
+
     def _node(self, ino: int) -> Node:
         if ino == CONTROL_INO:
             return self.control_node
@@ -219,6 +272,7 @@ class Filesystem:
 
     # -- names and lookups ------------------------------------------------------------------
 
+    @_naming(_child)
     async def lookup(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> Attr:
         parent = self._node(parent_ino)
         if parent_ino == ROOT_INO and name == CONTROL_NAME:
@@ -249,6 +303,7 @@ class Filesystem:
 
     # -- directories -------------------------------------------------------------------------
 
+    @_naming(_own)
     async def opendir(self, ino: int, caller: Optional[Caller] = None) -> int:
         node = self._node(ino)
         if not node.is_dir:
@@ -261,6 +316,7 @@ class Filesystem:
         node.open_count += 1  # fstat of the descriptor answers after an rmdir, as on ext4
         return fh
 
+    @_naming(_listed)
     async def readdir(self, fh: int) -> list:
         """The handle's snapshot of ``(name, Attr)`` pairs, listed once at the first call."""
         node, snapshot = self.dir_handles[fh]
@@ -291,6 +347,7 @@ class Filesystem:
             node.open_count -= 1
             self.inodes.release_unreferenced(node)
 
+    @_naming(_child)
     async def mkdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None,
                     mode: Optional[int] = None) -> Attr:
         parent = self._node(parent_ino)
@@ -334,6 +391,7 @@ class Filesystem:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such {what}")
         return parent, node
 
+    @_naming(_child)
     async def rmdir(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
         parent, node = await self._to_remove(parent_ino, name, caller, "directory")
         if not node.is_dir:
@@ -357,6 +415,7 @@ class Filesystem:
 
     # -- files -------------------------------------------------------------------------------
 
+    @_naming(_own)
     async def open(self, ino: int, flags: int, caller: Optional[Caller] = None) -> tuple[int, bool, bool]:
         """Open a file; returns (fh, keep_cache, direct_io)."""
         node = self._node(ino)
@@ -394,6 +453,7 @@ class Filesystem:
                 await self.records.invalidate_attrs(ino)
         return fh, keep_cache, direct_io
 
+    @_naming(_child)
     async def create(self, parent_ino: int, name: str, flags: int, caller: Optional[Caller] = None,
                      mode: Optional[int] = None) -> tuple[int, Attr, bool]:
         await self._records_settled(parent_ino, name)
@@ -459,6 +519,7 @@ class Filesystem:
     async def release(self, fh: int) -> None:
         await self.files.release(fh)
 
+    @_naming(_own)
     async def setattr(self, ino: int, *, size=None, mtime=None, mode=None, uid=None, gid=None, fh=None,
                       caller: Optional[Caller] = None, atime_ns=None, mtime_ns=None, ctime=False) -> Attr:
         """truncate, chmod, chown and utimens (``mtime`` in seconds, or ``mtime_ns``/``atime_ns``);
@@ -559,6 +620,7 @@ class Filesystem:
 
         return edit
 
+    @_naming(_child)
     async def unlink(self, parent_ino: int, name: str, caller: Optional[Caller] = None) -> None:
         await self._records_settled(parent_ino, name)
         parent, node = await self._to_remove(parent_ino, name, caller, "file")
@@ -587,6 +649,7 @@ class Filesystem:
         if parent is not None and parent.is_store:
             await self.records.settled_at(parent.path + (name,))
 
+    @_moving
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int,
                      caller: Optional[Caller] = None) -> None:
         if flags & RENAME_EXCHANGE:
@@ -641,12 +704,14 @@ class Filesystem:
 
     # -- symbolic links, special files, hard links ------------------------------------------
 
+    @_naming(_child)
     async def symlink(self, parent_ino: int, name: str, target: bytes, caller: Optional[Caller] = None) -> Attr:
         """A symbolic link: an object whose content is the target (as s3fs stores them)."""
         now = await self._new_object(parent_ino, name, caller, stat.S_IFLNK | 0o777, 0, target)
         now.target = target
         return self.attr(now)
 
+    @_naming(_child)
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Optional[Caller] = None) -> Attr:
         """A FIFO, socket or device node (metadata only, never data), or an empty regular file."""
         kind = stat.S_IFMT(mode) or stat.S_IFREG
@@ -681,6 +746,7 @@ class Filesystem:
         node.lookups += 1
         return node
 
+    @_naming(_own)
     async def readlink(self, ino: int, caller: Optional[Caller] = None) -> bytes:
         node = self._node(ino)
         await self.namespaces.enter(caller, node.path)
@@ -691,6 +757,7 @@ class Filesystem:
             node.target = await self.backend.get_range(node.key, 0, None, if_match=node.etag)
         return node.target
 
+    @_naming(_linked)
     async def link(self, ino: int, new_parent_ino: int, new_name: str, caller: Optional[Caller] = None) -> Attr:
         """A hard link: on backends that have them (disk); EPERM elsewhere (as s3fs, mountpoint-s3)."""
         node = self._node(ino)
@@ -744,6 +811,7 @@ class Filesystem:
                 other.attr_time = 0
                 await self.records.invalidate_attrs(other.ino)
 
+    @_naming(_own)
     async def xattrs(self, ino: int, caller: Optional[Caller] = None) -> dict:
         """What a file exposes as read-only xattrs: its etag and last-modified time."""
         node = self._node(ino)

@@ -7,6 +7,7 @@ operations can be interleaved exactly the way that once lost data.
 import errno
 import json
 import os
+import stat
 import threading
 import time
 
@@ -655,5 +656,130 @@ def test_a_directory_renamed_while_its_times_are_stored_keeps_them(tmp_path):
         assert (await fs.getattr(d)).mtime == moved_at
         meta = be.head("user/alice/e/").meta
         assert float(meta["mtime"]) + int(meta.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
+
+    run(tmp_path, body)
+
+
+# -- a rename against the operations naming what it moves (fsdriver.treelock) -----------------------
+
+
+class GatedLookups(GatedDisk):
+    """Lookups of names ending in "/f" hold at the gate "found" after the backend answered."""
+
+    def lookup(self, key):
+        found = super().lookup(key)
+        if key.endswith("/f"):
+            self._pass("found")
+        return found
+
+
+async def rename_beside(fs, nursery, *args) -> trio.Event:
+    """Start ``fs.rename(*args)``; return once it waits for an operation in flight (what
+    `fsdriver.treelock` makes it do) or has finished (what it did before): its done event."""
+    done = trio.Event()
+
+    async def rename():
+        await fs.rename(*args)
+        done.set()
+
+    nursery.start_soon(rename)
+    while not done.is_set() and not fs.tree.moving_roots:  # bounded by run()
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(0)
+    await trio.testing.wait_all_tasks_blocked()
+    return done
+
+
+def test_a_lookup_racing_a_rename_above_gives_the_node_at_its_new_path(tmp_path):
+    """``stat a/d/f`` (the kernel holds only a/d) while ``mv a b``: the lookup found the file at
+    ``a/d/f``, the rename moved the tree, and the lookup then gave the kernel a node at the old path,
+    so the next write went to the old key (``a/`` came back in the backend, ``b/d/f`` kept its
+    old content).  Now the rename waits for the lookup, and the node moves with the tree."""
+    async def body(fs, be, ns, nursery):
+        a = (await fs.mkdir(ns, "a", mode=0o755)).ino
+        d = (await fs.mkdir(a, "d", mode=0o755)).ino
+        fh, attr, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)
+        await fs.write(fh, 0, b"one")
+        await fs.release(fh)
+        fs.forget([(attr.ino, fs.inodes.by_ino[attr.ino].lookups)])  # the kernel forgot f
+        fs.inodes.by_ino[d].listing = None  # (its listing expired)
+        found, release = be.gate("found")
+        looked = {}
+
+        async def lookup():
+            looked["ino"] = (await fs.lookup(d, "f")).ino
+
+        nursery.start_soon(lookup)
+        await entered(found)  # the backend answered: f is at a/d/f
+        renamed = await rename_beside(fs, nursery, ns, "a", ns, "b", 0)
+        assert not renamed.is_set()  # it waits for the lookup
+        release.set()
+        await renamed.wait()
+        node = fs.inodes.by_ino[looked["ino"]]
+        assert node.path == ("user", "alice", "b", "d", "f")
+        fh, _, _ = await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(fh, 0, b"two")
+        await fs.release(fh)
+        assert be.get_range("user/alice/b/d/f", 0) == b"two"
+        assert not (be.root / "user" / "alice" / "a").exists()
+
+    run(tmp_path, body, GatedLookups(tmp_path / "be"))
+
+
+def test_a_listing_racing_a_rename_above_is_not_kept_for_the_new_path(tmp_path):
+    """``ls a/d`` while ``mv a b`` (found by review): the listing of the old prefix, landing after
+    the move, was kept as ``b/d``'s: for the TTL ``b/d/f`` was ENOENT and ``b/d`` listed empty."""
+    async def body(fs, be, ns, nursery):
+        a = (await fs.mkdir(ns, "a", mode=0o755)).ino
+        d = (await fs.mkdir(a, "d", mode=0o755)).ino
+        fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)
+        await fs.release(fh)
+        await fs.flush_metadata()
+        fs.inodes.by_ino[d].listing = None  # (its listing expired)
+        listing, release = be.gate("list")
+        listed = {}
+
+        async def ls():
+            fh = await fs.opendir(d)
+            listed["names"] = [name for name, _ in await fs.readdir(fh)]
+            fs.releasedir(fh)
+
+        nursery.start_soon(ls)
+        await entered(listing)  # the LIST of user/alice/a/d/ has not been sent yet
+        renamed = await rename_beside(fs, nursery, ns, "a", ns, "b", 0)
+        assert not renamed.is_set()  # it waits for the listing
+        release.set()
+        await renamed.wait()
+        assert listed["names"] == ["f"]
+        assert fs.inodes.by_ino[d].path == ("user", "alice", "b", "d")
+        assert (await fs.lookup(d, "f")).size == 0
+        fh = await fs.opendir(d)
+        assert [name for name, _ in await fs.readdir(fh)] == ["f"]
+        fs.releasedir(fh)
+
+    run(tmp_path, body)
+
+
+def test_a_failed_chmod_of_a_directory_keeps_its_earlier_times_to_store(tmp_path):
+    """Disk (found by review): a chmod of a directory whose times wait to be stored took them out of
+    the round; when the chmod failed they were never stored, and the directory stayed in the
+    table for ever (kept until its times are stored)."""
+    async def body(fs, be, ns, nursery):
+        d = (await fs.mkdir(ns, "d", mode=0o755)).ino
+        await fs.flush_metadata()
+        fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)  # d's times move
+        await fs.release(fh)
+        moved_at = (await fs.getattr(d)).mtime
+        assert fs.inodes.by_ino[d].attrs_pending
+        be.fail["set_meta"] = Unavailable("down")
+        with pytest.raises(Unavailable):
+            await fs.setattr(d, mode=stat.S_IFDIR | 0o700)
+        del be.fail["set_meta"]
+        await fs.flush_metadata()
+        meta = be.head("user/alice/d/").meta
+        assert float(meta["mtime"]) + int(meta.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
+        assert stat.S_IMODE(int(meta["mode"])) == 0o755  # the failed chmod changed nothing
+        fs.forget([(d, fs.inodes.by_ino[d].lookups)])
+        assert d not in fs.inodes.by_ino
 
     run(tmp_path, body)

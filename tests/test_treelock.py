@@ -1,0 +1,159 @@
+"""`fsdriver.treelock`: a rename against the operations naming paths in what it moves (no kernel)."""
+
+import trio
+import trio.testing
+
+from fsdriver.treelock import TreeLock
+
+A, AD, AD_F, B, C = ("a",), ("a", "d"), ("a", "d", "f"), ("b",), ("c",)
+
+
+def run(body):
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await body(TreeLock(), nursery)
+
+    trio.run(main)
+
+
+def step(log: list, name: str):
+    """A task body that notes when it got in and holds until ``release`` is set."""
+    release = trio.Event()
+
+    async def enter(cm):
+        async with cm:
+            log.append(name)
+            await release.wait()
+        log.append(name + " done")
+
+    return enter, release
+
+
+def test_a_rename_waits_for_the_operations_under_way_below_it_and_new_ones_wait_for_it():
+    async def body(tree, nursery):
+        log = []
+        lookup, lookup_done = step(log, "lookup a/d/f")
+        nursery.start_soon(lookup, tree.using(lambda: [AD_F]))
+        await trio.testing.wait_all_tasks_blocked()
+        rename, rename_done = step(log, "rename a")
+        nursery.start_soon(rename, tree.moving(lambda: [A, B]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tree.moving_roots == [A, B] and "rename a" not in log  # it waits for the lookup
+        later, later_done = step(log, "getattr a/d")
+        nursery.start_soon(later, tree.using(lambda: [AD]))
+        elsewhere, elsewhere_done = step(log, "lookup c")
+        nursery.start_soon(elsewhere, tree.using(lambda: [C]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["lookup a/d/f", "lookup c"]  # a/d waits behind the rename; c goes on
+        lookup_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log[-2:] == ["lookup a/d/f done", "rename a"]
+        rename_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log[-2:] == ["rename a done", "getattr a/d"]
+        later_done.set()
+        elsewhere_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not tree.moving_roots
+
+    run(body)
+
+
+def test_paths_are_computed_again_after_a_wait():
+    """An operation that waited for a rename names its paths as they are after the move."""
+    async def body(tree, nursery):
+        where = {"parent": A}
+        rename, rename_done = step([], "rename")
+        nursery.start_soon(rename, tree.moving(lambda: [A, B]))
+        await trio.testing.wait_all_tasks_blocked()
+        got = []
+
+        async def lookup():
+            async with tree.using(lambda: [where["parent"] + ("f",)]):
+                got.append(where["parent"])
+
+        nursery.start_soon(lookup)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        where["parent"] = B  # the rename moved it (the table says so before the rename returns)
+        rename_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [B]
+
+    run(body)
+
+
+def test_a_task_using_paths_uses_more_without_waiting_for_a_rename_waiting_for_it():
+    """open(O_TRUNC) truncates through setattr: its second use must not wait for the rename
+    that waits for its first (a deadlock)."""
+    async def body(tree, nursery):
+        inner_go = trio.Event()
+        done = []
+
+        async def open_truncate():
+            async with tree.using(lambda: [AD_F]):
+                await inner_go.wait()
+                async with tree.using(lambda: [AD_F]):
+                    done.append("truncated")
+
+        nursery.start_soon(open_truncate)
+        await trio.testing.wait_all_tasks_blocked()
+        rename, rename_done = step(done, "rename")
+        nursery.start_soon(rename, tree.moving(lambda: [A, B]))
+        await trio.testing.wait_all_tasks_blocked()
+        inner_go.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == ["truncated", "rename"]
+        rename_done.set()
+
+    run(body)
+
+
+def test_overlapping_renames_take_turns_and_disjoint_ones_do_not_wait():
+    async def body(tree, nursery):
+        log = []
+        first, first_done = step(log, "mv a b")
+        nursery.start_soon(first, tree.moving(lambda: [A, B]))
+        await trio.testing.wait_all_tasks_blocked()
+        inner, inner_done = step(log, "mv a/d c")
+        nursery.start_soon(inner, tree.moving(lambda: [AD, C]))
+        other, other_done = step(log, "mv x y")
+        nursery.start_soon(other, tree.moving(lambda: [("x",), ("y",)]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["mv a b", "mv x y"]
+        first_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log[-1] == "mv a/d c"
+        inner_done.set()
+        other_done.set()
+
+    run(body)
+
+
+def test_a_cancelled_rename_lets_the_operations_it_held_back_go_on():
+    async def body(tree, nursery):
+        log = []
+        lookup, lookup_done = step(log, "lookup a/d/f")
+        nursery.start_soon(lookup, tree.using(lambda: [AD_F]))
+        await trio.testing.wait_all_tasks_blocked()
+        cancel = trio.CancelScope()
+
+        async def rename():
+            with cancel:
+                async with tree.moving(lambda: [A, B]):
+                    log.append("rename")
+
+        nursery.start_soon(rename)
+        await trio.testing.wait_all_tasks_blocked()
+        later, later_done = step(log, "getattr a/d")
+        nursery.start_soon(later, tree.using(lambda: [AD]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["lookup a/d/f"]
+        cancel.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["lookup a/d/f", "getattr a/d"] and not tree.moving_roots
+        lookup_done.set()
+        later_done.set()
+
+    run(body)
