@@ -39,7 +39,7 @@ from .access import Caller, Policy
 from .attributes import Attributes
 from .dirindex import DirIndex
 from .backend import Backend
-from .backend.aio import AsyncBackend
+from .backend.aio import AsyncBackend, extend_request_deadline
 from .coretypes import Attr, Options
 from .dircache import Names
 from .errors import InvalidName, NameTooLong, PreconditionFailed
@@ -64,43 +64,57 @@ log = logging.getLogger("stashfs.fs")
 
 def _naming(paths):
     """The operation names the paths ``paths(fs, *args)`` gives: it waits while a rename moves
-    them, and a rename waits for it (`fsdriver.treelock`)."""
+    them, and a rename waits for it (`fsdriver.treelock`).  The time it waited does not count
+    against the request's backend deadline."""
     def wrap(op):
         @functools.wraps(op)
         async def naming(self, *args, **kwargs):
-            async with self.tree.using(lambda: paths(self, *args, **kwargs)):
+            async with self.tree.using(lambda: paths(self, *args, **kwargs)) as waited:
+                extend_request_deadline(waited)
                 return await op(self, *args, **kwargs)
         return naming
     return wrap
 
 
 def _own(fs, ino, *args, **kwargs):
-    return [fs._path(ino)]
+    node = fs.inodes.get(ino)
+    return [node.path] if node is not None else []  # (unknown: the operation answers ENOENT)
 
 
 def _child(fs, parent_ino, name, *args, **kwargs):
-    return [fs._path(parent_ino) + (name,)]
+    parent = fs.inodes.get(parent_ino)
+    return [parent.path + (name,)] if parent is not None else []
 
 
 def _listed(fs, fh):
     handle = fs.dir_handles.get(fh)
-    return [handle[0].path] if handle is not None else []
+    return [handle[0].path] if handle is not None and handle[1] is None else []  # (once listed: a snapshot)
 
 
 def _linked(fs, ino, new_parent_ino, new_name, *args, **kwargs):
-    return [fs._path(ino), fs._path(new_parent_ino) + (new_name,)]
+    return _own(fs, ino) + _child(fs, new_parent_ino, new_name)
 
 
 def _renamed(fs, old_parent_ino, old_name, new_parent_ino, new_name, *args, **kwargs):
-    return [fs._path(old_parent_ino) + (old_name,), fs._path(new_parent_ino) + (new_name,)]
+    """What a rename moves: none for one refused at once (a namespace, between trees), which
+    must not hold anything back meanwhile."""
+    old_parent, new_parent = fs.inodes.get(old_parent_ino), fs.inodes.get(new_parent_ino)
+    if old_parent is None or new_parent is None or old_parent.depth < 2 or new_parent.depth < 2 \
+            or (old_parent.path[0] == "kv") != (new_parent.path[0] == "kv"):
+        return []
+    return [old_parent.path + (old_name,), new_parent.path + (new_name,)]
 
 
 def _moving(op):
     """A rename: what it moves (source and target, each with what is below it) is named by no
-    other operation meanwhile (`fsdriver.treelock`)."""
+    other operation meanwhile (`fsdriver.treelock`).  Uploads in flight below the source are
+    waited for first, holding nothing: the rename waits for them anyway (`fsdriver.renames`), and
+    would hold the operations below it back meanwhile."""
     @functools.wraps(op)
     async def moving(self, *args, **kwargs):
-        async with self.tree.moving(lambda: _renamed(self, *args, **kwargs)):
+        await self._uploads_settled(_renamed(self, *args, **kwargs)[:1])
+        async with self.tree.moving(lambda: _renamed(self, *args, **kwargs)) as waited:
+            extend_request_deadline(waited)
             return await op(self, *args, **kwargs)
     return moving
 
@@ -253,10 +267,17 @@ class Filesystem:
             await self.names.refresh(node)
         return self.attr(node)
 
-    def _path(self, ino: int) -> tuple:
-        """The path of inode ``ino`` (() when not known: the operation answers ENOENT itself)."""
-        node = self.inodes.get(ino)
-        return node.path if node is not None else ()
+    async def _uploads_settled(self, paths) -> None:
+        """Wait for the uploads in flight of the files at or below ``paths`` (known to this mount)."""
+        for path in paths:
+            node = self.inodes.at(path)
+            if node is None:
+                continue
+            for n in [node] + (self.inodes.below(node) if node.is_dir else []):
+                staged = n.staged
+                if staged is not None and staged.lock.locked():
+                    async with staged.lock:
+                        pass
 
     def _node(self, ino: int) -> Node:
         if ino == CONTROL_INO:

@@ -33,6 +33,12 @@ from .supervise import spawn
 
 log = logging.getLogger("stashfs.daemon")
 
+# pyfuse3's request tasks (its default: 99).  One waits per request in progress: a few hundred
+# processes stat-ing below a directory an S3 rename copies must not keep every other request of
+# the mount (reads and writes of open files, the control file) from being read.  A task costs a
+# few KiB while it waits; the backend's own limit bounds the requests made to it.
+MAX_REQUESTS = 1000
+
 def default_cache_dir(backend_url: str, mountpoint: str) -> Path:
     """Stable per (backend, mount point), so a remount finds what a crash left pending."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
@@ -201,7 +207,9 @@ async def _serve(fs: Filesystem, mountpoint: str, args, ready: Readiness) -> int
             await nursery.start(fs.run)
             spawn(nursery, fs.stats, "signals", _on_signals, fs, what="signal handling", retries=None)
             nursery.start_soon(_readahead_then_ready, fs, mountpoint, args.readahead, ready)
-            await pyfuse3.main()
+            # Requests below a directory being renamed wait for it (fsdriver.treelock), each in
+            # one of pyfuse3's request tasks: enough of them that the others are still read.
+            await pyfuse3.main(max_tasks=MAX_REQUESTS)
             with trio.move_on_after(fs.backend.timeout or 30) as bound:  # the backend may be gone
                 await fs.flush_metadata()
             unwritten = fs.dirindex.unwritten()

@@ -22,9 +22,14 @@ answered ENOENT for ``b/d/f``.
   of open files: they name nothing (the staged file's lock orders an upload with the rename,
   `fsdriver.renames`).
 
-A task that uses paths already may use more without waiting (an open with O_TRUNC truncates):
-a rename waiting for its first paths must not make its second ones wait for that rename.  Paths
-are computed again after each wait (a rename may have moved the parent meanwhile).
+A task that uses paths already may use them (or paths below them) again without waiting (an open
+with O_TRUNC truncates): a rename waiting for its first use must not make its second one wait for
+that rename.  Paths are computed again after each wait (a rename may have moved the parent
+meanwhile).  Both blocks give the seconds they waited (a request's backend calls get them back:
+`AsyncBackend`'s deadline is for the backend's answers, not for a rename's copies).
+
+While a rename runs, the operations below what it moves wait in pyfuse3's request tasks; the daemon
+allows enough of them (`fsdriver.daemon`) that requests elsewhere are still read meanwhile.
 """
 
 from collections import Counter
@@ -45,7 +50,7 @@ class TreeLock:
     def __init__(self):
         self._using: Counter = Counter()  # path -> operations under way that use it
         self._moving: list[Path] = []  # roots of the subtrees renames move (or wait to move)
-        self._holders: Counter = Counter()  # task -> paths it uses (nested uses)
+        self._holders: dict = {}  # task -> the paths it uses (a list: nested uses add to it)
         self._wake = trio.Event()
 
     @property
@@ -55,29 +60,37 @@ class TreeLock:
 
     @asynccontextmanager
     async def using(self, paths_of: Callable[[], Iterable[Path]]):
-        """Hold the paths ``paths_of()`` gives (computed again after each wait) for the block."""
+        """Hold the paths ``paths_of()`` gives (computed again after each wait) for the block;
+        gives the seconds it waited."""
         task = trio.lowlevel.current_task()
+        held = self._holders.get(task, [])
+        started = trio.current_time()
         while True:
             paths = [p for p in paths_of() if p]
-            if self._holders[task] or not any(_below(p, r) for p in paths for r in self._moving):
+            if not any(_below(p, r) for p in paths for r in self._moving):
                 break
+            if all(any(_below(p, h) for h in held) for p in paths):
+                break  # a nested use of what this task holds already: the rename waits for it
             await self._wait()
+        waited = trio.current_time() - started
         self._using.update(paths)
-        self._holders[task] += len(paths)
+        self._holders[task] = held + paths
         try:
-            yield
+            yield waited
         finally:
             self._using.subtract(paths)
-            self._holders.subtract({task: len(paths)})
             self._using += Counter()  # (drops the paths no longer used)
-            if self._holders[task] <= 0:
+            if held:
+                self._holders[task] = held
+            else:
                 self._holders.pop(task, None)
             self._notify()
 
     @asynccontextmanager
     async def moving(self, roots_of: Callable[[], Iterable[Path]]):
         """Hold the subtrees at ``roots_of()`` for a rename: no operation uses a path in them
-        meanwhile (those under way are waited for, new ones wait)."""
+        meanwhile (those under way are waited for, new ones wait); gives the seconds it waited."""
+        started = trio.current_time()
         while True:
             roots = [r for r in roots_of() if r]
             if not any(_below(r, m) or _below(m, r) for r in roots for m in self._moving):
@@ -87,7 +100,7 @@ class TreeLock:
         try:
             while any(_below(p, r) for p in self._using for r in roots):
                 await self._wait()
-            yield
+            yield trio.current_time() - started
         finally:
             for r in roots:
                 self._moving.remove(r)

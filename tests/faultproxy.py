@@ -3,7 +3,8 @@
 It forwards every request unchanged (bench/proxy.py does the forwarding); for requests a rule
 matches, it lets the server carry the request out and then answers the client 500 InternalError
 instead of the server's answer: the client cannot tell whether its request took effect, exactly
-like a response lost to a read timeout.
+like a response lost to a read timeout.  With ``hold`` set instead, matching requests wait for
+it and then go through unchanged (a slow request).
 """
 
 import threading
@@ -18,6 +19,11 @@ class _FaultHandler(_Handler):
     def _forward_one(self):
         rule = self.server.rule
         if rule is None or not rule(self.command, self.path):
+            return super()._forward_one()
+        if self.server.hold is not None:  # held until the test lets it go, then forwarded as it is
+            with self.server.lock:
+                self.server.hits += 1
+            assert self.server.hold.wait(120), "a held request was never let go"
             return super()._forward_one()
         body = self._read_body()
         if self.server.cut is not None:  # the server's answer, its body broken off after `cut` bytes
@@ -75,6 +81,7 @@ class FaultProxy(CountingProxy):
         self._server.rule = None
         self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers
         self._server.cut = None  # n: send the server's answer to matching requests, body cut after n bytes
+        self._server.hold = None  # a threading.Event: matching requests wait for it, then go through
         self._server.hits = 0
         self._server.lock = threading.Lock()
 
@@ -101,6 +108,14 @@ class FaultProxy(CountingProxy):
     @cut.setter
     def cut(self, n):
         self._server.cut = n
+
+    @property
+    def hold(self):
+        return self._server.hold
+
+    @hold.setter
+    def hold(self, event):
+        self._server.hold = event
 
     @property
     def hits(self) -> int:

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from fsdriver.backend import aio
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
 from fsdriver.errors import NotFound, PermissionDenied, Unavailable
@@ -71,7 +72,7 @@ class GatedDisk(DiskBackend):
 
 
 async def entered(event):
-    await trio.to_thread.run_sync(event.wait, 20)
+    assert await trio.to_thread.run_sync(event.wait, 20), "the gate was never reached"
 
 
 def run(tmp_path, body, backend=None):
@@ -781,5 +782,110 @@ def test_a_failed_chmod_of_a_directory_keeps_its_earlier_times_to_store(tmp_path
         assert stat.S_IMODE(int(meta["mode"])) == 0o755  # the failed chmod changed nothing
         fs.forget([(d, fs.inodes.by_ino[d].lookups)])
         assert d not in fs.inodes.by_ino
+
+    run(tmp_path, body)
+
+
+def test_a_request_waiting_for_a_rename_gets_the_wait_back_on_its_backend_deadline(tmp_path):
+    """A lookup below a directory being renamed waits for the rename (found by review): that wait
+    must not eat the request's deadline for the backend's answers (`--backend-timeout`), or every
+    `stat` queued behind a long S3 rename failed with EIO at once although the backend answered."""
+    async def body(fs, be, ns, nursery):
+        a = (await fs.mkdir(ns, "a", mode=0o755)).ino
+        d = (await fs.mkdir(a, "d", mode=0o755)).ino
+        copying, release = be.gate("rename")  # the backend's part of the rename takes long
+        nursery.start_soon(fs.rename, ns, "a", ns, "b", 0)
+        await entered(copying)
+        left = []
+        resolve = fs.names.resolve
+
+        async def spy(parent, name):
+            left.append(aio._request_deadline.get() - trio.current_time())
+            return await resolve(parent, name)
+
+        fs.names.resolve = spy
+        outcome = {}
+
+        async def stat_below():
+            with aio.request_deadline(1.0):
+                try:
+                    await fs.lookup(d, "g")
+                except FSError as e:
+                    outcome["errno"] = e.errno
+
+        nursery.start_soon(stat_below)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not left  # it waits for the rename
+        await trio.sleep(1.5)  # longer than the request's deadline: the rename copies
+        release.set()
+        while "errno" not in outcome:
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(0)
+        assert outcome["errno"] == errno.ENOENT  # answered, not EIO
+        assert left[0] > 0
+
+    run(tmp_path, body)
+
+
+def test_a_rename_refused_at_once_holds_nothing_back(tmp_path):
+    """``mv /user/alice /user/x`` is refused (EPERM: a namespace), and the rename of a tree between
+    records and files (EXDEV): without waiting for what runs in the namespace meanwhile, nor holding
+    anything in it back (found by review: they drained and blocked the whole namespace)."""
+    async def body(fs, be, ns, nursery):
+        user = (await fs.lookup(ROOT_INO, "user")).ino
+        d = (await fs.mkdir(ns, "d", mode=0o755)).ino
+        fs.inodes.by_ino[d].listing = None  # (its listing expired)
+        listing, release = be.gate("list")  # a listing in the namespace takes long
+        fh = None
+
+        async def ls():
+            nonlocal fh
+            fh = await fs.opendir(d)
+            await fs.readdir(fh)
+
+        nursery.start_soon(ls)
+        await entered(listing)
+        with pytest.raises(FSError) as refused:
+            await fs.rename(user, "alice", user, "x", 0)
+        assert refused.value.errno == errno.EPERM
+        kv = (await fs.lookup(ROOT_INO, "kv")).ino
+        store = (await fs.mkdir(kv, "s")).ino
+        with pytest.raises(FSError) as refused:
+            await fs.rename(ns, "d", store, "d", 0)
+        assert refused.value.errno == errno.EXDEV
+        assert not fs.tree.moving_roots
+        release.set()
+
+    run(tmp_path, body)
+
+
+def test_a_rename_waits_for_an_upload_below_it_before_holding_what_it_moves(tmp_path):
+    """``mv a b`` while a close() uploads ``a/big``: the rename waits for that upload (as before),
+    but holding nothing meanwhile, so ``stat a/other`` still answers (found by review: it waited for
+    the whole upload)."""
+    async def body(fs, be, ns, nursery):
+        a = (await fs.mkdir(ns, "a", mode=0o755)).ino
+        fh, other, _ = await fs.create(a, "other", os.O_WRONLY | os.O_CREAT, mode=0o644)
+        await fs.release(fh)
+        fh, _, _ = await fs.create(a, "big", os.O_WRONLY | os.O_CREAT, mode=0o644)
+        await fs.write(fh, 0, b"x" * 1000)
+        uploading, release = be.gate("put_file")
+        nursery.start_soon(fs.flush, fh)  # close(): uploading, its staged file locked
+        await entered(uploading)
+        renamed = trio.Event()
+
+        async def rename():
+            await fs.rename(ns, "a", ns, "b", 0)
+            renamed.set()
+
+        nursery.start_soon(rename)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not fs.tree.moving_roots and not renamed.is_set()  # waiting for the upload, holding nothing
+        assert (await fs.getattr(other.ino)).size == 0
+        release.set()
+        await renamed.wait()
+        await fs.release(fh)
+        assert be.get_range("user/alice/b/big", 0) == b"x" * 1000
+        assert fs.inodes.by_ino[other.ino].path == ("user", "alice", "b", "other")
 
     run(tmp_path, body)

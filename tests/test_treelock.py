@@ -8,13 +8,13 @@ from fsdriver.treelock import TreeLock
 A, AD, AD_F, B, C = ("a",), ("a", "d"), ("a", "d", "f"), ("b",), ("c",)
 
 
-def run(body):
+def run(body, clock=None):
     async def main():
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 await body(TreeLock(), nursery)
 
-    trio.run(main)
+    trio.run(main, clock=clock)
 
 
 def step(log: list, name: str):
@@ -108,6 +108,62 @@ def test_a_task_using_paths_uses_more_without_waiting_for_a_rename_waiting_for_i
         rename_done.set()
 
     run(body)
+
+
+def test_a_nested_use_of_another_path_below_a_rename_still_waits_for_it():
+    """Only what the task holds already is used again without waiting: a nested use of another
+    path in a subtree a rename waits for would slip under it."""
+    async def body(tree, nursery):
+        go = trio.Event()
+        log = []
+
+        async def op():
+            async with tree.using(lambda: [C]):
+                await go.wait()
+                async with tree.using(lambda: [AD_F]):
+                    log.append("a/d/f")
+
+        nursery.start_soon(op)
+        await trio.testing.wait_all_tasks_blocked()
+        rename, rename_done = step(log, "rename")
+        nursery.start_soon(rename, tree.moving(lambda: [A, B]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["rename"]  # nothing under way below a and b: it holds them
+        go.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["rename"]  # a/d/f waits
+        rename_done.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["rename", "rename done", "a/d/f"]
+
+    run(body)
+
+
+def test_each_side_knows_how_long_it_waited():
+    """(A request's backend deadline gets that time back.)"""
+    async def body(tree, nursery):
+        waits = {}
+
+        async def lookup(name, path, hold):
+            async with tree.using(lambda: [path]) as waited:
+                waits[name] = waited
+                await trio.sleep(hold)
+
+        async def rename():
+            async with tree.moving(lambda: [A, B]) as waited:
+                waits["rename"] = waited
+                await trio.sleep(5)
+
+        nursery.start_soon(lookup, "before", AD_F, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(rename)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(lookup, "after", AD, 0)
+        nursery.start_soon(lookup, "elsewhere", C, 0)
+        await trio.sleep(10)
+        assert waits == {"before": 0, "elsewhere": 0, "rename": 2, "after": 7}
+
+    run(body, trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_overlapping_renames_take_turns_and_disjoint_ones_do_not_wait():

@@ -49,6 +49,14 @@ def request_deadline(seconds: float | None):
         _request_deadline.reset(token)
 
 
+def extend_request_deadline(seconds: float) -> None:
+    """The request waited ``seconds`` for something other than the backend (a rename of what it
+    names, `fsdriver.treelock`): its backend calls get that time back."""
+    deadline = _request_deadline.get()
+    if deadline is not None and seconds > 0:
+        _request_deadline.set(deadline + seconds)
+
+
 def no_request_deadline() -> None:
     """Background work (a task of its own) is not bound by the request that started it."""
     _request_deadline.set(None)
