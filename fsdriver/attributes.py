@@ -217,7 +217,9 @@ class Attributes:
                 self.stored(node)
 
     def stored(self, node: Node) -> None:
-        """A directory's pending attributes were stored (or given up): the node may go."""
+        """A directory's pending attributes were stored (or given up): the node may go.  What it
+        shows is what the backend holds now (fresh for the TTL: `Names.refresh`)."""
         if node.attrs_pending and not self.pending(node):
             node.attrs_pending = False
+            node.attr_time = max(node.attr_time, self.fs.clock())
             self.fs.inodes.release_unreferenced(node)

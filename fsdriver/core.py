@@ -313,6 +313,8 @@ class Filesystem:
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
         await self.names.need_meta(node)
+        if node.is_dir:
+            await self.names.refresh(node)  # (a file's were read by the lookup)
         if node.depth == 2:
             await self.namespaces.owner(node.path)
         node.lookups += 1
@@ -394,7 +396,7 @@ class Filesystem:
             raise FSError(errno.EEXIST, f"{parent.display}/{name} was created meanwhile") from None
         node = self.inodes.node_for(path, True)
         node.has_marker, node.mtime = True, time.time()
-        node.meta, node.meta_known = meta, True
+        node.meta, node.meta_known, node.attr_time = meta, True, self.clock()  # (as stored: fresh)
         node.listing = Listing({}, self.clock())
         self.names.listed(parent, name, (True, None))
         self.attributes.touch_dir(parent)

@@ -80,6 +80,8 @@ class Names:
             if info.meta is not None and not (node.is_dir and self.fs.attributes.pending(node)):
                 meta = posixattrs.from_headers(info.meta, getattr(info, "mtime", node.mtime), node.is_dir,
                                                *self.fs.default_owner(node))
+                if node.is_dir:
+                    node.attr_time = max(node.attr_time, when)  # (read with the listing: fresh until the TTL)
                 if node.is_dir and meta is not None and node.meta is not None and node.meta_known \
                         and meta.ctime < node.meta.ctime:
                     # A directory has no etag to order versions by: attributes changed here later
@@ -94,6 +96,10 @@ class Names:
         was only seen in a listing that carries none (S3 without a directory index)."""
         if node.meta_known or node.staged is not None or not self.fs.has_posix(node):
             return
+        await self._read_meta(node)
+
+    async def _read_meta(self, node: Node) -> None:
+        """Read a file or directory's own attributes (one HEAD of the object or of the marker)."""
         when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head(node.prefix if node.is_dir else node.key)
@@ -117,11 +123,19 @@ class Names:
         self.set_info(node, info, when, seq)
 
     async def refresh(self, node: Node) -> None:
-        """Re-read a file's attributes from the backend when they are older than the TTL.
-
-        A directory's own attributes are read again with its parent's listing, when its name is
-        looked up again (the kernel does so once the entry timeout passed), not by a HEAD here."""
-        if node.is_dir or self.fresh(node.attr_time):
+        """Re-read a file's or a directory's attributes from the backend when they are older than
+        the TTL.  A directory's come from its marker (one HEAD; disk: its own metadata), unless this
+        mount changed them and has not stored that yet (those are newer) or the directory is in use:
+        another node's chmod, chown or touch of a directory, or its rmdir and mkdir again, show after
+        the TTL as a file's do (they showed only once the parent was listed again)."""
+        if node.is_dir:
+            # (a directory in use, `Node.exists_until`, is not asked about again while it is: `ls -l`
+            # of a huge one looks every directory above each entry up again)
+            if not (self.fresh(node.attr_time) or self.clock() < node.exists_until
+                    or not self.fs.has_posix(node) or self.fs.attributes.pending(node)):
+                await self._read_meta(node)
+            return
+        if self.fresh(node.attr_time):
             return
         if node.staged is not None and not self.fs.files.unchanged_here(node):
             return  # this mount's own content, not stored yet: shown as it is (read-your-writes)

@@ -345,3 +345,22 @@ def test_s3_lookup_finds_the_directory_behind_many_siblings(s3_backend):
     assert is_dir and info is not None and info.size == 4
     assert s3_backend.lookup("ns/a-0005") == (None, True)
     assert s3_backend.lookup("ns/nothing") == (None, False)
+
+
+def test_a_directory_rename_whose_keys_would_be_too_long_moves_nothing(s3_backend):
+    """Found by a real-tools trial: ``mv top L/`` made keys over S3's 1,024 bytes (moto stores them,
+    S3 refuses them half-way through the copies), which the mount could then not remove
+    (ENAMETOOLONG).  The longest new key is checked before anything is copied."""
+    from fsdriver.errors import NameTooLong
+
+    long_name = "f" * 900
+    s3_backend.put_bytes("top/", b"")
+    s3_backend.put_bytes("top/" + long_name, b"x")
+    s3_backend.put_bytes("top/short", b"y")
+    dst = "L" * 130 + "/"
+    with pytest.raises(NameTooLong):
+        s3_backend.rename("top/", dst)
+    assert sorted(e.key for e in s3_backend.list("top/")) == sorted(["top/", "top/" + long_name, "top/short"])
+    assert list(s3_backend.list(dst)) == []
+    s3_backend.rename("top/", "L/")  # within the limit: moved
+    assert sorted(e.key for e in s3_backend.list("L/")) == sorted(["L/", "L/" + long_name, "L/short"])

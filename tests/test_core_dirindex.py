@@ -35,14 +35,16 @@ class Clock:
         return self.now
 
 
-def run_nodes(tmp_path, backends, body):
-    """Run ``body(nodes)`` with one core per backend (each its own cache dir: separate nodes)."""
+def run_nodes(tmp_path, backends, body, clock=None):
+    """Run ``body(nodes)`` with one core per backend (each its own cache dir: separate nodes),
+    on ``clock`` if given (one for all: `Clock`)."""
 
     async def main():
         nodes = []
         async with trio.open_nursery() as nursery:
             for i, backend in enumerate(backends):
-                fs = Filesystem(backend, Cache(tmp_path / f"cache{i}"), Options(uid=0, gid=0))
+                fs = Filesystem(backend, Cache(tmp_path / f"cache{i}"), Options(uid=0, gid=0),
+                                **({"clock": clock} if clock is not None else {}))
                 await nursery.start(fs.run)
                 nodes.append(fs)
             with trio.fail_after(120):
@@ -713,3 +715,35 @@ def test_a_failed_chmod_with_nothing_pending_leaves_no_stale_node_in_the_index_q
         assert sub not in fs.inodes.by_ino, "kept: attrs_pending set, nothing pending"
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url)], body)
+
+
+def test_another_nodes_chmod_of_a_directory_shows_after_the_ttl(tmp_path, moto_server, s3_url):
+    """Found by a real-tools trial: node b kept showing a directory's old mode, owner and times
+    after node a changed them (or removed and made it again), until b listed the parent again;
+    `stat` on b never did.  Now b reads them again once the TTL passed (one HEAD of the marker),
+    and within the TTL shows what it knows, without a request."""
+    clock = Clock()
+
+    async def body(nodes):
+        a, b = nodes
+        ad = await path_ino(a, "pipeline", "p1", "d", create=True)
+        sub = (await a.mkdir(ad, "sub", mode=0o755)).ino
+        await a.flush_metadata()
+        bd = await path_ino(b, "pipeline", "p1", "d")
+        bsub = (await b.lookup(bd, "sub")).ino
+        await a.setattr(sub, mode=stat.S_IFDIR | 0o711, uid=1234)
+        await a.flush_metadata()
+        before = requests(b)
+        assert stat.S_IMODE((await b.getattr(bsub)).mode) == 0o755  # within the TTL: as known
+        assert grew(before, requests(b)) == {}
+        clock.now += 5
+        attr = await b.lookup(bd, "sub")  # the kernel's lookup once the entry timeout passed
+        assert (stat.S_IMODE(attr.mode), attr.uid) == (0o711, 1234)
+        await a.rmdir(ad, "sub")
+        await a.mkdir(ad, "sub", mode=0o700)
+        await a.flush_metadata()
+        clock.now += 5
+        attr = await b.getattr(bsub)  # the kernel's getattr
+        assert (stat.S_IMODE(attr.mode), attr.uid) == (0o700, 0)
+
+    run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body, clock)

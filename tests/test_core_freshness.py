@@ -8,7 +8,9 @@ put the old size and etag back on the file).  The clock is injected, so "within 
 
 import errno
 import os
+import stat
 import threading
+import time
 
 import pytest
 import trio
@@ -591,3 +593,32 @@ def test_a_truncate_that_takes_another_nodes_version_keeps_its_own_times(tmp_pat
         assert attr.mtime >= t0 - 1 and int(stored["mtime"]) >= int(t0) - 1, "the truncate's mtime was lost"
 
     run(tmp_path, backend, body)
+
+
+def test_another_nodes_chmod_of_a_directory_shows_after_the_ttl(tmp_path, disk_backend):
+    """Found by a real-tools trial: a directory's mode, owner and times changed by another node
+    showed only once its parent was listed again: `stat` kept the old ones for ever (a file's
+    show after the TTL).  Within the TTL the known ones are shown, without a request.  (Disk: the
+    other node's change is its metadata; S3, where it also writes the parent's index, in
+    test_core_dirindex.py.)"""
+
+    async def body(fs, d, clock):
+        sub = (await fs.mkdir(d, "sub", mode=0o755)).ino
+        await fs.flush_metadata()
+        marker = "pipeline/p1/d/sub/"
+        theirs = dict(fs.sync_backend.head(marker).meta)
+        theirs.update(mode=str(stat.S_IFDIR | 0o711), uid="1234", ctime=str(int(time.time()) + 60))
+        fs.sync_backend.set_meta(marker, theirs)  # another node's chmod and chown
+        before = dict(fs.stats.backend)
+        assert stat.S_IMODE((await fs.getattr(sub)).mode) == 0o755
+        assert stat.S_IMODE((await fs.lookup(d, "sub")).mode) == 0o755
+        assert dict(fs.stats.backend) == before
+        clock.now += 5
+        attr = await fs.lookup(d, "sub")  # the kernel's lookup once the entry timeout passed
+        assert (stat.S_IMODE(attr.mode), attr.uid) == (0o711, 1234)
+        theirs.update(mode=str(stat.S_IFDIR | 0o700), ctime=str(int(time.time()) + 120))
+        fs.sync_backend.set_meta(marker, theirs)
+        clock.now += 5
+        assert stat.S_IMODE((await fs.getattr(sub)).mode) == 0o700  # the kernel's getattr
+
+    run(tmp_path, disk_backend, body)

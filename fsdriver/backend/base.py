@@ -16,7 +16,7 @@ import abc
 import os
 import re
 
-from ..errors import InvalidRequest, NotFound, PermissionDenied
+from ..errors import InvalidRequest, NameTooLong, NotFound, PermissionDenied
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator, Mapping, Union
 
@@ -321,6 +321,12 @@ class Backend(abc.ABC):
         entries = [e for e in self.list(src) if isinstance(e, ObjectInfo)]
         if not entries:
             raise NotFound(f"{src}: no such directory", src)
+        longest = max(entries, key=lambda e: len(e.key.encode()))
+        new = dst + longest.key[len(src):]
+        if self.max_key_bytes is not None and len(new.encode()) > self.max_key_bytes:
+            # checked before anything is copied: a copy refused half-way would leave both trees
+            raise NameTooLong(f"{new}: longer than the backend's keys may be ({self.max_key_bytes} bytes); "
+                              f"{src} not moved")
         moved = {}
         for e in entries:
             new = dst + e.key[len(src):]
