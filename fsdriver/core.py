@@ -832,6 +832,9 @@ class Filesystem:
         for other in list(self.inodes.by_ino.values()):
             if other.nlink > 1 and not other.is_dir:
                 other.attr_time = 0
+                parent = self.inodes.at(other.path[:-1])
+                if parent is not None:
+                    parent.listing = None  # its entry carries the old size and times (readdirplus)
                 await self.records.invalidate_attrs(other.ino)
 
     @_naming(_own)

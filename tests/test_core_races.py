@@ -889,3 +889,28 @@ def test_a_rename_waits_for_an_upload_below_it_before_holding_what_it_moves(tmp_
         assert fs.inodes.by_ino[other.ino].path == ("user", "alice", "b", "other")
 
     run(tmp_path, body)
+
+
+def test_the_other_names_of_a_hard_link_show_what_a_close_wrote_at_once(tmp_path):
+    """Disk (found by a real-tools trial): after ``head -c N >> c`` on a file hard-linked as
+    ``a/a``, ``ls -l a`` and ``stat a/a`` showed the old size and times for up to a TTL: the
+    directory's cached listing still held them, and applying it made them fresh again."""
+    async def body(fs, be, ns, nursery):
+        a = (await fs.mkdir(ns, "a", mode=0o755)).ino
+        fh, c, _ = await fs.create(ns, "c", os.O_WRONLY | os.O_CREAT, mode=0o644)
+        await fs.write(fh, 0, b"x" * 56167)
+        await fs.release(fh)
+        link = await fs.link(c.ino, a, "a")
+        listing = await fs.opendir(a)
+        assert [(name, attr.size) for name, attr in await fs.readdir(listing)] == [("a", 56167)]
+        fs.releasedir(listing)
+        fh, _, _ = await fs.open(c.ino, os.O_WRONLY | os.O_APPEND)
+        await fs.write(fh, 56167, b"y" * 3958)
+        await fs.flush(fh)
+        await fs.release(fh)
+        listing = await fs.opendir(a)
+        assert [(name, attr.size) for name, attr in await fs.readdir(listing)] == [("a", 60125)]
+        fs.releasedir(listing)
+        assert (await fs.getattr(link.ino)).size == 60125
+
+    run(tmp_path, body)
