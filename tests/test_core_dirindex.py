@@ -573,6 +573,16 @@ def test_index_writes_of_a_directory_stay_one_at_a_time_after_a_rename_held_them
     run_nodes(tmp_path, [backend], body)
 
 
+async def file_in_a_subdirectory(fs) -> tuple[int, int, int, int]:
+    """pipeline/p1/d/sub/f (mode 0644), its index rows written: the inode numbers of p1, d, sub, f."""
+    p1 = await path_ino(fs, "pipeline", "p1", create=True)
+    d = (await fs.mkdir(p1, "d", mode=0o755)).ino
+    sub = (await fs.mkdir(d, "sub", mode=0o755)).ino
+    f = await new_file(fs, sub, "f", mode=0o644)
+    await fs.flush_metadata()
+    return p1, d, sub, f
+
+
 def test_a_forgotten_directorys_unwritten_rows_move_with_a_renamed_parent(tmp_path, moto_server, s3_url):
     """A chmod in a directory, the directory and the file forgotten by the kernel (memory
     pressure), then its parent renamed before the directory's index was written: the row is
@@ -581,11 +591,7 @@ def test_a_forgotten_directorys_unwritten_rows_move_with_a_renamed_parent(tmp_pa
     file with the mount's defaults."""
     async def body(nodes):
         a, b = nodes
-        p1 = await path_ino(a, "pipeline", "p1", create=True)
-        d = (await a.mkdir(p1, "d", mode=0o755)).ino
-        sub = (await a.mkdir(d, "sub", mode=0o755)).ino
-        f = await new_file(a, sub, "f", mode=0o644)
-        await a.flush_metadata()
+        p1, d, sub, f = await file_in_a_subdirectory(a)
         await a.setattr(f, mode=stat.S_IFREG | 0o600)  # f's row in sub's index: written later
         a.forget([(f, a.inodes.by_ino[f].lookups), (sub, a.inodes.by_ino[sub].lookups)])
         await a.rename(p1, "d", p1, "e", 0)
@@ -633,11 +639,7 @@ def test_rows_noted_during_a_chmod_of_their_directory_move_with_a_renamed_parent
 
     async def body(nodes):
         a, b = nodes
-        p1 = await path_ino(a, "pipeline", "p1", create=True)
-        d = (await a.mkdir(p1, "d", mode=0o755)).ino
-        sub = (await a.mkdir(d, "sub", mode=0o755)).ino
-        f = await new_file(a, sub, "f", mode=0o644)
-        await a.flush_metadata()
+        p1, d, sub, f = await file_in_a_subdirectory(a)
         key = "pipeline/p1/d/sub/"
         put1 = backend.put_hold = _Hold(key)
         async with trio.open_nursery() as nursery:

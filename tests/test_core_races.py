@@ -625,16 +625,22 @@ def test_a_retried_upload_frees_its_staged_file(tmp_path):
     run(tmp_path, body)
 
 
+async def directory_with_times_to_store(fs, ns) -> tuple[int, float]:
+    """A directory ``d`` whose times a create in it just moved (stored by the next round): its
+    inode number and its new mtime."""
+    d = (await fs.mkdir(ns, "d", mode=0o755)).ino
+    await fs.flush_metadata()
+    fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)
+    await fs.release(fh)
+    return d, (await fs.getattr(d)).mtime
+
+
 def test_a_directory_renamed_while_its_times_are_stored_keeps_them(tmp_path):
     """Disk: the background round storing a directory's times (in its own metadata, at its path)
     in flight when the directory is renamed: they land on the directory, never tried at its old
     path after the move (which failed, logged "directory times not stored": the log guard)."""
     async def body(fs, be, ns, nursery):
-        d = (await fs.mkdir(ns, "d", mode=0o755)).ino
-        await fs.flush_metadata()
-        fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)  # d's times move
-        await fs.release(fh)
-        moved_at = (await fs.getattr(d)).mtime
+        d, moved_at = await directory_with_times_to_store(fs, ns)
         stored, release = be.gate("set_meta")
         renamed = trio.Event()
         nursery.start_soon(fs.flush_metadata)
@@ -766,11 +772,7 @@ def test_a_failed_chmod_of_a_directory_keeps_its_earlier_times_to_store(tmp_path
     the round; when the chmod failed they were never stored, and the directory stayed in the
     table for ever (kept until its times are stored)."""
     async def body(fs, be, ns, nursery):
-        d = (await fs.mkdir(ns, "d", mode=0o755)).ino
-        await fs.flush_metadata()
-        fh, _, _ = await fs.create(d, "f", os.O_WRONLY | os.O_CREAT, mode=0o644)  # d's times move
-        await fs.release(fh)
-        moved_at = (await fs.getattr(d)).mtime
+        d, moved_at = await directory_with_times_to_store(fs, ns)
         assert fs.inodes.by_ino[d].attrs_pending
         be.fail["set_meta"] = Unavailable("down")
         with pytest.raises(Unavailable):
