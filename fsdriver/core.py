@@ -313,8 +313,6 @@ class Filesystem:
         if node is None:
             raise FSError(errno.ENOENT, f"{parent.display}/{name}: no such file or directory")
         await self.names.need_meta(node)
-        if node.is_dir:
-            await self.names.refresh(node)  # (a file's were read by the lookup)
         if node.depth == 2:
             await self.namespaces.owner(node.path)
         node.lookups += 1
@@ -704,6 +702,9 @@ class Filesystem:
         if target is not None:
             await self.names.need_meta(target)
             self._check_remove(caller, new_parent, target)
+        if node.is_dir and not node.in_store:
+            # keys made too long by the move refuse it before anything changed (the target too)
+            await self.backend.run(self.sync_backend.check_rename, node.prefix, "/".join(new_path) + "/")
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FSError(errno.EEXIST, f"{target.display} exists")

@@ -98,29 +98,33 @@ class Names:
             return
         await self._read_meta(node)
 
-    async def _read_meta(self, node: Node) -> None:
-        """Read a file or directory's own attributes (one HEAD of the object or of the marker)."""
+    async def _read_meta(self, node: Node) -> bool:
+        """Read a file or directory's own attributes (one HEAD of the object or of the marker);
+        whether it was there.  A directory without a marker (implied by the keys below it, or
+        removed elsewhere) keeps what it showed; one the backend cannot be asked about now too
+        (it stays usable through an outage: it may hold pending uploads), for a TTL."""
         when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head(node.prefix if node.is_dir else node.key)
         except NotFound:
-            if node.is_dir:  # a directory implied by the keys below it: no attributes of its own
+            if node.is_dir:
+                node.has_marker = False  # (asked again by a LIST, as any name)
                 if self.inodes.observed(node, seq):
                     node.meta_known, node.attr_time = True, when
-                return
+                return False
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
         except BackendError as e:
             if not node.is_dir:
                 raise
-            # A directory stays usable through an outage (it may hold pending uploads): shown
-            # with the attributes known so far, read again at the next use.
             log.info("%s: its attributes cannot be read now (%s)", node.display, e)
-            return
+            node.attr_time = max(node.attr_time, when)
+            return True
         if node.is_dir:
             node.has_marker = True
             if self.inodes.observed(node, seq):
                 node.attr_time = when
         self.set_info(node, info, when, seq)
+        return True
 
     async def refresh(self, node: Node) -> None:
         """Re-read a file's or a directory's attributes from the backend when they are older than
@@ -131,8 +135,9 @@ class Names:
         if node.is_dir:
             # (a directory in use, `Node.exists_until`, is not asked about again while it is: `ls -l`
             # of a huge one looks every directory above each entry up again)
-            if not (self.fresh(node.attr_time) or self.clock() < node.exists_until
-                    or not self.fs.has_posix(node) or self.fs.attributes.pending(node)):
+            if not (self.fresh(node.attr_time) or self.clock() < node.exists_until or node.has_marker is False
+                    or not self.fs.has_posix(node) or self.fs.attributes.pending(node)
+                    or self.backend.unresponsive):
                 await self._read_meta(node)
             return
         if self.fresh(node.attr_time):
@@ -363,6 +368,14 @@ class Names:
             if node is not None:
                 return node
             when, seq = self.clock(), self.inodes.seq  # gone as a file: a directory, or nothing
+        if known is not None and known.is_dir and known.has_marker is not False and self.fs.has_posix(known):
+            # A directory this mount knows (with a marker, or not known to have none): one HEAD of
+            # the marker proves it and carries its own attributes (another node's chmod shows: a
+            # LIST carries none), for the one request the LIST would have cost.  Without a marker
+            # (implied by the keys below it, or removed): the LIST, this time and the next ones.
+            if await self._read_meta(known):
+                return known
+            when, seq = self.clock(), self.inodes.seq
         info, found_dir = await self.backend.run(self.backend.sync.lookup, key)
         if not found_dir and info is None:
             if len(parent.absent) > 10000:

@@ -18,7 +18,7 @@ import trio.testing
 
 from fsdriver.backend.s3 import S3Backend
 from fsdriver.core import Filesystem, Options
-from fsdriver.errors import Unavailable
+from fsdriver.errors import NameTooLong, Unavailable
 from fsdriver.inodes import ROOT_INO
 from fsdriver.staging import Cache
 
@@ -739,8 +739,10 @@ def test_another_nodes_chmod_of_a_directory_shows_after_the_ttl(tmp_path, moto_s
         assert stat.S_IMODE((await b.getattr(bsub)).mode) == 0o755  # within the TTL: as known
         assert grew(before, requests(b)) == {}
         clock.now += 5
+        before = requests(b)
         attr = await b.lookup(bd, "sub")  # the kernel's lookup once the entry timeout passed
         assert (stat.S_IMODE(attr.mode), attr.uid) == (0o711, 1234)
+        assert grew(before, requests(b)) == {"head": 1}  # the marker's HEAD, where a LIST was
         await a.rmdir(ad, "sub")
         await a.mkdir(ad, "sub", mode=0o700)
         await a.flush_metadata()
@@ -749,3 +751,29 @@ def test_another_nodes_chmod_of_a_directory_shows_after_the_ttl(tmp_path, moto_s
         assert (stat.S_IMODE(attr.mode), attr.uid) == (0o700, 0)
 
     run_nodes(tmp_path, [new_backend(moto_server, s3_url) for _ in range(2)], body, clock)
+
+
+def test_a_rename_refused_for_too_long_keys_leaves_the_target_it_would_replace(tmp_path, moto_server, s3_url):
+    """``mv s t`` onto an existing empty ``t`` where a key under ``s`` would be too long at ``t``
+    (found by review): ENAMETOOLONG, and nothing changed; the target's marker had been deleted
+    before the backend's check refused the copies."""
+    be = new_backend(moto_server, s3_url)
+
+    async def body(nodes):
+        fs, = nodes
+        d = await path_ino(fs, "pipeline", "p1", "d", create=True)
+        deep = (await fs.mkdir(d, "s", mode=0o755)).ino
+        room = be.max_key_bytes - len("pipeline/p1/d/s/".encode())
+        while room > 256 + 1:
+            deep = (await fs.mkdir(deep, "x" * 200, mode=0o755)).ino
+            room -= 201
+        await new_file(fs, deep, "y" * (room - 1))  # a key of the longest length, under s
+        target = "t" * 50
+        await fs.mkdir(d, target, mode=0o700)
+        await fs.flush_metadata()
+        with pytest.raises(NameTooLong):
+            await fs.rename(d, "s", d, target, 0)
+        assert [x.key for x in be.list(f"pipeline/p1/d/{target}/")] == [f"pipeline/p1/d/{target}/"]
+        assert sorted(await listed(fs, d)) == ["s", target]
+
+    run_nodes(tmp_path, [be], body)

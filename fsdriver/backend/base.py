@@ -321,12 +321,7 @@ class Backend(abc.ABC):
         entries = [e for e in self.list(src) if isinstance(e, ObjectInfo)]
         if not entries:
             raise NotFound(f"{src}: no such directory", src)
-        longest = max(entries, key=lambda e: len(e.key.encode()))
-        new = dst + longest.key[len(src):]
-        if self.max_key_bytes is not None and len(new.encode()) > self.max_key_bytes:
-            # checked before anything is copied: a copy refused half-way would leave both trees
-            raise NameTooLong(f"{new}: longer than the backend's keys may be ({self.max_key_bytes} bytes); "
-                              f"{src} not moved")
+        self._check_keys(src, dst, entries)  # before anything is copied: not half a tree moved
         moved = {}
         for e in entries:
             new = dst + e.key[len(src):]
@@ -334,6 +329,21 @@ class Backend(abc.ABC):
         for e in entries:
             self.delete(e.key)
         return moved
+
+    def check_rename(self, src: str, dst: str) -> None:
+        """NameTooLong if moving directory ``src`` to ``dst`` (keys ending in "/") would make a
+        key longer than the backend takes; asks nothing when ``dst`` is not longer than ``src``.
+        Called before a rename touches anything (the target it replaces, the first copy)."""
+        if self.max_key_bytes is not None and len(dst.encode()) > len(src.encode()):
+            self._check_keys(src, dst, [e for e in self.list(src) if isinstance(e, ObjectInfo)])
+
+    def _check_keys(self, src: str, dst: str, entries) -> None:
+        if self.max_key_bytes is None or not entries:
+            return
+        new = dst + max(entries, key=lambda e: len(e.key.encode())).key[len(src):]
+        if len(new.encode()) > self.max_key_bytes:
+            raise NameTooLong(f"{new}: longer than the backend's keys may be ({self.max_key_bytes} bytes); "
+                              f"{src} not moved")
 
     def lookup(self, key: str) -> tuple["ObjectInfo | None", bool]:
         """What ``key`` names: (the object's info or None, whether keys exist below ``key/``)."""
