@@ -39,6 +39,7 @@ log = logging.getLogger("stashfs.daemon")
 # few KiB while it waits; the backend's own limit bounds the requests made to it.
 MAX_REQUESTS = 1000
 
+
 def default_cache_dir(backend_url: str, mountpoint: str) -> Path:
     """Stable per (backend, mount point), so a remount finds what a crash left pending."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")

@@ -98,11 +98,12 @@ class Names:
             return
         await self._read_meta(node)
 
-    async def _read_meta(self, node: Node) -> bool:
+    async def _read_meta(self, node: Node, lookup: bool = False) -> bool:
         """Read a file or directory's own attributes (one HEAD of the object or of the marker);
         whether it was there.  A directory without a marker (implied by the keys below it, or
         removed elsewhere) keeps what it showed; one the backend cannot be asked about now too
-        (it stays usable through an outage: it may hold pending uploads), for a TTL."""
+        (it stays usable through an outage: it may hold pending uploads), for a TTL, unless this
+        is a ``lookup`` (the error is the caller's: `resolve` answers from local content)."""
         when, seq = self.clock(), self.inodes.seq
         try:
             info = await self.backend.head(node.prefix if node.is_dir else node.key)
@@ -114,7 +115,7 @@ class Names:
                 return False
             raise FSError(errno.ENOENT, f"{node.display}: removed from the backend") from None
         except BackendError as e:
-            if not node.is_dir:
+            if not node.is_dir or lookup:
                 raise
             log.info("%s: its attributes cannot be read now (%s)", node.display, e)
             node.attr_time = max(node.attr_time, when)
@@ -373,7 +374,7 @@ class Names:
             # the marker proves it and carries its own attributes (another node's chmod shows: a
             # LIST carries none), for the one request the LIST would have cost.  Without a marker
             # (implied by the keys below it, or removed): the LIST, this time and the next ones.
-            if await self._read_meta(known):
+            if await self._read_meta(known, lookup=True):
                 return known
             when, seq = self.clock(), self.inodes.seq
         info, found_dir = await self.backend.run(self.backend.sync.lookup, key)

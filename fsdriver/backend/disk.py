@@ -526,6 +526,11 @@ class DiskBackend(Backend):
             self.delete(d)
         return count
 
+    def check_rename(self, src: str, dst: str) -> None:
+        """Nothing: a directory moves with one rename(2) (paths below it that pass PATH_MAX are
+        the filesystem's ENAMETOOLONG when used, as on any local filesystem), and walking the tree
+        to check them would make every rename to a longer name cost as much as the tree."""
+
     def rename(self, src: str, dst: str, *, meta=None) -> dict[str, ObjectInfo]:
         """One atomic rename(2); a directory (keys ending in "/") moves with everything below.
         Inode, mtime and size stay, and so do the etags: nothing to report."""
