@@ -52,6 +52,7 @@ class TreeLock:
         self._moving: list[Path] = []  # roots of the subtrees renames move (or wait to move)
         self._holders: dict = {}  # task -> the paths it uses (a list: nested uses add to it)
         self._wake = trio.Event()
+        self._waiting = 0  # tasks waiting for a change (none: an operation's end wakes nobody)
 
     @property
     def moving_roots(self) -> list:
@@ -107,8 +108,13 @@ class TreeLock:
             self._notify()
 
     async def _wait(self) -> None:
-        await self._wake.wait()
+        self._waiting += 1
+        try:
+            await self._wake.wait()
+        finally:
+            self._waiting -= 1
 
     def _notify(self) -> None:
-        self._wake.set()
-        self._wake = trio.Event()
+        if self._waiting:
+            self._wake.set()
+            self._wake = trio.Event()
