@@ -56,7 +56,7 @@ class TreeLock:
 
     @property
     def moving_roots(self) -> list:
-        """The subtrees renames move or wait to move now (for tests and status)."""
+        """The subtrees renames move or wait to move now (for tests)."""
         return list(self._moving)
 
     @asynccontextmanager
