@@ -557,7 +557,7 @@ class Filesystem:
         if mtime_ns is None and mtime is not None:
             mtime_ns = int(round(mtime * 1e9))
         if not self.has_posix(node):
-            self._fixed_attributes(node, mode, uid, gid)
+            self._fixed_attributes(node, mode, uid, gid, caller)
         elif mode is not None or uid is not None or gid is not None or mtime_ns is not None or atime_ns is not None \
                 or (ctime and size is None):
             if self.options.read_only:
@@ -598,18 +598,37 @@ class Filesystem:
             await self.files.set_mtime(node, mtime_ns / 1e9)
         return self.attr(node)
 
-    def _fixed_attributes(self, node: Node, mode, uid, gid) -> None:
+    def _fixed_attributes(self, node: Node, mode, uid, gid, caller: Optional[Caller] = None) -> None:
         """Namespaces and records show their namespace's owner and mode: setting the value they
         have succeeds, anything else is EPERM (docs/permissions.md).  A store's scratch file (a temp
         file on its way to becoming a record) takes any: rsync and cp -p set the mode of their temp
-        file before the rename, and it keeps showing its store's."""
+        file before the rename, and it keeps showing its store's.
+
+        One exception, for the tools that copy a directory's mode onto a namespace they fill
+        (``tar -x`` of an archive holding ``./``, ``cp -a src/. ns/``, ``rsync -a src/ ns/``): a chmod
+        of a namespace by its owner or root that would grant at least every permission it has
+        succeeds and changes nothing (logged), as gcsfuse and rclone treat modes they cannot keep.
+        It leaves the namespace no more open than asked; one that would take a permission away
+        stays EPERM."""
         if node.is_scratch:
             return
         now = self.attr(node)
+        if (mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode)
+                and self._kept_wider(node, caller, now, mode)):
+            mode = None
         if mode is not None and stat.S_IMODE(mode) != stat.S_IMODE(now.mode) or (
                 uid is not None and uid != now.uid) or (gid is not None and gid != now.gid):
             raise FSError(errno.EPERM, f"{node.display}: the modes and owners of namespaces and records follow "
                           "the namespace and cannot be changed (see docs/permissions.md)", logging.INFO)
+
+    def _kept_wider(self, node: Node, caller: Optional[Caller], now: Attr, mode: int) -> bool:
+        """A chmod of a namespace that `_fixed_attributes` answers with success, changing nothing."""
+        caller = self._caller(caller)
+        if node.depth != 2 or caller.uid not in (0, now.uid) or stat.S_IMODE(now.mode) & 0o777 & ~mode:
+            return False
+        log.info("%s: chmod %o kept as %o (a namespace's mode follows the namespace; it grants no more "
+                 "than asked); see docs/permissions.md", node.display, stat.S_IMODE(mode), stat.S_IMODE(now.mode))
+        return True
 
     def _setattr_edit(self, node: Node, caller, mode, uid, gid, atime_ns, mtime_ns):
         """Check a chmod/chown/utimens against the POSIX rules; the edit it makes to `Meta`."""

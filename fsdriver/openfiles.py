@@ -320,7 +320,7 @@ class OpenFiles:
         await self.fs.uploader.upload(node, staged, awaited=awaited, retry=retry)
         if node.mtime_wanted is not None and not (staged and staged.dirty):
             mtime, node.mtime_wanted = node.mtime_wanted, None
-            await self._keep_mtime(node, mtime)
+            await self.keep_mtime(node, mtime)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
@@ -338,6 +338,10 @@ class OpenFiles:
                 self.discard(handle.staged)  # a record handle's own content
             self.drop_staged(node)
             self.fs.inodes.release_unreferenced(node)
+        if node.mtime_wanted is not None and not node.unlinked and not self._being_written(node):
+            # a time set while the file was open for writing, and no upload came after it
+            mtime, node.mtime_wanted = node.mtime_wanted, None
+            await self.keep_mtime(node, mtime)
 
     def copied(self, node: Node, old: Optional[str], info: ObjectInfo) -> None:
         """This mount copied ``node``'s object, version ``old``, to ``info`` (its metadata replaced,
@@ -462,12 +466,24 @@ class OpenFiles:
         node.mtime = mtime
         if not self.fs.sync_backend.keeps_mtime:
             return  # shown until the attributes are read again
-        if node.staged is None and not any(h.node is node and h.writable for h in self.handles.values()):
-            await self._keep_mtime(node, mtime)
-        else:
+        if self._being_written(node):
             node.mtime_wanted = mtime  # applied once the content is uploaded
+        else:
+            await self.keep_mtime(node, mtime)
 
-    async def _keep_mtime(self, node: Node, mtime: float) -> None:
+    def _being_written(self, node: Node) -> bool:
+        """Whether content of ``node`` is still to be uploaded.  A record's content is its writing
+        handles' own, and one counts only once it wrote or truncated: ``touch -d`` opens the record
+        for writing, sets the times through the descriptor (futimens) and closes it without a
+        write, so no commit follows.  Its ``staged`` is a pending upload's, or the stored copy of a
+        scratch file renamed to it (kept for open handles)."""
+        staged = node.staged
+        if node.is_record:
+            return (staged is not None and (staged.dirty or staged.pending)) or any(
+                h.node is node and h.writable and (h.written or h.truncated) for h in self.handles.values())
+        return staged is not None or any(h.node is node and h.writable for h in self.handles.values())
+
+    async def keep_mtime(self, node: Node, mtime: float) -> None:
         info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)
         self.uploaded(node, info)  # the object changed (its etag too, on disk): what we know now
 

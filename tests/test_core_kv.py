@@ -324,6 +324,46 @@ def test_scratch_files_and_rename_to_a_record(tmp_path, kv_backend):
     run_kv(tmp_path, kv_backend, body)
 
 
+def test_times_set_through_a_descriptor_that_wrote_nothing_are_stored(tmp_path, kv_backend):
+    """``touch -d`` of a record: open for writing, futimens, close without a write.  Disk keeps the
+    time on the record's file; S3 shows it until the attributes are read again (LastModified)."""
+    async def body(fs, be, store, ds):
+        ds["r"] = {"a": 1}
+        ino = (await fs.lookup(store, "r.json")).ino
+        fh, _, _ = await fs.open(ino, os.O_WRONLY)
+        try:
+            assert (await fs.setattr(ino, mtime=1_000_000_000, fh=fh)).mtime == 1_000_000_000
+            await fs.flush(fh)
+        finally:
+            await fs.release(fh)
+        stored = be.head("kv/s/r.json").mtime
+        fs.inodes.at(("kv", "s", "r.json")).attr_time = 0  # the attributes are read again
+        shown = (await fs.getattr(ino)).mtime
+        assert ds["r"] == {"a": 1}
+        if be.keeps_mtime:
+            assert stored == shown == 1_000_000_000
+        else:
+            assert stored == shown != 1_000_000_000
+
+    run_kv(tmp_path, kv_backend, body)
+
+
+def test_a_scratch_file_renamed_to_a_record_does_not_pass_on_its_time(tmp_path, kv_backend):
+    """rsync -a and cp -p set the times of their temp file, then rename it: the record's time is its
+    commit's, on every backend.  (Were it the source's, a second rsync -a on disk would find the
+    record's time equal but its mode the store's, try a chmod of the record and fail on its EPERM.)"""
+    async def body(fs, be, store, ds):
+        scratch = await write(fs, store, ".r.json.Ab12", b'{"v": 1}')
+        await fs.setattr(scratch, mtime=1_000_000_000)
+        assert (await fs.getattr(scratch)).mtime == 1_000_000_000  # the scratch file takes it
+        await fs.rename(store, ".r.json.Ab12", store, "r.json", 0)
+        ino = (await fs.lookup(store, "r.json")).ino
+        stored = be.head("kv/s/r.json").mtime
+        assert (await fs.getattr(ino)).mtime == stored > 1_500_000_000 and ds["r"] == {"v": 1}
+
+    run_kv(tmp_path, kv_backend, body)
+
+
 def test_records_cannot_move_to_files(tmp_path, kv_backend):
     async def body(fs, be, store, ds):
         ds["k"] = 1

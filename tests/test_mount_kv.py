@@ -138,6 +138,29 @@ def test_rsync_a_into_a_store(mount, store, ds, tmp_path):
     assert [n for n in os.listdir(store) if n != "rs.json"] == []  # no temp file left behind
 
 
+def test_record_times_from_touch_and_rsync(mount, store, ds, tmp_path):
+    """`touch -d` of a record (futimens through a descriptor that writes nothing): disk keeps the
+    time on the record's file, S3 shows it until the attributes are read again (a record's mtime is
+    its LastModified).  rsync -a into a store succeeds every time: a record's time is its commit's,
+    so a second run sends the records again instead of trying to chmod them (EPERM)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"r{i}.json").write_text(json.dumps({"i": i}))
+        os.utime(src / f"r{i}.json", (1_000_000_000 + i, 1_000_000_000 + i))
+    files = [str(src / f"r{i}.json") for i in range(3)]  # not the directory: a store's mode is fixed
+    for _ in range(2):
+        run = subprocess.run(["rsync", "-a", *files, f"{store}/"], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert [ds[f"r{i}"] for i in range(3)] == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+    subprocess.run(["touch", "-d", "2002-02-02 02:02:02 UTC", str(store / "r0.json")], check=True, timeout=30)
+    assert os.stat(store / "r0.json").st_mtime == 1_012_615_322  # shown at once on both
+    stored = mount.backend.head("kv/s/r0.json").mtime
+    assert (stored == 1_012_615_322) if mount.backend.keeps_mtime else stored > 1_500_000_000
+    assert ds["r0"] == {"i": 0}
+
+
 @CONFLICT
 def test_read_modify_write_conflict_gives_estale(store, ds):
     ds["n"] = 1

@@ -401,6 +401,31 @@ def test_mkfifo(place, scratch):
     mkfifo(place, scratch)
 
 
+def test_tools_that_fill_a_namespace_root(mount, scratch):
+    """`tar x` of an archive holding "./", `cp -a src/.` and `rsync -a src/` into a namespace's
+    root copy the source directory's mode onto it: they succeed (exit 0, nothing on stderr), the
+    namespace keeps its own mode (0700: it grants no more than they asked), and what is below it
+    is the source's, attributes included.  A chmod that would take a permission away stays EPERM."""
+    need("tar", "rsync")
+    src = build_tree(scratch / "src")
+    expected = {k: v for k, v in snapshot(src).items() if k != "."}
+    ok(["tar", "cf", scratch / "t.tar", "-C", src, "."])
+    runs = {
+        "tar": lambda ns: ["tar", "xf", scratch / "t.tar", "-C", ns],
+        "cp": lambda ns: ["cp", "-a", f"{src}/.", f"{ns}/"],
+        "rsync": lambda ns: ["rsync", "-a", f"{src}/", f"{ns}/"],
+    }
+    for tool, args in runs.items():
+        ns = mount.path / "pipeline" / f"fill-{tool}"
+        ns.mkdir()
+        ok(args(ns))
+        assert stat.S_IMODE(os.stat(ns).st_mode) == 0o700, tool
+        got = {k: v for k, v in snapshot(ns).items() if k != "."}
+        assert got == expected, tool
+    with pytest.raises(PermissionError):
+        os.chmod(mount.path / "pipeline" / "fill-tar", 0o600)
+
+
 # --- the reference: the same scenarios on a local directory ------------------------------------
 
 

@@ -199,7 +199,12 @@ def test_user_tree_is_private(shared, users):
     # inside the tree a file's owner sets its mode; the namespace's own mode stays as it is
     assert users.run("a", ("chmod", home / "f", 0o640), ("stat", home / "f")) == [
         0, [users.uid("a"), users.gid("a"), 0o640]]
-    assert users.run("a", ("chmod", home, 0o755)) == [errno.EPERM]
+    # a chmod of the namespace that would open it at least as wide (what tar -x of "./", cp -a
+    # src/. and rsync -a src/ do) succeeds and changes nothing; one that takes a permission away, or
+    # by someone else, is EPERM
+    assert users.run("a", ("chmod", home, 0o755), ("stat", home), ("chmod", home, 0o600)) == [
+        0, [users.uid("a"), users.gid("a"), 0o700], errno.EPERM]
+    assert users.run("b", ("chmod", home, 0o777)) == [errno.EPERM]
     assert shared.backend.get_range(f"user/{a}/f", 0) == b"mine"
     assert shared.backend.get_range(f"user/{a}/d/g", 0) == b"deep"
     # root manages every tree
