@@ -30,6 +30,7 @@ every backend:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -105,6 +106,8 @@ class ObjectStore:
 
     def put(self, name: str, file: str | os.PathLike) -> None:
         """Store the local file ``file`` at ``name``."""
+        if os.path.isdir(file):  # (the disk backend's own open would not name it)
+            raise IsADirectoryError(errno.EISDIR, "put() stores one local file, not a directory", os.fspath(file))
         self._put(name, lambda key: self.backend.put_file(key, file))
 
     def puts(self, name: str, data: bytes) -> None:
@@ -238,6 +241,9 @@ class ObjectStore:
             except FileNotFoundError:
                 exists = False
             if not exists and not (recursive and treeshape.has_entries(self.backend, key)):
+                if not recursive and treeshape.has_entries(self.backend, key):
+                    raise IsADirectoryError(errno.EISDIR, f"{name!r} is a directory: a recursive delete "
+                                            "(recursive=True, mountctl data rm -r) removes what it holds", name)
                 raise self._not_found(name)  # neither an object nor a directory (an empty one counts)
             try:
                 if exists:

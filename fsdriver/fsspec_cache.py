@@ -64,6 +64,10 @@ class MetaCache:
         if names is not None:
             names.discard(name)
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self._listings.clear()
+
     def forget(self, path: str, tree: bool = False, listing: bool = False) -> None:
         """``path`` and its ancestors (whose content changed); with ``tree``, also everything below
         it (a directory removed or replaced); with ``listing``, also the parent's listing (a change

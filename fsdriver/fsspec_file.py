@@ -7,7 +7,10 @@ object, as in the mount (docs/semantics.md, "Close-to-open"):
   (replaced by another writer, nothing read from it yet, no position taken from its size), the
   file takes the current one, size included, and reads it whole, as an open a moment later would
   have (``pd.read_csv`` after ``exists``); a first read elsewhere (``seek(-n, 2)``, a parquet
-  footer at ``f.size - 8``) is ESTALE, since its position came from the old size;
+  footer at ``f.size - 8``) is ESTALE, since its position came from the old size, and so is one
+  after a seek from the end (pyarrow: ``seek(0, 2)``, ``tell()``, ``seek(0)``) or one whose length
+  is the old size (``f.read(f.size)``) when the current version's size differs: the caller would
+  take a part of the new version for all of it;
 - once bytes of a version were read, every later read is pinned to it (``If-Match``): ESTALE when
   the object is replaced while open, never bytes of two versions.
 """
@@ -48,6 +51,7 @@ class StashFile(AbstractBufferedFile):
         if mode == "rb":
             self._cache_type, self._cache_options = cache_type, dict(cache_options or {})
             self._read_any = False  # bytes of the pinned version were read: it stays pinned
+            self._from_end = False  # a seek from the end placed the reader by the size it was told
             self.details = self._pin(fs.info(path))
             try:
                 super().__init__(fs, path, mode, block_size, autocommit, cache_type=cache_type,
@@ -84,8 +88,14 @@ class StashFile(AbstractBufferedFile):
         self.details = self._pin(self.fs.info(self.place.path))  # the setter takes the size too
         self.cache = None  # made again by the next read, for the new size
 
+    def seek(self, loc, whence=0):
+        if whence == 2 and not self._read_any:
+            self._from_end = True
+        return super().seek(loc, whence)
+
     def read(self, length=-1):
         for _ in range(REPINS):
+            told = self.size
             try:
                 if self.cache is None and not self.closed:
                     self.cache = caches[self._cache_type](self.blocksize, self._fetch_range, self.size,
@@ -93,6 +103,10 @@ class StashFile(AbstractBufferedFile):
                 return super().read(length)
             except _Unpinned:
                 self._repin()
+                if self._from_end or (length is not None and length >= 0 and length == told - self.loc
+                                      and self.size != told):
+                    raise OSError(errno.ESTALE, f"{self.path}: replaced by a new version of another size "
+                                  "after its size was used", self.path) from None
         raise OSError(errno.ESTALE, f"{self.path}: replaced again each time it was about to be read", self.path)
 
     def _fetch_range(self, start: int, end: int) -> bytes:

@@ -37,6 +37,7 @@ from fsspec.utils import stringify_path
 from .backend import Backend
 from .backend.disk import DiskBackend
 from .configured import open_backend, shared_backend
+from .errors import NotFound
 from .fsspec_attrs import Attributes
 from .fsspec_cache import MetaCache
 from .fsspec_errors import os_errors
@@ -91,15 +92,20 @@ class StashFileSystem(Listing, Writing, Moving, Removal, Attributes, AbstractFil
             if place.tree == "kv":
                 info = self._record_info(place)
                 return self.backend.get_range(place.key, 0, if_match=info.etag)[start:end]
-            if (start is not None and start < 0) or (end is not None and end < 0):
-                size = self.backend.head(place.key).size
-                start = max(size + start, 0) if start is not None and start < 0 else start
-                end = max(size + end, 0) if end is not None and end < 0 else end
-            start = start or 0
-            if end is not None and end <= start:
-                self.backend.head(place.key)  # still FileNotFoundError for a missing object
-                return b""
-            return self.backend.get_range(place.key, start, end)
+            try:
+                if (start is not None and start < 0) or (end is not None and end < 0):
+                    size = self.backend.head(place.key).size
+                    start = max(size + start, 0) if start is not None and start < 0 else start
+                    end = max(size + end, 0) if end is not None and end < 0 else end
+                start = start or 0
+                if end is not None and end <= start:
+                    self.backend.head(place.key)  # still FileNotFoundError for a missing object
+                    return b""
+                return self.backend.get_range(place.key, start, end)
+            except NotFound:
+                if self.backend.lookup(place.key)[1]:  # (only on the way to an error: no cost otherwise)
+                    raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path) from None
+                raise
 
     def get_file(self, rpath, lpath, callback=None, outfile=None, **kwargs) -> None:
         place = resolve(self._strip_protocol(rpath))

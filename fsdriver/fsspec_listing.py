@@ -19,6 +19,12 @@ from .fsspec_errors import os_errors
 from .fsspec_paths import Place, is_listable_name, resolve
 
 
+def _omit_missing(error: OSError) -> None:
+    """`Listing.walk`'s "omit": a path that went missing is left out; any other error raises."""
+    if not isinstance(error, (FileNotFoundError, NotADirectoryError)):
+        raise error
+
+
 def dir_entry(path: str) -> dict:
     return {"name": path, "size": 0, "type": "directory"}
 
@@ -30,11 +36,12 @@ def file_entry(path: str, info: ObjectInfo) -> dict:
 class Listing:
     """The metadata side of `StashFileSystem`."""
 
-    def info(self, path, **kwargs) -> dict:
+    def info(self, path, refresh=False, **kwargs) -> dict:
+        """``refresh``: ask the backend, whatever was learnt within the metadata TTL."""
         place = resolve(self._strip_protocol(path))
         if place.depth < 2:
             return dir_entry(place.path)
-        known = self.known.get(place.path)
+        known = None if refresh else self.known.get(place.path)
         if known is not None:
             return known
         info = self._info(place)
@@ -52,6 +59,37 @@ class Listing:
         except (FileNotFoundError, InvalidName):
             return False
         return True
+
+    def isdir(self, path) -> bool:
+        """Like `exists`: False for a missing path, an outage raises (fsspec's own answers False
+        to any error, so ``if fs.isdir(...)`` took the wrong branch during one)."""
+        try:
+            return self.info(path)["type"] == "directory"
+        except (FileNotFoundError, NotADirectoryError, InvalidName):
+            return False
+
+    def isfile(self, path) -> bool:
+        try:
+            return self.info(path)["type"] == "file"
+        except (FileNotFoundError, NotADirectoryError, InvalidName):
+            return False
+
+    def walk(self, path, maxdepth=None, topdown=True, on_error="omit", **kwargs):
+        """fsspec's walk, where "omit" (the default, also of ``find(maxdepth=...)`` and ``glob``)
+        leaves out only what is missing: a backend error (a missing bucket, an outage) raises
+        instead of reading as an empty tree."""
+        if on_error == "omit":
+            on_error = _omit_missing
+        yield from super().walk(path, maxdepth=maxdepth, topdown=topdown, on_error=on_error, **kwargs)
+
+    def invalidate_cache(self, path=None) -> None:
+        """Forget what was learnt within the metadata TTL: everything, or ``path`` and what is below
+        it (s3fs and gcsfs users call this to see other writers' changes at once)."""
+        if path is None:
+            self.known.clear()
+        else:
+            self.known.forget(self._strip_protocol(path), tree=True, listing=True)
+        super().invalidate_cache(path)
 
     def _info(self, place: Place) -> dict:
         with os_errors(place.path):

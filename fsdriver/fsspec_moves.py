@@ -29,6 +29,11 @@ class Moving:
     """The moving side of `StashFileSystem`."""
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs) -> None:
+        for path in [path1] if isinstance(path1, str) else list(path1):
+            if not has_magic(path) and resolve(self._strip_protocol(path)).depth in (1, 2):
+                # as the mount's rename: a namespace has an owner, and is not moved (copy its content)
+                raise PermissionError(errno.EPERM, f"{self._norm(path)}: namespaces and trees cannot be "
+                                      "moved; copy their content instead", self._norm(path))
         if isinstance(path1, str) and isinstance(path2, str) and not has_magic(path1):
             if self._norm(path1) == self._norm(path2):
                 self.info(path1)  # moving a missing path is FileNotFoundError, even onto itself

@@ -109,7 +109,7 @@ def test_list_skips_directory_markers_and_other_stores(store):
 def test_delete_recursive_never_touches_siblings(store):
     for name in ["d/one", "d/sub/two", "dfoo/three", "d.txt"]:
         store.puts(name, b"x")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(IsADirectoryError):
         store.delete("d")  # not an object, and not recursive
     store.delete("d", recursive=True)
     assert store.list() == ["d.txt", "dfoo/three"]
@@ -152,6 +152,21 @@ def test_bad_names_rejected_before_any_io(store, name):
 def test_bad_pipeline_ids(backend, pid):
     with pytest.raises(InvalidName):
         data.pipeline(pid or "-", backend=backend).puts("f", b"x")
+
+
+def test_a_directory_where_a_file_is_meant_is_isadirectoryerror(store, tmp_path):
+    """Trial finding: ``delete("d")`` of a directory said "no object 'd'", and ``put`` of a local
+    directory raised an IsADirectoryError naming nothing (disk)."""
+    store.puts("d/f", b"1")
+    with pytest.raises(IsADirectoryError) as e:
+        store.delete("d")
+    assert e.value.filename == "d" and "recursive=True" in str(e.value)
+    assert store.gets("d/f") == b"1"
+    with pytest.raises(IsADirectoryError) as e:
+        store.put("x", tmp_path)
+    assert e.value.filename == str(tmp_path) and not store.exists("x")
+    with pytest.raises(FileNotFoundError):
+        store.delete("nothing")
 
 
 def test_puts_requires_bytes(store):

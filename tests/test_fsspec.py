@@ -207,6 +207,75 @@ def test_changes_made_elsewhere_show_within_the_ttl(backend):
     assert fs.info("user/alice/t.csv")["size"] == 3 and fs.cat("user/alice/t.csv") == b"333"
 
 
+def test_an_outage_never_reads_as_an_empty_tree(moto_server, s3_backend):
+    """Trial finding: on a missing bucket or an unreachable endpoint, ``glob("d/*.csv")``, ``walk``,
+    ``find(maxdepth=1)``, ``isdir``, ``isfile`` and ``open_files`` answered "nothing there" (fsspec's
+    walk omits every error, its isdir/isfile catch them): a stage processed zero inputs and
+    succeeded.  They raise, as ``exists`` and ``ls`` do; what is missing is still empty/False."""
+    nobucket = StashFileSystem(backend=S3Backend("nosuchbucket", "pfx", endpoint_url=moto_server.url),
+                               skip_instance_cache=True)
+    down = StashFileSystem(backend=S3Backend("b", "pfx", endpoint_url="http://127.0.0.1:9", connect_timeout=1,
+                                             read_timeout=1, max_attempts=1), skip_instance_cache=True)
+    calls = {
+        "glob": lambda fs: fs.glob("pipeline/p1/*.csv"),
+        "walk": lambda fs: list(fs.walk("pipeline/p1")),
+        "find": lambda fs: fs.find("pipeline/p1", maxdepth=1),
+        "isdir": lambda fs: fs.isdir("pipeline/p1"),
+        "isfile": lambda fs: fs.isfile("pipeline/p1/a.csv"),
+    }
+    for fs, code in ((nobucket, errno.ENXIO), (down, errno.EIO)):
+        for name, call in calls.items():
+            with pytest.raises(OSError) as e:
+                call(fs)
+            assert e.value.errno == code, name
+    healthy = StashFileSystem(backend=s3_backend, skip_instance_cache=True)
+    assert [call(healthy) for call in calls.values()] == [[], [], [], False, False]
+
+
+def test_invalidate_cache_and_refresh_see_other_writers_at_once(backend):
+    """Trial finding: ``invalidate_cache()`` and ``info(refresh=True)`` did nothing; the old size,
+    and a deleted file, showed until the metadata TTL ran out."""
+    fs = StashFileSystem(backend=backend, metadata_ttl=600, skip_instance_cache=True)
+    for name in ("a", "b", "c"):
+        fs.pipe(f"pipeline/p1/d/{name}", b"1")
+    assert fs.ls("pipeline/p1/d", detail=False) and fs.info("pipeline/p1/d/a")["size"] == 1
+    backend.put_bytes("pipeline/p1/d/a", b"22")
+    backend.put_bytes("pipeline/p1/d/b", b"22")
+    backend.delete("pipeline/p1/d/c")
+    assert fs.info("pipeline/p1/d/a")["size"] == 1  # trusted within the TTL
+    assert fs.info("pipeline/p1/d/a", refresh=True)["size"] == 2
+    fs.invalidate_cache("pipeline/p1/d")
+    assert fs.info("pipeline/p1/d/b")["size"] == 2 and not fs.exists("pipeline/p1/d/c")
+    backend.put_bytes("pipeline/p1/d/b", b"333")
+    fs.invalidate_cache()
+    assert fs.info("pipeline/p1/d/b")["size"] == 3
+
+
+def test_mv_of_a_namespace_is_eperm_as_in_the_mount(fs):
+    """Trial finding: ``mv("pipeline/A", "pipeline/B", recursive=True)`` moved a namespace the mount
+    refuses to rename, and left A's owner record behind on S3."""
+    fs.pipe("pipeline/srcns/data.csv", b"a\n1\n")
+    for src in ("pipeline/srcns", "stashfs://pipeline/srcns/", "pipeline"):
+        with pytest.raises(PermissionError) as e:
+            fs.mv(src, "pipeline/dstns", recursive=True)
+        assert e.value.errno == errno.EPERM
+    assert fs.ls("pipeline", detail=False) == ["pipeline/srcns"] and fs.cat("pipeline/srcns/data.csv") == b"a\n1\n"
+    fs.mv("pipeline/srcns/*", "pipeline/dstns/")  # its content moves
+    assert fs.cat("pipeline/dstns/data.csv") == b"a\n1\n"
+
+
+def test_cat_file_of_a_directory_is_isadirectoryerror(fs):
+    """Trial finding: it was FileNotFoundError ("no such object"), so ``cat(d, recursive=True)``
+    failed at the first directory."""
+    fs.pipe("pipeline/p1/d/sub/f", b"1")
+    for d in ("pipeline/p1/d", "pipeline/p1/d/sub"):
+        with pytest.raises(IsADirectoryError):
+            fs.cat_file(d)
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file("pipeline/p1/d/missing")
+    assert fs.cat_file("pipeline/p1/d/sub/f", start=-1) == b"1"
+
+
 def test_exists_is_false_only_for_a_missing_path(moto_server, fs):
     """fsspec's own ``exists`` answered False to any error: a missing bucket or an outage read as
     "not there", and ``if not fs.exists("done"): recompute()`` took the wrong branch."""

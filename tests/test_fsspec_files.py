@@ -47,6 +47,52 @@ def test_a_first_read_placed_by_the_remembered_size_is_estale_not_other_bytes(fs
     assert e.value.errno == errno.ESTALE
 
 
+@pytest.mark.parametrize("new", [NEW, b"a,b\n"], ids=["longer", "shorter"])
+@pytest.mark.parametrize("how", ["read(f.size)", "seek(0, 2), seek(0)"])
+def test_a_first_read_sized_by_the_remembered_size_is_estale(fs, backend, how, new):
+    """Trial finding: ``f.read(f.size)`` returned the first old-size bytes of the new version, and
+    pyarrow (``seek(0, 2)``, ``tell()``, ``seek(0)``, then reads by that size) said the parquet file
+    was corrupt.  A read of a part (``read(2)``) still takes the new version."""
+    fs.pipe_file("pipeline/p13/t.csv", OLD)
+    assert fs.exists("pipeline/p13/t.csv")
+    backend.put_bytes("pipeline/p13/t.csv", new)
+    with fs.open("pipeline/p13/t.csv", "rb") as f:
+        with pytest.raises(OSError) as e:
+            if how == "read(f.size)":
+                f.read(f.size)
+            else:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(0)
+                f.read(size)
+    assert e.value.errno == errno.ESTALE
+    fs.pipe_file("pipeline/p13/t.csv", OLD)
+    assert fs.exists("pipeline/p13/t.csv")
+    backend.put_bytes("pipeline/p13/t.csv", new)
+    with fs.open("pipeline/p13/t.csv", "rb") as f:
+        assert f.read(2) == new[:2] and f.read() == new[2:]
+
+
+def test_pyarrow_reads_a_parquet_file_replaced_after_info_or_says_estale(backend):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    import io
+
+    def parquet(n):
+        buf = io.BytesIO()
+        pd.DataFrame({"x": range(n)}).to_parquet(buf)
+        return buf.getvalue()
+
+    fs = StashFileSystem(backend=backend, metadata_ttl=600, skip_instance_cache=True)
+    fs.pipe_file("pipeline/p13/t.parquet", parquet(1000))
+    assert fs.info("pipeline/p13/t.parquet")["size"] > 0
+    backend.put_bytes("pipeline/p13/t.parquet", parquet(3))
+    with pytest.raises(OSError) as e:  # was ArrowInvalid "magic bytes not found ... corrupted"
+        pd.read_parquet("pipeline/p13/t.parquet", filesystem=fs)
+    assert e.value.errno == errno.ESTALE
+    assert pd.read_parquet("pipeline/p13/t.parquet", filesystem=fs)["x"].tolist() == [0, 1, 2]  # a retry
+
+
 def test_pandas_reads_a_file_replaced_after_exists(backend):
     pd = pytest.importorskip("pandas")
     opts = {"backend": backend, "metadata_ttl": 600}
