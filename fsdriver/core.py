@@ -456,7 +456,11 @@ class Filesystem:
             raise FSError(errno.EROFS, "mounted read-only")
         if writable and node.is_record:
             node.attr_time = 0  # a record's write is conditional on the version read: get it fresh
-        if node.is_record or not (writable and node.etag is None and node.staged is None):
+        # A record another descriptor is creating here (its first commit not made yet): a second
+        # writer opens it too, as on ext4 (not ENOENT from a HEAD); the commits then decide.
+        created_here = (node.is_record and writable and node.etag is None
+                        and any(h.node is node and h.writable for h in self.files.handles.values()))
+        if not created_here and (node.is_record or not (writable and node.etag is None and node.staged is None)):
             await self.names.refresh(node)  # close-to-open: see another node's change once the TTL passed
         # else: a file created here whose content never reached the backend (its write failed):
         # the kernel still knows the name, and writing it creates it (not ENOENT from a HEAD).

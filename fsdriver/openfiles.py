@@ -54,9 +54,13 @@ class OpenFiles:
         if truncate:
             return StagedFile(self.fs.cache, dirty=True)
         etag = node.etag
-        # A record's read-modify-write commits only if the record is still the version read.
+        # A record's read-modify-write commits only if the record is still the version read (for
+        # a record not stored yet, another descriptor creating it here: only if it still is not).
+        conditions = None
+        if node.is_record:
+            conditions = {"if_match": etag} if etag is not None else {"if_none_match": True}
         return StagedFile(self.fs.cache, node.size, node.size, self._fetcher(node, etag if node.is_record else None),
-                          conditions={"if_match": etag} if node.is_record else None)
+                          conditions=conditions)
 
     def _fetcher(self, node: Node, pinned: Optional[str]):
         """What fills in a staged file's parts of the version it is built on: ``pinned``, or (None)
@@ -280,9 +284,13 @@ class OpenFiles:
         unless the close comes from a copy of the descriptor while its opener still holds the
         file (`fsdriver.closes`): the opener's close uploads it then."""
         handle = self.handles[fh]
-        if handle.writable and handle.node.is_record:
-            await self.fs.records.flush(handle)  # only what was written: see fsdriver.records
-        elif handle.writable and not await self._opener_still_writing(handle):
+        if not handle.writable or await self._opener_still_writing(handle):
+            return
+        if handle.node.is_record:
+            # only what was written: see fsdriver.records; a child's close inside
+            # `{ echo '['; seq -s, 3; echo ']'; } > r.json` commits nothing (half a record)
+            await self.fs.records.flush(handle)
+        else:
             await self.upload(handle.node, handle.staged, awaited=True)
 
     async def _opener_still_writing(self, handle: Handle) -> bool:

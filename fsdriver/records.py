@@ -7,7 +7,10 @@ the memory budget, and conditional on the version read for ``r+`` handles.  This
 
 - FLUSH (every close() of a descriptor) commits only what was *written* since the last commit.
   bash's ``echo x > r.json`` opens with O_TRUNC, dup2()s and closes the first descriptor before
-  anything is written: that FLUSH must not store an empty record over the old value.
+  anything is written: that FLUSH must not store an empty record over the old value.  Nor does
+  the close of a copy of the descriptor while its opener still holds it (a child's exit in
+  ``{ echo '['; seq -s, 3; echo ']'; } > r.json``, `OpenFiles.flush`, as for files): the record
+  is half-built then; the opener's close commits it.
 - Content that was only emptied (``: > r.json``, ``truncate -s 0``, a new record never written)
   is committed at RELEASE, when the last descriptor is gone.  An ``ftruncate`` to another length
   counts as a write: committed, or refused, at the next close (``truncate -s 3 r.json`` fails).
@@ -158,6 +161,7 @@ class Records:
     async def flush(self, handle: WriteHandle) -> None:
         """close() of one descriptor: commit what was written since the last commit."""
         if handle.refused is not None:
+            await self._refused(handle.node)  # a new record refused (EFBIG) is not there: nor its name
             raise handle.refused
         if handle.written or handle.staged in self.fs.uploader.pending:
             await self._commit(handle)

@@ -1,5 +1,6 @@
 """Key/value stores through a real mount, checked against the backend and the Python API."""
 
+import contextlib
 import errno
 import json
 import os
@@ -453,3 +454,58 @@ def test_records_larger_than_the_limit_are_efbig_at_write(mount, store, ds):
     p = sh(f"head -c {MAX_RECORD_BYTES + 1} /dev/zero | tr '\\0' ' ' > big.json", store)
     assert "File too large" in p.stderr
     assert ds["big"] == "old"
+
+
+@pytest.mark.expected_log(r"write refused: the record would be \d+ bytes; a record is at most")
+def test_a_new_record_refused_as_too_large_can_be_written_at_once(store, ds):
+    """Trial finding: after a new record was refused with EFBIG, writing a small value to its name
+    failed with ENOENT for a TTL (the kernel still had the refused record's name)."""
+    from fsdriver.strictjson import MAX_RECORD_BYTES
+
+    p = sh(f"head -c {MAX_RECORD_BYTES + 1} /dev/zero | tr '\\0' 1 > new.json", store)
+    assert "File too large" in p.stderr and "new" not in ds
+    p = sh("echo '\"small\"' > new.json", store)
+    assert p.returncode == 0, p.stderr
+    assert ds["new"] == "small"
+
+
+def test_a_record_built_by_several_commands_under_one_redirection(store, ds):
+    """Trial finding: each external command's exit (a close of the inherited descriptor) committed
+    the half-built record, which was refused: seq failed with EINVAL, and under set -e the record
+    was never written.  A child's close while the shell holds the descriptor commits nothing."""
+    p = sh("set -e; { echo '{\"items\": ['; seq -s, 1 3; echo ']}'; } > r.json; echo done", store)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "done\n", "")
+    assert ds["r"] == {"items": [1, 2, 3]}
+    p = sh("{ echo '{\"a\":'; /bin/echo 1; echo '}'; } > r.json", store)  # a record that was there
+    assert (p.returncode, p.stderr) == (0, "")
+    assert ds["r"] == {"a": 1}
+
+
+@pytest.mark.expected_log("the record was created meanwhile")
+def test_a_second_writer_of_a_record_being_created_opens_it(store, ds):
+    """Trial finding: while one process held a new record open for writing, another's `>` failed
+    with ENOENT (the record was not in the backend yet).  Both open it; the last commit wins, and
+    a second writer that does not truncate commits only if the record is still absent."""
+    fd = os.open(store / "new.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        p = sh("echo '\"second\"' > new.json", store)
+        assert (p.returncode, p.stderr) == (0, "")
+        assert ds["new"] == "second"
+        os.write(fd, b'"first"')
+    finally:
+        os.close(fd)
+    assert ds["new"] == "first"
+    fd = os.open(store / "other.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        fd2 = os.open(store / "other.json", os.O_RDWR | os.O_CREAT)  # built on no version
+        os.write(fd, b"1")
+        os.close(fd)  # the first commit
+        os.write(fd2, b"2")
+        with pytest.raises(OSError) as e:
+            os.close(fd2)
+        assert e.value.errno == errno.EEXIST
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    assert ds["other"] == 1
+
