@@ -612,8 +612,8 @@ class Filesystem:
         (``tar -x`` of an archive holding ``./``, ``cp -a src/. ns/``, ``rsync -a src/ ns/``): a chmod
         of a namespace by its owner or root that would grant at least every permission it has
         succeeds and changes nothing (logged), as gcsfuse and rclone treat modes they cannot keep.
-        It leaves the namespace no more open than asked; one that would take a permission away
-        stays EPERM."""
+        It leaves the namespace no more open than asked; one that would take a permission away,
+        or change a setuid, setgid or sticky bit, stays EPERM."""
         if node.is_scratch:
             return
         now = self.attr(node)
@@ -628,7 +628,9 @@ class Filesystem:
     def _kept_wider(self, node: Node, caller: Optional[Caller], now: Attr, mode: int) -> bool:
         """A chmod of a namespace that `_fixed_attributes` answers with success, changing nothing."""
         caller = self._caller(caller)
-        if node.depth != 2 or caller.uid not in (0, now.uid) or stat.S_IMODE(now.mode) & 0o777 & ~mode:
+        have, want = stat.S_IMODE(now.mode), stat.S_IMODE(mode)
+        if (node.depth != 2 or caller.uid not in (0, now.uid) or have & 0o777 & ~want
+                or have & 0o7000 != want & 0o7000):  # a setuid/setgid/sticky bit it cannot keep: not wider
             return False
         log.info("%s: chmod %o kept as %o (a namespace's mode follows the namespace; it grants no more "
                  "than asked); see docs/permissions.md", node.display, stat.S_IMODE(mode), stat.S_IMODE(now.mode))

@@ -9,7 +9,7 @@ object, as in the mount (docs/semantics.md, "Close-to-open"):
   have (``pd.read_csv`` after ``exists``); a first read elsewhere (``seek(-n, 2)``, a parquet
   footer at ``f.size - 8``) is ESTALE, since its position came from the old size, and so is one
   after a seek from the end (pyarrow: ``seek(0, 2)``, ``tell()``, ``seek(0)``) or one whose length
-  is the old size (``f.read(f.size)``) when the current version's size differs: the caller would
+  is the old size (``f.read(f.size)``), when the current version's size differs: the caller would
   take a part of the new version for all of it;
 - once bytes of a version were read, every later read is pinned to it (``If-Match``): ESTALE when
   the object is replaced while open, never bytes of two versions.
@@ -89,7 +89,7 @@ class StashFile(AbstractBufferedFile):
         self.cache = None  # made again by the next read, for the new size
 
     def seek(self, loc, whence=0):
-        if whence == 2 and not self._read_any:
+        if whence == 2 and self.mode == "rb" and not self._read_any:
             self._from_end = True
         return super().seek(loc, whence)
 
@@ -103,8 +103,8 @@ class StashFile(AbstractBufferedFile):
                 return super().read(length)
             except _Unpinned:
                 self._repin()
-                if self._from_end or (length is not None and length >= 0 and length == told - self.loc
-                                      and self.size != told):
+                if self.size != told and (self._from_end or (length is not None and length >= 0
+                                                             and length == told - self.loc)):
                     raise OSError(errno.ESTALE, f"{self.path}: replaced by a new version of another size "
                                   "after its size was used", self.path) from None
         raise OSError(errno.ESTALE, f"{self.path}: replaced again each time it was about to be read", self.path)

@@ -103,9 +103,18 @@ class StashFileSystem(Listing, Writing, Moving, Removal, Attributes, AbstractFil
                     return b""
                 return self.backend.get_range(place.key, start, end)
             except NotFound:
-                if self.backend.lookup(place.key)[1]:  # (only on the way to an error: no cost otherwise)
+                if self._known_directory(place):
                     raise IsADirectoryError(errno.EISDIR, f"{place.path} is a directory", place.path) from None
                 raise
+
+    def _known_directory(self, place) -> bool:
+        """Whether a missing object's name is a directory: what a listing taught (``cat(d,
+        recursive=True)`` lists first), else on disk a local stat; no S3 request (zarr and FSMap
+        probe missing keys: each would cost a LIST more)."""
+        known = self.known.get(place.path)
+        if known is not None:
+            return known["type"] == "directory"
+        return not self._remote and self.backend.lookup(place.key)[1]
 
     def get_file(self, rpath, lpath, callback=None, outfile=None, **kwargs) -> None:
         place = resolve(self._strip_protocol(rpath))

@@ -85,10 +85,14 @@ class Listing:
     def invalidate_cache(self, path=None) -> None:
         """Forget what was learnt within the metadata TTL: everything, or ``path`` and what is below
         it (s3fs and gcsfs users call this to see other writers' changes at once)."""
-        if path is None:
+        try:
+            place = None if path is None else resolve(self._strip_protocol(path))
+        except InvalidName:  # ("a//b"): whatever it meant, forgetting everything covers it
+            place = None
+        if place is None or not place.path:
             self.known.clear()
         else:
-            self.known.forget(self._strip_protocol(path), tree=True, listing=True)
+            self.known.forget(place.path, tree=True, listing=True)
         super().invalidate_cache(path)
 
     def _info(self, place: Place) -> dict:

@@ -29,23 +29,30 @@ class Moving:
     """The moving side of `StashFileSystem`."""
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs) -> None:
-        for path in [path1] if isinstance(path1, str) else list(path1):
-            if not has_magic(path) and resolve(self._strip_protocol(path)).depth in (1, 2):
-                # as the mount's rename: a namespace has an owner, and is not moved (copy its content)
-                raise PermissionError(errno.EPERM, f"{self._norm(path)}: namespaces and trees cannot be "
-                                      "moved; copy their content instead", self._norm(path))
+        for path in list(path1) if isinstance(path1, (list, tuple)) else [path1]:
+            if not has_magic(self._strip_protocol(path)):
+                self._check_movable(self._norm(path))
         if isinstance(path1, str) and isinstance(path2, str) and not has_magic(path1):
             if self._norm(path1) == self._norm(path2):
                 self.info(path1)  # moving a missing path is FileNotFoundError, even onto itself
                 return
         pairs = self._copy_pairs(path1, path2, recursive, maxdepth)
         moves = [(src, dst) for src, dst in pairs if src != dst]
+        for src, _ in moves:  # what a glob matched too
+            self._check_movable(src)
         self._check_moves(moves)
         for src, dst in moves:
             self._copy(resolve(src), resolve(dst), moving=True)
         # Only what was copied, one name at a time: a file another writer added to the tree meanwhile
         # is not removed with it (a removal of the whole prefix would lose it).
         self._remove_each([src for src, _ in moves], keep_full=True)
+
+    @staticmethod
+    def _check_movable(path: str) -> None:
+        """As the mount's rename: a namespace has an owner and is not moved, nor is a tree."""
+        if resolve(path).depth in (1, 2):
+            raise PermissionError(errno.EPERM, f"{path}: namespaces and trees cannot be moved; move their "
+                                  "content instead", path)
 
     def _norm(self, path) -> str:
         return resolve(self._strip_protocol(path)).path

@@ -290,6 +290,7 @@ class OpenFiles:
             # only what was written: see fsdriver.records; a child's close inside
             # `{ echo '['; seq -s, 3; echo ']'; } > r.json` commits nothing (half a record)
             await self.fs.records.flush(handle)
+            await self._keep_wanted_mtime(handle.node, closing=handle)  # `touch -d`: durable at close
         else:
             await self.upload(handle.node, handle.staged, awaited=True)
 
@@ -346,10 +347,10 @@ class OpenFiles:
                 self.discard(handle.staged)  # a record handle's own content
             self.drop_staged(node)
             self.fs.inodes.release_unreferenced(node)
-        if node.mtime_wanted is not None and not node.unlinked and not self._being_written(node):
-            # a time set while the file was open for writing, and no upload came after it
-            mtime, node.mtime_wanted = node.mtime_wanted, None
-            await self.keep_mtime(node, mtime)
+        if handle.writable and node.is_record and (handle.refused is not None or handle.staged.rejected is not None
+                                                   or handle.staged.broken is not None):
+            node.mtime_wanted = None  # set with content that was refused: it goes with it
+        await self._keep_wanted_mtime(node)
 
     def copied(self, node: Node, old: Optional[str], info: ObjectInfo) -> None:
         """This mount copied ``node``'s object, version ``old``, to ``info`` (its metadata replaced,
@@ -480,16 +481,33 @@ class OpenFiles:
             await self.keep_mtime(node, mtime)
 
     def _being_written(self, node: Node) -> bool:
-        """Whether content of ``node`` is still to be uploaded.  A record's content is its writing
-        handles' own, and one counts only once it wrote or truncated: ``touch -d`` opens the record
-        for writing, sets the times through the descriptor (futimens) and closes it without a
-        write, so no commit follows.  Its ``staged`` is a pending upload's, or the stored copy of a
-        scratch file renamed to it (kept for open handles)."""
+        """Whether content of ``node`` may still be uploaded: a time set meanwhile waits for it (on
+        disk it changes the etag, which a record's open ``r+`` handle commits against).  A record's
+        ``staged`` is a pending upload's, or the stored copy of a scratch file renamed to it (kept
+        for open handles): only content not stored yet counts."""
         staged = node.staged
-        if node.is_record:
-            return (staged is not None and (staged.dirty or staged.pending)) or any(
-                h.node is node and h.writable and (h.written or h.truncated) for h in self.handles.values())
+        if node.is_record and staged is not None and not (staged.dirty or staged.pending):
+            staged = None
         return staged is not None or any(h.node is node and h.writable for h in self.handles.values())
+
+    async def _keep_wanted_mtime(self, node: Node, closing: Optional[Handle] = None) -> None:
+        """Apply a time set while ``node`` was open for writing once no upload will follow: at the
+        close of its last writing handle (``closing``) that leaves nothing to commit — ``touch -d``
+        of a record opens it for writing, sets the times through the descriptor (futimens) and
+        closes it without a write — or at the release of the last one."""
+        if node.mtime_wanted is None or node.unlinked:
+            return
+        if closing is not None and node.is_record and (closing.written or closing.truncated):
+            return  # its commit comes at release, and applies the time
+        staged = node.staged
+        if (staged is not None and (staged.dirty or staged.pending or not node.is_record)) or any(
+                h.node is node and h.writable and h is not closing for h in self.handles.values()):
+            return
+        mtime, node.mtime_wanted = node.mtime_wanted, None
+        try:
+            await self.keep_mtime(node, mtime)
+        except NotFound:  # removed meanwhile (by another node): nothing to set it on
+            log.info("%s: the time set on it was not kept: it was removed meanwhile", node.display)
 
     async def keep_mtime(self, node: Node, mtime: float) -> None:
         info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)

@@ -73,6 +73,22 @@ def test_a_first_read_sized_by_the_remembered_size_is_estale(fs, backend, how, n
         assert f.read(2) == new[:2] and f.read() == new[2:]
 
 
+def test_a_seek_from_the_end_then_a_first_read_takes_a_same_size_new_version(fs, backend):
+    """Review: the size it was told is still right, so the position is too."""
+    fs.pipe_file("pipeline/p13/t.csv", OLD)
+    assert fs.exists("pipeline/p13/t.csv")
+    backend.put_bytes("pipeline/p13/t.csv", OLD.upper())
+    with fs.open("pipeline/p13/t.csv", "rb") as f:
+        f.seek(0, 2)
+        assert f.tell() == len(OLD)
+        f.seek(0)
+        assert f.read() == OLD.upper()
+    with fs.open("pipeline/p13/w.csv", "wb") as f:  # review: seek of a writing file is fsspec's error
+        f.write(b"x")
+        with pytest.raises(OSError):
+            f.seek(0, 2)
+
+
 def test_pyarrow_reads_a_parquet_file_replaced_after_info_or_says_estale(backend):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")

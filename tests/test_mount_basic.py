@@ -257,7 +257,8 @@ def test_refused_operations(mount):
     (d / "f").write_bytes(b"1")
     refused = [
         (lambda: open(d / ("x" * 256), "w"), errno.ENAMETOOLONG),
-        (lambda: os.chmod(d, 0o755), errno.EPERM),  # the namespace's own mode
+        (lambda: os.chmod(d, 0o600), errno.EPERM),  # the namespace's own mode (narrowed)
+        (lambda: os.chmod(d, 0o1700), errno.EPERM),  # (a sticky bit it cannot keep)
     ]
     if mount.url.startswith("s3://"):
         refused.append((lambda: os.link(d / "f", d / "g"), errno.EPERM))
@@ -265,6 +266,8 @@ def test_refused_operations(mount):
         with pytest.raises(OSError) as e:
             call()
         assert e.value.errno == code, call
+    os.chmod(d, 0o755)  # opening it wider (tar x of "./", cp -a src/.): succeeds, changes nothing
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     if mount.url.startswith("s3://"):
         assert "hard links are not supported" in mount.log()
     else:

@@ -388,7 +388,13 @@ def test_daemon_checks_callers_itself(tmp_path, users):
                 await fs.setattr(f.ino, mode=stat.S_IFREG | 0o644, caller=b)  # outside the gate
             assert e.value.errno == errno.EACCES
             with pytest.raises(FSError) as e:  # the namespace's own mode follows the namespace
-                await fs.setattr(home.ino, mode=stat.S_IFDIR | 0o755, caller=a)
+                await fs.setattr(home.ino, mode=stat.S_IFDIR | 0o500, caller=a)
+            assert e.value.errno == errno.EPERM
+            before = (await fs.getattr(home.ino, a)).mode
+            await fs.setattr(home.ino, mode=stat.S_IFDIR | 0o777, caller=a)  # wider: kept as it is
+            assert (await fs.getattr(home.ino, a)).mode == before
+            with pytest.raises(FSError) as e:  # ... unless it asks for a bit it cannot keep
+                await fs.setattr(home.ino, mode=stat.S_IFDIR | 0o2777, caller=a)
             assert e.value.errno == errno.EPERM
             await fs.setattr(f.ino, mode=stat.S_IFREG | 0o640, caller=a)  # the owner's file: POSIX
             assert stat.S_IMODE((await fs.getattr(f.ino, a)).mode) == 0o640
