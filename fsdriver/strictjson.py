@@ -12,7 +12,9 @@ a str, lists of placeholders, an object's key/value pairs until the object ends)
 """
 
 import json
+import math
 import re
+import sys
 from itertools import accumulate
 
 MAX_RECORD_BYTES = 4 << 20  # documented in docs/kv.md
@@ -111,6 +113,45 @@ def _refuse(name: str):
     raise _Constant(name)
 
 
+class _Unreadable(Exception):
+    """A value JSON allows that the readers of records (Python's json: DataStore, mountctl kv)
+    could not give back as it was written."""
+
+
+def _int(text: str):
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    digits = len(text) - text.startswith("-")
+    if limit and digits > limit:
+        raise _Unreadable(f"an integer of {digits} digits (readers load at most {limit})")
+
+
+def _float(text: str):
+    if math.isinf(float(text)):
+        raise _Unreadable(f"a number beyond a double's range ({text[:20]}{'...' if len(text) > 20 else ''}: "
+                          "it would read as Infinity)")
+
+
+_SURROGATE = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+_LOW = re.compile(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether a string escapes half of a UTF-16 surrogate pair (``"\\ud800"``): Python reads it
+    as a str that UTF-8 cannot encode, so no reader could write it out again."""
+    if "\\u" not in text:
+        return False
+    paired = -1  # where the low half of the last high half starts
+    for m in _SURROGATE.finditer(text):
+        if len(m.group(1)) % 2 == 0 or m.start(1) + len(m.group(1)) - 1 == paired:
+            continue  # an escaped backslash then "u...", or the low half of a pair
+        if int(m.group(2), 16) >= 0xDC00:
+            return True  # a low half with no high half before it
+        if not _LOW.match(text, m.end()):
+            return True
+        paired = m.end()
+    return False
+
+
 def check(data: bytes) -> None:
     """Raise `RecordTooLarge` or `InvalidJSON` unless ``data`` is a valid record."""
     if len(data) > MAX_RECORD_BYTES:
@@ -122,13 +163,18 @@ def check(data: bytes) -> None:
     if too_deep(data):
         raise InvalidJSON(f"arrays and objects nested more than {MAX_DEPTH} deep")
     try:
-        json.loads(text, object_pairs_hook=_drop, parse_int=_drop, parse_float=_drop, parse_constant=_refuse)
+        json.loads(text, object_pairs_hook=_drop, parse_int=_int, parse_float=_float, parse_constant=_refuse)
     except _Constant as e:
         raise InvalidJSON(f"{e} is not a JSON value (RFC 8259 has no NaN or Infinity)") from None
+    except _Unreadable as e:
+        raise InvalidJSON(f"{e}: records must read back as written") from None
     except json.JSONDecodeError as e:
         raise InvalidJSON(str(e)) from None
     except RecursionError:  # cannot happen below MAX_DEPTH; refused like too deep if it does
         raise InvalidJSON(f"arrays and objects nested more than {MAX_DEPTH} deep") from None
+    if _lone_surrogate(text):
+        raise InvalidJSON("a string escapes half of a surrogate pair (such as \"\\ud800\"), which no "
+                          "reader can write back as UTF-8")
 
 
 def loads(text: str):

@@ -387,6 +387,18 @@ def test_nan_and_infinity_are_refused(mount, store, ds, text):
     assert "is not a JSON value" in mount.log()
 
 
+@pytest.mark.parametrize("text", ["1" * 5000, "[1e400]", '{"s": "\\ud800"}'], ids=["digits", "1e400", "surrogate"])
+@NOT_JSON
+def test_values_no_reader_could_give_back_are_refused(mount, store, ds, text):
+    """Trial finding: the mount stored them; then DataStore could not list the store (5,000
+    digits), read Infinity back (1e400), or mountctl kv get crashed (a lone surrogate)."""
+    ds["k"] = {"v": 1}
+    p = sh(f"/usr/bin/printf '%s' '{text}' > k.json; cat k.json", store)
+    assert p.stdout == '{"v": 1}' and "Invalid argument" in p.stderr
+    assert dict(ds.items()) == {"k": {"v": 1}}
+    assert "records must read back as written" in mount.log() or "half of a surrogate pair" in mount.log()
+
+
 @NOT_JSON
 def test_deep_nesting_is_einval_with_one_log_line(mount, store, ds):
     ds["k"] = "old"

@@ -14,6 +14,7 @@ from fsdriver.strictjson import MAX_DEPTH, MAX_RECORD_BYTES, InvalidJSON, Record
     '""', "0", "-1.5e10", "true", "null", '{"a": [1, 2, {"b": null}]}', ' [ ] ', '"\\u00e9 \\ud83d\\ude00"',
     '"[[[[{{{{"', '{"k": "]]]]}}}}"}', "[" * MAX_DEPTH + "]" * MAX_DEPTH, '"' + "x" * 1000 + '"',
     json.dumps({"ünïcode ✓": ["😀"] * 3}, ensure_ascii=False),
+    "1" * 4300, "-" + "9" * 4300, "1e308", "-1.7e308", "1e-400", '"\\\\ud800"', '"\\ud83d\\ude00\\u00e9"',
 ])
 def test_valid_records(text):
     check(text.encode())
@@ -34,6 +35,15 @@ def test_valid_records(text):
     ("[" * 100_000 + "]" * 100_000, f"nested more than {MAX_DEPTH} deep"),
     ("[" * 100_000, f"nested more than {MAX_DEPTH} deep"),
     ('{"a":' * 600 + "1" + "}" * 600, f"nested more than {MAX_DEPTH} deep"),
+    # what a reader could not give back as written (trial finding: DataStore could not list the store)
+    ("1" * 4301, "an integer of 4301 digits"),
+    ('{"n": -' + "1" * 5000 + "}", "an integer of 5000 digits"),
+    ("1e400", "beyond a double's range"),
+    ("[-1e400]", "beyond a double's range"),
+    ('"\\ud800"', "half of a surrogate pair"),
+    ('"\\udc00"', "half of a surrogate pair"),
+    ('{"k\\ud83d": 1}', "half of a surrogate pair"),
+    ('"\\\\\\ud800"', "half of a surrogate pair"),
 ])
 def test_invalid_records_say_why(text, reason):
     with pytest.raises(InvalidJSON, match=reason):
