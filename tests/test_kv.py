@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import time
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -88,6 +90,20 @@ def test_mapping(ds):
     assert ds.backend.get_range("kv/s/pokemon.json", 0) == b'{"name": "Charmander", "type": "fire"}'
     ds.clear()
     assert len(ds) == 0 and list(ds.keys()) == []
+
+
+def test_a_store_emptied_through_the_api_stays(ds, monkeypatch):
+    """Trial finding: on S3 a store made by DataStore vanished with its last record (``del``, or
+    its TTL), and the mount then answered ENOENT for writes into it; the mount's unlink and the
+    data API's delete keep the directory, as the disk backend does."""
+    ds["a"] = 1
+    del ds["a"]
+    assert "kv/s/" in [e.key for e in ds.backend.list("kv/", "/")]
+    ds.set("b", 2, ttl=1)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 5)  # (its expiry, without waiting for it)
+    assert "b" not in ds and list(ds.keys()) == []
+    assert "kv/s/" in [e.key for e in ds.backend.list("kv/", "/")]
 
 
 def test_values_must_be_json(ds):
