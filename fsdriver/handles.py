@@ -124,16 +124,21 @@ class RecordReader:
     """A key/value record read through the mount: its whole content, one version, read at the open
     (`OpenFiles._load_record`) and served from memory, so a commit made while it is read can
     never mix versions nor make a read of this handle fail.  Charged to the memory budget until
-    the handle closes."""
+    the handle closes; when the budget has not that much free, the record is read like a file."""
 
     def __init__(self, data: bytes, budget=None):
         self._data = data
         self._budget, self._held = budget, 0
 
-    async def charge(self) -> None:
+    def charge(self) -> bool:
+        """Charge the budget for the content if it can hold it now (`MemoryBudget.try_hold`; never
+        waits: a reader keeps it until its handle closes, so a process opening many records would
+        wait for memory only it can free)."""
         if self._budget is not None and self._data:
-            await self._budget.acquire(len(self._data))
+            if not self._budget.try_hold(len(self._data)):
+                return False
             self._held = len(self._data)
+        return True
 
     async def read(self, off: int, size: int) -> bytes:
         return self._data[off:off + size]
@@ -141,7 +146,7 @@ class RecordReader:
     def close(self) -> None:
         self._data = b""
         if self._budget is not None and self._held:
-            self._budget.release(self._held)
+            self._budget.drop_hold(self._held)
             self._held = 0
 
 

@@ -21,6 +21,7 @@ class MemoryBudget:
         self._freed = trio.Event()
         self._reclaimers: set[Callable[[], int]] = set()
         self.waiting = 0  # tasks blocked in acquire: idle holders should give memory back
+        self.held = 0  # of ``used``: taken by `try_hold` (kept until a handle closes, not reclaimable)
 
     def add_reclaimer(self, fn: Callable[[], int]) -> None:
         self._reclaimers.add(fn)
@@ -37,6 +38,20 @@ class MemoryBudget:
             return False
         self._take(n)
         return True
+
+    def try_hold(self, n: int) -> bool:
+        """Take ``n`` bytes for as long as a handle stays open (a record read whole at its open), if
+        free now and if such holdings stay within half the limit: what they hold is given back
+        only when their owners close, so the other half is kept for reads and writes in progress
+        (which wait for memory, and would wait for ever on holdings the waiter itself owns)."""
+        if self.held + n > self.limit // 2 or not self.try_acquire(n):
+            return False
+        self.held += n
+        return True
+
+    def drop_hold(self, n: int) -> None:
+        self.held -= n
+        self.release(n)
 
     async def acquire(self, n: int) -> None:
         while self.used + n > self.limit and self.used > 0:

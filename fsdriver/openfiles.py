@@ -169,24 +169,30 @@ class OpenFiles:
                 node.attr_time = self.fs.clock()
             return reader
         if node.is_record and node.size <= RECORD_IN_MEMORY:
-            return await self._load_record(node)
+            reader = await self._load_record(node)
+            if reader is not None:
+                return reader
         return Prefetcher(
             self.fs.backend, self.fs.budget, self.fs.nursery, lambda: node.key, node.size, node.etag,
             self.fs.stats, self.fs.options.max_prefetch, self.fs.options.part_size,
             kernel_readahead=self.fs.kernel_readahead,
         )
 
-    async def _load_record(self, node: Node) -> RecordReader:
+    async def _load_record(self, node: Node) -> Optional[RecordReader]:
         """A record's whole content and attributes from one GET, at the open: one version, whichever
         was committed last, not the one this mount knew (a reader pinned to that would get ESTALE
         from a commit made since, before it read a byte).  The node takes its attributes, so the
         open answers with them (`Filesystem.open` drops the kernel's older ones): stat and content
-        agree.  Held in memory (charged to the budget) until the handle closes."""
+        agree.  Held in memory (charged to the budget) until the handle closes; None when the
+        budget has not that much free (the caller reads it like a file, from this version)."""
         when, seq = self.fs.names.clock(), self.fs.inodes.seq
         data, info = await self.fs.backend.get_object(node.key)
         self.fs.names.set_info(node, info, when, seq)
         reader = RecordReader(data, self.fs.budget)
-        await reader.charge()
+        if not reader.charge():
+            # The budget is held (by other open records, say): read it like a larger record,
+            # pinned to this version, rather than wait for memory that the opener itself may hold.
+            return None
         return reader
 
     def register(self, handle: Handle) -> int:

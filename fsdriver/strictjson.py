@@ -173,8 +173,8 @@ def check(data: bytes) -> None:
     except RecursionError:  # cannot happen below MAX_DEPTH; refused like too deep if it does
         raise InvalidJSON(f"arrays and objects nested more than {MAX_DEPTH} deep") from None
     if _lone_surrogate(text):
-        raise InvalidJSON("a string escapes half of a surrogate pair (such as \"\\ud800\"), which no "
-                          "reader can write back as UTF-8")
+        raise InvalidJSON("a string escapes a lone surrogate (such as \"\\ud800\", half of a UTF-16 pair), "
+                          "which no reader can write back as UTF-8")
 
 
 def loads(text: str):

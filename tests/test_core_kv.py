@@ -373,6 +373,32 @@ def test_a_time_set_while_a_record_is_open_read_write_waits_for_its_commit(tmp_p
     run_kv(tmp_path, kv_backend, body)
 
 
+def test_many_open_readers_of_records_never_wait_for_memory_their_opener_holds(tmp_path):
+    """Trial finding: each read handle of a record holds its content, charged to the memory budget,
+    until it closes; the open after the budget was used up waited for memory only the process
+    holding the other handles could free (forever, in D state).  Such a record is read like a
+    larger one instead (pinned to the version the open got)."""
+    backend = MemoryBackend()
+    backend.put_bytes("kv/s/", b"")
+    value = {"pad": "x" * 200_000}
+    DataStore("s", backend=backend)["r"] = value
+    want = json.dumps(value).encode()
+
+    async def main(fs, be, nursery):
+        kv = (await fs.lookup(ROOT_INO, "kv")).ino
+        store = (await fs.lookup(kv, "s")).ino
+        ino = (await fs.lookup(store, "r.json")).ino
+        handles = [(await fs.open(ino, os.O_RDONLY))[0] for _ in range(30)]  # 6 MB: more than the budget
+        assert fs.budget.used <= fs.budget.limit
+        for fh in handles:
+            assert await fs.read(fh, 0, len(want) + 1) == want
+        for fh in handles:
+            await fs.release(fh)
+        assert fs.budget.used == 0
+
+    run_core(tmp_path, main, backend, memory_limit=2 << 20)
+
+
 def test_a_scratch_file_renamed_to_a_record_does_not_pass_on_its_time(tmp_path, kv_backend):
     """rsync -a and cp -p set the times of their temp file, then rename it: the record's time is its
     commit's, on every backend.  (Were it the source's, a second rsync -a on disk would find the
