@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import kvnames, treeshape
+from . import dirmarkers, kvnames
 from .backend.base import Backend
 from .errors import NotFound, PreconditionFailed
 
@@ -79,4 +79,4 @@ def expire_record(backend: Backend, prefix: str, name: str, markers: Iterable[Ma
         except (NotFound, PreconditionFailed):
             pass  # gone, or written again since: the new version stays
     delete_markers(backend, markers)
-    treeshape.keep_directory(backend, prefix.rstrip("/"))  # a store whose last record expired stays (S3)
+    dirmarkers.keep_directory(backend, prefix.rstrip("/"))  # a store whose last record expired stays (S3)

@@ -25,10 +25,11 @@ import threading
 import weakref
 
 from .backend import Backend
-from .errors import BucketNotFound, NotFound, PreconditionFailed
+from .errors import BucketNotFound, NotFound
+from .dirmarkers import NAMESPACE_DEPTH, has_entries, keep_directory
 from .fsspec_cache import MetaCache
 
-NAMESPACE_DEPTH = 2  # pipeline/<id>, user/<name>, kv/<store>
+__all__ = ["NAMESPACE_DEPTH", "RecentWrites", "check_new_object", "has_entries", "keep_directory", "recent_writes"]
 
 
 def check_new_object(backend: Backend, key: str, name: str, known=None) -> bool | None:
@@ -67,25 +68,6 @@ def check_new_object(backend: Backend, key: str, name: str, known=None) -> bool 
             continue
         raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", name)
     return exists
-
-
-def keep_directory(backend: Backend, directory: str) -> None:
-    """After a delete below ``directory`` (a namespace or a directory in one): on S3, give it a
-    marker if nothing is left below it, so it stays as on disk and in the mount.  Never over a
-    marker made meanwhile (it may hold the directory's attributes and index)."""
-    if backend.keeps_empty_dirs or directory.count("/") < NAMESPACE_DEPTH - 1:
-        return
-    if has_entries(backend, directory):
-        return
-    try:
-        backend.put_bytes(directory + "/", b"", if_none_match=True)
-    except PreconditionFailed:
-        pass
-
-
-def has_entries(backend: Backend, directory: str) -> bool:
-    """Whether any key (a marker included) starts with ``directory/``: one LIST of one key."""
-    return next(iter(backend.list(directory + "/", max_keys=1)), None) is not None
 
 
 class RecentWrites:
