@@ -229,9 +229,10 @@ class OpenFiles:
         another node, within the TTL this mount trusted what it knew): pin it to the current
         version instead, as an open a moment later would have.  Not once it served bytes (they
         would mix), nor when the open kept the kernel's page cache (it may hold the old version's
-        pages, served without asking).  False: the ESTALE stands."""
+        pages, served without asking; a record's handles never use it).  A record read like a
+        file (over 256 KiB) does the same.  False: the ESTALE stands."""
         node = handle.node
-        if handle.served or not handle.cache_dropped or node.staged is not None or node.is_record:
+        if handle.served or node.staged is not None or not (handle.cache_dropped or node.is_record):
             return False
         async with handle.repin_lock:
             if node.staged is not None:  # a writer opened it meanwhile: its content is built on the old
