@@ -22,6 +22,7 @@ import sys
 
 from fsdriver import layout, mountconfig
 from fsdriver.access import login_name
+from fsdriver.errors import InvalidName
 from fsdriver.secrets import accesslog, secret_files
 from fsdriver.secrets.environment import compose
 from fsdriver.secrets.mask import MIN_MASKED, Masker, unmasked
@@ -65,8 +66,8 @@ def find_mount(explicit: str | None, pipeline: str | None = None) -> str | None:
     stashfs mount, else the one at the configured mount point; None when there is no stashfs mount.
     Several and none at the configured mount point: CLIError (status 2), naming them."""
     if explicit is not None:
-        if not mounts.is_stashfs(explicit):
-            raise CLIError(f"{explicit} is not a stashfs mount")
+        if not mounts.is_stashfs(explicit):  # (what was typed is not repeated: see cli.py)
+            raise CLIError("--mount: not a stashfs mount (the path is not shown)", 2)
         return explicit
     try:
         return mounts.the_mount(mountconfig.configured_mountpoint)
@@ -170,8 +171,10 @@ def split_files(args, merged: dict) -> tuple[dict, dict]:
     wanted = set(merged) if args.secret_files else set()
     for name in args.secret_file:
         check_name(name)
-        if name not in merged:
-            raise CLIError(f"--secret-file {name}: no such secret", status=2)
+        if name not in merged:  # the name is not repeated: it may be a value pasted there
+            nth = args.secret_file.index(name) + 1
+            raise CLIError(f"--secret-file: no such secret (the name, in --secret-file number {nth}, is not "
+                           "shown)", status=2)
         wanted.add(name)
     env = {n: v for n, v in merged.items() if n not in wanted}
     for name, value in env.items():  # stored before `secrets set` checked values
@@ -200,7 +203,11 @@ def cmd_exec(args) -> int:
     merged = {**secrets["org"], **secrets["user"]}
     env_secrets, file_secrets = split_files(args, merged)  # bad input fails before anything is mounted
     if args.pipeline:
-        layout.check_name(args.pipeline, "pipeline id")
+        try:
+            layout.check_name(args.pipeline, "pipeline id")
+        except InvalidName:
+            raise CLIError("--pipeline: invalid pipeline id (not shown): must match "
+                           "[A-Za-z0-9][A-Za-z0-9._-]{0,127}", 2) from None
         mount = pipeline_mount(args.mount, args.pipeline)
         claim_pipeline(mount, args.pipeline)
     else:

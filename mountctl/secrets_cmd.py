@@ -127,7 +127,7 @@ def cmd_rm(args) -> None:
     try:
         store.delete(_scope(args), name)
     except KeyError:
-        raise CLIError(f"no {_scope(args)} secret {args.name}") from None
+        raise CLIError(f"no {_scope(args)} secret by that name (not shown)") from None
     except SecretsError as e:
         raise _fail(e) from None
     _warn_sharing(store, _scope(args))
@@ -140,7 +140,7 @@ def cmd_get(args) -> None:
     try:
         value = open_store(args.store).get(_scope(args), name)
     except KeyError:
-        raise CLIError(f"no {_scope(args)} secret {args.name}") from None
+        raise CLIError(f"no {_scope(args)} secret by that name (not shown)") from None
     except SecretsError as e:
         raise _fail(e) from None
     sys.stdout.write(value + "\n")

@@ -14,6 +14,7 @@ import sys
 import time
 
 from fsdriver.mountconfig import MountConfig
+from fsdriver.secrets.environment import without_store_keys
 
 from . import mounts
 from .errors import CLIError
@@ -86,7 +87,8 @@ def start(cfg: MountConfig) -> None:
                   if cfg.log_file else subprocess.DEVNULL)
     # Readiness goes through the pipe; $NOTIFY_SOCKET belongs to whoever started us (a systemd
     # service running jobs), not to a daemon that outlives us.
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    # Nor the secrets stores' keys: the daemon has no use for them (`mountctl exec` starts it).
+    env = {k: v for k, v in without_store_keys(os.environ).items() if k != "NOTIFY_SOCKET"}
     try:
         proc = subprocess.Popen(
             cmd + ["--ready-fd", str(write_fd)], pass_fds=(write_fd,), start_new_session=True, env=env,

@@ -92,6 +92,35 @@ def test_store_option_does_not_echo_its_value(home):
         assert p.returncode == 2 and "invalid choice" in p.stderr and value not in p.stderr
 
 
+def test_values_typed_for_options_and_names_are_not_repeated(home):
+    """Trial finding: exec --pipeline/--mount/--secret-file and secrets get/rm repeated what was
+    typed (a token pasted in the wrong place is a valid name)."""
+    value = "ghp_" + secrets.token_urlsafe(20).replace("-", "a")
+    for args, code in ((["exec", "--pipeline", value + "!", "--", "true"], 2),
+                       (["exec", "--mount", "/" + value, "--", "true"], 2),
+                       (["exec", "--no-mount", "--secret-file", value, "--", "true"], 2),
+                       (["secrets", "get", value, "--reveal"], 1), (["secrets", "rm", value], 1)):
+        p = run_ctl(*args)
+        assert p.returncode == code and p.stderr.count("\n") == 1, (args, p.stderr)
+        assert_absent([value], p.stdout, p.stderr)
+
+
+def test_the_stores_keys_never_reach_the_command(home):
+    """Trial finding: with $STASHFS_SECRETS_KEY set (headless workers), `mountctl exec -- env`
+    printed the key that decrypts every secret, unmasked."""
+    import base64
+    key = base64.b64encode(os.urandom(32)).decode()
+    org_key = base64.b64encode(os.urandom(32)).decode()
+    env = {**os.environ, "STASHFS_SECRETS_KEY": key, "STASHFS_ORG_SECRETS_KEY": org_key}
+    value = fresh()
+    ctl("secrets", "set", "HL_TOKEN", input=value, env=env)
+    for flags in ([], ["--preserve-env"], ["--no-mask"]):
+        p = run_ctl("exec", "--no-mount", *flags, "--", "env", env=env)
+        assert p.returncode == 0, p.stderr
+        assert "HL_TOKEN=" in p.stdout and "STASHFS_SECRETS_KEY" not in p.stdout, flags
+        assert_absent([key, org_key], p.stdout, p.stderr)
+
+
 def test_list_fails_when_a_store_cannot_be_decrypted(home):
     ctl("secrets", "set", "A", input=fresh())
     ctl("secrets", "set", "B", "--org", input=fresh())
@@ -241,7 +270,8 @@ def test_secret_files_of_a_killed_exec_are_removed_by_the_next_once_the_command_
 
 def test_unknown_secret_file_is_refused_before_running(home):
     p = run_ctl("exec", "--no-mount", "--secret-file", "NOPE", "--", "touch", str(home / "ran"))
-    assert p.returncode == 2 and p.stderr == "mountctl: --secret-file NOPE: no such secret\n"
+    assert p.returncode == 2 and p.stderr == ("mountctl: --secret-file: no such secret (the name, in --secret-file "
+                                              "number 1, is not shown)\n")
     assert not (home / "ran").exists()
 
 
