@@ -167,11 +167,17 @@ def cmd_status(args) -> int:
         except OSError as e:
             why = ("its status is for the mount's owner and root only" if e.errno == errno.EACCES
                    else f"daemon does not answer: {e.strerror}")
-            st = {"mountpoint": entry.mountpoint, "error": why}
+            st = {"mountpoint": entry.mountpoint, "error": why, "denied": e.errno == errno.EACCES}
         st["mountpoint"] = entry.mountpoint
         out.append(st)
     if args.prometheus or args.textfile:
-        text = prometheus.render(out)
+        # A mount whose status this user may not read is not a mount that is down: no sample
+        # (stashfs_up 0 would page for a healthy mount, from a collector run as another user).
+        denied = [st["mountpoint"] for st in out if st.get("denied")]
+        if denied:
+            print(f"mountctl: left out {len(denied)} mount(s) whose status is for their owner and root only: "
+                  f"{', '.join(denied)}", file=sys.stderr)
+        text = prometheus.render([st for st in out if not st.get("denied")])
         if args.textfile:
             prometheus.write_textfile(args.textfile, text)
         if args.prometheus:

@@ -177,6 +177,31 @@ def test_among_the_machines_mounts_exec_and_umount_refuse_to_guess(tmp_path):
             force_unmount(m.path)
 
 
+def test_prometheus_of_another_users_mount_leaves_it_out(other_user_python):
+    """Trial finding: user nobody's `status --prometheus` gave root's healthy mount `stashfs_up 0`
+    (an alert for a working mount, from a collector run as another user)."""
+    require_fuse()
+    base = Path(tempfile.mkdtemp(prefix="stashfs-others-"))
+    os.chmod(base, 0o755)
+    m = make_mount(base, str(base / "be"), dict(os.environ))
+    try:
+        m.mount()
+        env = dict(os.environ, HOME=str(base), XDG_CONFIG_HOME=str(base / "nobody-config"))
+        p = subprocess.run(["setpriv", f"--reuid={NOBODY[0]}", f"--regid={NOBODY[1]}", "--clear-groups",
+                            other_user_python, "-m", "mountctl", "status", "--prometheus"],
+                           env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+        assert p.returncode == 0, p.stderr
+        assert f'mountpoint="{m.path}"' not in p.stdout and "# TYPE stashfs_up gauge" in p.stdout
+        assert str(m.path) in p.stderr and "owner and root only" in p.stderr
+        p = mountctl("status", "--prometheus", env=m.env, timeout=TIMEOUT)  # its owner: up
+        assert f'stashfs_up{{mountpoint="{m.path}",backend="file://{base / "be"}"}} 1' in p.stdout.splitlines()
+    finally:
+        if m.mounted:
+            m.umount()
+        force_unmount(m.path)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize("allow_other", [True, False])
 def test_umount_and_flush_of_another_users_mount_say_permission_denied(other_user_python, allow_other):
     """User trial: user nobody's `mountctl umount` of root's mount said "the daemon does not answer
