@@ -160,4 +160,5 @@ def cmd_log(args) -> None:
         where = f"  pipeline {e['pipeline']}" if e.get("pipeline") else ""
         print(f"{e.get('time', '?')}  {e.get('user', '?')}  {e.get('command', '?')}{where}  {names}")
     if bad:
-        print(f"mountctl: {bad} unreadable line(s) of {accesslog.log_path()} skipped", file=sys.stderr)
+        where = ", ".join(f"{n} of {path}" for path, n in bad.items())
+        print(f"mountctl: unreadable line(s) skipped: {where}", file=sys.stderr)

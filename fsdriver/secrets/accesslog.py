@@ -62,9 +62,10 @@ def record(command: str, secrets: list, files: list, pipeline: str | None = None
         os.close(fd)
 
 
-def read() -> tuple[list, int]:
-    """(entries, oldest first, from the rotated file and the current one; lines not readable)."""
-    entries, bad = [], 0
+def read() -> tuple[list, dict]:
+    """(entries, oldest first, from the rotated file and the current one; {file: lines in it that
+    are not readable}, for the files that have some)."""
+    entries, bad = [], {}
     path = log_path()
     for p in (path.with_name(path.name + ".1"), path):
         try:
@@ -79,7 +80,7 @@ def read() -> tuple[list, int]:
                 if not isinstance(entry, dict):
                     raise ValueError
             except ValueError:
-                bad += 1
+                bad[str(p)] = bad.get(str(p), 0) + 1
                 continue
             entries.append(entry)
     return entries, bad
