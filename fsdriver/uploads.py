@@ -20,7 +20,6 @@ from typing import Optional
 
 import trio
 
-from . import dirmarkers, owners
 from .backend.aio import AsyncBackend, BeforeFailed
 from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .errno_boundary import FSError
@@ -331,12 +330,6 @@ class Uploader:
                         self.cache.unjournal(staged)
                         settled = True
                         continue
-                    if await self.archived(node.key):
-                        log.error("%s: pending upload dropped: its pipeline was archived meanwhile", node.display)
-                        self.pending.pop(staged, None)
-                        self.cache.unjournal(staged)
-                        settled = True
-                        continue
                     await self.upload_locked(node, staged, retry=True)
                 settled = True
                 log.info("%s: pending upload done", node.display)
@@ -414,24 +407,6 @@ class Uploader:
             await self._upload_orphans(progress)
         await self.streams.recover()  # multipart uploads a crash left open
 
-    async def archived(self, key: str) -> bool:
-        """Whether ``key``'s pipeline was archived since its upload was left pending (an upload
-        retried later must not bring it back, owned by nobody): the pipeline has no owner record
-        and nothing under its prefix.  (A pipeline this mount created has a record from its mkdir;
-        one written by other tools without a record has its other objects.)"""
-        parts = key.split("/")
-        if len(parts) < 3 or parts[0] != "pipeline":
-            return False
-
-        def gone() -> bool:
-            sync = self.backend.sync
-            return owners.get(sync, parts[1]) is None and not dirmarkers.has_entries(sync, "/".join(parts[:2]))
-
-        try:
-            return await self.backend.run(gone)
-        except (BackendError, OSError):
-            return False  # not known: the upload itself tells (and fails the same way, or lands)
-
     async def _upload_orphans(self, progress=lambda message: None) -> None:
         unreachable = False
         for p in list(self.orphans):
@@ -440,11 +415,6 @@ class Uploader:
             self._orphans_busy[p.key] = done = trio.Event()
             try:
                 progress(f"uploading {p.key} left pending by a previous run")
-                if await self.archived(p.key):
-                    log.error("pending upload of %s from a previous run not stored: its pipeline was archived "
-                              "since; dropped", p.key)
-                    self._drop_orphan(p)
-                    continue
                 await self.backend.put_file(p.key, p.path, meta=p.meta, **p.upload_conditions())
             except PreconditionFailed:
                 log.error("pending upload of %s from a previous run not stored: the key no longer holds "

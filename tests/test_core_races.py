@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from fsdriver import lifecycle
 from fsdriver.backend import aio
 from fsdriver.backend.disk import DiskBackend
 from fsdriver.core import Filesystem, Options
@@ -184,53 +183,6 @@ def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
             nursery.cancel_scope.cancel()
         assert be.get_range("user/alice/k", 0) == b"NEW"
         assert fs.uploader.orphans == []
-
-    trio.run(main)
-
-
-@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? from a previous run",
-                          "its pipeline was archived", "uploaded pending pipeline/p8/out from a previous run")
-@pytest.mark.parametrize("when", ["before a restart", "while the mount runs"])
-def test_a_pending_upload_never_brings_back_an_archived_pipeline(tmp_path, when):
-    """Trial finding: a close() that failed (EIO, kept pending), then `mountctl pipeline archive`:
-    the retry (or the next daemon) uploaded the file, and the pipeline came back with no owner
-    record, owned by the mount.  A pipeline with other objects (made without a record) is not
-    taken for archived."""
-    be = GatedDisk(tmp_path / "be")
-
-    async def writes(fs, pid):
-        tree = (await fs.lookup(ROOT_INO, "pipeline")).ino
-        ns = (await fs.mkdir(tree, pid)).ino
-        fh, _, _ = await fs.create(ns, "out", os.O_WRONLY | os.O_TRUNC)
-        await fs.write(fh, 0, b"NEVER ACKNOWLEDGED")
-        be.fail["put_file"] = Unavailable("down")
-        with pytest.raises(FSError):
-            await fs.flush(fh)
-        await fs.release(fh)
-
-    async def main():
-        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fs.run)
-            await writes(fs, "p7")
-            del be.fail["put_file"]
-            await writes(fs, "p8")
-            be.put_bytes("pipeline/p8/other", b"written by another tool")
-            be.delete("owners/pipeline/p8.json")  # as for a pipeline made without a record
-            lifecycle.archive(be, "p7")  # another node, or mountctl pipeline archive
-            if when == "while the mount runs":
-                del be.fail["put_file"]
-                await fs.uploader.flush_all()
-            nursery.cancel_scope.cancel()
-        fs.cache.close()
-        if when == "before a restart":
-            del be.fail["put_file"]
-            fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
-            await fs.uploader.recover()
-            fs.cache.close()
-        assert fs.uploader.orphans == [] and list(fs.cache.pending_dir.iterdir()) == []
-        assert [e.key for e in be.list("pipeline/p7/")] == [] and lifecycle.summary(be, "p7") is None
-        assert be.get_range("pipeline/p8/out", 0) == b"NEVER ACKNOWLEDGED"
 
     trio.run(main)
 
