@@ -7,10 +7,11 @@ written again at every spawn of its writer.  The rule (docs/semantics.md, "Which
 
 - a close() of a file written since its last upload uploads it, and is durable when it returns,
   unless the process that *opened* the file (the open's request context) still holds at least as
-  many descriptors of that file as the file has open handles (opens not yet released, this one
-  included, whoever made them): then the close came from a copy of one of the opener's
-  descriptors (a child's, or a dup), the opener is still writing, and its own close (or any
-  fsync) uploads;
+  many descriptors of that file open for writing as the file has writing handles (opens for
+  writing not yet released, this one included, whoever made them): then the close came from a
+  copy of one of the opener's descriptors (a child's, or a dup), the opener is still writing, and
+  its own close (or any fsync) uploads.  Descriptors open for reading do not count (a writer that
+  inherited some, ``exec 4<f; cmd > f``, is not taken for a copy of itself);
 - when that cannot be told (the opener is gone, /proc is not readable for the daemon, the mount
   point is not known, the opener has more than MAX_FDS descriptors), the close uploads: the safe
   answer.
@@ -25,9 +26,9 @@ MAX_FDS = 4096  # an opener with more descriptors than this is not looked at: it
 
 
 def opener_holds(pid: int, path: str, handles: int, deleted: bool = False) -> bool:
-    """Whether process ``pid`` still has at least ``handles`` descriptors open on ``path`` (a file
-    of this mount, as ``/proc/<pid>/fd`` shows it; ``deleted``: the file was unlinked, and the
-    links end in " (deleted)").  False when it cannot be told."""
+    """Whether process ``pid`` still has at least ``handles`` descriptors open for writing on
+    ``path`` (a file of this mount, as ``/proc/<pid>/fd`` shows it; ``deleted``: the file was
+    unlinked, and the links end in " (deleted)").  False when it cannot be told."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:  # gone, or not ours to look at
@@ -42,8 +43,21 @@ def opener_holds(pid: int, path: str, handles: int, deleted: bool = False) -> bo
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:  # closed meanwhile
             continue
-        if target == path:
+        if target == path and _writable(pid, fd):
             found += 1
             if found >= handles:
                 return True
+    return False
+
+
+def _writable(pid: int, fd: str) -> bool:
+    """Whether descriptor ``fd`` of ``pid`` is open for writing (its ``flags`` in fdinfo); False
+    when that cannot be told (then it does not count: the close uploads)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError, IndexError):
+        pass
     return False

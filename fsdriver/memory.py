@@ -39,13 +39,19 @@ class MemoryBudget:
         self._take(n)
         return True
 
+    def could_hold(self, n: int) -> bool:
+        """Whether `try_hold` of ``n`` bytes would succeed now."""
+        return self.held + n <= self.limit // 4 and self.used + n <= self.limit
+
     def try_hold(self, n: int) -> bool:
         """Take ``n`` bytes for as long as a handle stays open (a record read whole at its open), if
-        free now and if such holdings stay within half the limit: what they hold is given back
-        only when their owners close, so the other half is kept for reads and writes in progress
-        (which wait for memory, and would wait for ever on holdings the waiter itself owns)."""
-        if self.held + n > self.limit // 2 or not self.try_acquire(n):
+        free now and if such holdings stay within a quarter of the limit: what they hold is given
+        back only when their owners close, so the rest is kept for work in progress, which waits
+        for memory (and would wait for ever on holdings the waiter's own process owns): reads,
+        small files kept in memory (a quarter) and a record's check at close (up to half)."""
+        if not self.could_hold(n):
             return False
+        self._take(n)
         self.held += n
         return True
 

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+import contextlib
 from contextlib import asynccontextmanager
 from typing import Optional
 
@@ -168,7 +169,7 @@ class OpenFiles:
                 node.size, node.mtime, node.etag = st.st_size, st.st_mtime, etag_of(st)
                 node.attr_time = self.fs.clock()
             return reader
-        if node.is_record and node.size <= RECORD_IN_MEMORY:
+        if node.is_record and node.size <= RECORD_IN_MEMORY and self.fs.budget.could_hold(node.size):
             reader = await self._load_record(node)
             if reader is not None:
                 return reader
@@ -297,7 +298,6 @@ class OpenFiles:
             # only what was written: see fsdriver.records; a child's close inside
             # `{ echo '['; seq -s, 3; echo ']'; } > r.json` commits nothing (half a record)
             await self.fs.records.flush(handle)
-            await self._keep_wanted_mtime(handle.node, closing=handle)  # `touch -d`: durable at close
         else:
             await self.upload(handle.node, handle.staged, awaited=True)
 
@@ -308,11 +308,12 @@ class OpenFiles:
         if staged is None or not staged.dirty or caller is None or caller.pid <= 0 or mountpoint is None:
             return False
         node = handle.node
-        # Every open handle of the file (this one included, whoever opened them): the opener must
-        # hold at least that many descriptors of it for this close to be a copy's.  Counting only
-        # the opener's own handles would take a descriptor of another handle (a thread's, or one
-        # it inherited, `exec >>log 2>&1`) for a copy of this one.
-        handles = sum(1 for h in self.handles.values() if h.node is node)
+        # Every writing handle of the file (this one included, whoever opened them): the opener
+        # must hold at least that many descriptors of it open for writing for this close to be a
+        # copy's.  Counting only the opener's own handles would take a descriptor of another
+        # handle (a thread's, or one it inherited, `exec >>log 2>&1`) for a copy of this one; and
+        # descriptors open for reading do not count (`exec 4<r.json; /bin/echo x > r.json`).
+        handles = sum(1 for h in self.handles.values() if h.node is node and h.writable)
         path = os.path.join(mountpoint, *node.path)
         # procfs answers from memory (readlink of /proc/<pid>/fd/N never calls into a filesystem):
         # tens of microseconds, not worth a thread hop on every close
@@ -342,6 +343,13 @@ class OpenFiles:
         handle = self.handles.pop(fh)
         handle.close()
         node = handle.node
+        # A time kept at the end (below) is marked like a record's commit at release, before the
+        # first await (`Records.marked`): the next stat or open of the record waits for it.
+        timed = node.mtime_wanted is not None and node.is_record and handle.writable
+        with self.fs.records.marked(node) if timed else contextlib.nullcontext():
+            await self._release(handle, node)
+
+    async def _release(self, handle: Handle, node: Node) -> None:
         try:
             staged = handle.staged
             if handle.writable and node.is_record:
@@ -497,18 +505,16 @@ class OpenFiles:
             staged = None
         return staged is not None or any(h.node is node and h.writable for h in self.handles.values())
 
-    async def _keep_wanted_mtime(self, node: Node, closing: Optional[Handle] = None) -> None:
+    async def _keep_wanted_mtime(self, node: Node) -> None:
         """Apply a time set while ``node`` was open for writing once no upload will follow: at the
-        close of its last writing handle (``closing``) that leaves nothing to commit — ``touch -d``
-        of a record opens it for writing, sets the times through the descriptor (futimens) and
-        closes it without a write — or at the release of the last one."""
+        release of its last writing handle (``touch -d`` of a record opens it for writing, sets the
+        times through the descriptor, futimens, and closes it without a write).  Not at a close:
+        one from a copy of a descriptor (a child's exit) would look like the last writer's."""
         if node.mtime_wanted is None or node.unlinked:
             return
-        if closing is not None and node.is_record and (closing.written or closing.truncated):
-            return  # its commit comes at release, and applies the time
         staged = node.staged
         if (staged is not None and (staged.dirty or staged.pending or not node.is_record)) or any(
-                h.node is node and h.writable and h is not closing for h in self.handles.values()):
+                h.node is node and h.writable for h in self.handles.values()):
             return
         mtime, node.mtime_wanted = node.mtime_wanted, None
         try:

@@ -27,6 +27,7 @@ the memory budget, and conditional on the version read for ``r+`` handles.  This
   handle's content is then never stored (close() says EFBIG too).
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -123,6 +124,16 @@ class Records:
         for node, (_, done) in list(self._committing.items()):
             if node.path[:-1] == store.path:
                 await done.wait()
+
+    @contextlib.contextmanager
+    def marked(self, node: Node):
+        """A release's work on ``node`` (a commit, a time kept) that lookups, getattr, open and
+        readdir wait for; entered before the release handler's first await."""
+        self._begin(node)
+        try:
+            yield
+        finally:
+            self._end(node)
 
     def _begin(self, node: Node) -> None:
         count, done = self._committing.get(node, (0, None))

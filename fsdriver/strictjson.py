@@ -131,7 +131,10 @@ def _float(text: str):
                           "it would read as Infinity)")
 
 
-_SURROGATE = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+# An escape of U+D800..U+DFFF: matched only where a run of backslashes starts, its pairs
+# (escaped backslashes) taken whole and never given back, so a long run costs one pass (a match
+# tried at each backslash of a run would cost its square: minutes for a 4 MiB record).
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*+)\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
 _LOW = re.compile(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
@@ -142,12 +145,10 @@ def _lone_surrogate(text: str) -> bool:
         return False
     paired = -1  # where the low half of the last high half starts
     for m in _SURROGATE.finditer(text):
-        if len(m.group(1)) % 2 == 0 or m.start(1) + len(m.group(1)) - 1 == paired:
-            continue  # an escaped backslash then "u...", or the low half of a pair
-        if int(m.group(2), 16) >= 0xDC00:
-            return True  # a low half with no high half before it
-        if not _LOW.match(text, m.end()):
-            return True
+        if m.end(1) == paired:
+            continue  # the low half of a pair
+        if int(m.group(2), 16) >= 0xDC00 or not _LOW.match(text, m.end()):
+            return True  # a low half with no high half before it, or a high half alone
         paired = m.end()
     return False
 

@@ -157,6 +157,7 @@ def test_record_times_from_touch_and_rsync(mount, store, ds, tmp_path):
 
     subprocess.run(["touch", "-d", "2002-02-02 02:02:02 UTC", str(store / "r0.json")], check=True, timeout=30)
     assert os.stat(store / "r0.json").st_mtime == 1_012_615_322  # shown at once on both
+    assert json.loads((store / "r0.json").read_text()) == {"i": 0}  # an open waits for the release's work
     stored = mount.backend.head("kv/s/r0.json").mtime
     assert (stored == 1_012_615_322) if mount.backend.keeps_mtime else stored > 1_500_000_000
     assert ds["r0"] == {"i": 0}
@@ -520,4 +521,26 @@ def test_a_second_writer_of_a_record_being_created_opens_it(store, ds):
         with contextlib.suppress(OSError):
             os.close(fd)
     assert ds["other"] == 1
+
+
+def test_touch_while_the_shell_holds_the_record_read_write(store, ds):
+    """Review finding: touch inherits the shell's read-write descriptor and closes it at exit; that
+    close applied the time, which (on disk) changed the version the shell's handle commits
+    against: its write failed with ESTALE.  The time waits for the last writing handle."""
+    ds["m"] = "old"
+    p = sh("exec 3<>m.json; touch -d '2003-03-03 UTC' m.json; printf '\"new\"' >&3; exec 3>&-; cat m.json", store)
+    assert (p.returncode, p.stdout, p.stderr) == (0, '"new"', "")  # (as long as "old": no truncate)
+    assert ds["m"] == "new"
+
+
+@NOT_JSON
+def test_a_writer_holding_read_descriptors_of_the_record_still_commits_at_its_close(store, ds):
+    """Review finding: descriptors open for reading that the writer inherited were counted as
+    copies of its own, so its close committed nothing and the refusal was only logged."""
+    ds["r"] = "old"
+    p = sh("exec 4<r.json 5<&4; /bin/echo '{bad' > r.json", store)
+    assert p.returncode != 0 and "Invalid argument" in p.stderr
+    p = sh("exec 4<r.json 5<&4; /bin/echo '\"new\"' > r.json; cat r.json", store)
+    assert (p.returncode, p.stdout) == (0, '"new"\n')
+    assert ds["r"] == "new"
 
