@@ -30,7 +30,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any, Callable, Iterator
 
-from . import kvnames, layout, strictjson, treeshape
+from . import dirmarkers, kvnames, layout, strictjson
 from .apierrors import api_errors
 from .backend import Backend, ObjectInfo
 from .configured import shared_backend
@@ -190,7 +190,7 @@ class DataStore(MutableMapping):
             raise MissingKey(key)
         self.backend.delete(self.prefix + name)
         drop_markers(self.backend, self.prefix, name)
-        treeshape.keep_directory(self.backend, self.prefix.rstrip("/"))  # the emptied store stays (S3)
+        dirmarkers.keep_directory(self.backend, self.prefix.rstrip("/"))  # the emptied store stays (S3)
 
     def keys(self) -> "Keys":
         """An iterable of the keys (paginated from the backend; not a list)."""
