@@ -54,6 +54,8 @@ def resolve(path: str) -> Place:
     if path == "":
         return Place("", ())
     parts = path.split("/")
+    if "" in parts:  # (split_path would call the rest a leading "/")
+        raise InvalidName(f"invalid path {path!r}: empty segment (a doubled '/')")
     layout.check_tree(parts[0])
     if len(parts) >= 2:
         layout.root_prefix(parts[0], parts[1])  # validates the pipeline id, user or store name
@@ -64,6 +66,9 @@ def resolve(path: str) -> Place:
 
 def check_writable(place: Place) -> None:
     """Refuse, as the mount does, a file where only directories may be: OSError or InvalidName."""
+    if place.depth == 2:
+        raise PermissionError(errno.EPERM, f"{place.path} is a namespace (a directory): files go inside it",
+                              place.path)
     if place.depth < 3:
         where = "/" + place.parent().path if place.depth else "/"
         raise PermissionError(errno.EPERM, f"only namespace directories can be created in {where}", place.path)

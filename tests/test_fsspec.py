@@ -123,6 +123,7 @@ def test_writes_are_atomic_objects_at_close(fs):
 
 @pytest.mark.parametrize("path,exc", [
     ("pipeline/p1/a//b", ValueError),
+    ("pipeline/p1//b", ValueError),
     ("pipeline/p1/../x", ValueError),
     ("pipeline/bad id/x", ValueError),
     ("pipeline/p1/" + "n" * 256, ValueError),
@@ -133,9 +134,21 @@ def test_writes_are_atomic_objects_at_close(fs):
     ("kv/st/a%41.json", ValueError),
 ])
 def test_names_are_validated_as_in_the_mount(fs, path, exc):
-    with pytest.raises(exc):
+    with pytest.raises(exc) as e:
         fs.pipe(path, b"{}")
     assert fs.find("pipeline") == [] and fs.find("kv/st") == []
+    if "//" in path:  # trial finding: it was called a leading "/"
+        assert "doubled '/'" in str(e.value)
+
+
+def test_a_file_where_a_namespace_is_says_so(fs):
+    """Trial finding: ``touch("pipeline/p1")`` of an existing namespace said "only namespace
+    directories can be created in /pipeline" (it is one)."""
+    fs.pipe("pipeline/p1/x", b"1")
+    for call in (lambda: fs.touch("pipeline/p1"), lambda: fs.pipe("pipeline/p1", b"1")):
+        with pytest.raises(PermissionError) as e:
+            call()
+        assert "pipeline/p1 is a namespace (a directory)" in str(e.value)
 
 
 def test_file_and_directory_cannot_share_a_name(fs):
