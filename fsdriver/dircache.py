@@ -447,9 +447,29 @@ class Names:
             return list(self.backend.sync.list(node.prefix, "/", max_keys=3))
 
         first_entries.__name__ = "list"  # read-only: abandoned at --backend-timeout (backend.aio)
-        for e in await self.backend.run(first_entries):
-            if e.key not in ignore:
-                raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+        entries = [e for e in await self.backend.run(first_entries) if e.key not in ignore]
+        if entries and node.is_store:
+            # records whose TTL ran out read as missing (and are removed as they are met): they do
+            # not keep a store from being removed either
+            entries = await self.backend.run(self._live_record, node.prefix, ignore)
+        if entries:
+            raise FSError(errno.ENOTEMPTY, f"{node.display} is not empty")
+
+    def _live_record(self, prefix: str, ignore: set) -> list:
+        """A store's first entry that is not an expired record (removing those it meets: one LIST
+        of the store's expiry markers, one of the store), or []."""
+        sync = self.backend.sync
+        expiries, now = kvexpiry.store_expiries(sync, prefix), time.time()
+        for e in sync.list(prefix, "/"):
+            if e.key in ignore:
+                continue
+            name = e.key[len(prefix):]
+            markers = expiries.get(name)
+            if isinstance(e, ObjectInfo) and markers and kvexpiry.is_expired(e.etag, markers, now):
+                kvexpiry.expire_record(sync, prefix, name, markers)
+                continue
+            return [e]
+        return []
 
     async def keep_parent(self, parent: Node) -> None:
         """On S3 a directory whose last entry went away would vanish: give it a marker."""

@@ -524,6 +524,25 @@ def test_expired_records_read_as_missing_and_are_removed(tmp_path, kv_backend):
     run_kv(tmp_path, kv_backend, body)
 
 
+def test_a_store_holding_only_expired_records_can_be_removed(tmp_path, kv_backend):
+    """Review note: rmdir of a store whose last record's TTL had run out (not removed yet) said
+    ENOTEMPTY, though ls showed the store empty.  A live record still keeps it."""
+    async def body(fs, be, store, ds):
+        ds["dead"] = 1
+        expired_marker(be, "dead.json")
+        ds["live"] = 2
+        kv = (await fs.lookup(ROOT_INO, "kv")).ino
+        with pytest.raises(FSError) as e:
+            await fs.rmdir(kv, "s")
+        assert fs_errno(e) == errno.ENOTEMPTY and ds["live"] == 2
+        del ds["live"]
+        assert await names(fs, store) == []
+        await fs.rmdir(kv, "s")
+        assert [k.key for k in be.list("kv/s/")] == []
+
+    run_kv(tmp_path, kv_backend, body)
+
+
 @pytest.mark.parametrize("flags", [os.O_WRONLY | os.O_CREAT | os.O_APPEND, os.O_WRONLY | os.O_CREAT | os.O_EXCL],
                          ids=[">>", "O_EXCL"])
 def test_a_record_created_over_an_expired_one_is_stored(tmp_path, kv_backend, flags):
