@@ -101,7 +101,8 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.mountpoint = mountpoint
         fs.invalidate_entry = self._invalidate_entry
-        fs.mountpoint = os.path.abspath(mountpoint)
+        # as /proc/<pid>/fd shows the files of this mount (`fsdriver.closes`): symlinks resolved
+        fs.mountpoint = os.path.realpath(mountpoint)
         fs.records.invalidate_attrs = _invalidate_attrs
         self._pending_pages: list = [[]]  # the pending list as of the last read of its page 0
 

@@ -298,8 +298,23 @@ class OpenFiles:
             # only what was written: see fsdriver.records; a child's close inside
             # `{ echo '['; seq -s, 3; echo ']'; } > r.json` commits nothing (half a record)
             await self.fs.records.flush(handle)
+            if handle.node.mtime_wanted is not None and not (handle.written or handle.truncated) \
+                    and not self._opener_holds_another(handle):
+                # `touch -d`: its own last close stores the time, so it is there when close()
+                # returns (not a child's close of an inherited copy: that opener still holds one)
+                await self._keep_wanted_mtime(handle.node, closing=handle)
         else:
             await self.upload(handle.node, handle.staged, awaited=True)
+
+    def _opener_holds_another(self, handle: Handle) -> bool:
+        """Whether the process that opened ``handle`` still holds a descriptor of its file open for
+        writing (this close is then a copy's, or that process writes on); True when it cannot be
+        told."""
+        caller, mountpoint = handle.caller, self.fs.mountpoint
+        if caller is None or caller.pid <= 0 or mountpoint is None:
+            return True
+        path = os.path.join(mountpoint, *handle.node.path)
+        return closes.opener_holds(caller.pid, path, 1, deleted=handle.node.unlinked)
 
     async def _opener_still_writing(self, handle: Handle) -> bool:
         """Whether this close() comes from a copy of the descriptor (a child that inherited it)
@@ -505,22 +520,27 @@ class OpenFiles:
             staged = None
         return staged is not None or any(h.node is node and h.writable for h in self.handles.values())
 
-    async def _keep_wanted_mtime(self, node: Node) -> None:
+    async def _keep_wanted_mtime(self, node: Node, closing: Optional[Handle] = None) -> None:
         """Apply a time set while ``node`` was open for writing once no upload will follow: at the
-        release of its last writing handle (``touch -d`` of a record opens it for writing, sets the
-        times through the descriptor, futimens, and closes it without a write).  Not at a close:
-        one from a copy of a descriptor (a child's exit) would look like the last writer's."""
+        close of the last writing handle (``closing``) by its opener's own last descriptor of it
+        (``touch -d`` of a record opens it for writing, sets the times through the descriptor,
+        futimens, and closes it without a write), else at the release of the last one.  A close
+        from a copy of a descriptor (a child's exit) is not one: the caller tells."""
         if node.mtime_wanted is None or node.unlinked:
             return
         staged = node.staged
         if (staged is not None and (staged.dirty or staged.pending or not node.is_record)) or any(
-                h.node is node and h.writable for h in self.handles.values()):
+                h.node is node and h.writable and h is not closing for h in self.handles.values()):
             return
         mtime, node.mtime_wanted = node.mtime_wanted, None
         try:
             await self.keep_mtime(node, mtime)
         except NotFound:  # removed meanwhile (by another node): nothing to set it on
             log.info("%s: the time set on it was not kept: it was removed meanwhile", node.display)
+        except BaseException:
+            if node.mtime_wanted is None:
+                node.mtime_wanted = mtime  # tried again at the next close or release
+            raise
 
     async def keep_mtime(self, node: Node, mtime: float) -> None:
         info = await self.fs.backend.run(self.fs.sync_backend.set_mtime, node.key, mtime)

@@ -73,8 +73,9 @@ def daemon_command(cfg: MountConfig) -> list[str]:
 
 
 def exec_foreground(cfg: MountConfig) -> None:
-    """Become the daemon: systemd (Type=notify) sees READY=1 from its main pid."""
-    os.execv(sys.executable, daemon_command(cfg))
+    """Become the daemon: systemd (Type=notify) sees READY=1 from its main pid.  Without the
+    secrets stores' keys in its environment, as `start` gives it."""
+    os.execve(sys.executable, daemon_command(cfg), without_store_keys(os.environ))
 
 
 def start(cfg: MountConfig) -> None:
