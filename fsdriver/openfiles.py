@@ -306,21 +306,26 @@ class OpenFiles:
         else:
             await self.upload(handle.node, handle.staged, awaited=True)
 
-    def _opener_holds_another(self, handle: Handle) -> bool:
-        """Whether the process that opened ``handle`` still holds a descriptor of its file open for
-        writing (this close is then a copy's, or that process writes on); True when it cannot be
-        told."""
+    def _opener_holds(self, handle: Handle, descriptors: int) -> Optional[bool]:
+        """Whether the process that opened ``handle`` still holds at least ``descriptors`` of its
+        file open for writing (`fsdriver.closes`); None when it cannot be told.  procfs answers
+        from memory (readlink of /proc/<pid>/fd/N never calls into a filesystem): tens of
+        microseconds, not worth a thread hop on every close."""
         caller, mountpoint = handle.caller, self.fs.mountpoint
         if caller is None or caller.pid <= 0 or mountpoint is None:
-            return True
+            return None
         path = os.path.join(mountpoint, *handle.node.path)
-        return closes.opener_holds(caller.pid, path, 1, deleted=handle.node.unlinked)
+        return closes.opener_holds(caller.pid, path, descriptors, deleted=handle.node.unlinked)
+
+    def _opener_holds_another(self, handle: Handle) -> bool:
+        """Whether the opener still holds a descriptor of the file open for writing (this close is
+        then a copy's, or that process writes on); True when it cannot be told."""
+        return self._opener_holds(handle, 1) is not False
 
     async def _opener_still_writing(self, handle: Handle) -> bool:
         """Whether this close() comes from a copy of the descriptor (a child that inherited it)
         while the process that opened the file still holds it (`fsdriver.closes`)."""
-        staged, caller, mountpoint = handle.staged, handle.caller, self.fs.mountpoint
-        if staged is None or not staged.dirty or caller is None or caller.pid <= 0 or mountpoint is None:
+        if handle.staged is None or not handle.staged.dirty:
             return False
         node = handle.node
         # Every writing handle of the file (this one included, whoever opened them): the opener
@@ -329,10 +334,7 @@ class OpenFiles:
         # handle (a thread's, or one it inherited, `exec >>log 2>&1`) for a copy of this one; and
         # descriptors open for reading do not count (`exec 4<r.json; /bin/echo x > r.json`).
         handles = sum(1 for h in self.handles.values() if h.node is node and h.writable)
-        path = os.path.join(mountpoint, *node.path)
-        # procfs answers from memory (readlink of /proc/<pid>/fd/N never calls into a filesystem):
-        # tens of microseconds, not worth a thread hop on every close
-        held = closes.opener_holds(caller.pid, path, handles, deleted=node.unlinked)
+        held = self._opener_holds(handle, handles) is True
         if held:
             self.fs.stats.inherited_closes += 1
         return held
