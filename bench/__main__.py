@@ -43,12 +43,14 @@ def s3_pass(env: Env, cfg: dict, args, local: Path, write_local: Path, results: 
     size = cfg["object_mib"] << 20
     step(f"uploading the {cfg['object_mib']} MiB object to {env.bucket}")
     scenarios.upload_big(env, local)
-    runs = {"seq_raw_single": [], "seq_raw_parallel": [], "seq_mount": []}
+    runs = {"seq_raw_single": [], "seq_raw_parallel": [], "seq_floor": [], "seq_mount": []}
     for i in range(cfg["repeat"]):  # interleaved, so a slow phase of the machine hits all three
         step(f"sequential read {i + 1}/{cfg['repeat']}: raw single GET (own process)")
         runs["seq_raw_single"].append(scenarios.raw_single_get(env, size))
         step(f"sequential read {i + 1}/{cfg['repeat']}: raw parallel ranged GETs (own process)")
         runs["seq_raw_parallel"].append(scenarios.raw_parallel_get(env, size))
+        step(f"sequential read {i + 1}/{cfg['repeat']}: through bench.s3floor (the pyfuse3 floor)")
+        runs["seq_floor"].append(scenarios.floor_sequential(env, size, f"s3floor{i + 1}"))
         step(f"sequential read {i + 1}/{cfg['repeat']}: through a fresh S3 mount")
         runs["seq_mount"].append(scenarios.mount_sequential(env, size, args.memory_limit, f"seq{i + 1}"))
     results.update({k: median_run(v) for k, v in runs.items()})

@@ -154,14 +154,16 @@ class Mount:
 
 
 class FloorMount:
-    """`bench.floorfs` (a do-nothing pyfuse3 passthrough) over ``backing``, with the disk mount's
-    1 MiB kernel read-ahead; a context manager that always unmounts (``fusermount3 -u -z``)."""
+    """A pyfuse3 floor daemon (``python -m MODULE ARGS... MOUNTPOINT``: `bench.floorfs`, a do-nothing
+    passthrough over a directory, or `bench.s3floor`, one object streamed by one GET), with the
+    stashfs mounts' 1 MiB kernel read-ahead; a context manager that always unmounts (``fusermount3
+    -u -z``)."""
 
     s3 = False
     lifetime = None
 
-    def __init__(self, env: "Env", name: str, backing: Path):
-        self.env, self.name, self.backing = env, name, backing
+    def __init__(self, env: "Env", name: str, module: str, *args: str):
+        self.env, self.name, self.module, self.args = env, name, module, args
         self.path = env.root / f"mnt-{name}"
         self.log_file = env.root / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -171,16 +173,16 @@ class FloorMount:
         dev = os.stat(self.path).st_dev
         self.env.mounts.append(self)
         with open(self.log_file, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bench.floorfs", str(self.backing), str(self.path)],
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args, str(self.path)],
                                          cwd=REPO, env=self.env.child_env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while os.stat(self.path).st_dev == dev:  # mounted once the mount point is another device
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.umount()
-                raise RuntimeError(f"bench.floorfs did not mount {self.path}:\n{self.log()[-2000:]}")
+                raise RuntimeError(f"{self.module} did not mount {self.path}:\n{self.log()[-2000:]}")
             time.sleep(0.05)
         st = os.stat(self.path)
-        try:  # as the disk mount sets it (fsdriver.daemon): 1 MiB
+        try:  # as stashfs's mounts set it (fsdriver.daemon): 1 MiB
             with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb", "w") as f:
                 f.write("1024")
         except OSError:
@@ -253,7 +255,13 @@ class Env:
 
     def mount_floor(self, name: str, backing: Path) -> FloorMount:
         """`bench.floorfs` over ``backing``: what any pyfuse3 daemon costs at the least."""
-        return FloorMount(self, name, backing)
+        return FloorMount(self, name, "bench.floorfs", str(backing))
+
+    def mount_s3_floor(self, name: str, key: str, size: int) -> FloorMount:
+        """`bench.s3floor` serving ``key`` of ``env.bucket`` (``size`` bytes) through the proxy: what
+        any pyfuse3 daemon costs at the least to stream an object to a sequential reader."""
+        url = self.raw.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600)
+        return FloorMount(self, name + self.tag, "bench.s3floor", url, str(size))
 
     def close(self, save_logs_to: Path | None = None) -> list[str]:
         """Tear everything down; returns problems seen (daemon tracebacks, leftover mounts).

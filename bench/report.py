@@ -102,7 +102,9 @@ def evaluate_s3(p: dict) -> dict:
 
     if "seq_mount" in p and "seq_raw_single" in p:
         x = _ratio(p["seq_mount"]["mb_s"], p["seq_raw_single"]["mb_s"])
-        put("sequential", x >= 0.8, f"{x:.3f}x ({p['seq_mount']['mb_s']:.1f} vs {p['seq_raw_single']['mb_s']:.1f} MB/s)")
+        fl = p.get("seq_floor")
+        floor = f"; {_floor(_ratio(fl['mb_s'], p['seq_raw_single']['mb_s']), 0.8, 'bench.s3floor')}" if fl else ""
+        put("sequential", x >= 0.8, f"{x:.3f}x ({p['seq_mount']['mb_s']:.1f} vs {p['seq_raw_single']['mb_s']:.1f} MB/s{floor})")
         mem = p["seq_mount"]["memory"]
         put("memory_rss", mem["vm_hwm"] <= mem["limit"], f"{mem['vm_hwm'] / mem['limit']:.2f}x the limit")
         put("memory_budget", mem["budget_peak"] <= mem["limit"], f"{mem['budget_peak'] / mem['limit']:.2f}x the limit")
@@ -176,9 +178,9 @@ def evaluate(r: dict, judged: str | None) -> dict:
     return out
 
 
-def _floor(ratio: float, target: float) -> str:
-    """What `bench.floorfs` (a do-nothing pyfuse3 passthrough) reached in the same rounds."""
-    return (f"a do-nothing pyfuse3 passthrough reached {ratio:.3f}x in the same rounds"
+def _floor(ratio: float, target: float, floor: str = "a do-nothing pyfuse3 passthrough") -> str:
+    """What a floor daemon (`bench.floorfs`, `bench.s3floor`) reached in the same rounds."""
+    return (f"{floor} reached {ratio:.3f}x in the same rounds"
             + ("" if ratio >= target else ", below the target too"))
 
 

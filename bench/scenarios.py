@@ -79,6 +79,22 @@ def trace_summary(trace: list) -> dict:
     return {"gets": len(gets), "sizes_mib": [round(t[4] / MiB, 2) for t in gets], "max_in_flight": peak}
 
 
+def floor_sequential(env: Env, size: int, name: str = "s3floor") -> dict:
+    """The same read through `bench.s3floor` (a fresh floor mount): one GET, its body read on the
+    trio thread into each FUSE reply, nothing else.  What any pyfuse3 daemon streaming the object
+    reaches at best on this machine: beside the row, not a target."""
+    with env.mount_s3_floor(name, BIG_KEY, size) as floor:
+        path = floor.path / "object"
+        os.stat(path)
+        cpu0 = proc_cpu(floor.proc.pid)
+        before = env.proxy.snapshot()
+        app = appclient.run(env, "read", path, size)  # a process of its own, as the reference
+        proxy = _delta(env, before)
+        cpu = proc_cpu(floor.proc.pid) - cpu0
+    assert app["bytes"] == size, f"bench.s3floor gave {app['bytes']} bytes of {size}"
+    return {**_read_figures(app["seconds"], size, proxy, cpu), "app_cpu_s": app["cpu_s"]}
+
+
 def mount_sequential(env: Env, size: int, memory_limit: str, name: str = "seq") -> dict:
     """A fresh mount: read the object with 1 MiB reads; the daemon's memory is measured here."""
     with env.mount_s3(name, "--memory-limit", memory_limit) as m:

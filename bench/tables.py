@@ -79,6 +79,10 @@ def _sequential(p: dict, cfg: dict, t, rows: list, notes: list) -> None:
     if par:
         rows.append(("  beside: parallel ranged GETs (*)", "", f"8 MiB x 8 threads {par['mb_s']:.1f} MB/s",
                      f"{m['mb_s'] / par['mb_s']:.2f}x", "(no target)"))
+    fl = p.get("seq_floor")
+    if fl and single:
+        rows.append(("  bench.s3floor (pyfuse3 floor)", f"{fl['mb_s']:.1f} MB/s", f"one GET {single['mb_s']:.1f} MB/s",
+                     f"{fl['mb_s'] / single['mb_s']:.3f}x", "(reported)"))
     rows.append(("  requests per MiB / bytes per byte read", f"{m['requests_per_mib']:.3f} / {m['bytes_per_byte']:.2f}",
                  f"one GET {single['requests_per_mib']:.3f} / {single['bytes_per_byte']:.2f}" if single else "", "", ""))
     if single:
@@ -104,11 +108,13 @@ def _sequential(p: dict, cfg: dict, t, rows: list, notes: list) -> None:
                  f"at most {tr['max_in_flight']} in flight; {m['fuse_reads']} FUSE reads of "
                  f"{m['fuse_read_kib']:.0f} KiB; daemon CPU {m['daemon_cpu_s']:.2f} s"
                  + (f"; one GET: {kinds(single['proxy'])}, CPU {single['cpu_s']:.2f} s (own process), "
-                    f"parallel: {kinds(par['proxy'])}, CPU {par['cpu_s']:.2f} s" if single and par else ""))
+                    f"parallel: {kinds(par['proxy'])}, CPU {par['cpu_s']:.2f} s" if single and par else "")
+                 + (f"; bench.s3floor: {kinds(fl['proxy'])}, CPU {fl['cpu_s']:.2f} s" if fl else ""))
     if "runs_mb_s" in m and len(m["runs_mb_s"]) > 1:
         notes.append("sequential MB/s per run (median reported): mount " + ", ".join(map(str, m["runs_mb_s"]))
                      + (f"; one GET {', '.join(map(str, single['runs_mb_s']))}" if single else "")
-                     + (f"; parallel {', '.join(map(str, par['runs_mb_s']))}" if par else ""))
+                     + (f"; parallel {', '.join(map(str, par['runs_mb_s']))}" if par else "")
+                     + (f"; floor {', '.join(map(str, fl['runs_mb_s']))}" if fl else ""))
     notes.append(f"daemon RSS right after mounting {mem['rss_after_mount'] / MiB:.0f} MiB, "
                  f"at the end of the read {mem['rss_end'] / MiB:.0f} MiB")
 

@@ -1,7 +1,9 @@
-"""`make bench`'s pyfuse3 floor (bench/floorfs.py) and the disk rows built on it: the floor is a
-real FUSE mount through the kernel that keeps what the rows compare (bytes, fsync at close), and
-each row shows the round whose ratio is the middle one, with the floor's beside it."""
+"""`make bench`'s pyfuse3 floors (bench/floorfs.py, bench/s3floor.py) and the rows built on them:
+a floor is a real FUSE mount through the kernel that keeps what the rows compare (bytes, fsync at
+close; the object's bytes in one GET), and each disk row shows the round whose ratio is the middle
+one, with the floor's beside it."""
 
+import errno
 import os
 
 import pytest
@@ -46,6 +48,30 @@ def test_floor_serves_the_backing_directory(env):
         assert (floor.path / "old.bin").read_bytes() == b"x" * 5000  # the floor still serves
     assert not os.path.ismount(floor.path)  # unmounted on exit, the daemon gone
     assert floor.proc is None
+
+
+def test_s3_floor_streams_the_object_in_one_get_per_open(env):
+    env.start()
+    data = os.urandom((3 << 20) + 4567)  # several 1 MiB FUSE reads and a short last one
+    env.direct.put_object(Bucket=env.bucket, Key=scenarios.BIG_KEY, Body=data)
+    with env.mount_s3_floor("s3floor", scenarios.BIG_KEY, len(data)) as floor:
+        path = floor.path / "object"
+        assert os.stat(path).st_size == len(data)
+        before = env.proxy.snapshot()
+        assert path.read_bytes() == data
+        assert env.proxy.counts.delta(before, env.proxy.snapshot())["requests"] == {"GET": 1}
+        assert path.read_bytes() == data  # a second open: a GET of its own, from the start
+        with pytest.raises(FileNotFoundError):
+            os.stat(floor.path / "other")
+    assert not os.path.ismount(floor.path) and floor.proc is None
+    # the row's own measurement, on a fresh floor mount of its own
+    r = scenarios.floor_sequential(env, len(data), "s3floor-row")
+    assert r["proxy"]["requests"] == {"GET": 1} and r["bytes_per_byte"] == pytest.approx(1.0, abs=0.01)
+    assert r["mb_s"] > 0 and r["cpu_s"] >= 0
+    with env.mount_s3_floor("s3floor-missing", "no/such/key", 10) as floor:
+        with pytest.raises(OSError) as e:  # the GET answers 404: the open fails, not a read of nothing
+            (floor.path / "object").read_bytes()
+        assert e.value.errno == errno.EIO
 
 
 def test_cached_backing_reads_drop_only_the_mounts_pages(env):
@@ -129,3 +155,26 @@ def test_the_disk_rows_judge_the_middle_round_and_show_its_figures():
     met = report.evaluate(dict(results, create_disk=dict(create, ratio=0.81, floor_ratio=0.9)), None)
     assert met["disk_creates"]["met"] is True
     assert "below the target" not in met["disk_creates"]["measured"]
+
+
+def test_the_s3_read_row_shows_the_floor_beside_it():
+    proxy = {"requests": {"GET": 1}, "total": 1, "bytes": 256 << 20, "errors": {}}
+    read = {"mb_s": 600.0, "requests_per_mib": 1 / 256, "bytes_per_byte": 1.0, "cpu_s": 0.05, "cpu_s_per_gib": 0.2,
+            "proxy": proxy, "runs_mb_s": [600.0, 590.0, 610.0]}
+    mount = dict(read, cpu_s=0.18, cpu_s_per_gib=0.72, trace={"sizes_mib": [256], "max_in_flight": 1},
+                 fuse_reads=256, fuse_read_kib=1024, daemon_cpu_s=0.18,
+                 memory={"limit": 256 << 20, "vm_hwm": 100 << 20, "budget_peak": 70 << 20,
+                         "rss_after_mount": 40 << 20, "rss_end": 50 << 20})
+    p = {"latency_ms": 10, "seq_mount": mount, "seq_raw_single": dict(read, mb_s=800.0),
+         "seq_floor": dict(read, mb_s=660.0, cpu_s=0.1, runs_mb_s=[660.0, 650.0, 700.0])}
+    verdict = report.evaluate_s3(p)
+    assert verdict["sequential"]["met"] is False
+    assert verdict["sequential"]["measured"] == ("0.750x (600.0 vs 800.0 MB/s; bench.s3floor reached 0.825x in the "
+                                                 "same rounds)")
+    text = tables.s3_table(p, {"object_mib": 256}, verdict, judged=True)
+    row = next(line for line in text.splitlines() if "bench.s3floor (pyfuse3 floor)" in line)
+    assert "660.0 MB/s" in row and "one GET 800.0 MB/s" in row and "0.825x" in row and "(reported)" in row
+    assert "bench.s3floor: GET 1, CPU 0.10 s" in text and "; floor 660.0, 650.0, 700.0" in text
+    below = report.evaluate_s3(dict(p, seq_floor=dict(read, mb_s=560.0)))["sequential"]["measured"]
+    assert below.endswith("bench.s3floor reached 0.700x in the same rounds, below the target too)")
+    assert "s3floor" not in report.evaluate_s3(dict(p, seq_floor=None))["sequential"]["measured"]  # older runs

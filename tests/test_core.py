@@ -200,6 +200,66 @@ def test_staged_file_fetches_only_edges(tmp_path, rec):
     trio.run(main)
 
 
+def test_staged_file_completes_in_large_ranges_fetched_together(tmp_path, rec):
+    """What a file never read or written holds of its object is fetched for its upload in ranges
+    of up to FETCH_RUN (consecutive missing blocks together), up to FETCH_PARALLEL at once, each
+    held in the memory budget; with no room there, a block at a time outside it (as before); a
+    failing range is raised as itself (not an exception group) once the others stopped."""
+    origin = os.urandom(40 * BLOCK + 10)
+    rec.put_bytes("o", origin)
+    etag = rec.head("o").etag
+    ab = AsyncBackend(rec)
+
+    async def main():
+        cache = Cache(tmp_path / "cache")
+        cache.budget = MemoryBudget(64 * BLOCK)
+        active, most = 0, 0
+        fail_at = []
+
+        async def fetch(lo, hi):
+            nonlocal active, most
+            active += 1
+            most = max(most, active)
+            try:
+                await trio.sleep(0)  # (the others start meanwhile)
+                if lo in fail_at:
+                    raise Unavailable("injected")
+                return await ab.get_range("o", lo, hi, if_match=etag)
+            finally:
+                active -= 1
+
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        await s.write(5 * BLOCK + 1, b"abc")  # block 5 fetched for the partial write
+        assert rec.ranges == [(5 * BLOCK, 6 * BLOCK)]
+        await s.complete()
+        want = bytearray(origin)
+        want[5 * BLOCK + 1: 5 * BLOCK + 4] = b"abc"
+        assert open(s.path, "rb").read() == bytes(want)
+        runs = [(0, 5), (6, 14), (14, 22), (22, 30), (30, 38)]
+        assert sorted(rec.ranges[1:]) == [(a * BLOCK, b * BLOCK) for a, b in runs] + [(38 * BLOCK, len(origin))]
+        assert most == 4 and cache.budget.used == 0
+        s.remove()
+
+        rec.ranges.clear()
+        most = 0
+        assert cache.budget.try_acquire(64 * BLOCK)  # no room: a block at a time, outside the budget
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        await s.complete()
+        assert open(s.path, "rb").read() == origin and most == 1 and len(rec.ranges) == 41
+        cache.budget.release(64 * BLOCK)
+        s.remove()
+
+        fail_at.append(8 * BLOCK)
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        with pytest.raises(Unavailable, match="injected"):
+            await s.complete()
+        assert not s.is_local(8 * BLOCK, 16 * BLOCK) and cache.budget.used == 0  # the failed range stays missing
+        s.remove()
+        cache.close()
+
+    trio.run(main)
+
+
 def test_inode_table_move_and_forget():
     t = InodeTable()
     a = t.node_for(("pipeline", "p", "a"), True)
