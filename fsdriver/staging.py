@@ -35,7 +35,7 @@ from typing import Awaitable, Callable, Optional
 
 import trio
 
-from .errors import PreconditionFailed
+from .errors import PreconditionFailed, Unavailable
 from .fsutil import durable_temp, replace_durably
 
 log = logging.getLogger("stashfs.staging")
@@ -66,6 +66,15 @@ def _runs(blocks: list[int], longest: int) -> list[tuple[int, int]]:
         else:
             runs.append((b, b + 1))
     return runs
+
+
+def _pwrite_all(fd: int, data, off: int) -> int:
+    """``pwrite`` all of ``data`` at ``off``: a write the disk cut short (it filled up meanwhile)
+    goes on where it stopped, so it ends written whole or with the OSError of the rest."""
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], off + done)
+    return done
 
 
 class CacheLocked(Exception):
@@ -418,14 +427,15 @@ class StagedFile:
         data = await self.fetch(lo, hi)
         if len(data) != hi - lo:  # the object is shorter than when it was opened
             raise PreconditionFailed(f"fetched {len(data)} bytes of [{lo}, {hi}): the object changed")
-        await self._io(os.pwrite, self.fd, data, lo)
-        self.present.update(range(first, stop))
+        await self._io(_pwrite_all, self.fd, data, lo)
+        self.present.update(range(first, stop))  # (only once every byte of them is in the file)
 
     async def _fetch_runs(self, runs: list[tuple[int, int]]) -> None:
         """Several runs, up to `FETCH_PARALLEL` at once, each holding its size in the memory
         budget while it is fetched, taken only if free (else it waits for one in flight to end).
         With none in flight and no room, the run is fetched a block at a time outside the budget,
-        as a single block's fetch for a partial write is."""
+        as a single block's fetch for a partial write is; so is a run whose fetch got no answer
+        within the backend's bound (`Unavailable`: 8 MiB may take longer than 1 MiB did)."""
         budget = self.cache.budget
         failures: list[Exception] = []
         in_flight = 0
@@ -435,9 +445,17 @@ class StagedFile:
             nonlocal in_flight
             try:
                 if charged:
-                    await self._fetch_run(*run)
-                else:  # no room in the budget: a block at a time
-                    for b in range(*run):
+                    try:
+                        await self._fetch_run(*run)
+                        return
+                    except Unavailable:
+                        if run[1] - run[0] == 1:
+                            raise
+                        # no answer in time: a slow link, which 1 MiB ranges (each within the
+                        # backend's bound, as before) may still get through
+                # a block at a time (also with no room in the budget)
+                for b in range(run[0], run[1]):
+                    if b not in self.present:
                         await self._fetch_run(b, b + 1)
             except Exception as e:  # kept, not raised into the nursery (no exception group)
                 failures.append(e)
@@ -448,6 +466,8 @@ class StagedFile:
                     budget.release(charged)
                 ended.set()
 
+        # (A cancellation from outside reaches the caller as a group holding trio.Cancelled, which
+        # the cancelling scope takes apart; nothing here catches Cancelled by type.)
         async with trio.open_nursery() as nursery:
             for run in runs:
                 size = min(run[1] * BLOCK, self.origin_size) - run[0] * BLOCK
@@ -507,7 +527,7 @@ class StagedFile:
             if end % BLOCK:
                 await self.ensure_locked(end, (end // BLOCK + 1) * BLOCK)
             try:
-                n = await self._io(os.pwrite, self.fd, data, off)
+                n = await self._io(_pwrite_all, self.fd, data, off)
             except OSError as e:
                 # The staged content is now incomplete: it must never replace the object.
                 self.broken = e
@@ -590,7 +610,7 @@ class StagedFile:
         """Make ``data`` the content (a record's empty content becoming ``""``); it stays as
         dirty or clean as it was."""
         await self._spill()
-        await self._io(os.pwrite, self.fd, data, 0)
+        await self._io(_pwrite_all, self.fd, data, 0)
         await self._io(os.ftruncate, self.fd, len(data))
         if self.stream is not None:
             self.stream.changed(0, max(self.size, len(data)))

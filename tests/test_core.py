@@ -260,6 +260,69 @@ def test_staged_file_completes_in_large_ranges_fetched_together(tmp_path, rec):
     trio.run(main)
 
 
+def test_staged_file_fetch_written_whole_or_not_marked_and_slow_ranges_retried_by_block(tmp_path, rec,
+                                                                                        monkeypatch):
+    """A fetched range is marked present only once all of it is in the staged file: a write the
+    cache disk cuts short goes on where it stopped, and one that then fails leaves its blocks
+    missing (fetched again by the next upload, never uploaded as the file's sparse zeros).  A range
+    that gets no answer within the backend's bound is fetched again a block at a time."""
+    origin = os.urandom(24 * BLOCK + 5)
+    rec.put_bytes("o", origin)
+    etag = rec.head("o").etag
+    ab = AsyncBackend(rec)
+    real_pwrite = os.pwrite
+    limit = {"per_call": None, "fail_after": None}
+    written = [0]
+
+    def pwrite(fd, data, off):  # a disk that takes at most so much per call, then fills up
+        if limit["fail_after"] is not None and written[0] >= limit["fail_after"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_pwrite(fd, bytes(memoryview(data)[: limit["per_call"] or len(data)]), off)
+        written[0] += n
+        return n
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    slow = []
+
+    async def fetch(lo, hi):
+        if hi - lo > BLOCK and slow:
+            slow.append((lo, hi))
+            raise Unavailable("the backend did not answer within 30s (get_range)")
+        return await ab.get_range("o", lo, hi, if_match=etag)
+
+    async def main():
+        cache = Cache(tmp_path / "cache")
+        cache.budget = MemoryBudget(64 * BLOCK)
+        limit["per_call"] = 100_000
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        await s.complete()
+        assert open(s.path, "rb").read() == origin  # short writes went on where they stopped
+        s.remove()
+
+        limit["per_call"], limit["fail_after"], written[0] = 300_000, 3 * BLOCK, 0
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        with pytest.raises(OSError) as e:
+            await s.complete()
+        assert e.value.errno == errno.ENOSPC and cache.budget.used == 0
+        assert len(s.present) < 3  # nothing cut short is marked present
+        limit["per_call"] = limit["fail_after"] = None
+        await s.complete()
+        assert open(s.path, "rb").read() == origin
+        s.remove()
+
+        slow.append("on")
+        rec.ranges.clear()
+        s = StagedFile(cache, len(origin), len(origin), fetch)
+        await s.complete()
+        assert open(s.path, "rb").read() == origin
+        assert len(slow) == 1 + 3 and sorted(rec.ranges) == [(b * BLOCK, min((b + 1) * BLOCK, len(origin)))
+                                                             for b in range(25)]
+        s.remove()
+        cache.close()
+
+    trio.run(main)
+
+
 def test_inode_table_move_and_forget():
     t = InodeTable()
     a = t.node_for(("pipeline", "p", "a"), True)
