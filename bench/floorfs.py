@@ -140,9 +140,10 @@ class Floor(pyfuse3.Operations):
         return out
 
 
-async def _serve(root: str, mountpoint: str) -> None:
-    options = set(pyfuse3.default_options) | {"fsname=stashfs-floor"}
-    pyfuse3.init(Floor(root), mountpoint, options)
+async def serve(operations: pyfuse3.Operations, mountpoint: str, fsname: str) -> None:
+    """Mount ``operations`` at ``mountpoint`` with pyfuse3's default options (those of stashfs's
+    mounts) and serve until unmounted: the floors' (this one's and `bench.s3floor`'s) main loop."""
+    pyfuse3.init(operations, mountpoint, set(pyfuse3.default_options) | {f"fsname={fsname}"})
     try:
         await pyfuse3.main()
     finally:
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
         print("usage: python -m bench.floorfs BACKING MOUNTPOINT", file=sys.stderr)
         return 2
     os.umask(0)  # the kernel applied the caller's umask to the modes it sends
-    trio.run(_serve, os.path.abspath(argv[0]), argv[1])
+    trio.run(serve, Floor(os.path.abspath(argv[0])), argv[1], "stashfs-floor")
     return 0
 
 

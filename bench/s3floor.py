@@ -5,9 +5,9 @@ read on the trio thread, so `make bench` can show what the row's target asks of 
 of ``SIZE`` bytes, until unmounted (``fusermount3 -u``).  Each ``open`` of it sends one GET of
 ``URL`` (an ``http://`` presigned URL of the object: signed once by the harness, no boto3 here);
 each read is answered with the next bytes of that body, read straight from the socket on the trio
-thread into the reply's buffer (one copy, no thread hop, no read-ahead buffer, no budget).  The least any
-pyfuse3 daemon does to hand a streamed object to a sequential reader: the socket read and the FUSE
-reply.  Same mount options as stashfs's S3 mount (1 MiB reads, as libfuse 3.14 allows); the
+thread into the reply's buffer (one copy, no thread hop, no read-ahead buffer, no budget).  The
+least any pyfuse3 daemon does to hand a streamed object to a sequential reader: the socket read
+and the FUSE reply.  Same mount options as stashfs's S3 mount (1 MiB reads, as libfuse 3.14 allows); the
 harness sets the same 1 MiB kernel read-ahead.
 
 Not a filesystem to use: a read anywhere but where the last one ended fails with EIO, and a slow
@@ -22,6 +22,8 @@ import urllib.parse
 
 import pyfuse3
 import trio
+
+from .floorfs import serve
 
 NAME = b"object"
 INODE = pyfuse3.ROOT_INODE + 1
@@ -99,21 +101,12 @@ class S3Floor(pyfuse3.Operations):
         conn.close()
 
 
-async def _serve(url: str, size: int, mountpoint: str) -> None:
-    options = set(pyfuse3.default_options) | {"fsname=stashfs-s3floor"}
-    pyfuse3.init(S3Floor(url, size), mountpoint, options)
-    try:
-        await pyfuse3.main()
-    finally:
-        pyfuse3.close(unmount=False)  # unmounted by fusermount3 (the harness), or already gone
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3:
         print("usage: python -m bench.s3floor URL SIZE MOUNTPOINT", file=sys.stderr)
         return 2
-    trio.run(_serve, argv[0], int(argv[1]), argv[2])
+    trio.run(serve, S3Floor(argv[0], int(argv[1])), argv[2], "stashfs-s3floor")
     return 0
 
 

@@ -71,9 +71,11 @@ def _runs(blocks: list[int], longest: int) -> list[tuple[int, int]]:
 def _pwrite_all(fd: int, data, off: int) -> int:
     """``pwrite`` all of ``data`` at ``off``: a write the disk cut short (it filled up meanwhile)
     goes on where it stopped, so it ends written whole or with the OSError of the rest."""
-    view, done = memoryview(data), 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], off + done)
+    done = 0
+    with memoryview(data) as view:  # released on the way out, an error's too: a bytearray written
+        while done < len(view):     # (content held in memory) stays resizable
+            with view[done:] as rest:
+                done += os.pwrite(fd, rest, off + done)
     return done
 
 
@@ -366,10 +368,7 @@ class StagedFile:
         """The staged file made, holding ``content``; its descriptor (nothing left on OSError)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view, off = memoryview(content), 0
-            while off < len(view):
-                off += os.pwrite(fd, view[off:], off)
-            del view
+            _pwrite_all(fd, content, 0)
         except BaseException:
             os.close(fd)
             os.unlink(self.path)
