@@ -189,7 +189,7 @@ class MountConfig:
     cache_dir: str | None = _field(None, Opt(_text, "staged writes and pending uploads", "DIR",
                                              shown_default="~/.cache/stashfs/<hash>"))
     memory_limit: int = _field(512 << 20, Opt(_size(PART_SIZE), "prefetch and transfer buffers", "SIZE", size=True))
-    max_prefetch: int = _field(64 << 20, Opt(_size(), "largest read-ahead window per file", "SIZE", size=True))
+    max_prefetch: int = _field(64 << 20, Opt(_size(), "how far ahead of a file's reads a read is still its stream's", "SIZE", size=True))
     metadata_ttl: float = _field(1.0, Opt(_seconds, "how long attributes and listings are cached",
                                           "SECONDS"))
     readahead: int = _field(1 << 20, Opt(_size(), "kernel read-ahead of the mount (root only; 0 keeps the "

@@ -8,8 +8,10 @@
   whose body is read ahead in chunks into a bounded buffer that the following reads consume.
   Its first chunk is just above the kernel's readahead (1 MiB + 128 KiB), so a small file (up to
   that size) comes whole with its one request; chunks (one worker thread call each) then double
-  up to ``part_size``.  How far it reads ahead of the reader starts at that first window and
-  grows to twice as far as the reads served have got, up to ``max_window``.  On S3, as on a
+  up to ``part_size``.  Its reach (how far beyond what it received a read is still its own)
+  starts at that first window and grows to twice as far as the reads served have got, up to
+  ``max_window``; by itself it reads only one piece (1 MiB) beyond the kernel's read-ahead ahead
+  of the reads, at least 2 MiB (`MIN_DEPTH`): reads further ahead pull it there.  On S3, as on a
   server that copies the whole object for every GET (moto), a sequential reader costs one
   request however large the object; a body that breaks off is resumed from where it stopped.
 - The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
@@ -57,7 +59,7 @@ from .backend.base import PART_SIZE
 from .memory import MemoryBudget
 from .mountconfig import DEFAULTS
 from .stats import Stats
-from .stream import Stream
+from .stream import PIECE, Stream
 
 import trio
 
@@ -65,6 +67,9 @@ log = logging.getLogger("stashfs.prefetch")
 
 KERNEL_READAHEAD = 128 * 1024
 INITIAL_WINDOW = (1 << 20) + KERNEL_READAHEAD
+# How far a stream's pump reads ahead of the reads by itself: one piece beyond the kernel's
+# read-ahead (how far ahead of each other its reads arrive), at least this (`Stream`'s depth).
+MIN_DEPTH = 2 * PIECE
 
 
 class Prefetcher:
@@ -207,6 +212,7 @@ class Prefetcher:
         self.stream = Stream(
             self.backend, self.budget, self.stats, self.key(), self.etag, off, self.size,
             first=INITIAL_WINDOW, max_chunk=self.part_size, ahead=INITIAL_WINDOW, max_ahead=self.max_window,
+            depth=max(MIN_DEPTH, self.kernel_readahead() + PIECE),
         )
         self.stream.begin(self.nursery)
 

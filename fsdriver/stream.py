@@ -2,19 +2,26 @@
 
 A `Stream` covers ``[start, end)`` of one version of an object (If-Match on its etag).  A
 background task, the *pump*, makes one request (`AsyncBackend.open_range`: a plain GET from
-offset 0, else an open range) and reads its body in chunks, one worker thread call per chunk:
-the first chunk is ``first`` bytes (the request and a small object's whole content in one thread
-hop), each next one twice the last, up to ``max_chunk``.  A chunk is read into buffers that the
+offset 0, else an open range) and reads its body in chunks, one worker thread call per chunk
+(on the event loop instead where the body can be polled: S3, `AsyncBackend.read_range`): the
+first chunk is ``first`` bytes (the request and a small object's whole content in one thread
+hop), each next one twice the last, up to ``max_chunk`` (and the depth, below).  A chunk is read into buffers that the
 pump allocates on the trio thread, cut at multiples of `PIECE` of the object's offsets (pieces);
 a read is served from them: a read that is one whole piece is that piece itself, a bytearray (the
 kernel's aligned 1 MiB reads: no copy), otherwise a copy of what it asks for (bytes).
 
-Flow control: the pump reads ahead while it is less than ``ahead`` bytes beyond the furthest end
-of a read served, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits
+Flow control: the pump reads ahead while it is less than its *depth* beyond the furthest end of
+a read served, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits
 otherwise.  A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may
 reclaim), the whole next chunk if memory is free, else just what the read needs.  ``ahead`` grows
-to twice how far reads have got (the furthest end served, from ``start``), up to ``max_ahead``;
-it is also how far beyond what was received a read is still the stream's (`covers`).
+to twice how far reads have got (the furthest end served, from ``start``), up to ``max_ahead``:
+it is how far beyond what was received a read is still the stream's (`covers`).  The depth is
+``ahead``, capped at ``depth`` when given, and no chunk is larger than it: the caller sets it just
+beyond how far ahead of each other reads arrive (the kernel's read-ahead), so a piece is read
+shortly before the read that takes it, while it is still in the CPU's cache, and the heap reuses
+the same few pieces (a 64 MiB depth made every sequential read fault in and miss the cache on
+64 MiB of pieces; the socket's receive buffer already absorbs the body's bursts).  A read beyond
+the depth (within the reach) is no different from any read that waits: it pulls the pump there.
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
 reads (up to its read-ahead, which the stream does not need to know) concurrently.  So a piece is
@@ -109,6 +116,7 @@ class Stream:
         max_chunk: int,
         ahead: int,
         max_ahead: int,
+        depth: int | None = None,
     ):
         self.backend, self.budget, self.stats = backend, budget, stats
         self.key, self.etag, self.end = key, etag, end
@@ -125,6 +133,7 @@ class Stream:
         self.chunk = max(first, 1)
         self.max_chunk = max(max_chunk, first, 1)
         self.ahead, self.max_ahead = ahead, max(max_ahead, ahead)
+        self.depth = depth  # how far the pump reads ahead by itself at most (None: ``ahead``)
         self.error: BaseException | None = None
         self.cancelled = False
         self.finished = False  # the pump ended (all received, an error, or cancelled)
@@ -354,11 +363,12 @@ class Stream:
         while True:
             if self.cancelled or self.pos >= self.end:
                 return 0
-            size = min(self.chunk, self.end - self.pos)
+            depth = self.ahead if self.depth is None else min(self.ahead, self.depth)
+            size = min(self.chunk, depth, self.end - self.pos)
             waiting = self.wanted > self.pos
-            room = self.read_end + self.ahead - self.pos  # what the read-ahead window has free
+            room = self.read_end + depth - self.pos  # what the read-ahead window has free
             # Read ahead in whole chunks (or half a window), not a thread hop per read consumed.
-            useful = waiting or room >= min(size, self.ahead // 2)
+            useful = waiting or room >= min(size, depth // 2)
             if not waiting:
                 size = min(size, room)
             cut = (self.pos + size) // PIECE * PIECE

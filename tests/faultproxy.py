@@ -4,7 +4,8 @@ It forwards every request unchanged (bench/proxy.py does the forwarding); for re
 matches, it lets the server carry the request out and then answers the client 500 InternalError
 instead of the server's answer: the client cannot tell whether its request took effect, exactly
 like a response lost to a read timeout.  With ``hold`` set instead, matching requests wait for
-it and then go through unchanged (a slow request).
+it and then go through unchanged (a slow request); with ``cut`` their body breaks off after so
+many bytes, with ``stall`` it stops there until an event is set (a server that stops sending).
 """
 
 import threading
@@ -26,7 +27,10 @@ class _FaultHandler(_Handler):
             assert self.server.hold.wait(120), "a held request was never let go"
             return super()._forward_one()
         body = self._read_body()
-        if self.server.cut is not None:  # the server's answer, its body broken off after `cut` bytes
+        if self.server.cut is not None or self.server.stall is not None:
+            # The server's answer, its body broken off after `cut` bytes, or stalled after the
+            # first n bytes of `stall` (n, Event) until the event is set, then broken off there.
+            cut = self.server.cut if self.server.cut is not None else self.server.stall[0]
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
             conn = self._upstream(fresh=True)
             conn.request(self.command, self.path, body=body or None, headers=headers)
@@ -40,8 +44,10 @@ class _FaultHandler(_Handler):
                 if k.lower() not in ("connection", "transfer-encoding", "keep-alive"):
                     self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data[: self.server.cut])
+            self.wfile.write(data[:cut])
             self.wfile.flush()
+            if self.server.cut is None:
+                assert self.server.stall[1].wait(120), "a stalled body was never let go"
             self.close_connection = True
             return
         if self.server.refusal is not None:  # answer an error of our own; the server never sees it
@@ -82,6 +88,7 @@ class FaultProxy(CountingProxy):
         self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers
         self._server.cut = None  # n: send the server's answer to matching requests, body cut after n bytes
         self._server.hold = None  # a threading.Event: matching requests wait for it, then go through
+        self._server.stall = None  # (n, threading.Event): the body stops after n bytes until it is set
         self._server.hits = 0
         self._server.lock = threading.Lock()
 
@@ -116,6 +123,14 @@ class FaultProxy(CountingProxy):
     @hold.setter
     def hold(self, event):
         self._server.hold = event
+
+    @property
+    def stall(self):
+        return self._server.stall
+
+    @stall.setter
+    def stall(self, value):
+        self._server.stall = value
 
     @property
     def hits(self) -> int:

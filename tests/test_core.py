@@ -74,7 +74,9 @@ def test_sequential_window_doubles_and_seek_resets(rec):
     data = os.urandom(40 * MiB)
 
     async def body(nursery):
-        p, stats = _prefetcher(rec, nursery, data, part_size=4 * MiB, max_window=16 * MiB)
+        # (an 8 MiB kernel read-ahead: the stream reads 9 MiB ahead by itself, in chunks up to 4 MiB)
+        p, stats = _prefetcher(rec, nursery, data, part_size=4 * MiB, max_window=16 * MiB,
+                               kernel_readahead=lambda: 8 * MiB)
         out = bytearray()
         for off in range(0, 20 * MiB, 128 * 1024):
             out += await p.read(off, 128 * 1024)

@@ -251,7 +251,8 @@ def test_an_idle_stream_gives_its_memory_to_a_reader_and_then_goes_on():
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget = MemoryBudget(4 * MiB)
+        # The idle stream holds 2 MiB (its depth): less than a read is left for the other.
+        budget = MemoryBudget(2 * MiB + MiB // 2)
         idle = prefetcher(be, nursery, budget=budget)
         assert await read_all(idle, 0, 2 * MiB, MiB) == data[: 2 * MiB]
         await idle.stream.quiet()
@@ -576,7 +577,8 @@ def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_wh
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        p, budget, stats = counted(be, nursery, max_window=16 * MiB)
+        # (a 4 MiB kernel read-ahead: the stream reads 5 MiB ahead of the reads by itself)
+        p, budget, stats = counted(be, nursery, max_window=16 * MiB, kernel_readahead=lambda: 4 * MiB)
         for n in range(40):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         stream = p.stream
@@ -594,5 +596,35 @@ def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_wh
         p.close()
         await last.quiet()
         assert budget.used == 0
+
+    run(body)
+
+
+@pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
+def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth):
+    """Its depth: one piece (1 MiB) beyond the kernel's read-ahead, at least 2 MiB, however far
+    its reach has grown (up to 64 MiB here); a read beyond the depth but within the reach (the
+    kernel's reads arrive out of order) is still the stream's: it pulls the pump there."""
+    be = MemoryBackend()
+    data = os.urandom(60 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, stats = counted(be, nursery, kernel_readahead=lambda: readahead)
+        furthest = 0
+        for n in range(30):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+            await p.stream.quiet()
+            ahead = p.stream.pos - p.stream.read_end
+            assert ahead <= depth and budget.used <= depth, n
+            furthest = max(furthest, ahead)
+        assert furthest == depth and p.stream.ahead == 60 * MiB  # (the reach went on growing)
+        far = 30 * MiB + depth + 3 * MiB  # beyond the depth, within the reach
+        assert await p.read(far, MiB) == data[far:far + MiB]
+        for n in (n for n in range(30, 60) if n * MiB != far):  # the reads between, then on
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
+        assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
+        assert stats.bytes_down == len(data)
+        p.close()
 
     run(body)

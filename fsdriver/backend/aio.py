@@ -2,7 +2,10 @@
 
 Each call runs as one blocking backend call in a worker thread (`trio.to_thread.run_sync`),
 gated by one `CapacityLimiter` sized to the backend's connection pool, so the number of requests
-in flight is bounded.  A thread cannot be cancelled, so how long a caller waits is bounded in two
+in flight is bounded.  One exception: the body of a streamed GET whose reader can be polled (S3's
+`BodyReader.poll_into`) is read on the event loop, which waits for its socket in between; its
+request was made in a thread (holding a slot of the limiter), and it is bounded as a read-only
+call is.  A thread cannot be cancelled, so how long a caller waits is bounded in two
 ways (``timeout``, the daemon's ``--backend-timeout``, 30 s by default):
 
 - a *read-only* call (`READ_ONLY`: head, ranged get, list, lookup...) is abandoned at the bound:
@@ -196,14 +199,54 @@ class AsyncBackend:
 
     async def read_range(self, reader: RangeReader, into: "list[bytearray]") -> int:
         """Fill ``into`` with the next bytes of a reader from `open_range` (one worker thread
-        call for all the buffers); returns the bytes read."""
+        call for all the buffers, or on this thread if the reader can be polled); returns the
+        bytes read (fewer only at the end)."""
         def read_range():
             return reader.read_into(into)
 
-        n = await self.run(read_range)
+        if reader.pollable:
+            n = await self._poll_range(reader, into)
+        else:
+            n = await self.run(read_range)
         if self.stats is not None:
             self.stats.bytes_down += n
         return n
+
+    async def _poll_range(self, reader: RangeReader, into: "list[bytearray]") -> int:
+        """`read_range` without a thread: the reader's ``poll_into`` takes what has arrived and
+        the task waits for its socket in between (`fsdriver.backend.s3_body`), bounded as a
+        read-only call in a thread is (Unavailable at the bound)."""
+        if self.stats is not None:
+            self.stats.backend["read_range"] += 1
+        bound = self._probe if self.unresponsive else self.timeout
+        own = trio.current_time() + bound if bound is not None else float("inf")
+        done = 0
+        with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
+            for buf in into:
+                got = 0
+                with memoryview(buf) as view:  # (released: a short last piece is trimmed)
+                    while got < len(buf):
+                        try:
+                            k = reader.poll_into(view[got:])
+                        except NoAnswer:
+                            if self.timeout is not None:
+                                self.unresponsive = True
+                            raise
+                        if k is None:
+                            wait = trio.lowlevel.wait_writable if reader.wants_write else trio.lowlevel.wait_readable
+                            await wait(reader.wait_fd())
+                        elif k == 0:
+                            break  # the end of the body
+                        else:
+                            got += k
+                done += got
+                if got < len(buf):
+                    break
+            self.unresponsive = False
+            return done
+        if trio.current_time() >= own:
+            self.unresponsive = True
+        raise Unavailable(f"the backend did not answer within {self.timeout:g}s (read_range)")
 
     # put_bytes/put_file pass ``if_match``, ``if_none_match`` and ``meta`` through ``cond``.
     async def put_bytes(self, key: str, data: bytes, **cond) -> ObjectInfo:

@@ -108,6 +108,12 @@ class RangeReader:
     This generic one makes one `Backend.get_range` per ``read``; backends that can stream (S3)
     return their own."""
 
+    # A reader that can be polled (S3's body on a socket) reads without blocking: ``poll_into(view)``
+    # gives the bytes that arrived (None: none yet; 0: the end), and the caller waits for
+    # ``wait_fd()`` to be readable (writable if ``wants_write``) in between.
+    pollable = False
+    wants_write = False
+
     def __init__(self, backend: "Backend", key: str, start: int, end: "int | None", if_match: "str | None"):
         self.backend, self.key, self.pos, self.end, self.if_match = backend, key, start, end, if_match
 
@@ -138,6 +144,12 @@ class RangeReader:
 
     def close(self) -> None:
         self.end = self.pos
+
+    def poll_into(self, view: memoryview) -> "int | None":
+        raise NotImplementedError("this reader cannot be polled")
+
+    def wait_fd(self) -> int:
+        raise NotImplementedError("this reader cannot be polled")
 
 
 class Backend(abc.ABC):

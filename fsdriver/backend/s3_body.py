@@ -11,15 +11,32 @@ them check the length and give the connection back to the pool.  Otherwise it re
 botocore.  A socket error or a timeout of a direct read is raised as
 botocore would raise it (`ResponseStreamingError`, `ReadTimeoutError`), so the caller's error
 mapping is the same on both paths.
+
+A direct body can also be read without a thread (`BodyReader.poll_into`, what
+`AsyncBackend.read_range` uses when it can): the socket is made non-blocking and each call takes
+what has arrived (the bytes http.client buffered first), or None when nothing has yet; the caller
+waits for the socket (`BodyReader.wait_fd`).  The socket's low-water mark (``SO_RCVLOWAT``) is
+raised to `LOWAT` (never above what the body still has to give) so that the caller wakes once per
+quarter MiB that arrived, not per packet.  A thread hop per chunk costs more CPU time than the
+read itself (futex wake-ups, the wake-up socket, epoll); on a 2-core machine every CPU second
+the daemon spends is one the server, the proxy or the reader does not get.  The socket's
+blocking mode, timeout and low-water mark are put back when the body ends (read to its end,
+stopped early or closed), before the connection goes back to the pool.
 """
 
 import http.client
+import socket
+import ssl
 import threading
 
 from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
 from botocore.response import StreamingBody
 
 from .base import RangeReader
+
+
+# The socket's low-water mark while a body is polled: the caller wakes once this much arrived.
+LOWAT = 256 << 10
 
 
 class EmptyReader(RangeReader):
@@ -50,6 +67,12 @@ def _direct_source(body):
     return fp
 
 
+def _socket_of(fp: http.client.HTTPResponse):
+    """The socket under the response, if it is one (http.client reads it through ``makefile``)."""
+    sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 class BodyReader(RangeReader):
     """``read(n)`` reads exactly ``n`` bytes but at the end, `read_into` fills the caller's
     buffers.  ``close`` drops the connection unless the body was read to its end (then it went
@@ -61,11 +84,73 @@ class BodyReader(RangeReader):
         self._lock = threading.Lock()
         self._busy = False  # a read runs
         self._closing = False  # close() was called during that read: the read closes on return
+        self._sock = _socket_of(self._direct) if self._direct is not None else None
+        self._saved: tuple | None = None  # while polled: the socket's timeout and low-water mark
+        self._lowat = 0  # the low-water mark set while polled
+        self.wants_write = False  # the last poll needs the socket writable (TLS), not readable
 
     @property
     def direct(self) -> bool:
         """Whether `read_into` reads from the socket into the buffers (for tests)."""
         return self._direct is not None
+
+    @property
+    def pollable(self) -> bool:
+        """Whether `poll_into` can read the body without blocking (a direct body on a socket)."""
+        return self._direct is not None and self._sock is not None and not self._closing
+
+    def wait_fd(self) -> int:
+        """The descriptor to wait for (readable, or writable if `wants_write`) after None."""
+        return self._sock.fileno()
+
+    def poll_into(self, view: memoryview) -> "int | None":
+        """Without blocking: the next bytes of the body into ``view`` (at most its length), None
+        if none arrived yet, 0 at the end of the body (or once closed).  Called on one thread
+        (the event loop's); the first call makes the socket non-blocking until the body ends."""
+        if self._closing:
+            return 0
+        with self.errors():
+            fp = self._direct
+            if fp is None:  # finished (`_finish`): the layers say what is left (nothing)
+                return self.body.readinto(view)
+            want = min(len(view), fp.length)
+            if self._saved is None:
+                self._saved = (self._sock.gettimeout(),
+                               self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+                self._sock.settimeout(0)
+            self._set_lowat(max(1, min(LOWAT, fp.length)))
+            self.wants_write = False
+            try:
+                n = fp.fp.readinto1(view[:want])
+            except ssl.SSLWantWriteError:
+                self.wants_write = True
+                return None
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return None
+            except (OSError, http.client.HTTPException) as e:
+                self._unpoll()
+                raise ResponseStreamingError(error=e) from None
+            if n is None:
+                return None
+            if n:
+                fp.length -= n  # as http.client's own reads count it
+            return self._count(n)
+
+    def _set_lowat(self, n: int) -> None:
+        if n != self._lowat:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+            self._lowat = n
+
+    def _unpoll(self) -> None:
+        """Put the socket back as it was (before the connection goes back to the pool)."""
+        if self._saved is not None:
+            timeout, lowat = self._saved
+            self._saved, self._lowat = None, 0
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self._sock.settimeout(timeout)
+            except OSError:  # already closed
+                pass
 
     def read(self, n: int) -> bytes:
         return self._locked(lambda: self.body.read(n) if n > 0 else b"", b"")
@@ -97,6 +182,11 @@ class BodyReader(RangeReader):
             raise ReadTimeoutError(endpoint_url=getattr(raw, "_request_url", None), error=e) from None
         except (OSError, http.client.HTTPException) as e:
             raise ResponseStreamingError(error=e) from None
+        return self._count(n)
+
+    def _count(self, n: int) -> int:
+        """Keep the layers' bookkeeping for ``n`` bytes read under them (0: the server stopped)."""
+        raw = self.body._raw_stream
         if n:
             raw._fp_bytes_read += n
             if raw.length_remaining is not None:
@@ -113,6 +203,7 @@ class BodyReader(RangeReader):
         botocore checks the length (IncompleteReadError if short) and urllib3 gives the connection
         back to the pool."""
         self._direct = None
+        self._unpoll()
         self.body.read()
 
     def _locked(self, read, closed):
@@ -138,4 +229,5 @@ class BodyReader(RangeReader):
             self._closing = True
             if self._busy:
                 return  # the read in progress closes the body when it returns
+        self._unpoll()
         self.body.close()

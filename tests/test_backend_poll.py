@@ -1,0 +1,147 @@
+"""An S3 body read on the event loop (`BodyReader.poll_into`, `AsyncBackend.read_range`): no
+worker thread, bounded as a read in a thread is, and the connection given back to the pool as it
+was (blocking, its timeout, its low-water mark), through a real HTTP server (moto) and proxy."""
+
+import os
+import socket
+import threading
+
+import pytest
+import trio
+
+from fsdriver.backend.aio import AsyncBackend
+from fsdriver.backend.s3_body import LOWAT
+from fsdriver.errors import Unavailable
+
+from .faultproxy import FaultProxy
+from .test_backend_open_range import _pool_connections, _s3_through
+
+MiB = 1 << 20
+DATA = os.urandom(5 * MiB + 4321)  # (its tail is shorter than the low-water mark)
+
+
+def _lowat(sock) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+
+def _pieces(n: int) -> list[bytearray]:
+    return [bytearray(MiB) for _ in range(n)]
+
+
+@pytest.fixture
+def proxied(moto_server, s3_url):
+    """(proxy, S3Backend through it) with ``DATA`` stored at a/obj."""
+    with FaultProxy(moto_server.url) as proxy:
+        be = _s3_through(proxy, s3_url, max_attempts=1)
+        try:
+            be.put_bytes("a/obj", DATA)
+            yield proxy, be
+        finally:
+            be.close()
+
+
+def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxied):
+    """The first bytes come with the request (in a thread); the rest without one: the only
+    worker slot is held by the test meanwhile, so a read in a thread could not even start.  The
+    socket is non-blocking with the low-water mark while the body is polled, and blocking with
+    its timeout and a mark of 1 again once the body ended; the next request reuses it."""
+    proxy, be = proxied
+    opened = _pool_connections(be)
+    ab = AsyncBackend(be, max_concurrency=1, timeout=30)
+
+    async def main():
+        first = _pieces(1)
+        reader, n = await ab.open_range("a/obj", 0, into=first)
+        assert n == MiB and reader.pollable
+        sock = reader._sock
+        timeout = sock.gettimeout()
+        got = bytes(first[0])
+        async with ab.limiter:  # no thread can run a read now
+            with trio.fail_after(60):
+                bufs = _pieces(2)
+                assert await ab.read_range(reader, bufs) == 2 * MiB
+                got += b"".join(bufs)
+                assert sock.gettimeout() == 0 and _lowat(sock) == LOWAT  # polled
+                bufs = _pieces(4)
+                n = await ab.read_range(reader, bufs)  # the rest, short: the body ends
+                got += b"".join(bufs)[:n]
+        assert got == DATA
+        assert not reader.pollable and sock.gettimeout() == timeout and _lowat(sock) == 1
+        reader.close()
+        assert await ab.get_range("a/obj", 7, 11) == DATA[7:11]
+
+    trio.run(main)
+    assert _pool_connections(be) == opened  # every request on one connection
+
+
+def test_a_body_closed_midway_drops_its_connection(proxied):
+    proxy, be = proxied
+    opened = _pool_connections(be)
+    ab = AsyncBackend(be, timeout=30)
+
+    async def main():
+        reader, _ = await ab.open_range("a/obj", 0, into=_pieces(1))
+        bufs = _pieces(1)
+        with trio.fail_after(60):
+            assert await ab.read_range(reader, bufs) == MiB
+        assert bytes(bufs[0]) == DATA[MiB:2 * MiB]
+        reader.close()
+        assert not reader.pollable
+        assert await ab.read_range(reader, _pieces(1)) == 0  # closed: nothing more
+        assert await ab.get_range("a/obj", 0, 4) == DATA[:4]
+
+    trio.run(main)
+    assert _pool_connections(be) == opened + 1  # the half-read connection was not reused
+
+
+def test_a_body_cut_short_on_the_loop_is_unavailable_not_a_short_read(proxied):
+    proxy, be = proxied
+    proxy.cut, proxy.rule = 3 * MiB // 2, (lambda method, path: method == "GET")
+    ab = AsyncBackend(be, timeout=30)
+
+    async def main():
+        reader, n = await ab.open_range("a/obj", 0, into=_pieces(1))
+        assert n == MiB and reader.pollable
+        bufs = _pieces(2)
+        with trio.fail_after(60), pytest.raises(Unavailable):
+            await ab.read_range(reader, bufs)
+        assert bufs[0][: MiB // 2] == DATA[MiB:3 * MiB // 2]
+        reader.close()
+
+    trio.run(main)
+
+
+def test_a_body_that_stalls_is_unavailable_at_the_bound_and_the_loop_goes_on(proxied):
+    """A server that stops sending: the read ends with Unavailable at ``--backend-timeout`` (no
+    thread left behind), while other tasks of the loop keep running all along."""
+    proxy, be = proxied
+    let_go = threading.Event()
+    proxy.stall, proxy.rule = (MiB + 1000, let_go), (lambda method, path: method == "GET")
+    ab = AsyncBackend(be, timeout=1.0)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.01)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader, n = await ab.open_range("a/obj", 0, into=_pieces(1))
+            assert n == MiB and reader.pollable
+            nursery.start_soon(ticker)
+            start = trio.current_time()
+            with pytest.raises(Unavailable, match="did not answer within 1s"):
+                await ab.read_range(reader, _pieces(1))
+            waited = trio.current_time() - start
+            assert 1.0 <= waited < 30 and ab.unresponsive
+            assert ticks >= 5  # the loop was never blocked
+            assert ab.in_flight == 0  # no thread was left reading
+            reader.close()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        let_go.set()
