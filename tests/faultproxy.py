@@ -6,8 +6,10 @@ instead of the server's answer: the client cannot tell whether its request took 
 like a response lost to a read timeout.  With ``hold`` set instead, matching requests wait for
 it and then go through unchanged (a slow request); with ``cut`` their body breaks off after so
 many bytes, with ``stall`` it stops there until an event is set (a server that stops sending).
+It serves HTTPS when given a certificate.
 """
 
+import ssl
 import threading
 
 from bench.proxy import CountingProxy, _Handler
@@ -28,8 +30,8 @@ class _FaultHandler(_Handler):
             return super()._forward_one()
         body = self._read_body()
         if self.server.cut is not None or self.server.stall is not None:
-            # The server's answer, its body broken off after `cut` bytes, or stalled after the
-            # first n bytes of `stall` (n, Event) until the event is set, then broken off there.
+            # The server's answer, its body broken off after `cut` bytes, or stopped after the
+            # first n bytes of `stall` (n, Event) until the event is set, then the rest.
             cut = self.server.cut if self.server.cut is not None else self.server.stall[0]
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
             conn = self._upstream(fresh=True)
@@ -48,6 +50,12 @@ class _FaultHandler(_Handler):
             self.wfile.flush()
             if self.server.cut is None:
                 assert self.server.stall[1].wait(120), "a stalled body was never let go"
+                try:
+                    self.wfile.write(data[cut:])
+                    self.wfile.flush()
+                except OSError:  # the client gave up meanwhile
+                    self.close_connection = True
+                return
             self.close_connection = True
             return
         if self.server.refusal is not None:  # answer an error of our own; the server never sees it
@@ -81,8 +89,16 @@ class _FaultHandler(_Handler):
 class FaultProxy(CountingProxy):
     """``proxy.rule = lambda method, path: ...`` picks the requests whose answer is replaced."""
 
-    def __init__(self, upstream_url: str):
+    def __init__(self, upstream_url: str, tls: "tuple[str, str] | None" = None):
+        """``tls``: (certificate, key) files: it serves HTTPS with them (as S3 does)."""
         super().__init__(upstream_url)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            # (each connection's handshake happens in its own handler thread, on its first read)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+            self.url = self.url.replace("http://", "https://")
         self._server.RequestHandlerClass = _FaultHandler
         self._server.rule = None
         self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers

@@ -145,3 +145,86 @@ def test_a_body_that_stalls_is_unavailable_at_the_bound_and_the_loop_goes_on(pro
         trio.run(main)
     finally:
         let_go.set()
+
+
+def _self_signed(directory):
+    """A certificate for 127.0.0.1 and its key, as files: (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_server, s3_url):
+    """S3 itself is HTTPS: the TLS socket is polled as well.  The body stops for a while midway
+    (the proxy holds the rest back): a read then finds no whole TLS record (`ssl.SSLWantReadError`)
+    and waits for the socket, with no worker thread; the connection goes back as it was."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))  # (whatever the machine's says)
+    with FaultProxy(moto_server.url, tls=(cert, key)) as proxy:
+        be = _s3_through(proxy, s3_url, max_attempts=1)
+        try:
+            be.put_bytes("a/obj", DATA)
+            opened = _pool_connections(be)
+            let_go = threading.Event()
+            stop = 2 * MiB + 1000
+            proxy.stall, proxy.rule = (stop, let_go), (lambda method, path: method == "GET")
+            ab = AsyncBackend(be, max_concurrency=1, timeout=30)
+
+            async def main():
+                reader, n = await ab.open_range("a/obj", 0, into=_pieces(1))
+                assert n == MiB and reader.pollable and isinstance(reader._sock, ssl.SSLSocket)
+                sock, timeout = reader._sock, reader._sock.gettimeout()
+                stalled, got, poll = trio.Event(), [MiB], reader.poll_into
+
+                def watched(view):  # the reader's own poll, noting when it waits at the stop
+                    k = poll(view)
+                    got[0] += k or 0
+                    if k is None and got[0] == stop:
+                        stalled.set()
+                    return k
+
+                reader.poll_into = watched
+                bufs = _pieces(5)
+
+                async def go_on():
+                    await stalled.wait()
+                    let_go.set()
+
+                async with ab.limiter:  # no thread can run a read now
+                    with trio.fail_after(60):
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(go_on)
+                            n = await ab.read_range(reader, bufs)
+                assert n == len(DATA) - MiB and b"".join(bufs)[:n] == DATA[MiB:]
+                assert not reader.pollable and sock.gettimeout() == timeout and _lowat(sock) == 1
+                reader.close()
+                assert await ab.get_range("a/obj", 3, 8) == DATA[3:8]
+
+            try:
+                trio.run(main)
+            finally:
+                let_go.set()
+            assert _pool_connections(be) == opened  # the same TLS connection throughout
+        finally:
+            be.close()

@@ -577,8 +577,9 @@ def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_wh
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        # (a 4 MiB kernel read-ahead: the stream reads 5 MiB ahead of the reads by itself)
-        p, budget, stats = counted(be, nursery, max_window=16 * MiB, kernel_readahead=lambda: 4 * MiB)
+        # (an 8 MiB kernel read-ahead: the stream reads up to 9 MiB ahead of the reads by itself,
+        # and goes on once it is less than half of that ahead: it holds at least 4.5 MiB)
+        p, budget, stats = counted(be, nursery, max_window=16 * MiB, kernel_readahead=lambda: 8 * MiB)
         for n in range(40):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         stream = p.stream
