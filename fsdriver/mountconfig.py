@@ -189,7 +189,9 @@ class MountConfig:
     cache_dir: str | None = _field(None, Opt(_text, "staged writes and pending uploads", "DIR",
                                              shown_default="~/.cache/stashfs/<hash>"))
     memory_limit: int = _field(512 << 20, Opt(_size(PART_SIZE), "prefetch and transfer buffers", "SIZE", size=True))
-    max_prefetch: int = _field(64 << 20, Opt(_size(), "how far ahead of a file's reads a read is still its stream's", "SIZE", size=True))
+    max_prefetch: int = _field(64 << 20, Opt(_size(), "how far ahead of a file's reads a read is still its "
+                                             "stream's, and how long unread streamed bytes are kept", "SIZE",
+                                             size=True))
     metadata_ttl: float = _field(1.0, Opt(_seconds, "how long attributes and listings are cached",
                                           "SECONDS"))
     readahead: int = _field(1 << 20, Opt(_size(), "kernel read-ahead of the mount (root only; 0 keeps the "

@@ -7,19 +7,20 @@
   GET from that offset to the end of the object (a plain GET of the whole object from offset 0),
   whose body is read ahead in chunks into a bounded buffer that the following reads consume.
   Its first chunk is just above the kernel's readahead (1 MiB + 128 KiB), so a small file (up to
-  that size) comes whole with its one request; chunks (one worker thread call each) then double
-  up to ``part_size``.  Its reach (how far beyond what it received a read is still its own)
-  starts at that first window and grows to twice as far as the reads served have got, up to
-  ``max_window``; by itself it reads only one piece (1 MiB) beyond the kernel's read-ahead ahead
-  of the reads, at least 2 MiB (`MIN_DEPTH`): reads further ahead pull it there.  On S3, as on a
+  that size) comes whole with its one request; chunks then double up to ``part_size``, each no
+  larger than the stream's depth (below); on S3 the body is read on the event loop, elsewhere
+  one worker thread call per chunk.  Its reach (how far beyond what it received a read is still
+  its own) starts at that first window and grows to twice as far as the reads served have got,
+  up to ``max_window``; by itself it reads only as deep as one piece (1 MiB) beyond the kernel's
+  read-ahead ahead of the reads, at least 2 MiB (`MIN_DEPTH`; and no deeper than its reach):
+  reads further ahead pull it there.  On S3, as on a
   server that copies the whole object for every GET (moto), a sequential reader costs one
   request however large the object; a body that breaks off is resumed from where it stopped.
 - The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
   to the read-ahead (``--readahead``, or what an admin wrote to sysfs since) ahead of each other.
   The stream keeps every piece no read has taken yet until reads have gone more than
-  ``max_window`` past it, and its reach (how far beyond what it received a read is still its
-  own) is its read-ahead window, which follows how far the reads served have got: a reader that
-  goes on sequentially is one GET for any kernel read-ahead up to ``max_window``.  Reads are
+  ``max_window`` past it, and its reach follows how far the reads served have got: a reader
+  that goes on sequentially is one GET for any kernel read-ahead up to ``max_window``.  Reads are
   served one at a time, in the order they arrive; reads woken together arrive in any order (trio
   runs a round of woken tasks in either order), so the furthest read of a burst may come first,
   beyond the reach or before the read that starts the stream: a read that would be random first

@@ -20,8 +20,11 @@ it is how far beyond what was received a read is still the stream's (`covers`). 
 beyond how far ahead of each other reads arrive (the kernel's read-ahead), so a piece is read
 shortly before the read that takes it, while it is still in the CPU's cache, and the heap reuses
 the same few pieces (a 64 MiB depth made every sequential read fault in and miss the cache on
-64 MiB of pieces; the socket's receive buffer already absorbs the body's bursts).  A read beyond
-the depth (within the reach) is no different from any read that waits: it pulls the pump there.
+64 MiB of pieces; the socket's receive buffer already absorbs the body's bursts).  The pump goes
+on once a piece of the depth is free when its body is read on the event loop (`RangeReader.
+pollable`: S3), else once half of it is (a thread hop per chunk), so it stays between the depth
+less a piece (or half the depth) and the depth ahead.  A read beyond the depth (within the reach)
+is no different from any read that waits: it pulls the pump there.
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
 reads (up to its read-ahead, which the stream does not need to know) concurrently.  So a piece is
@@ -134,6 +137,7 @@ class Stream:
         self.max_chunk = max(max_chunk, first, 1)
         self.ahead, self.max_ahead = ahead, max(max_ahead, ahead)
         self.depth = depth  # how far the pump reads ahead by itself at most (None: ``ahead``)
+        self._polled = False  # its body is read on the event loop (`RangeReader.pollable`)
         self.error: BaseException | None = None
         self.cancelled = False
         self.finished = False  # the pump ended (all received, an error, or cancelled)
@@ -282,6 +286,7 @@ class Stream:
                 end = None if self.start == 0 or self.etag else self.end
                 buffers = self._buffers(credit)
                 reader, n = await self.backend.open_range(self.key, self.start, end, into=buffers, **cond)
+                self._polled = reader.pollable
                 credit = self._deliver(buffers, n, credit)
             while reader is not None and credit == 0 and self.pos < self.end and not self.cancelled:
                 credit = await self._credit()
@@ -300,6 +305,7 @@ class Stream:
                         buffers = self._buffers(credit)  # never those that read may still fill
                         reader, n = await self.backend.open_range(
                             self.key, self.pos, None, into=buffers, if_match=self.etag)
+                        self._polled = reader.pollable
                     credit = self._deliver(buffers, n, credit)
         except Exception as e:  # handed to the reader that needs the bytes
             self.error = e
@@ -367,8 +373,9 @@ class Stream:
             size = min(self.chunk, depth, self.end - self.pos)
             waiting = self.wanted > self.pos
             room = self.read_end + depth - self.pos  # what the read-ahead window has free
-            # Read ahead in whole chunks (or half a window), not a thread hop per read consumed.
-            useful = waiting or room >= min(size, depth // 2)
+            # Read ahead in whole chunks (or half the depth), not a thread hop per read consumed;
+            # a body read on the loop costs no hop: it goes on as soon as a piece is free.
+            useful = waiting or room >= min(size, PIECE if self._polled else depth // 2)
             if not waiting:
                 size = min(size, room)
             cut = (self.pos + size) // PIECE * PIECE

@@ -49,6 +49,7 @@ class _FaultHandler(_Handler):
             self.wfile.write(data[:cut])
             self.wfile.flush()
             if self.server.cut is None:
+                self.server.stalled.set()
                 assert self.server.stall[1].wait(120), "a stalled body was never let go"
                 try:
                     self.wfile.write(data[cut:])
@@ -105,6 +106,7 @@ class FaultProxy(CountingProxy):
         self._server.cut = None  # n: send the server's answer to matching requests, body cut after n bytes
         self._server.hold = None  # a threading.Event: matching requests wait for it, then go through
         self._server.stall = None  # (n, threading.Event): the body stops after n bytes until it is set
+        self._server.stalled = threading.Event()  # set once a body stopped there (all before it sent)
         self._server.hits = 0
         self._server.lock = threading.Lock()
 
@@ -147,6 +149,10 @@ class FaultProxy(CountingProxy):
     @stall.setter
     def stall(self, value):
         self._server.stall = value
+
+    @property
+    def stalled(self) -> threading.Event:
+        return self._server.stalled
 
     @property
     def hits(self) -> int:

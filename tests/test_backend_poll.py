@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from fsdriver.backend.aio import AsyncBackend
-from fsdriver.backend.s3_body import LOWAT
+from fsdriver.backend.s3_body import LOWAT, TLS_RECORD
 from fsdriver.errors import Unavailable
 
 from .faultproxy import FaultProxy
@@ -28,6 +28,45 @@ def _pieces(n: int) -> list[bytearray]:
     return [bytearray(MiB) for _ in range(n)]
 
 
+class Watch:
+    """Watches a polled reader on the loop: ``waiting`` while it waits for its socket, and
+    `until_waiting` to wait for that (with a held body: once it has taken what was sent, or
+    waits for more than that with its low-water mark).  A server is let go on that, never on a
+    timer."""
+
+    def __init__(self, reader):
+        self.waiting, self.changed, self.nones = False, trio.Event(), 0
+        self.sock, self.held_mark = reader._sock, None
+        poll, wait_fd = reader.poll_into, reader.wait_fd
+
+        def polled(view, need=None):
+            self.waiting = False
+            k = poll(view, need)
+            self.nones += k is None
+            return k
+
+        def waits():
+            self.waiting = True
+            self.changed.set()
+            self.changed = trio.Event()
+            return wait_fd()
+
+        reader.poll_into, reader.wait_fd = polled, waits
+
+    async def until_waiting(self):
+        while not self.waiting:
+            await self.changed.wait()
+
+
+async def let_go_once_waiting(reached: threading.Event, go: threading.Event, watch: Watch):
+    """Set ``go`` once the server sent all it holds back for (``reached``) and the reader waits."""
+    await trio.to_thread.run_sync(reached.wait, 60, limiter=trio.CapacityLimiter(1))
+    assert reached.is_set(), "the server never got to where it holds the body"
+    await watch.until_waiting()
+    watch.held_mark = _lowat(watch.sock)  # the low-water mark it waits with
+    go.set()
+
+
 @pytest.fixture
 def proxied(moto_server, s3_url):
     """(proxy, S3Backend through it) with ``DATA`` stored at a/obj."""
@@ -43,10 +82,13 @@ def proxied(moto_server, s3_url):
 def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxied):
     """The first bytes come with the request (in a thread); the rest without one: the only
     worker slot is held by the test meanwhile, so a read in a thread could not even start.  The
-    socket is non-blocking with the low-water mark while the body is polled, and blocking with
-    its timeout and a mark of 1 again once the body ended; the next request reuses it."""
+    socket is non-blocking while the body is polled (the body held midway: the reader waits with
+    a low-water mark of a quarter MiB), and blocking with its timeout and a mark of 1 again once
+    the body ended; the next request reuses it."""
     proxy, be = proxied
     opened = _pool_connections(be)
+    let_go = threading.Event()
+    proxy.stall, proxy.rule = (2 * MiB + 1000, let_go), (lambda method, path: method == "GET")
     ab = AsyncBackend(be, max_concurrency=1, timeout=30)
 
     async def main():
@@ -55,13 +97,15 @@ def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxi
         assert n == MiB and reader.pollable
         sock = reader._sock
         timeout = sock.gettimeout()
-        got = bytes(first[0])
+        got, watch = bytes(first[0]), Watch(reader)
         async with ab.limiter:  # no thread can run a read now
             with trio.fail_after(60):
                 bufs = _pieces(2)
-                assert await ab.read_range(reader, bufs) == 2 * MiB
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
+                    assert await ab.read_range(reader, bufs) == 2 * MiB
                 got += b"".join(bufs)
-                assert sock.gettimeout() == 0 and _lowat(sock) == LOWAT  # polled
+                assert sock.gettimeout() == 0 and watch.held_mark == LOWAT  # polled
                 bufs = _pieces(4)
                 n = await ab.read_range(reader, bufs)  # the rest, short: the body ends
                 got += b"".join(bufs)[:n]
@@ -70,11 +114,41 @@ def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxi
         reader.close()
         assert await ab.get_range("a/obj", 7, 11) == DATA[7:11]
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    finally:
+        let_go.set()
     assert _pool_connections(be) == opened  # every request on one connection
 
 
+def test_the_low_water_mark_never_asks_for_more_than_the_body_has_left(proxied):
+    """The last 4321 bytes come after a pause, once the reader waits: its mark is those bytes,
+    not a quarter MiB that will never arrive (it would wait until the bound)."""
+    proxy, be = proxied
+    let_go = threading.Event()
+    proxy.stall, proxy.rule = (len(DATA) - 4321, let_go), (lambda method, path: method == "GET")
+    ab = AsyncBackend(be, timeout=30)
+
+    async def main():
+        reader, _ = await ab.open_range("a/obj", 0, into=_pieces(1))
+        watch, bufs = Watch(reader), _pieces(5)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
+                n = await ab.read_range(reader, bufs)
+        assert n == len(DATA) - MiB and b"".join(bufs)[:n] == DATA[MiB:]
+        assert watch.nones >= 1 and watch.held_mark == 4321
+        reader.close()
+
+    try:
+        trio.run(main)
+    finally:
+        let_go.set()
+
+
 def test_a_body_closed_midway_drops_its_connection(proxied):
+    """(And a poll for a caller that needs only 1000 bytes more sets the mark to 1000: it never
+    waits for bytes it does not need while the rest of the body is slow to come.)"""
     proxy, be = proxied
     opened = _pool_connections(be)
     ab = AsyncBackend(be, timeout=30)
@@ -85,6 +159,8 @@ def test_a_body_closed_midway_drops_its_connection(proxied):
         with trio.fail_after(60):
             assert await ab.read_range(reader, bufs) == MiB
         assert bytes(bufs[0]) == DATA[MiB:2 * MiB]
+        reader.poll_into(memoryview(bytearray(1000)), 1000)
+        assert _lowat(reader._sock) == 1000
         reader.close()
         assert not reader.pollable
         assert await ab.read_range(reader, _pieces(1)) == 0  # closed: nothing more
@@ -175,8 +251,9 @@ def _self_signed(directory):
 
 def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_server, s3_url):
     """S3 itself is HTTPS: the TLS socket is polled as well.  The body stops for a while midway
-    (the proxy holds the rest back): a read then finds no whole TLS record (`ssl.SSLWantReadError`)
-    and waits for the socket, with no worker thread; the connection goes back as it was."""
+    (the proxy holds the rest back until the reader waits): a read then finds no whole TLS record
+    (`ssl.SSLWantReadError`) and waits for the socket, with no worker thread; the connection goes
+    back as it was."""
     import ssl
 
     cert, key = _self_signed(tmp_path)
@@ -187,36 +264,21 @@ def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_ser
             be.put_bytes("a/obj", DATA)
             opened = _pool_connections(be)
             let_go = threading.Event()
-            stop = 2 * MiB + 1000
-            proxy.stall, proxy.rule = (stop, let_go), (lambda method, path: method == "GET")
+            proxy.stall, proxy.rule = (2 * MiB + 1000, let_go), (lambda method, path: method == "GET")
             ab = AsyncBackend(be, max_concurrency=1, timeout=30)
 
             async def main():
                 reader, n = await ab.open_range("a/obj", 0, into=_pieces(1))
                 assert n == MiB and reader.pollable and isinstance(reader._sock, ssl.SSLSocket)
                 sock, timeout = reader._sock, reader._sock.gettimeout()
-                stalled, got, poll = trio.Event(), [MiB], reader.poll_into
-
-                def watched(view):  # the reader's own poll, noting when it waits at the stop
-                    k = poll(view)
-                    got[0] += k or 0
-                    if k is None and got[0] == stop:
-                        stalled.set()
-                    return k
-
-                reader.poll_into = watched
-                bufs = _pieces(5)
-
-                async def go_on():
-                    await stalled.wait()
-                    let_go.set()
-
+                watch, bufs = Watch(reader), _pieces(5)
                 async with ab.limiter:  # no thread can run a read now
                     with trio.fail_after(60):
                         async with trio.open_nursery() as nursery:
-                            nursery.start_soon(go_on)
+                            nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
                             n = await ab.read_range(reader, bufs)
                 assert n == len(DATA) - MiB and b"".join(bufs)[:n] == DATA[MiB:]
+                assert watch.nones >= 1
                 assert not reader.pollable and sock.gettimeout() == timeout and _lowat(sock) == 1
                 reader.close()
                 assert await ab.get_range("a/obj", 3, 8) == DATA[3:8]
@@ -228,3 +290,55 @@ def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_ser
             assert _pool_connections(be) == opened  # the same TLS connection throughout
         finally:
             be.close()
+
+
+def _read_held_tls_body(tmp_path, monkeypatch, **server):
+    """The body of ``DATA`` from a `PacedTLSServer` (held where ``server`` says, let go once the
+    reader waits): its first MiB read with the request (a thread), the rest polled.  Returns
+    (the bytes, the low-water mark the reader waited with while held, the server's request
+    count)."""
+    from fsdriver.backend.s3 import S3Backend
+
+    from .pacedtls import PacedTLSServer
+
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    with PacedTLSServer(cert, key, DATA, **server) as srv:
+        be = S3Backend("paced", "data", endpoint_url=srv.url, max_attempts=1)
+        ab = AsyncBackend(be, timeout=20)
+        try:
+            async def main():
+                first = _pieces(1)
+                reader, n = await ab.open_range("a/obj", 0, into=first)
+                assert n == MiB and reader.pollable
+                watch, bufs = Watch(reader), _pieces(5)
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(let_go_once_waiting, srv.reached, srv.go, watch)
+                        n = await ab.read_range(reader, bufs)
+                reader.close()
+                return bytes(first[0]) + b"".join(bufs)[:n], watch.held_mark
+
+            got, mark = trio.run(main)
+            return got, mark, srv.requests
+        finally:
+            be.close()
+
+
+def test_over_tls_the_bytes_buffered_with_the_first_read_come_first_and_whole(tmp_path, monkeypatch):
+    """Records of 1000 bytes: the first MiB, read in a thread, ends inside a record, whose rest
+    stays in http.client's buffer; the server then holds the body.  The first poll takes those
+    bytes on their own: copied together with a socket read that finds no whole record (and
+    raises), they were lost, and every byte after them came shifted."""
+    got, mark, requests = _read_held_tls_body(tmp_path, monkeypatch, record=1000, hold=MiB - 1)
+    assert len(got) == len(DATA) and got == DATA and requests == 1
+    assert mark == LOWAT - TLS_RECORD
+
+
+def test_over_tls_the_last_record_held_midway_is_waited_for_not_until_the_bound(tmp_path, monkeypatch):
+    """The last record's second half comes after a pause: OpenSSL took its first half off the
+    socket already, so fewer bytes than the body has left will arrive there.  The mark is one
+    record lower (here 1 byte): the read ends when they come, not with Unavailable at the
+    bound followed by a second request."""
+    got, mark, requests = _read_held_tls_body(tmp_path, monkeypatch, hold=len(DATA) - 1, mid_record=True)
+    assert got == DATA and requests == 1 and mark == 1

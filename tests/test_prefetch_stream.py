@@ -601,14 +601,45 @@ def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_wh
     run(body)
 
 
+class PolledBodies(MemoryBackend):
+    """Streamed bodies that are read as S3's are, on the event loop (`RangeReader.pollable`):
+    every byte has arrived already, so a poll never waits.  Records the size of every read."""
+
+    def __init__(self, pollable: bool):
+        super().__init__()
+        self.pollable, self.sizes = pollable, []
+
+    def open_range(self, key, start, end=None, **cond):
+        reader = super().open_range(key, start, end, **cond)
+        backend, read = self, reader.read
+
+        def recorded(n):
+            backend.sizes.append(n)
+            return read(n)
+
+        def poll_into(view, need=None):
+            data = recorded(len(view))
+            view[:len(data)] = data
+            return len(data)
+
+        reader.read = recorded
+        if self.pollable:
+            reader.pollable, reader.poll_into = True, poll_into
+        return reader
+
+
+@pytest.mark.parametrize("polled", [False, True], ids=["thread", "polled"])
 @pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
-def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth):
+def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth, polled):
     """Its depth: one piece (1 MiB) beyond the kernel's read-ahead, at least 2 MiB, however far
-    its reach has grown (up to 64 MiB here); a read beyond the depth but within the reach (the
-    kernel's reads arrive out of order) is still the stream's: it pulls the pump there."""
-    be = MemoryBackend()
+    its reach has grown (up to 64 MiB here).  A body read on the loop is read on once a piece is
+    free (it stays at least the kernel's read-ahead ahead), else once half the depth is (a thread
+    hop per chunk).  A read beyond the depth but within the reach (the kernel's reads arrive out
+    of order) is still the stream's: it pulls the pump there, in chunks no larger than the depth."""
+    be = PolledBodies(polled)
     data = os.urandom(60 * MiB)
     be.put_bytes("obj", data)
+    least = depth - MiB if polled else depth // 2
 
     async def body(nursery):
         p, budget, stats = counted(be, nursery, kernel_readahead=lambda: readahead)
@@ -618,10 +649,14 @@ def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahea
             await p.stream.quiet()
             ahead = p.stream.pos - p.stream.read_end
             assert ahead <= depth and budget.used <= depth, n
+            if 2 * n * MiB >= depth + 2 * MiB:  # (once the reach, twice the reads, is past the depth)
+                assert ahead >= least, n
             furthest = max(furthest, ahead)
         assert furthest == depth and p.stream.ahead == 60 * MiB  # (the reach went on growing)
+        assert max(be.sizes) <= depth
         far = 30 * MiB + depth + 3 * MiB  # beyond the depth, within the reach
         assert await p.read(far, MiB) == data[far:far + MiB]
+        assert max(be.sizes) <= depth
         for n in (n for n in range(30, 60) if n * MiB != far):  # the reads between, then on
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
         assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0

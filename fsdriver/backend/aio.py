@@ -220,14 +220,14 @@ class AsyncBackend:
             self.stats.backend["read_range"] += 1
         bound = self._probe if self.unresponsive else self.timeout
         own = trio.current_time() + bound if bound is not None else float("inf")
-        done = 0
+        done, total = 0, sum(map(len, into))
         with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
             for buf in into:
                 got = 0
                 with memoryview(buf) as view:  # (released: a short last piece is trimmed)
                     while got < len(buf):
                         try:
-                            k = reader.poll_into(view[got:])
+                            k = reader.poll_into(view[got:], total - done - got)
                         except NoAnswer:
                             if self.timeout is not None:
                                 self.unresponsive = True
@@ -242,6 +242,7 @@ class AsyncBackend:
                 done += got
                 if got < len(buf):
                     break
+                await trio.lowlevel.checkpoint()  # (bytes that keep arriving never hold the loop)
             self.unresponsive = False
             return done
         if trio.current_time() >= own:

@@ -108,9 +108,10 @@ class RangeReader:
     This generic one makes one `Backend.get_range` per ``read``; backends that can stream (S3)
     return their own."""
 
-    # A reader that can be polled (S3's body on a socket) reads without blocking: ``poll_into(view)``
-    # gives the bytes that arrived (None: none yet; 0: the end), and the caller waits for
-    # ``wait_fd()`` to be readable (writable if ``wants_write``) in between.
+    # A reader that can be polled (S3's body on a socket) reads without blocking: ``poll_into(view,
+    # need)`` gives the bytes that arrived (None: none yet; 0: the end; ``need``: what the caller
+    # waits for in all), and the caller waits for ``wait_fd()`` to be readable (writable if
+    # ``wants_write``) in between.
     pollable = False
     wants_write = False
 
@@ -145,7 +146,7 @@ class RangeReader:
     def close(self) -> None:
         self.end = self.pos
 
-    def poll_into(self, view: memoryview) -> "int | None":
+    def poll_into(self, view: memoryview, need: "int | None" = None) -> "int | None":
         raise NotImplementedError("this reader cannot be polled")
 
     def wait_fd(self) -> int:

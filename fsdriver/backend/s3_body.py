@@ -14,9 +14,10 @@ mapping is the same on both paths.
 
 A direct body can also be read without a thread (`BodyReader.poll_into`, what
 `AsyncBackend.read_range` uses when it can): the socket is made non-blocking and each call takes
-what has arrived (the bytes http.client buffered first), or None when nothing has yet; the caller
-waits for the socket (`BodyReader.wait_fd`).  The socket's low-water mark (``SO_RCVLOWAT``) is
-raised to `LOWAT` (never above what the body still has to give) so that the caller wakes once per
+what has arrived (the bytes http.client buffered first, on their own; then from the socket
+directly), or None when nothing has yet; the caller waits for the socket (`BodyReader.wait_fd`).
+The socket's low-water mark (``SO_RCVLOWAT``) is raised to `LOWAT`, never above what the caller
+needs or the body still has to give (over TLS one record less), so that the caller wakes once per
 quarter MiB that arrived, not per packet.  A thread hop per chunk costs more CPU time than the
 read itself (futex wake-ups, the wake-up socket, epoll); on a 2-core machine every CPU second
 the daemon spends is one the server, the proxy or the reader does not get.  The socket's
@@ -35,8 +36,11 @@ from botocore.response import StreamingBody
 from .base import RangeReader
 
 
-# The socket's low-water mark while a body is polled: the caller wakes once this much arrived.
+# The socket's low-water mark while a body is polled: the caller wakes once this much arrived
+# (or what it needs, if less).  Over TLS it is set one record lower: OpenSSL may have taken part
+# of a record off the socket already (at most 16 KiB of data and its overhead).
 LOWAT = 256 << 10
+TLS_RECORD = 18 << 10
 
 
 class EmptyReader(RangeReader):
@@ -87,6 +91,7 @@ class BodyReader(RangeReader):
         self._sock = _socket_of(self._direct) if self._direct is not None else None
         self._saved: tuple | None = None  # while polled: the socket's timeout and low-water mark
         self._lowat = 0  # the low-water mark set while polled
+        self._drained = False  # http.client's buffer is empty: polls read the socket directly
         self.wants_write = False  # the last poll needs the socket writable (TLS), not readable
 
     @property
@@ -103,10 +108,12 @@ class BodyReader(RangeReader):
         """The descriptor to wait for (readable, or writable if `wants_write`) after None."""
         return self._sock.fileno()
 
-    def poll_into(self, view: memoryview) -> "int | None":
+    def poll_into(self, view: memoryview, need: "int | None" = None) -> "int | None":
         """Without blocking: the next bytes of the body into ``view`` (at most its length), None
-        if none arrived yet, 0 at the end of the body (or once closed).  Called on one thread
-        (the event loop's); the first call makes the socket non-blocking until the body ends."""
+        if none arrived yet, 0 at the end of the body (or once closed).  ``need``: how many bytes
+        the caller waits for in all (default: the view's length); the socket's low-water mark never
+        asks for more.  Called on one thread (the event loop's); the first call makes the socket
+        non-blocking until the body ends."""
         if self._closing:
             return 0
         with self.errors():
@@ -114,14 +121,19 @@ class BodyReader(RangeReader):
             if fp is None:  # finished (`_finish`): the layers say what is left (nothing)
                 return self.body.readinto(view)
             want = min(len(view), fp.length)
+            sock = self._sock
             if self._saved is None:
-                self._saved = (self._sock.gettimeout(),
-                               self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
-                self._sock.settimeout(0)
-            self._set_lowat(max(1, min(LOWAT, fp.length)))
+                self._saved = (sock.gettimeout(), sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+                sock.settimeout(0)
+            mark = min(LOWAT, len(view) if need is None else need, fp.length)
+            if isinstance(sock, ssl.SSLSocket):  # OpenSSL may hold part of a record already
+                mark -= TLS_RECORD
+            self._set_lowat(max(1, mark))
             self.wants_write = False
             try:
-                n = fp.fp.readinto1(view[:want])
+                n = self._buffered_into(fp, view[:want]) if not self._drained else None
+                if n is None and self._drained:
+                    n = sock.recv_into(view[:want], want)
             except ssl.SSLWantWriteError:
                 self.wants_write = True
                 return None
@@ -135,6 +147,21 @@ class BodyReader(RangeReader):
             if n:
                 fp.length -= n  # as http.client's own reads count it
             return self._count(n)
+
+    def _buffered_into(self, fp: http.client.HTTPResponse, view: memoryview) -> "int | None":
+        """The bytes http.client's buffer holds (read with the headers, or left by a read in a
+        thread) come first: copied from the buffer alone, never together with a socket read (a
+        TLS read that finds no whole record raises, and bytes copied before it would be lost).
+        Once it is empty (`_drained`) the body is read from the socket directly.  None: empty."""
+        try:
+            held = len(fp.fp.peek(1))  # (reads the socket only if the buffer is empty)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self._drained = True
+            raise
+        if held > len(view):
+            return fp.fp.readinto1(view)
+        self._drained = True
+        return fp.fp.readinto1(view[:held]) if held else None
 
     def _set_lowat(self, n: int) -> None:
         if n != self._lowat:
