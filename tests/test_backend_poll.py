@@ -29,14 +29,14 @@ def _pieces(n: int) -> list[bytearray]:
 
 
 class Watch:
-    """Watches a polled reader on the loop: ``waiting`` while it waits for its socket, and
-    `until_waiting` to wait for that (with a held body: once it has taken what was sent, or
-    waits for more than that with its low-water mark).  A server is let go on that, never on a
-    timer."""
+    """Watches a polled reader on the loop: ``waiting`` while it waits for its socket, ``nones``
+    the polls that found nothing.  A held server is let go once it has sent all it holds back
+    for and the reader waits (`let_go_once_waiting`), never on a timer: the reader has taken
+    what was sent, or (the server slow to send it) waits for more than is left before the stop,
+    its low-water mark not reached yet."""
 
     def __init__(self, reader):
         self.waiting, self.changed, self.nones = False, trio.Event(), 0
-        self.sock, self.held_mark = reader._sock, None
         poll, wait_fd = reader.poll_into, reader.wait_fd
 
         def polled(view, need=None):
@@ -63,7 +63,6 @@ async def let_go_once_waiting(reached: threading.Event, go: threading.Event, wat
     await trio.to_thread.run_sync(reached.wait, 60, limiter=trio.CapacityLimiter(1))
     assert reached.is_set(), "the server never got to where it holds the body"
     await watch.until_waiting()
-    watch.held_mark = _lowat(watch.sock)  # the low-water mark it waits with
     go.set()
 
 
@@ -105,7 +104,7 @@ def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxi
                     nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
                     assert await ab.read_range(reader, bufs) == 2 * MiB
                 got += b"".join(bufs)
-                assert sock.gettimeout() == 0 and watch.held_mark == LOWAT  # polled
+                assert sock.gettimeout() == 0 and watch.nones >= 1  # polled, and waited
                 bufs = _pieces(4)
                 n = await ab.read_range(reader, bufs)  # the rest, short: the body ends
                 got += b"".join(bufs)[:n]
@@ -137,7 +136,7 @@ def test_the_low_water_mark_never_asks_for_more_than_the_body_has_left(proxied):
                 nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
                 n = await ab.read_range(reader, bufs)
         assert n == len(DATA) - MiB and b"".join(bufs)[:n] == DATA[MiB:]
-        assert watch.nones >= 1 and watch.held_mark == 4321
+        assert watch.nones >= 1
         reader.close()
 
     try:
@@ -147,8 +146,8 @@ def test_the_low_water_mark_never_asks_for_more_than_the_body_has_left(proxied):
 
 
 def test_a_body_closed_midway_drops_its_connection(proxied):
-    """(And a poll for a caller that needs only 1000 bytes more sets the mark to 1000: it never
-    waits for bytes it does not need while the rest of the body is slow to come.)"""
+    """(And while polled the mark is a quarter MiB, but for a caller that needs only 1000 bytes
+    more, 1000: it never waits for bytes it does not need while the rest is slow to come.)"""
     proxy, be = proxied
     opened = _pool_connections(be)
     ab = AsyncBackend(be, timeout=30)
@@ -159,6 +158,8 @@ def test_a_body_closed_midway_drops_its_connection(proxied):
         with trio.fail_after(60):
             assert await ab.read_range(reader, bufs) == MiB
         assert bytes(bufs[0]) == DATA[MiB:2 * MiB]
+        reader.poll_into(memoryview(bytearray(MiB)), 2 * MiB)
+        assert _lowat(reader._sock) == LOWAT
         reader.poll_into(memoryview(bytearray(1000)), 1000)
         assert _lowat(reader._sock) == 1000
         reader.close()
@@ -295,8 +296,7 @@ def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_ser
 def _read_held_tls_body(tmp_path, monkeypatch, **server):
     """The body of ``DATA`` from a `PacedTLSServer` (held where ``server`` says, let go once the
     reader waits): its first MiB read with the request (a thread), the rest polled.  Returns
-    (the bytes, the low-water mark the reader waited with while held, the server's request
-    count)."""
+    (the bytes, the server's request count)."""
     from fsdriver.backend.s3 import S3Backend
 
     from .pacedtls import PacedTLSServer
@@ -317,10 +317,10 @@ def _read_held_tls_body(tmp_path, monkeypatch, **server):
                         nursery.start_soon(let_go_once_waiting, srv.reached, srv.go, watch)
                         n = await ab.read_range(reader, bufs)
                 reader.close()
-                return bytes(first[0]) + b"".join(bufs)[:n], watch.held_mark
+                assert watch.nones >= 1
+                return bytes(first[0]) + b"".join(bufs)[:n]
 
-            got, mark = trio.run(main)
-            return got, mark, srv.requests
+            return trio.run(main), srv.requests
         finally:
             be.close()
 
@@ -330,9 +330,9 @@ def test_over_tls_the_bytes_buffered_with_the_first_read_come_first_and_whole(tm
     stays in http.client's buffer; the server then holds the body.  The first poll takes those
     bytes on their own: copied together with a socket read that finds no whole record (and
     raises), they were lost, and every byte after them came shifted."""
-    got, mark, requests = _read_held_tls_body(tmp_path, monkeypatch, record=1000, hold=MiB - 1)
+    # (the record [1048000, 1049000) holds the first MiB's last byte: the server stops after it)
+    got, requests = _read_held_tls_body(tmp_path, monkeypatch, record=1000, hold=MiB - 1)
     assert len(got) == len(DATA) and got == DATA and requests == 1
-    assert mark == LOWAT - TLS_RECORD
 
 
 def test_over_tls_the_last_record_held_midway_is_waited_for_not_until_the_bound(tmp_path, monkeypatch):
@@ -340,5 +340,33 @@ def test_over_tls_the_last_record_held_midway_is_waited_for_not_until_the_bound(
     socket already, so fewer bytes than the body has left will arrive there.  The mark is one
     record lower (here 1 byte): the read ends when they come, not with Unavailable at the
     bound followed by a second request."""
-    got, mark, requests = _read_held_tls_body(tmp_path, monkeypatch, hold=len(DATA) - 1, mid_record=True)
-    assert got == DATA and requests == 1 and mark == 1
+    got, requests = _read_held_tls_body(tmp_path, monkeypatch, hold=len(DATA) - 1, mid_record=True)
+    assert got == DATA and requests == 1
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_low_water_mark_near_the_end_is_what_the_body_has_left(tls, tmp_path, monkeypatch, moto_server, s3_url):
+    """4321 bytes before the end the mark is 4321, not a quarter MiB that will never arrive;
+    over TLS one record less (OpenSSL may hold part of the last record already): 1."""
+    if tls:
+        cert, key = _self_signed(tmp_path)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    with FaultProxy(moto_server.url, tls=(cert, key) if tls else None) as proxy:
+        be = _s3_through(proxy, s3_url, max_attempts=1)
+        ab = AsyncBackend(be, timeout=30)
+        try:
+            be.put_bytes("a/obj", DATA)
+
+            async def main():
+                reader, _ = await ab.open_range("a/obj", 0, into=_pieces(1))
+                rest = len(DATA) - MiB - 4321
+                bufs = _pieces(rest // MiB) + [bytearray(rest % MiB)]
+                with trio.fail_after(60):
+                    assert await ab.read_range(reader, bufs) == rest  # exactly up to the last 4321
+                reader.poll_into(memoryview(bytearray(100)), MiB)  # (not to the end: still polled)
+                assert _lowat(reader._sock) == (1 if tls else 4321)
+                reader.close()
+
+            trio.run(main)
+        finally:
+            be.close()
