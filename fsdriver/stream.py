@@ -5,10 +5,11 @@ background task, the *pump*, makes one request (`AsyncBackend.open_range`: a pla
 offset 0, else an open range) and reads its body in chunks, one worker thread call per chunk
 (on the event loop instead where the body can be polled: S3, `AsyncBackend.read_range`): the
 first chunk is ``first`` bytes (the request and a small object's whole content in one thread
-hop), each next one twice the last, up to ``max_chunk`` (and the depth, below).  A chunk is read into buffers that the
-pump allocates on the trio thread, cut at multiples of `PIECE` of the object's offsets (pieces);
-a read is served from them: a read that is one whole piece is that piece itself, a bytearray (the
-kernel's aligned 1 MiB reads: no copy), otherwise a copy of what it asks for (bytes).
+hop), each next one twice the last, up to ``max_chunk`` (and the depth, below).  A chunk is
+read into buffers that the pump allocates on the trio thread, cut at multiples of `PIECE` of the
+object's offsets (pieces); a read is served from them: a read that is one whole piece is that
+piece itself, a bytearray (the kernel's aligned 1 MiB reads: no copy), otherwise a copy of what
+it asks for (bytes).
 
 Flow control: the pump reads ahead while it is less than its *depth* beyond the furthest end of
 a read served, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits
@@ -21,9 +22,9 @@ beyond how far ahead of each other reads arrive (the kernel's read-ahead), so a 
 shortly before the read that takes it, while it is still in the CPU's cache, and the heap reuses
 the same few pieces (a 64 MiB depth made every sequential read fault in and miss the cache on
 64 MiB of pieces; the socket's receive buffer already absorbs the body's bursts).  The pump goes
-on once a piece of the depth is free when its body is read on the event loop (`RangeReader.
-pollable`: S3), else once half of it is (a thread hop per chunk), so it stays between the depth
-less a piece (or half the depth) and the depth ahead.  A read beyond the depth (within the reach)
+on once a piece of the depth is free when its body is read on the event loop
+(`RangeReader.pollable`: S3), else once half of it is (a thread hop per chunk), so it stays
+between the depth less a piece (or half the depth) and the depth ahead.  A read beyond the depth (within the reach)
 is no different from any read that waits: it pulls the pump there.
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
