@@ -8,54 +8,43 @@ directory (``python -m`` imports from the working directory first).  Prints the 
 run and the medians; raw ListObjectsV2 is measured between rounds as the reference.
 """
 
-import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import listing
+from .abrun import parser, revision_tree
 from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ab_ls", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("rev", help="the git revision to compare with (e.g. a commit before a change)")
+    p = parser("python -m bench.ab_ls", __doc__, rounds=3)
     p.add_argument("--files", type=int, default=5000)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--latency-ms", type=float, default=10.0,
-                   help="delay the proxy adds to every S3 request (default 10, as in make bench)")
     args = p.parse_args(argv)
-    other = Path(tempfile.mkdtemp(prefix="stashfs-ab-")) / "tree"
-    subprocess.run(["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(other), args.rev], check=True)
     env = Env(keep=False)
     runs = {args.rev: [], "this checkout": [], "raw ListObjectsV2": []}
     cwd = os.getcwd()
     try:
-        env.start()
-        listing.make_many(env, args.files)
-        env.proxy.latency = args.latency_ms / 1000
-        for i in range(args.rounds):
-            for name, tree in ((args.rev, other), ("this checkout", HERE)):
-                print(f"ab_ls: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                os.chdir(tree)
-                r = listing.mount_ls(env, args.files)
-                runs[name].append(r["seconds"])
-                if r["split"]:
-                    runs[name].append(r["split"]["ls"]["seconds"])
-            os.chdir(cwd)
-            runs["raw ListObjectsV2"].append(listing.raw_listing(env, args.files, repeat=1)["seconds"])
+        with revision_tree(args.rev) as other:
+            env.start()
+            listing.make_many(env, args.files)
+            env.proxy.latency = args.latency_ms / 1000
+            for i in range(args.rounds):
+                for name, tree in ((args.rev, other), ("this checkout", HERE)):
+                    print(f"ab_ls: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
+                    os.chdir(tree)
+                    r = listing.mount_ls(env, args.files)
+                    runs[name].append(r["seconds"])
+                    if r["split"]:
+                        runs[name].append(r["split"]["ls"]["seconds"])
+                os.chdir(cwd)
+                runs["raw ListObjectsV2"].append(listing.raw_listing(env, args.files, repeat=1)["seconds"])
     finally:
         os.chdir(cwd)
         env.close()
-        subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(other)], capture_output=True)
-        shutil.rmtree(other.parent, ignore_errors=True)
     print(f"ls -l of {args.files} objects on S3 (moto), seconds per run")
     for name, values in runs.items():
         print(f"  {name:20} median {statistics.median(values):6.2f}   runs {' '.join(f'{v:.2f}' for v in values)}")

@@ -10,16 +10,13 @@ git worktree, and each mount's ``mountctl``/daemon runs from its version's direc
 ratios to the round's raw GET and of the daemon's CPU seconds per read.
 """
 
-import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import scenarios
+from .abrun import parser, revision_tree
 from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
@@ -27,53 +24,45 @@ MiB = 1 << 20
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ab_read", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("rev", help="the git revision to compare with (e.g. a commit before a change)")
+    p = parser("python -m bench.ab_read", __doc__, rounds=8)
     p.add_argument("--object-mib", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--latency-ms", type=float, default=10.0,
-                   help="delay the proxy adds to every S3 request (default 10, as in make bench)")
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the mounts (default 256M)")
     args = p.parse_args(argv)
     size = args.object_mib * MiB
-    other = Path(tempfile.mkdtemp(prefix="stashfs-ab-")) / "tree"
-    subprocess.run(["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(other), args.rev], check=True)
     env = Env(keep=False)
     names = (args.rev, "this checkout", "bench.s3floor")
     ratios: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     cwd = os.getcwd()
     try:
-        env.start()
-        env.use_bucket("stashfs-ab-read")
-        scenarios.upload_big(env, scenarios.make_local_file(env, size))
-        env.proxy.latency = args.latency_ms / 1000
-        for i in range(args.rounds):
-            raw = scenarios.raw_single_get(env, size)["mb_s"]
-            order = names if i % 2 == 0 else names[::-1]
-            line = []
-            for name in order:
-                print(f"ab_read: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                if name == "bench.s3floor":
-                    r = scenarios.floor_sequential(env, size, f"floor{i}")
-                    seconds = r["cpu_s"]
-                else:
-                    os.chdir(other if name == args.rev else HERE)
-                    try:
-                        r = scenarios.mount_sequential(env, size, args.memory_limit, f"r{i}{names.index(name)}")
-                    finally:
-                        os.chdir(cwd)
-                    seconds = r["daemon_cpu_s"]
-                ratios[name].append(r["mb_s"] / raw)
-                cpu[name].append(seconds)
-                line.append(f"{name} {ratios[name][-1]:.3f} ({seconds:.2f} s)")
-            print(f"round {i + 1}: one GET {raw:.0f} MB/s; " + ", ".join(line), flush=True)
+        with revision_tree(args.rev) as other:
+            env.start()
+            env.use_bucket("stashfs-ab-read")
+            scenarios.upload_big(env, scenarios.make_local_file(env, size))
+            env.proxy.latency = args.latency_ms / 1000
+            for i in range(args.rounds):
+                raw = scenarios.raw_single_get(env, size)["mb_s"]
+                order = names if i % 2 == 0 else names[::-1]
+                line = []
+                for name in order:
+                    print(f"ab_read: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
+                    if name == "bench.s3floor":
+                        r = scenarios.floor_sequential(env, size, f"floor{i}")
+                        seconds = r["cpu_s"]
+                    else:
+                        os.chdir(other if name == args.rev else HERE)
+                        try:
+                            r = scenarios.mount_sequential(env, size, args.memory_limit, f"r{i}{names.index(name)}")
+                        finally:
+                            os.chdir(cwd)
+                        seconds = r["daemon_cpu_s"]
+                    ratios[name].append(r["mb_s"] / raw)
+                    cpu[name].append(seconds)
+                    line.append(f"{name} {ratios[name][-1]:.3f} ({seconds:.2f} s)")
+                print(f"round {i + 1}: one GET {raw:.0f} MB/s; " + ", ".join(line), flush=True)
     finally:
         os.chdir(cwd)
         env.close()
-        subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(other)], capture_output=True)
-        shutil.rmtree(other.parent, ignore_errors=True)
     print(f"S3 sequential read of {args.object_mib} MiB at {args.latency_ms:g} ms per request, "
           f"{args.rounds} rounds: ratio to the round's one GET, daemon CPU s per read (medians)")
     for name in names:

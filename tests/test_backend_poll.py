@@ -67,9 +67,14 @@ async def let_go_once_waiting(reached: threading.Event, go: threading.Event, wat
 
 
 @pytest.fixture
-def proxied(moto_server, s3_url):
-    """(proxy, S3Backend through it) with ``DATA`` stored at a/obj."""
-    with FaultProxy(moto_server.url) as proxy:
+def proxied(request, moto_server, s3_url, tmp_path, monkeypatch):
+    """(proxy, S3Backend through it) with ``DATA`` stored at a/obj; over HTTPS when the test is
+    parametrized so (``indirect``: True), as S3 itself is."""
+    tls = None
+    if getattr(request, "param", False):
+        tls = _self_signed(tmp_path)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(tls[0]))  # (whatever the machine's says)
+    with FaultProxy(moto_server.url, tls=tls) as proxy:
         be = _s3_through(proxy, s3_url, max_attempts=1)
         try:
             be.put_bytes("a/obj", DATA)
@@ -78,12 +83,16 @@ def proxied(moto_server, s3_url):
             be.close()
 
 
+@pytest.mark.parametrize("proxied", [False, True], ids=["http", "https"], indirect=True)
 def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxied):
     """The first bytes come with the request (in a thread); the rest without one: the only
     worker slot is held by the test meanwhile, so a read in a thread could not even start.  The
-    socket is non-blocking while the body is polled (the body held midway: the reader waits with
-    a low-water mark of a quarter MiB), and blocking with its timeout and a mark of 1 again once
-    the body ended; the next request reuses it."""
+    body stops for a while midway (the proxy holds the rest back until the reader waits: over
+    TLS a read then finds no whole record, `ssl.SSLWantReadError`).  The socket is non-blocking
+    while the body is polled, and blocking with its timeout and a mark of 1 again once the body
+    ended; the next request reuses the connection."""
+    import ssl
+
     proxy, be = proxied
     opened = _pool_connections(be)
     let_go = threading.Event()
@@ -95,6 +104,7 @@ def test_a_body_is_read_on_the_loop_and_its_connection_goes_back_as_it_was(proxi
         reader, n = await ab.open_range("a/obj", 0, into=first)
         assert n == MiB and reader.pollable
         sock = reader._sock
+        assert isinstance(sock, ssl.SSLSocket) == proxy.url.startswith("https:")
         timeout = sock.gettimeout()
         got, watch = bytes(first[0]), Watch(reader)
         async with ab.limiter:  # no thread can run a read now
@@ -250,49 +260,6 @@ def _self_signed(directory):
     return cert_path, key_path
 
 
-def test_a_body_over_tls_is_read_on_the_loop_too(tmp_path, monkeypatch, moto_server, s3_url):
-    """S3 itself is HTTPS: the TLS socket is polled as well.  The body stops for a while midway
-    (the proxy holds the rest back until the reader waits): a read then finds no whole TLS record
-    (`ssl.SSLWantReadError`) and waits for the socket, with no worker thread; the connection goes
-    back as it was."""
-    import ssl
-
-    cert, key = _self_signed(tmp_path)
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))  # (whatever the machine's says)
-    with FaultProxy(moto_server.url, tls=(cert, key)) as proxy:
-        be = _s3_through(proxy, s3_url, max_attempts=1)
-        try:
-            be.put_bytes("a/obj", DATA)
-            opened = _pool_connections(be)
-            let_go = threading.Event()
-            proxy.stall, proxy.rule = (2 * MiB + 1000, let_go), (lambda method, path: method == "GET")
-            ab = AsyncBackend(be, max_concurrency=1, timeout=30)
-
-            async def main():
-                reader, n = await ab.open_range("a/obj", 0, into=_pieces(1))
-                assert n == MiB and reader.pollable and isinstance(reader._sock, ssl.SSLSocket)
-                sock, timeout = reader._sock, reader._sock.gettimeout()
-                watch, bufs = Watch(reader), _pieces(5)
-                async with ab.limiter:  # no thread can run a read now
-                    with trio.fail_after(60):
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(let_go_once_waiting, proxy.stalled, let_go, watch)
-                            n = await ab.read_range(reader, bufs)
-                assert n == len(DATA) - MiB and b"".join(bufs)[:n] == DATA[MiB:]
-                assert watch.nones >= 1
-                assert not reader.pollable and sock.gettimeout() == timeout and _lowat(sock) == 1
-                reader.close()
-                assert await ab.get_range("a/obj", 3, 8) == DATA[3:8]
-
-            try:
-                trio.run(main)
-            finally:
-                let_go.set()
-            assert _pool_connections(be) == opened  # the same TLS connection throughout
-        finally:
-            be.close()
-
-
 def _read_held_tls_body(tmp_path, monkeypatch, **server):
     """The body of ``DATA`` from a `PacedTLSServer` (held where ``server`` says, let go once the
     reader waits): its first MiB read with the request (a thread), the rest polled.  Returns
@@ -344,29 +311,21 @@ def test_over_tls_the_last_record_held_midway_is_waited_for_not_until_the_bound(
     assert got == DATA and requests == 1
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_the_low_water_mark_near_the_end_is_what_the_body_has_left(tls, tmp_path, monkeypatch, moto_server, s3_url):
+@pytest.mark.parametrize("proxied", [False, True], ids=["http", "https"], indirect=True)
+def test_the_low_water_mark_near_the_end_is_what_the_body_has_left(proxied):
     """4321 bytes before the end the mark is 4321, not a quarter MiB that will never arrive;
     over TLS one record less (OpenSSL may hold part of the last record already): 1."""
-    if tls:
-        cert, key = _self_signed(tmp_path)
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
-    with FaultProxy(moto_server.url, tls=(cert, key) if tls else None) as proxy:
-        be = _s3_through(proxy, s3_url, max_attempts=1)
-        ab = AsyncBackend(be, timeout=30)
-        try:
-            be.put_bytes("a/obj", DATA)
+    proxy, be = proxied
+    ab = AsyncBackend(be, timeout=30)
 
-            async def main():
-                reader, _ = await ab.open_range("a/obj", 0, into=_pieces(1))
-                rest = len(DATA) - MiB - 4321
-                bufs = _pieces(rest // MiB) + [bytearray(rest % MiB)]
-                with trio.fail_after(60):
-                    assert await ab.read_range(reader, bufs) == rest  # exactly up to the last 4321
-                reader.poll_into(memoryview(bytearray(100)), MiB)  # (not to the end: still polled)
-                assert _lowat(reader._sock) == (1 if tls else 4321)
-                reader.close()
+    async def main():
+        reader, _ = await ab.open_range("a/obj", 0, into=_pieces(1))
+        rest = len(DATA) - MiB - 4321
+        bufs = _pieces(rest // MiB) + [bytearray(rest % MiB)]
+        with trio.fail_after(60):
+            assert await ab.read_range(reader, bufs) == rest  # exactly up to the last 4321
+        reader.poll_into(memoryview(bytearray(100)), MiB)  # (not to the end: still polled)
+        assert _lowat(reader._sock) == (1 if proxy.url.startswith("https:") else 4321)
+        reader.close()
 
-            trio.run(main)
-        finally:
-            be.close()
+    trio.run(main)

@@ -1,0 +1,34 @@
+"""What the A/B tools share (`bench.ab_ls`, `bench.ab_read`): their common options, and the
+revision compared with, checked out into a temporary git worktree.  A mount started with that
+tree as the working directory runs its version: ``mountctl`` and the daemon run as ``python -m``,
+which imports from the working directory first."""
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .harness import REPO
+
+
+def parser(prog: str, doc: str, rounds: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rev", help="the git revision to compare with (e.g. a commit before a change)")
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--latency-ms", type=float, default=10.0,
+                   help="delay the proxy adds to every S3 request (default 10, as in make bench)")
+    return p
+
+
+@contextlib.contextmanager
+def revision_tree(rev: str):
+    """The path of ``rev`` checked out (removed afterwards)."""
+    other = Path(tempfile.mkdtemp(prefix="stashfs-ab-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(other), rev], check=True)
+    try:
+        yield other
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], capture_output=True)
+        shutil.rmtree(other.parent, ignore_errors=True)
