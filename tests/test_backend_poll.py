@@ -10,10 +10,11 @@ import pytest
 import trio
 
 from fsdriver.backend.aio import AsyncBackend
-from fsdriver.backend.s3_body import LOWAT, TLS_RECORD
+from fsdriver.backend.s3_body import LOWAT
 from fsdriver.errors import Unavailable
 
 from .faultproxy import FaultProxy
+from .pacedtls import self_signed
 from .test_backend_open_range import _pool_connections, _s3_through
 
 MiB = 1 << 20
@@ -72,7 +73,7 @@ def proxied(request, moto_server, s3_url, tmp_path, monkeypatch):
     parametrized so (``indirect``: True), as S3 itself is."""
     tls = None
     if getattr(request, "param", False):
-        tls = _self_signed(tmp_path)
+        tls = self_signed(tmp_path)
         monkeypatch.setenv("AWS_CA_BUNDLE", str(tls[0]))  # (whatever the machine's says)
     with FaultProxy(moto_server.url, tls=tls) as proxy:
         be = _s3_through(proxy, s3_url, max_attempts=1)
@@ -234,32 +235,6 @@ def test_a_body_that_stalls_is_unavailable_at_the_bound_and_the_loop_goes_on(pro
         let_go.set()
 
 
-def _self_signed(directory):
-    """A certificate for 127.0.0.1 and its key, as files: (cert, key)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def _read_held_tls_body(tmp_path, monkeypatch, **server):
     """The body of ``DATA`` from a `PacedTLSServer` (held where ``server`` says, let go once the
     reader waits): its first MiB read with the request (a thread), the rest polled.  Returns
@@ -268,7 +243,7 @@ def _read_held_tls_body(tmp_path, monkeypatch, **server):
 
     from .pacedtls import PacedTLSServer
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     with PacedTLSServer(cert, key, DATA, **server) as srv:
         be = S3Backend("paced", "data", endpoint_url=srv.url, max_attempts=1)

@@ -67,6 +67,27 @@ def test_a_sequential_read_is_one_get(s3_mount):
         assert_one_stream(s3_mount, before, s3_mount.status(), len(data), was_behind)
 
 
+def test_a_sequential_read_over_https_is_one_get_of_the_right_bytes(moto_server, s3_url, tmp_path, monkeypatch):
+    """S3 is HTTPS: through the kernel, the stream's body is read on the daemon's event loop
+    from a TLS socket (`fsdriver.backend.s3_body`), with the kernel's read-ahead reads arriving
+    concurrently; the bytes are the object's, from one GET."""
+    from .faultproxy import FaultProxy
+    from .pacedtls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))  # (the daemon's and this test's clients)
+    with FaultProxy(moto_server.url, tls=(cert, key)) as proxy:
+        with mounted(tmp_path, s3_url, dict(os.environ, AWS_ENDPOINT_URL=proxy.url)) as m:
+            data = os.urandom(40 * MiB + 12345)
+            m.backend.put_bytes("pipeline/tls/big", data)
+            path = m.path / "pipeline" / "tls" / "big"
+            os.stat(path)
+            before, was_behind = m.status(), behind(m)
+            assert read_sequentially(path) == data
+            assert_one_stream(m, before, m.status(), len(data), was_behind)
+            m.umount()  # (before the proxy goes)
+
+
 def test_a_seek_mid_stream_reads_the_right_bytes(s3_mount):
     data = os.urandom(64 * MiB)
     s3_mount.backend.put_bytes("pipeline/seq/obj", data)
