@@ -1,0 +1,45 @@
+"""The A/B tools (`bench.ab_read`, `bench.ab_ls`): one small round each against HEAD, through
+real mounts and a moto server of their own: every variant measured and printed, and the
+revision's temporary worktree removed afterwards."""
+
+import os
+import subprocess
+
+import pytest
+
+from bench import ab_ls, ab_read
+from bench.harness import REPO
+
+
+def _git_checkout() -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode == 0
+
+
+pytestmark = [pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+              pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout (REV is checked out)")]
+
+
+def _ab_worktrees() -> list[str]:
+    out = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "stashfs-ab-" in line]
+
+
+def _figure(out: str, name: str, word: str) -> float:
+    line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+    return float(line.split(word, 1)[1].split()[0])
+
+
+def test_ab_read_measures_both_versions_and_the_floor(capsys):
+    assert ab_read.main(["HEAD", "--object-mib", "4", "--rounds", "1", "--latency-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    for name in ("HEAD", "this checkout", "bench.s3floor"):
+        assert _figure(out, name, "ratio") > 0, out
+    assert not _ab_worktrees()
+
+
+def test_ab_ls_measures_both_versions_and_the_raw_listing(capsys):
+    assert ab_ls.main(["HEAD", "--files", "30", "--rounds", "1", "--latency-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    for name in ("HEAD", "this checkout", "raw ListObjectsV2"):
+        assert _figure(out, name, "median") > 0, out
+    assert not _ab_worktrees()
