@@ -10,9 +10,10 @@ atomically, as with a single put.
 
 What holds:
 
-- **Parts are read back from the staged file**, not kept: a part in flight holds its size in the
-  memory budget until its request ends; at most ``limiter`` parts are in flight (all files
-  together).
+- **Parts are read back from the staged file**, not kept, into buffers reused from one part to
+  the next (`fsdriver.backend.partbuf`; botocore hashes and sends views of them, no copies): a
+  buffer is counted in the memory budget from its mapping until no part is in flight any more;
+  at most ``limiter`` parts are in flight (all files together), so at most that many buffers.
 - **A part is "done" only while unchanged since its upload.**  Every change of the staged file
   (write, truncate) bumps the generation of the parts it touches, after its bytes are in the file;
   a part upload records its result only if the generation it read is still current, so a write
@@ -53,6 +54,7 @@ import trio
 
 from .backend.base import MULTIPART_THRESHOLD, PART_SIZE, ObjectInfo
 from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
+from .backend.partbuf import PartBuffers, read_into
 from .supervise import spawn
 
 if TYPE_CHECKING:
@@ -120,6 +122,8 @@ class Streams:
         self.part_size = getattr(sync, "part_size", PART_SIZE)
         self.threshold = max(self.part_size, getattr(sync, "multipart_threshold", MULTIPART_THRESHOLD))
         self.limiter = trio.CapacityLimiter(max(MIN_WORKERS, getattr(sync, "transfer_workers", 1)))
+        self.buffers = PartBuffers(self.part_size)  # what parts are read into (fsdriver.backend.partbuf)
+        self._budget = None  # the memory budget whose reclaimers include the kept buffers
         self.running = 0  # background steps started and not ended
         self._idle = trio.Event()  # set (and replaced) whenever ``running`` drops to 0
         # How much earlier than at close the stored times may be (seconds; see the module doc).
@@ -239,21 +243,52 @@ class Streams:
                 return  # truncated, abandoned or uploaded meanwhile: close() decides
             gen = stream.gen.get(i, 0)
             budget = up.budget
-            if budget is not None:
-                await budget.acquire(length)
+            buf = self.buffers.reuse()  # counted in the budget already
+            if buf is None:
+                if budget is not None:
+                    self._reclaim_from(budget)
+                    await budget.acquire(self.part_size)
+                try:  # (in a worker thread: the kernel fills its pages there)
+                    buf = await trio.to_thread.run_sync(self.buffers.new, limiter=up.cache.io_limiter)
+                except BaseException:
+                    if budget is not None:
+                        budget.release(self.part_size)
+                    raise
+            ended = False  # nothing reads ``buf`` any more (a call that did not end may still)
             try:
-                data = await trio.to_thread.run_sync(_read, staged.path, lo, length, limiter=up.cache.io_limiter)
-                if len(data) != length:
+                data = memoryview(buf)[:length]
+                n = await trio.to_thread.run_sync(_read_into, staged.path, lo, data, limiter=up.cache.io_limiter)
+                if n != length:
+                    ended = True
                     if background:
                         return  # truncated meanwhile
                     raise OSError(f"staged file {staged.path} is shorter than its size")
                 etag = await up.backend.upload_part(stream.key, stream.upload_id, i + 1, data)
-                del data
+                ended = True
             finally:
+                freed = self.buffers.give(buf) if ended else self.buffers.drop(buf)
                 if budget is not None:
-                    budget.release(length)
+                    if budget.waiting:  # someone waits for memory: none kept for the next part
+                        freed += self.buffers.trim()
+                    if freed:
+                        budget.release(freed)
         if stream.gen.get(i, 0) == gen and not stream.closed:
             stream.done[i] = (etag, length)
+
+    def _reclaim_from(self, budget) -> None:
+        """Give the buffers kept for the next part back when memory is short (a reclaimer of
+        ``budget``, registered once)."""
+        if self._budget is budget:
+            return
+        self._budget = budget
+
+        def reclaim() -> int:
+            freed = self.buffers.trim()
+            if freed:
+                budget.release(freed)
+            return freed
+
+        budget.add_reclaimer(reclaim)
 
     async def finish(self, stream: PartStream, node: "Node", staged: "StagedFile",
                      conditions: dict) -> Optional[ObjectInfo]:
@@ -376,11 +411,12 @@ def _seconds(text: Optional[str], default: float) -> float:
 _TIME_FIELDS = frozenset({"mtime", "mtime-nsec", "ctime", "ctime-nsec"})
 
 
-def _read(path, start: int, length: int) -> bytes:
-    """Bytes of the staged file at ``path``, opened anew: a part read in a worker thread never uses
-    the staged file's descriptor, which may be closed (and its number reused) meanwhile."""
+def _read_into(path, start: int, view: memoryview) -> int:
+    """Read the staged file at ``path`` from ``start`` into ``view`` (less only at its end); the
+    bytes read.  The file is opened anew: a part read in a worker thread never uses the staged
+    file's descriptor, which may be closed (and its number reused) meanwhile."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.pread(fd, length, start)
+        return read_into(fd, start, view)
     finally:
         os.close(fd)

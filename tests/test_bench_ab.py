@@ -1,13 +1,15 @@
-"""The A/B tools (`bench.ab_read`, `bench.ab_ls`): one small round each against HEAD, through
+"""The A/B tools (`bench.ab_read`, `bench.ab_write`, `bench.ab_ls`): one small round each against HEAD, through
 real mounts and a moto server of their own: every variant measured and printed, and the
-revision's temporary worktree removed afterwards."""
+revision's temporary worktree removed afterwards (each test checks its own: they may run at the
+same time in other workers)."""
 
+import contextlib
 import os
 import subprocess
 
 import pytest
 
-from bench import ab_ls, ab_read
+from bench import ab_ls, ab_read, ab_write
 from bench.harness import REPO
 
 
@@ -24,22 +26,60 @@ def _ab_worktrees() -> list[str]:
     return [line for line in out.splitlines() if "stashfs-ab-" in line]
 
 
+@pytest.fixture
+def trees(monkeypatch):
+    """``trees(module)`` records the revision trees ``module`` checks out; the list of them."""
+    made = []
+
+    def record(module):
+        checkout = module.revision_tree
+
+        @contextlib.contextmanager
+        def recorded(rev):
+            with checkout(rev) as path:
+                made.append(path)
+                yield path
+
+        monkeypatch.setattr(module, "revision_tree", recorded)
+        return made
+
+    return record
+
+
+def _removed(made: list) -> bool:
+    """Whether the trees in ``made`` (at least one) are gone, from git's list and from the disk."""
+    listed = _ab_worktrees()
+    return bool(made) and not any(p.exists() or any(str(p) in line for line in listed) for p in made)
+
+
 def _figure(out: str, name: str, word: str) -> float:
     line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
     return float(line.split(word, 1)[1].split()[0])
 
 
-def test_ab_read_measures_both_versions_and_the_floor(capsys):
+def test_ab_read_measures_both_versions_and_the_floor(capsys, trees):
+    made = trees(ab_read)
     assert ab_read.main(["HEAD", "--object-mib", "4", "--rounds", "1", "--latency-ms", "0"]) == 0
     out = capsys.readouterr().out
     for name in ("HEAD", "this checkout", "bench.s3floor"):
         assert _figure(out, name, "ratio") > 0, out
-    assert not _ab_worktrees()
+    assert _removed(made)
 
 
-def test_ab_ls_measures_both_versions_and_the_raw_listing(capsys):
+def test_ab_ls_measures_both_versions_and_the_raw_listing(capsys, trees):
+    made = trees(ab_ls)
     assert ab_ls.main(["HEAD", "--files", "30", "--rounds", "1", "--latency-ms", "0"]) == 0
     out = capsys.readouterr().out
     for name in ("HEAD", "this checkout", "raw ListObjectsV2"):
         assert _figure(out, name, "median") > 0, out
-    assert not _ab_worktrees()
+    assert _removed(made)
+
+
+def test_ab_write_measures_both_versions_against_upload_file(capsys, trees):
+    made = trees(ab_write)
+    assert ab_write.main(["HEAD", "--write-mib", "12", "--rounds", "1", "--latency-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    for name in ("HEAD", "this checkout"):
+        assert _figure(out, name, "ratio") > 0, out
+    assert "upload_file" in out
+    assert _removed(made)

@@ -5,6 +5,7 @@ import errno
 import os
 
 import pytest
+import trio
 
 from fsdriver import multipart
 from fsdriver.backend.memory import MemoryBackend
@@ -315,3 +316,80 @@ def test_a_restart_aborts_the_multipart_uploads_a_crash_left(tmp_path):
         assert list((tmp_path / "cache" / "multipart").iterdir()) == []
 
     run_core(tmp_path, body, be)
+
+
+def test_parts_reuse_the_buffers_of_parts_uploaded_and_none_is_kept_afterwards(tmp_path):
+    """While part 1's upload is held, parts 2-6 go up one after another through one buffer (each
+    given back for the next: fsdriver/backend/partbuf.py), counted in the memory budget while it is
+    kept; once no part is in flight no buffer is kept or counted; the object is the data."""
+    from .memcore import entered
+
+    data = blob(6 * MiB)
+
+    async def body(fs, be, nursery):
+        buffers = fs.uploader.streams.buffers
+        gate = be.gate("upload_part")
+        _, fh = await new_file(fs)
+        await fs.write(fh, 0, data[:MiB])
+        await fs.write(fh, MiB, data[MiB:MiB + 1])  # past the threshold: part 1's upload starts
+        await entered(gate)
+        for part in range(2, 7):  # then the others, one at a time
+            end = min(part * MiB + 1, len(data))
+            await fs.write(fh, (part - 1) * MiB + 1, data[(part - 1) * MiB + 1:end])
+            while be.calls["upload_part"] < part:
+                await trio.sleep(0.01)  # polling a count, bounded by run_core's limit
+            await background_idle_but(fs, 1)
+        assert buffers.out == 1 and buffers.made == 2  # part 1's, and one the others shared
+        assert fs.budget.used == 2 * MiB  # both in the memory budget, the one kept too
+        gate.open()
+        await background_done(fs)
+        assert buffers.out == 0 and buffers.held == 0 and fs.budget.used == 0
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert be.contents()["pipeline/p/f"] == data
+        assert be.calls["upload_part"] == 6
+
+    run_core(tmp_path, body, small_parts())
+
+
+async def background_idle_but(fs, n: int) -> None:
+    """Until at most ``n`` background steps are running (bounded by run_core's limit)."""
+    while fs.uploader.streams.running > n:
+        await trio.sleep(0.01)  # polling a count
+
+
+def test_a_buffer_whose_part_failed_is_not_kept_and_kept_ones_go_when_memory_is_short(tmp_path):
+    """Part 1 held; part 2 uploaded (its buffer kept for the next part), part 3 refused: its
+    buffer is not kept. A task that needs more memory than is free gets the kept buffer back
+    (a reclaimer of the budget); the file is uploaded whole at close, intact."""
+    from .memcore import entered
+
+    data = blob(4 * MiB)
+
+    async def body(fs, be, nursery):
+        buffers, budget = fs.uploader.streams.buffers, fs.budget
+        gate = be.gate("upload_part")
+        _, fh = await new_file(fs)
+        await fs.write(fh, 0, data[:MiB + 1])
+        await entered(gate)  # part 1 held
+        await fs.write(fh, MiB + 1, data[MiB + 1:2 * MiB + 1])  # part 2 goes up
+        await background_idle_but(fs, 1)
+        assert buffers.out == 1 and buffers.held == MiB and budget.used == 2 * MiB
+        n = budget.limit - budget.used + 1  # more than is free: reclaimers are asked first
+        await budget.acquire(n)
+        assert buffers.held == 0 and budget.used == MiB + n  # part 1's buffer, and this
+        budget.release(n)
+        be.fail("upload_part", BackendError("injected part failure"))
+        await fs.write(fh, 2 * MiB + 1, data[2 * MiB + 1:3 * MiB + 1])  # part 3: refused
+        await background_idle_but(fs, 1)
+        assert be.calls["upload_part"] == 3
+        assert buffers.out == 1 and buffers.held == 0 and buffers.made == 3  # not kept
+        gate.open()
+        await background_done(fs)
+        assert buffers.out == 0 and budget.used == 0
+        await fs.write(fh, 3 * MiB + 1, data[3 * MiB + 1:])
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert be.contents()["pipeline/p/f"] == data
+
+    run_core(tmp_path, body, small_parts())

@@ -14,6 +14,7 @@
 - botocore errors become `fsdriver.errors` exceptions in `s3_errors` (`fsdriver.backend.s3_errors`).
 """
 
+import concurrent.futures
 import dataclasses
 import email.utils
 import os
@@ -44,6 +45,8 @@ from .s3_errors import s3_errors
 from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEntry, ObjectInfo, check_meta
 from .base import RangeReader
 from .s3_body import BodyReader, EmptyReader
+from .s3_send import ViewBody
+from .partbuf import PartBuffers, read_into
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -395,9 +398,9 @@ class S3Backend(Backend):
     def put_bytes(self, key, data, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
         meta = check_meta(key, meta)
         cond = self._conditions(if_match, if_none_match)
-        if len(data) > self.multipart_threshold:
-            view = memoryview(data)
-            return self._multipart(key, len(data), lambda s, e: bytes(view[s:e]), cond, meta)
+        view = memoryview(data).cast("B")
+        if len(view) > self.multipart_threshold:
+            return self._multipart(key, len(view), view, cond, meta)
         return self._put_object(key, data, len(data), cond, meta)
 
     def put_file(self, key, path, *, if_match=None, if_none_match=False, meta=None) -> ObjectInfo:
@@ -406,13 +409,14 @@ class S3Backend(Backend):
         with open(path, "rb") as f:  # a problem with the local file is the caller's OSError
             size = os.fstat(f.fileno()).st_size
             if size > self.multipart_threshold:
-                fd = f.fileno()
-                return self._multipart(key, size, lambda s, e: os.pread(fd, e - s, s), cond, meta)
+                return self._multipart(key, size, f.fileno(), cond, meta)
             return self._put_object(key, f, size, cond, meta)
 
-    def _multipart(self, key: str, size: int, read_part, cond: dict, meta: dict) -> ObjectInfo:
-        """Upload ``size`` bytes as parallel parts; ``read_part(start, end)`` gives each part."""
+    def _multipart(self, key: str, size: int, source, cond: dict, meta: dict) -> ObjectInfo:
+        """Upload ``size`` bytes of ``source`` (a byte view, or a file descriptor whose parts are
+        read into reused buffers, `fsdriver.backend.partbuf`) as parallel parts."""
         k = self._k(key)
+        buffers = PartBuffers(self.part_size)
         token = uuid.uuid4().hex
         self._check_if_match(key, cond)  # before uploading all of it for nothing
         with self._put_errors(key, {}, creates=True):
@@ -420,10 +424,22 @@ class S3Backend(Backend):
                 Bucket=self.bucket, Key=k, Metadata={**meta, _TOKEN: token})["UploadId"]
 
         def upload(number: int, start: int) -> dict:
-            body = read_part(start, min(start + self.part_size, size))
+            end = min(start + self.part_size, size)
+            if isinstance(source, memoryview):
+                return send(number, source[start:end])
+            buf = buffers.take()
+            try:  # (the call ended in this thread, however: nothing reads ``buf`` after it)
+                body = memoryview(buf)[:end - start]
+                if read_into(source, start, body) != len(body):
+                    raise OSError(f"{key}: the local file is shorter than {size} bytes")
+                return send(number, body)
+            finally:
+                buffers.give(buf)
+
+        def send(number: int, body) -> dict:
             with self._errors(key):
                 r = self.client.upload_part(
-                    Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=number, Body=body
+                    Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=number, Body=ViewBody(body)
                 )
             return {"PartNumber": number, "ETag": r["ETag"]}
 
@@ -447,6 +463,10 @@ class S3Backend(Backend):
         except BaseException:
             for f in futures:
                 f.cancel()
+            # the parts under way end first: they read the caller's file (whose descriptor is
+            # closed on return, its number reused) or bytes, and a part landing after the abort
+            # would keep the upload
+            concurrent.futures.wait(futures)
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
             except (ClientError, BotoCoreError):
@@ -478,7 +498,7 @@ class S3Backend(Backend):
         extra = {"ChecksumAlgorithm": "CRC32"} if sums is not None else {}
         with self._errors(key):
             r = self.client.upload_part(Bucket=self.bucket, Key=self._k(key), UploadId=upload_id,
-                                        PartNumber=number, Body=data, **extra)
+                                        PartNumber=number, Body=ViewBody(data), **extra)
         if sums is not None and r.get("ChecksumCRC32"):
             sums[(number, r["ETag"])] = r["ChecksumCRC32"]
         return r["ETag"]
