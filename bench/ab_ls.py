@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p = parser("python -m bench.ab_ls", __doc__, rounds=3)
     p.add_argument("--files", type=int, default=5000)
     args = p.parse_args(argv)
-    env = Env(keep=False)
+    env = Env(keep=False, tls=args.tls)
     runs = {args.rev: [], "this checkout": [], "raw ListObjectsV2": []}
     cwd = os.getcwd()
     try:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    print(f"ls -l of {args.files} objects on S3 (moto), seconds per run")
+    print(f"ls -l of {args.files} objects on S3 (moto, over {'https' if args.tls else 'http'}), seconds per run")
     for name, values in runs.items():
         print(f"  {name:20} median {statistics.median(values):6.2f}   runs {' '.join(f'{v:.2f}' for v in values)}")
     return 0

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the mounts (default 256M)")
     args = p.parse_args(argv)
     size = args.object_mib * MiB
-    env = Env(keep=False)
+    env = Env(keep=False, tls=args.tls)
     names = (args.rev, "this checkout", "bench.s3floor")
     ratios: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    print(f"S3 sequential read of {args.object_mib} MiB at {args.latency_ms:g} ms per request, "
+    print(f"S3 sequential read of {args.object_mib} MiB over {'https' if args.tls else 'http'} at {args.latency_ms:g} ms per request, "
           f"{args.rounds} rounds: ratio to the round's one GET, daemon CPU s per read (medians)")
     for name in names:
         print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"

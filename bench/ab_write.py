@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--write-mib", type=int, default=128)
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the mounts (default 256M)")
     args = p.parse_args(argv)
-    env = Env(keep=False)
+    env = Env(keep=False, tls=args.tls)
     names = (args.rev, "this checkout")
     ratios: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    print(f"S3 big write of {args.write_mib} MiB at {args.latency_ms:g} ms per request, {args.rounds} rounds: "
+    print(f"S3 big write of {args.write_mib} MiB over {'https' if args.tls else 'http'} at {args.latency_ms:g} ms per request, {args.rounds} rounds: "
           f"ratio to the round's upload_file, daemon CPU s per write (medians)")
     for name in names:
         print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"

@@ -19,6 +19,9 @@ def parser(prog: str, doc: str, rounds: int) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--latency-ms", type=float, default=10.0,
                    help="delay the proxy adds to every S3 request (default 10, as in make bench)")
+    p.add_argument("--tls", action="store_true",
+                   help="the proxy serves HTTPS, as S3 does (a self-signed certificate the clients are "
+                        "given as AWS_CA_BUNDLE); make bench's S3 rows are plain HTTP")
     return p
 
 

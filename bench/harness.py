@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config
 
 from .proxy import CountingProxy
+from .tls import self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # tests.servers is part of the repository, not of the package
@@ -44,9 +45,10 @@ def clean_env() -> dict:
     return env
 
 
-def s3_client(endpoint: str, pool: int = 16):
+def s3_client(endpoint: str, pool: int = 16, verify=None):
+    """``verify``: the CA bundle of an https endpoint (None: boto3's default)."""
     return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        "s3", endpoint_url=endpoint, region_name="us-east-1", verify=verify,
         config=Config(max_pool_connections=pool, s3={"addressing_style": "path"},
                       retries={"mode": "standard", "max_attempts": 3}),
     )
@@ -213,8 +215,11 @@ class FloorMount:
 class Env:
     """Temp dir, moto server, counting proxy and boto3 clients for one benchmark run."""
 
-    def __init__(self, keep: bool = False):
+    def __init__(self, keep: bool = False, tls: bool = False):
+        """``tls``: the proxy serves HTTPS (a self-signed certificate that every client of it, the
+        mounts' daemons included, is given as ``AWS_CA_BUNDLE``), as S3 does."""
         self.keep = keep
+        self.tls = tls
         self.root = Path(tempfile.mkdtemp(prefix="stashfs-bench-", dir="/tmp"))
         self.child_env = clean_env()
         self.mounts: list[Mount] = []
@@ -232,9 +237,14 @@ class Env:
         os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
         self.moto = MotoServer(self.root)
         self.moto.start()
-        self.proxy = CountingProxy(self.moto.url).start()
+        cert = None
+        if self.tls:
+            cert, key = self_signed(self.root)
+            self.child_env["AWS_CA_BUNDLE"] = str(cert)
+        self.proxy = CountingProxy(self.moto.url, tls=(cert, key) if cert else None).start()
         self.direct = s3_client(self.moto.url, pool=32)  # set-up only: not counted
-        self.raw = s3_client(self.proxy.url, pool=32)  # the references: counted by the proxy
+        # the references: counted by the proxy
+        self.raw = s3_client(self.proxy.url, pool=32, verify=str(cert) if cert else None)
         self.direct.create_bucket(Bucket=BUCKET)
         return self
 

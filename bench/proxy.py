@@ -33,6 +33,7 @@ free port, in daemon threads, and is shut down by `stop()` (or the context manag
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -310,7 +311,8 @@ class _Server(ThreadingHTTPServer):
 class CountingProxy:
     """``with CountingProxy("http://127.0.0.1:5000") as proxy: ... proxy.url, proxy.counts``"""
 
-    def __init__(self, upstream_url: str):
+    def __init__(self, upstream_url: str, tls: "tuple | None" = None):
+        """``tls``: (certificate, key) files: it serves HTTPS with them (as S3 does)."""
         up = urlsplit(upstream_url)
         if up.scheme != "http" or up.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the bench proxy only forwards to a loopback http server, not {upstream_url}")
@@ -320,6 +322,13 @@ class CountingProxy:
         self._server.upstream_port = up.port or 80
         self._server.counts = self.counts
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            # (each connection's handshake happens in its own handler thread, on its first read)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+            self.url = self.url.replace("http://", "https://")
         self._thread: threading.Thread | None = None
 
     def start(self) -> "CountingProxy":

@@ -3,7 +3,8 @@ read on the trio thread, so `make bench` can show what the row's target asks of 
 
 ``python -m bench.s3floor URL SIZE MOUNTPOINT`` mounts a directory holding one file, ``object``,
 of ``SIZE`` bytes, until unmounted (``fusermount3 -u``).  Each ``open`` of it sends one GET of
-``URL`` (an ``http://`` presigned URL of the object: signed once by the harness, no boto3 here);
+``URL`` (a presigned URL of the object: signed once by the harness, no boto3 here; over
+``https://`` the certificate is checked against ``AWS_CA_BUNDLE`` when set, as boto3 does);
 each read is answered with the next bytes of that body, read straight from the socket on the trio
 thread into the reply's buffer (one copy, no thread hop, no read-ahead buffer, no budget).  The
 least any pyfuse3 daemon does to hand a streamed object to a sequential reader: the socket read
@@ -16,6 +17,8 @@ server stalls every request (the socket is read on the trio thread, as nothing r
 
 import errno
 import http.client
+import os
+import ssl
 import stat
 import sys
 import urllib.parse
@@ -33,9 +36,10 @@ class S3Floor(pyfuse3.Operations):
     def __init__(self, url: str, size: int):
         super().__init__()
         u = urllib.parse.urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
-            raise ValueError("an http:// URL of the object is needed")
-        self.host, self.port, self.size = u.hostname, u.port or 80, size
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("an http:// or https:// URL of the object is needed")
+        self.host, self.port, self.size = u.hostname, u.port or (443 if u.scheme == "https" else 80), size
+        self.tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")) if u.scheme == "https" else None
         self.target = u.path + (f"?{u.query}" if u.query else "")
         self.bodies: dict[int, tuple[http.client.HTTPConnection, http.client.HTTPResponse, list[int]]] = {}
         self.next_fh = 1
@@ -64,7 +68,10 @@ class S3Floor(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if inode != INODE:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        if self.tls is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=60, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             conn.request("GET", self.target)
             resp = conn.getresponse()

@@ -9,7 +9,6 @@ many bytes, with ``stall`` it stops there until an event is set (a server that s
 It serves HTTPS when given a certificate.
 """
 
-import ssl
 import threading
 
 from bench.proxy import CountingProxy, _Handler
@@ -92,14 +91,7 @@ class FaultProxy(CountingProxy):
 
     def __init__(self, upstream_url: str, tls: "tuple[str, str] | None" = None):
         """``tls``: (certificate, key) files: it serves HTTPS with them (as S3 does)."""
-        super().__init__(upstream_url)
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*map(str, tls))
-            # (each connection's handshake happens in its own handler thread, on its first read)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
-                                                      do_handshake_on_connect=False)
-            self.url = self.url.replace("http://", "https://")
+        super().__init__(upstream_url, tls=tls)
         self._server.RequestHandlerClass = _FaultHandler
         self._server.rule = None
         self._server.refusal = None  # (status, code): refuse matching requests instead of losing answers

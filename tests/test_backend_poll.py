@@ -304,3 +304,71 @@ def test_the_low_water_mark_near_the_end_is_what_the_body_has_left(proxied):
         reader.close()
 
     trio.run(main)
+
+
+def test_over_tls_one_poll_takes_every_record_that_arrived_not_one(tmp_path, monkeypatch):
+    """Records of 1000 bytes, the server stopped 300,000 bytes past the first MiB: a TLS read
+    returns one record, but a poll keeps reading the records that arrived (a poll per record costs
+    several times the read), so three polls take the 300,000 bytes, not 3,000 of them; the
+    bytes are the body's."""
+    from fsdriver.backend.s3 import S3Backend
+
+    from .pacedtls import PacedTLSServer
+
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    with PacedTLSServer(cert, key, DATA, record=1000, hold=MiB + 300_000) as srv:
+        be = S3Backend("paced", "data", endpoint_url=srv.url, max_attempts=1)
+        try:
+            reader = be.open_range("a/obj", 0)
+            first = bytearray(MiB)
+            assert reader.read_into([first]) == MiB  # (as the request's thread reads it)
+            assert srv.reached.wait(60)  # everything up to the stop was sent
+            buf = bytearray(MiB)
+            view, got = memoryview(buf), 0
+            for _ in range(3):
+                k = reader.poll_into(view[got:])
+                got += k or 0
+            assert got >= 290_000
+            assert bytes(first) + bytes(buf[:got]) == DATA[:MiB + got]
+            srv.go.set()
+            reader.close()
+        finally:
+            be.close()
+
+
+def test_a_socket_error_after_records_were_read_comes_after_those_bytes():
+    """The reads after the first in one poll stop at an error: the bytes read before it are
+    returned, and the error is raised by the next poll (`_failed`), not lost."""
+    from botocore.exceptions import ResponseStreamingError
+
+    from fsdriver.backend.s3_body import BodyReader
+
+    class Socket:  # a TLS socket whose third read finds the connection reset
+        def __init__(self):
+            self.reads = 0
+
+        def recv_into(self, view, n):
+            self.reads += 1
+            if self.reads == 3:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            view[:10] = b"x" * 10
+            return 10
+
+    reader = BodyReader.__new__(BodyReader)  # (only what the records' loop uses)
+    reader._failed = None
+    got = reader._more_records(Socket(), memoryview(bytearray(100)))
+    assert got == 20 and isinstance(reader._failed, ConnectionResetError)
+    reader._closing, reader._direct, reader._sock, reader._saved = False, object(), None, None
+    reader.errors = _no_mapping
+    with pytest.raises(ResponseStreamingError):
+        reader.poll_into(memoryview(bytearray(10)))
+    assert reader._failed is None
+
+
+class _no_mapping:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

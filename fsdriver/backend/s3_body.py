@@ -18,7 +18,9 @@ what has arrived (the bytes http.client buffered first, on their own; then from 
 directly), or None when nothing has yet; the caller waits for the socket (`BodyReader.wait_fd`).
 The socket's low-water mark (``SO_RCVLOWAT``) is raised to `LOWAT`, never above what the caller
 needs or the body still has to give (over TLS one record less), so that the caller wakes once per
-quarter MiB that arrived, not per packet.  A thread hop per chunk costs more CPU time than the
+quarter MiB that arrived, not per packet.  Over TLS a socket read returns one record (16 KiB at
+most): a poll goes on reading the records that have arrived, as one read of a plain socket takes
+all of it, and an error met after some of them is raised by the next poll, after their bytes.  A thread hop per chunk costs more CPU time than the
 read itself (futex wake-ups, the wake-up socket, epoll); on a 2-core machine every CPU second
 the daemon spends is one the server, the proxy or the reader does not get.  The socket's
 blocking mode, timeout and low-water mark are put back when the body ends (read to its end,
@@ -93,6 +95,7 @@ class BodyReader(RangeReader):
         self._lowat = 0  # the low-water mark set while polled
         self._drained = False  # http.client's buffer is empty: polls read the socket directly
         self.wants_write = False  # the last poll needs the socket writable (TLS), not readable
+        self._failed: "Exception | None" = None  # a socket error met after bytes the poll returned
 
     @property
     def direct(self) -> bool:
@@ -120,13 +123,18 @@ class BodyReader(RangeReader):
             fp = self._direct
             if fp is None:  # finished (`_finish`): the layers say what is left (nothing)
                 return self.body.readinto(view)
+            if self._failed is not None:  # met after bytes read before it were returned
+                failed, self._failed = self._failed, None
+                self._unpoll()
+                raise ResponseStreamingError(error=failed) from None
             want = min(len(view), fp.length)
             sock = self._sock
             if self._saved is None:
                 self._saved = (sock.gettimeout(), sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
                 sock.settimeout(0)
             mark = min(LOWAT, len(view) if need is None else need, fp.length)
-            if isinstance(sock, ssl.SSLSocket):  # OpenSSL may hold part of a record already
+            tls = isinstance(sock, ssl.SSLSocket)
+            if tls:  # OpenSSL may hold part of a record already
                 mark -= TLS_RECORD
             self._set_lowat(max(1, mark))
             self.wants_write = False
@@ -134,6 +142,8 @@ class BodyReader(RangeReader):
                 n = self._buffered_into(fp, view[:want]) if not self._drained else None
                 if n is None and self._drained:
                     n = sock.recv_into(view[:want], want)
+                    if tls and n:
+                        n += self._more_records(sock, view[n:want])
             except ssl.SSLWantWriteError:
                 self.wants_write = True
                 return None
@@ -147,6 +157,26 @@ class BodyReader(RangeReader):
             if n:
                 fp.length -= n  # as http.client's own reads count it
             return self._count(n)
+
+    def _more_records(self, sock: ssl.SSLSocket, view: memoryview) -> int:
+        """After a TLS read: the records that have arrived since, into ``view``, without blocking.
+        A TLS read returns one record (at most 16 KiB) where a plain socket's returns all that
+        arrived, and a call of `poll_into` per record costs several times the read itself.  Stops
+        at the first read that would block; an error is kept for the next call (`_failed`), after
+        the bytes read before it."""
+        got = 0
+        while got < len(view):
+            try:
+                k = sock.recv_into(view[got:], len(view) - got)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self._failed = e
+                break
+            if not k:
+                break
+            got += k
+        return got
 
     def _buffered_into(self, fp: http.client.HTTPResponse, view: memoryview) -> "int | None":
         """The bytes http.client's buffer holds (read with the headers, or left by a read in a
