@@ -57,10 +57,13 @@ def _figure(out: str, name: str, word: str) -> float:
     return float(line.split(word, 1)[1].split()[0])
 
 
-def test_ab_read_measures_both_versions_and_the_floor(capsys, trees):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_ab_read_measures_both_versions_and_the_floor(capsys, trees, tls):
     made = trees(ab_read)
-    assert ab_read.main(["HEAD", "--object-mib", "4", "--rounds", "1", "--latency-ms", "0"]) == 0
+    assert ab_read.main(["HEAD", "--object-mib", "4", "--rounds", "1", "--latency-ms", "0"]
+                        + (["--tls"] if tls else [])) == 0
     out = capsys.readouterr().out
+    assert ("over https" if tls else "over http ") in out
     for name in ("HEAD", "this checkout", "bench.s3floor"):
         assert _figure(out, name, "ratio") > 0, out
     assert _removed(made)
