@@ -3,6 +3,7 @@ worker thread, bounded as a read in a thread is, and the connection given back t
 was (blocking, its timeout, its low-water mark), through a real HTTP server (moto) and proxy."""
 
 import os
+import select
 import socket
 import threading
 
@@ -306,69 +307,93 @@ def test_the_low_water_mark_near_the_end_is_what_the_body_has_left(proxied):
     trio.run(main)
 
 
-def test_over_tls_one_poll_takes_every_record_that_arrived_not_one(tmp_path, monkeypatch):
-    """Records of 1000 bytes, the server stopped 300,000 bytes past the first MiB: a TLS read
-    returns one record, but a poll keeps reading the records that arrived (a poll per record costs
-    several times the read), so three polls take the 300,000 bytes, not 3,000 of them; the
-    bytes are the body's."""
+def _paced_reader(srv):
+    """(backend, reader) of ``DATA`` from ``srv``, the first MiB read (as the request's thread reads
+    it), once the server sent everything up to its stop."""
     from fsdriver.backend.s3 import S3Backend
 
+    be = S3Backend("paced", "data", endpoint_url=srv.url, max_attempts=1)
+    reader = be.open_range("a/obj", 0)
+    first = bytearray(MiB)
+    assert reader.read_into([first]) == MiB and bytes(first) == DATA[:MiB]
+    assert srv.reached.wait(60)
+    return be, reader
+
+
+def _poll_until(reader, view: memoryview, want: int) -> "tuple[int, int]":
+    """Poll ``reader`` into ``view`` until ``want`` bytes came, waiting for its socket when a poll
+    has none yet (bounded); (bytes, polls that returned bytes)."""
+    got = polls = 0
+    while got < want:
+        k = reader.poll_into(view[got:])
+        if k is None:
+            assert select.select([reader.wait_fd()], [], [], 30)[0], "no bytes arrived within 30 s"
+        else:
+            assert k > 0
+            got, polls = got + k, polls + 1
+    return got, polls
+
+
+def test_over_tls_one_poll_takes_every_record_that_arrived_not_one(tmp_path, monkeypatch):
+    """Records of 1000 bytes, the server stopped 300,000 bytes past the first MiB: a TLS read
+    returns one record, but a poll goes on reading the records that arrived (a poll per record
+    costs several times the read): a few polls take them all, not 300; the bytes are the body's."""
     from .pacedtls import PacedTLSServer
 
     cert, key = self_signed(tmp_path)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     with PacedTLSServer(cert, key, DATA, record=1000, hold=MiB + 300_000) as srv:
-        be = S3Backend("paced", "data", endpoint_url=srv.url, max_attempts=1)
+        be, reader = _paced_reader(srv)
         try:
-            reader = be.open_range("a/obj", 0)
-            first = bytearray(MiB)
-            assert reader.read_into([first]) == MiB  # (as the request's thread reads it)
-            assert srv.reached.wait(60)  # everything up to the stop was sent
             buf = bytearray(MiB)
-            view, got = memoryview(buf), 0
-            for _ in range(3):
-                k = reader.poll_into(view[got:])
-                got += k or 0
-            assert got >= 290_000
-            assert bytes(first) + bytes(buf[:got]) == DATA[:MiB + got]
+            got, polls = _poll_until(reader, memoryview(buf), 300_000)
+            assert polls <= 10, f"{polls} polls for {got} bytes"
+            assert bytes(buf[:got]) == DATA[MiB:MiB + got]
             srv.go.set()
             reader.close()
         finally:
             be.close()
 
 
-def test_a_socket_error_after_records_were_read_comes_after_those_bytes():
-    """The reads after the first in one poll stop at an error: the bytes read before it are
-    returned, and the error is raised by the next poll (`_failed`), not lost."""
-    from botocore.exceptions import ResponseStreamingError
+def test_over_tls_a_reset_after_records_were_read_comes_after_their_bytes(tmp_path, monkeypatch):
+    """The connection is reset while a poll reads the records that arrived: the poll returns the
+    bytes it read before (the body's, counted), the next poll raises Unavailable, and the socket
+    is put back as it was (blocking, its timeout)."""
+    from .pacedtls import PacedTLSServer
 
-    from fsdriver.backend.s3_body import BodyReader
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    with PacedTLSServer(cert, key, DATA, record=1000, hold=MiB + 300_000) as srv:
+        be, reader = _paced_reader(srv)
+        try:
+            sock = reader._sock
+            timeout, length = sock.gettimeout(), reader._direct.length
+            real, reads = sock.recv_into, [0]
 
-    class Socket:  # a TLS socket whose third read finds the connection reset
-        def __init__(self):
-            self.reads = 0
+            def reset_at_the_tenth(view, n=0):
+                reads[0] += 1
+                if reads[0] == 10:
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return real(view, n)
 
-        def recv_into(self, view, n):
-            self.reads += 1
-            if self.reads == 3:
-                raise ConnectionResetError(104, "Connection reset by peer")
-            view[:10] = b"x" * 10
-            return 10
-
-    reader = BodyReader.__new__(BodyReader)  # (only what the records' loop uses)
-    reader._failed = None
-    got = reader._more_records(Socket(), memoryview(bytearray(100)))
-    assert got == 20 and isinstance(reader._failed, ConnectionResetError)
-    reader._closing, reader._direct, reader._sock, reader._saved = False, object(), None, None
-    reader.errors = _no_mapping
-    with pytest.raises(ResponseStreamingError):
-        reader.poll_into(memoryview(bytearray(10)))
-    assert reader._failed is None
-
-
-class _no_mapping:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+            sock.recv_into = reset_at_the_tenth
+            buf = bytearray(MiB)
+            view, got, met = memoryview(buf), 0, None
+            with pytest.raises(Unavailable):
+                while True:
+                    k = reader.poll_into(view[got:])
+                    if k is None:
+                        assert select.select([reader.wait_fd()], [], [], 30)[0]
+                    else:
+                        got += k
+                        if reads[0] >= 10 and met is None:
+                            met = k  # the poll in which the reset happened
+            assert met, "the poll that met the reset returned no bytes"
+            assert 0 < got < 10 * 1000 and reads[0] == 10  # the records before the reset
+            assert bytes(buf[:got]) == DATA[MiB:MiB + got]
+            assert length - reader._direct.length == got  # counted as read
+            assert sock.gettimeout() == timeout  # put back
+            srv.go.set()
+            reader.close()
+        finally:
+            be.close()

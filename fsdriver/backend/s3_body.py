@@ -18,11 +18,12 @@ what has arrived (the bytes http.client buffered first, on their own; then from 
 directly), or None when nothing has yet; the caller waits for the socket (`BodyReader.wait_fd`).
 The socket's low-water mark (``SO_RCVLOWAT``) is raised to `LOWAT`, never above what the caller
 needs or the body still has to give (over TLS one record less), so that the caller wakes once per
-quarter MiB that arrived, not per packet.  Over TLS a socket read returns one record (16 KiB at
-most): a poll goes on reading the records that have arrived, as one read of a plain socket takes
-all of it, and an error met after some of them is raised by the next poll, after their bytes.  A thread hop per chunk costs more CPU time than the
+quarter MiB that arrived, not per packet.  A thread hop per chunk costs more CPU time than the
 read itself (futex wake-ups, the wake-up socket, epoll); on a 2-core machine every CPU second
-the daemon spends is one the server, the proxy or the reader does not get.  The socket's
+the daemon spends is one the server, the proxy or the reader does not get.  Over TLS a socket
+read returns one record (16 KiB at most): a poll goes on reading the records that have arrived,
+as one read of a plain socket takes all of it; an error met after some of them is raised by the
+next poll, after their bytes (a read that must write first is left to the next poll too).  The socket's
 blocking mode, timeout and low-water mark are put back when the body ends (read to its end,
 stopped early or closed), before the connection goes back to the pool.
 """
