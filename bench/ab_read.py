@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    print(f"S3 sequential read of {args.object_mib} MiB over {'https' if args.tls else 'http'} at {args.latency_ms:g} ms per request, "
+    scheme = "https" if args.tls else "http"
+    print(f"S3 sequential read of {args.object_mib} MiB over {scheme} at {args.latency_ms:g} ms per request, "
           f"{args.rounds} rounds: ratio to the round's one GET, daemon CPU s per read (medians)")
     for name in names:
         print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"

@@ -63,8 +63,9 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    print(f"S3 big write of {args.write_mib} MiB over {'https' if args.tls else 'http'} at {args.latency_ms:g} ms per request, {args.rounds} rounds: "
-          f"ratio to the round's upload_file, daemon CPU s per write (medians)")
+    scheme = "https" if args.tls else "http"
+    print(f"S3 big write of {args.write_mib} MiB over {scheme} at {args.latency_ms:g} ms per request, "
+          f"{args.rounds} rounds: ratio to the round's upload_file, daemon CPU s per write (medians)")
     for name in names:
         print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"
               f"   CPU {statistics.median(cpu[name]):.3f} s")
