@@ -11,12 +11,11 @@ ratios to the round's raw GET and of the daemon's CPU seconds per read.
 """
 
 import os
-import statistics
 import sys
 from pathlib import Path
 
 from . import scenarios
-from .abrun import parser, revision_tree
+from .abrun import parser, revision_tree, summary
 from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
@@ -63,12 +62,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    scheme = "https" if args.tls else "http"
-    print(f"S3 sequential read of {args.object_mib} MiB over {scheme} at {args.latency_ms:g} ms per request, "
-          f"{args.rounds} rounds: ratio to the round's one GET, daemon CPU s per read (medians)")
-    for name in names:
-        print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"
-              f"   CPU {statistics.median(cpu[name]):.3f} s")
+    summary(args, f"S3 sequential read of {args.object_mib} MiB", "one GET", "read", names, ratios, cpu)
     return 0
 
 

@@ -14,12 +14,11 @@ CPU seconds per write.
 """
 
 import os
-import statistics
 import sys
 from pathlib import Path
 
 from . import writes
-from .abrun import parser, revision_tree
+from .abrun import parser, revision_tree, summary
 from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
@@ -63,12 +62,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         env.close()
-    scheme = "https" if args.tls else "http"
-    print(f"S3 big write of {args.write_mib} MiB over {scheme} at {args.latency_ms:g} ms per request, "
-          f"{args.rounds} rounds: ratio to the round's upload_file, daemon CPU s per write (medians)")
-    for name in names:
-        print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"
-              f"   CPU {statistics.median(cpu[name]):.3f} s")
+    summary(args, f"S3 big write of {args.write_mib} MiB", "upload_file", "write", names, ratios, cpu)
     return 0
 
 

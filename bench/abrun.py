@@ -6,6 +6,7 @@ which imports from the working directory first."""
 import argparse
 import contextlib
 import shutil
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -35,3 +36,14 @@ def revision_tree(rev: str):
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], capture_output=True)
         shutil.rmtree(other.parent, ignore_errors=True)
+
+
+def summary(args, what: str, reference: str, per: str, names, ratios: dict, cpu: dict) -> None:
+    """Print the medians (and means) of every variant's ratios to the round's ``reference`` and of
+    its daemon's CPU seconds per ``per``."""
+    scheme = "https" if args.tls else "http"
+    print(f"{what} over {scheme} at {args.latency_ms:g} ms per request, {args.rounds} rounds: "
+          f"ratio to the round's {reference}, daemon CPU s per {per} (medians)")
+    for name in names:
+        print(f"  {name:20} ratio {statistics.median(ratios[name]):.3f} (mean {statistics.mean(ratios[name]):.3f})"
+              f"   CPU {statistics.median(cpu[name]):.3f} s")
