@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Optional
 import trio
 
 from .backend.base import MULTIPART_THRESHOLD, PART_SIZE, ObjectInfo
-from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .backend.partbuf import PartBuffers, read_into
+from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .supervise import spawn
 
 if TYPE_CHECKING:

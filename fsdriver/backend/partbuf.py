@@ -8,8 +8,9 @@ into memory used before 0.8 ms, more than hashing the part for its signature.  `
 hands out part-sized buffers and takes back those of parts that were uploaded, for the next part;
 when no part is in flight any more, it lets them all go, so that no memory is held between
 uploads.  The mount counts every buffer in its memory budget from its mapping until it is let go
-(`fsdriver.multipart`): one kept for the next part is memory the daemon holds.  A new buffer is mapped with
-``MAP_POPULATE``: the kernel fills all its pages in one call (3.5 ms per part instead of 9).
+(`fsdriver.multipart`): one kept for the next part is memory the daemon holds, given back when
+someone waits for memory (`trim`).  A new buffer is mapped with ``MAP_POPULATE``: the kernel
+fills all its pages in one call (3.5 ms per part instead of 9).
 
 A buffer whose upload did not end is never reused (`drop`): a worker thread abandoned at shutdown
 may still be reading it.  Thread-safe.

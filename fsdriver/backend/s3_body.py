@@ -23,9 +23,9 @@ read itself (futex wake-ups, the wake-up socket, epoll); on a 2-core machine eve
 the daemon spends is one the server, the proxy or the reader does not get.  Over TLS a socket
 read returns one record (16 KiB at most): a poll goes on reading the records that have arrived,
 as one read of a plain socket takes all of it; an error met after some of them is raised by the
-next poll, after their bytes (a read that must write first is left to the next poll too).  The socket's
-blocking mode, timeout and low-water mark are put back when the body ends (read to its end,
-stopped early or closed), before the connection goes back to the pool.
+next poll, after their bytes (a read that must write first is left to the next poll too).  The
+socket's blocking mode, timeout and low-water mark are put back when the body ends (read to its
+end, stopped early or closed), before the connection goes back to the pool.
 """
 
 import http.client
