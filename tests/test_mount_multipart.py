@@ -108,6 +108,33 @@ def test_rewriting_an_uploaded_part_and_truncating_land_right(proxied):
     _no_open_uploads(server)
 
 
+@pytest.mark.parametrize("change", ["fchmod while open", "utime after close"])
+def test_a_streamed_file_given_attributes_reads_back_whole_through_boto3(proxied, change):
+    """cp -p, tar and rsync -a set the mode and times of what they write: on a streamed file that is
+    a copy of its object (new metadata), at close or after it.  The copy asks for a CRC32 of the
+    whole copy, so a whole-object GET that botocore validates (boto3, the data API) reads it."""
+    m, proxy, server = proxied
+    d = m.path / "pipeline" / "p"
+    d.mkdir()
+    data = os.urandom(SIZE)
+    fd = os.open(d / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, len(data), MiB):
+            os.write(fd, data[off:off + MiB])
+        if change == "fchmod while open":
+            _wait_for_parts(proxy, 4)  # streamed: its object's checksum is the parts'
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    if change == "utime after close":
+        os.utime(d / "big", (1_600_000_000, 1_600_000_000))
+    meta = _client(server.url).head_object(Bucket=BUCKET, Key="pipeline/p/big")["Metadata"]
+    assert meta["mode"] == str(0o100600) if change == "fchmod while open" else meta["mtime"] == "1600000000"
+    got = _client(server.url).get_object(Bucket=BUCKET, Key="pipeline/p/big", ChecksumMode="ENABLED")
+    assert got["Body"].read() == data  # validated by botocore against the checksum the copy got
+    assert (d / "big").read_bytes() == data
+
+
 def test_a_failed_part_costs_no_data(proxied):
     """One UploadPart refused (and not retried by the client): the stream is given up and close()
     uploads the whole file; the content is right and no upload stays open."""

@@ -54,6 +54,10 @@ _TOKEN = "stashfs-put"
 # A put answered with one of these may nevertheless have landed.
 _AMBIGUOUS = (Unavailable, PreconditionFailed)  # 412: a retry that met the first attempt's object
 _COPY_MAX = 5 * 1024**3  # the largest object one CopyObject may copy
+# Every copy asks for a CRC32 of the whole copy.  A streamed file's object has a composite checksum
+# (of its parts' CRC32s), which a copy cannot keep; moto gave the copy that value as the whole
+# object's, and botocore then refused every validated whole-object GET of it.
+_COPY_CHECKSUM = {"ChecksumAlgorithm": "CRC32"}
 
 
 def request_settings(total: float) -> dict:
@@ -557,14 +561,14 @@ class S3Backend(Backend):
             with self._errors(key):
                 self.client.copy(
                     source, self.bucket, self._k(key),
-                    ExtraArgs={"Metadata": meta, "MetadataDirective": "REPLACE", **cond},
+                    ExtraArgs={"Metadata": meta, "MetadataDirective": "REPLACE", **cond, **_COPY_CHECKSUM},
                     Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
                 )
             return self.head(key)
         with self._errors(key):
             r = self.client.copy_object(
                 Bucket=self.bucket, Key=self._k(key), CopySource=source,
-                Metadata=meta, MetadataDirective="REPLACE", **cond,
+                Metadata=meta, MetadataDirective="REPLACE", **cond, **_COPY_CHECKSUM,
             )["CopyObjectResult"]
         return dataclasses.replace(_info(key, info.size, r["LastModified"], r["ETag"], meta), copied_from=info.etag)
 
@@ -661,7 +665,8 @@ class S3Backend(Backend):
         if info.size > _COPY_MAX:  # over CopyObject's limit: a managed multipart copy
             with self._errors(src):
                 self.client.copy(
-                    {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst), ExtraArgs=replace or None,
+                    {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
+                    ExtraArgs={**replace, **_COPY_CHECKSUM},
                     Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
                 )
             return self.head(dst)
@@ -669,7 +674,7 @@ class S3Backend(Backend):
             r = self.client.copy_object(
                 Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)},
                 CopySourceIfMatch=_quote(info.etag),  # the version whose size we report
-                **replace,
+                **replace, **_COPY_CHECKSUM,
             )["CopyObjectResult"]
         copied = _info(dst, info.size, r["LastModified"], r["ETag"], info.meta if meta is None else dict(meta))
         return dataclasses.replace(copied, copied_from=info.etag)  # (CopySourceIfMatch)
