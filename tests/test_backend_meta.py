@@ -188,13 +188,24 @@ def test_multipart_put_keeps_meta(mb, tmp_path):
     assert mb.head("big2").meta == M and mb.get_range("big2", 0, 100) == data[::-1][:100]
 
 
+def _copy_requests(backend) -> list[dict]:
+    """The headers of every CopyObject / CreateMultipartUpload the backend's client sends."""
+    sent = []
+
+    def keep(request, **_):
+        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+    backend.client.meta.events.register("before-send.s3.CopyObject", keep)
+    backend.client.meta.events.register("before-send.s3.CreateMultipartUpload", keep)
+    return sent
+
+
 @pytest.mark.parametrize("copy_max", ["CopyObject", "UploadPartCopy"])
 @pytest.mark.parametrize("how", ["set_meta", "copy"])
 def test_s3_a_copied_multipart_object_reads_back_whole_with_a_valid_checksum(s3_backend, how, copy_max, monkeypatch):
     """A streamed file's parts carry CRC32s, so its object's checksum is a composite one (of the
     parts' checksums).  A copy of it (set_meta; a rename's copy) asks the server for a CRC32 of the
-    whole copy: without that, moto gave the copy the composite value as if it were the whole
-    object's, and every whole-object GET that botocore validates failed (FlexibleChecksumError;
+    copy: without that, moto gave the copy the composite value as if it were the whole object's,
+    and every whole-object GET that botocore validates failed (FlexibleChecksumError;
     `read_stream` answered Unavailable).  Above the copy limit (lowered here) the copy is made
     part by part."""
     from fsdriver.backend import s3
@@ -208,11 +219,13 @@ def test_s3_a_copied_multipart_object_reads_back_whole_with_a_valid_checksum(s3_
     s3_backend.complete_multipart("big", upload, parts, len(data))
     got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k("big"), ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"].endswith("-2") and got["Body"].read() == data  # composite: of the parts' checksums
+    sent = _copy_requests(s3_backend)
     key = "big" if how == "set_meta" else "big-copy"
     if how == "set_meta":
         s3_backend.set_meta("big", N)
     else:
         s3_backend.copy("big", "big-copy")
+    assert [h.get("x-amz-checksum-algorithm") for h in sent] == ["CRC32"]
     assert b"".join(s3_backend.read_stream(key)) == data
     got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k(key), ChecksumMode="ENABLED")
     assert got["Body"].read() == data  # validated by botocore against the checksum it names
@@ -220,6 +233,23 @@ def test_s3_a_copied_multipart_object_reads_back_whole_with_a_valid_checksum(s3_
         assert got["ChecksumCRC32"] == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
     else:  # copied part by part, each with its CRC32: composite again
         assert got["ChecksumCRC32"].endswith("-2")
+
+
+@pytest.mark.parametrize("how", ["set_meta", "copy"])
+def test_s3_a_copy_of_an_object_with_a_whole_checksum_asks_for_none(s3_backend, how):
+    """A single put's checksum is the whole object's: the copy keeps it, and is sent as before,
+    without a checksum header (which some S3-compatible servers may not know)."""
+    data = os.urandom(1 << 20)
+    s3_backend.put_bytes("one", data, meta=M)
+    sent = _copy_requests(s3_backend)
+    key = "one" if how == "set_meta" else "one-copy"
+    if how == "set_meta":
+        s3_backend.set_meta("one", N)
+    else:
+        s3_backend.copy("one", "one-copy")
+    assert len(sent) == 1 and "x-amz-checksum-algorithm" not in sent[0]
+    got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k(key), ChecksumMode="ENABLED")
+    assert got["Body"].read() == data and b"".join(s3_backend.read_stream(key)) == data
 
 
 def test_s3_copies_above_the_copy_limit_keep_and_replace_meta(s3_backend, monkeypatch):

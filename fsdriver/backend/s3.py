@@ -54,10 +54,7 @@ _TOKEN = "stashfs-put"
 # A put answered with one of these may nevertheless have landed.
 _AMBIGUOUS = (Unavailable, PreconditionFailed)  # 412: a retry that met the first attempt's object
 _COPY_MAX = 5 * 1024**3  # the largest object one CopyObject may copy
-# Every copy asks for a CRC32 of the whole copy.  A streamed file's object has a composite checksum
-# (of its parts' CRC32s), which a copy cannot keep; moto gave the copy that value as the whole
-# object's, and botocore then refused every validated whole-object GET of it.
-_COPY_CHECKSUM = {"ChecksumAlgorithm": "CRC32"}
+_COMPOSABLE = ("CRC32", "CRC32C", "SHA1", "SHA256")  # the algorithms a composite checksum can have
 
 
 def request_settings(total: float) -> dict:
@@ -243,13 +240,36 @@ class S3Backend(Backend):
         self._bucket_seen = True
 
     def head(self, key: str) -> ObjectInfo:
+        return self._head(key)[0]
+
+    def _head(self, key: str, **extra) -> tuple[ObjectInfo, dict]:
+        """HeadObject (``extra``: more of its arguments): the object and the whole answer."""
         try:
             with self._errors(key):
-                r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+                r = self.client.head_object(Bucket=self.bucket, Key=self._k(key), **extra)
         except NotFound:
             self._missing_bucket()
             raise
-        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"], _user_meta(r))
+        return _info(key, r["ContentLength"], r["LastModified"], r["ETag"], _user_meta(r)), r
+
+    def _head_for_copy(self, key: str) -> tuple[ObjectInfo, dict]:
+        """The HEAD a copy starts with, and the copy's argument that gives it a checksum of its own.
+
+        A streamed file's parts carry CRC32s, so its object's checksum is a composite one (of the
+        parts' checksums).  A copy cannot keep that: it asks for a checksum of the whole copy, in
+        the same algorithm (`x-amz-checksum-algorithm`).  moto's server gave a copy made without it
+        the composite value as the whole object's, and botocore then refused every validated
+        whole-object GET of the copy.  A checksum is taken for composite when the object is a
+        multipart one (its etag ends in ``-<parts>``; moto's HEAD tells neither the checksum's type
+        nor its part count) unless the answer says it is the whole object's.  A whole-object
+        checksum, or none, stays as it is (a server that keeps no checksums gets no header it may
+        not know)."""
+        info, r = self._head(key, ChecksumMode="ENABLED")
+        if "-" in info.etag and r.get("ChecksumType") != "FULL_OBJECT":
+            for algorithm in _COMPOSABLE:
+                if r.get(f"Checksum{algorithm}"):
+                    return info, {"ChecksumAlgorithm": algorithm}
+        return info, {}
 
     def _missing_bucket(self) -> None:
         """After a bare 404 to a HEAD: BucketNotFound if the bucket itself is missing (asked once
@@ -550,7 +570,7 @@ class S3Backend(Backend):
         answers NotFound and a stale ``if_match`` (servers that ignore CopySourceIfMatch, such as
         moto, still refuse the common case).  The etag changes for a multipart object."""
         meta = check_meta(key, meta)
-        info = self.head(key)
+        info, checksum = self._head_for_copy(key)
         if if_match is not None and info.etag != if_match:
             raise PreconditionFailed(f"{key}: etag changed since it was read", key)
         if if_meta is not None and info.meta != dict(if_meta):  # a metadata change keeps the etag
@@ -561,14 +581,14 @@ class S3Backend(Backend):
             with self._errors(key):
                 self.client.copy(
                     source, self.bucket, self._k(key),
-                    ExtraArgs={"Metadata": meta, "MetadataDirective": "REPLACE", **cond, **_COPY_CHECKSUM},
+                    ExtraArgs={"Metadata": meta, "MetadataDirective": "REPLACE", **cond, **checksum},
                     Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
                 )
             return self.head(key)
         with self._errors(key):
             r = self.client.copy_object(
                 Bucket=self.bucket, Key=self._k(key), CopySource=source,
-                Metadata=meta, MetadataDirective="REPLACE", **cond, **_COPY_CHECKSUM,
+                Metadata=meta, MetadataDirective="REPLACE", **cond, **checksum,
             )["CopyObjectResult"]
         return dataclasses.replace(_info(key, info.size, r["LastModified"], r["ETag"], meta), copied_from=info.etag)
 
@@ -660,13 +680,13 @@ class S3Backend(Backend):
         """Returns the copy's own etag: a copied multipart object gets a new one.  The user
         metadata goes with it (CopyObject's default COPY directive; s3transfer's multipart copy
         copies it too), markers included."""
-        info = self.head(src)
+        info, checksum = self._head_for_copy(src)
         replace = {} if meta is None else {"MetadataDirective": "REPLACE", "Metadata": check_meta(dst, meta)}
         if info.size > _COPY_MAX:  # over CopyObject's limit: a managed multipart copy
             with self._errors(src):
                 self.client.copy(
                     {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst),
-                    ExtraArgs={**replace, **_COPY_CHECKSUM},
+                    ExtraArgs={**replace, **checksum},
                     Config=TransferConfig(multipart_threshold=_COPY_MAX, max_concurrency=self.transfer_workers),
                 )
             return self.head(dst)
@@ -674,7 +694,7 @@ class S3Backend(Backend):
             r = self.client.copy_object(
                 Bucket=self.bucket, Key=self._k(dst), CopySource={"Bucket": self.bucket, "Key": self._k(src)},
                 CopySourceIfMatch=_quote(info.etag),  # the version whose size we report
-                **replace, **_COPY_CHECKSUM,
+                **replace, **checksum,
             )["CopyObjectResult"]
         copied = _info(dst, info.size, r["LastModified"], r["ETag"], info.meta if meta is None else dict(meta))
         return dataclasses.replace(copied, copied_from=info.etag)  # (CopySourceIfMatch)
