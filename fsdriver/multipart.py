@@ -34,8 +34,9 @@ What holds:
   completed etag) costs about as much again as the completion, so it is done only when more than
   the times changed (chmod, chown) or the times moved by more than `TIME_SKEW` seconds since the
   stream started (a slow writer).  Otherwise the object keeps the times of the moment its stream
-  started: at most `TIME_SKEW` earlier than the last write (the mount shows the exact ones until it
-  reads the attributes again).  ``STASHFS_STREAM_TIME_SKEW`` (seconds) in the daemon's environment
+  started: at most `TIME_SKEW` earlier than the last write (the mount shows the exact ones while
+  the file is written, the stored ones from the close or fsync that completes its upload:
+  `OpenFiles.uploaded`).  ``STASHFS_STREAM_TIME_SKEW`` (seconds) in the daemon's environment
   overrides it; 0 stores exact times (and copies nearly every streamed file at close).  Parts carry
   CRC32 checksums, as boto3's `upload_file` sends them (not with exact times: a copy follows).
 - **Concurrency**: parts of all files share one `trio.CapacityLimiter` of ``max(MIN_WORKERS,

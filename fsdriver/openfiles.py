@@ -351,7 +351,10 @@ class OpenFiles:
         """Upload a file's staged content; ``awaited``: a caller waits for it (close, fsync,
         truncate), so a small file is journaled only if the upload fails (`Uploader.journal_first`);
         ``retry``: see `Uploader.upload_locked`."""
+        shown = node.meta
         await self.fs.uploader.upload(node, staged, awaited=awaited, retry=retry)
+        if node.meta is not shown and awaited:  # the stored times, shown from now on (`uploaded`)
+            await self.fs.records.invalidate_attrs(node.ino)  # also by a stat right after close()
         if node.mtime_wanted is not None and not (staged and staged.dirty):
             mtime, node.mtime_wanted = node.mtime_wanted, None
             await self.keep_mtime(node, mtime)
@@ -395,12 +398,19 @@ class OpenFiles:
             if handle.node is node and isinstance(reader, Prefetcher):
                 reader.follow(old, info.etag, node.key)
 
-    def uploaded(self, node: Node, info: ObjectInfo) -> None:
+    def uploaded(self, node: Node, info: ObjectInfo, sent: Optional[dict] = None) -> None:
         """An upload of ``node`` landed as ``info``: that is now the newest thing this mount knows,
-        for the node and for its parent's cached listing (which later lookups and readdirs reuse)."""
+        for the node and for its parent's cached listing (which later lookups and readdirs reuse).
+        ``sent``: the metadata the upload carried.  Stored otherwise only by a streamed file,
+        which keeps the times its upload started with when its last write came within the skew
+        allowed (`fsdriver.multipart`): unless the node changed since, this mount shows those
+        from now on, as every other mount does, not the exact ones until it happens to ask again
+        (an mtime moving back a second later)."""
         self.fs.inodes.changed(node)
         node.size, node.mtime, node.etag, node.attr_time = info.size, info.mtime, info.etag, self.fs.clock()
         node.meta_known, node.nlink = True, info.nlink  # the upload stored the attributes this mount holds
+        if info.meta is not None and sent is not None and info.meta != sent and self.fs.upload_meta(node) == sent:
+            node.meta = posixattrs.from_headers(info.meta, info.mtime, node.is_dir) or node.meta
         if info.nlink > 1:  # hard links (disk): the other names share the new content
             for other in self.fs.inodes.by_ino.values():
                 if other is not node and other.nlink > 1 and not other.is_dir:

@@ -49,7 +49,8 @@ class Uploader:
         # the core frees the staged file if no handle holds it any more.
         self.on_settled = lambda node, staged: None
         # Called when an upload landed, with what the backend now holds: the core records it.
-        self.on_uploaded = lambda node, info: None
+        # An upload landed: (node, what the backend answered, the metadata the upload carried).
+        self.on_uploaded = lambda node, info, sent: None
         self.meta_for = lambda node: None  # the user metadata an upload of a node stores
         # The daemon's memory budget: checking a record reserves its memory there (set by the core).
         self.budget: Optional[MemoryBudget] = None
@@ -171,7 +172,7 @@ class Uploader:
         staged.uploaded(info.etag)
         self.cache.unjournal(staged)
         self.pending.pop(staged, None)
-        self.on_uploaded(node, info)
+        self.on_uploaded(node, info, staged.meta)
 
     async def _own_upload_there(self, node: Node, staged: StagedFile):
         """A retry found the key no longer holding the version its failed close replaced.  What it

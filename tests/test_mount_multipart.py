@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from .faultproxy import FaultProxy
-from .mounting import force_unmount, make_mount, require_fuse
+from .mounting import force_unmount, make_mount, mounted, require_fuse
 from .test_mount_failures import BUCKET
 from .test_mount_failures import own_server  # noqa: F401  (a fixture: a moto server of the test's own)
 
@@ -133,6 +133,43 @@ def test_a_streamed_file_given_attributes_reads_back_whole_through_boto3(proxied
     got = _client(server.url).get_object(Bucket=BUCKET, Key="pipeline/p/big", ChecksumMode="ENABLED")
     assert got["Body"].read() == data  # validated by botocore against the checksum the copy got
     assert (d / "big").read_bytes() == data
+
+
+def test_a_streamed_file_shows_its_stored_times_from_its_close(own_server, tmp_path):
+    """A streamed file's object keeps the times its upload started with when the last write came
+    less than the allowed skew later (no copy at close; the skew is an hour here, so a slow run
+    takes the same path).  From its close this mount shows those stored times, as every other
+    mount does: not the exact ones until the kernel or the mount happen to ask again (an mtime
+    that moved back up to the skew a second later)."""
+    require_fuse()
+    env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url, STASHFS_STREAM_TIME_SKEW="3600")
+    with FaultProxy(own_server.url) as proxy:
+        env["AWS_ENDPOINT_URL"] = proxy.url
+        m = make_mount(tmp_path, f"s3://{BUCKET}", env)
+        m.mount()
+        try:
+            d = m.path / "pipeline" / "p"
+            d.mkdir()
+            fd = os.open(d / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for _ in range(9):
+                    os.write(fd, os.urandom(MiB))
+                _wait_for_parts(proxy, 1)  # the stream started: its object keeps the times of then
+                os.write(fd, b"last")
+                written = os.fstat(fd)  # the exact times, now in the kernel's attribute cache
+            finally:
+                os.close(fd)
+            shown = os.stat(d / "big")
+            stored = _client(own_server.url).head_object(Bucket=BUCKET, Key="pipeline/p/big")["Metadata"]
+            stored_ns = int(stored["mtime"]) * 10**9 + int(stored.get("mtime-nsec", 0))
+            assert stored_ns < written.st_mtime_ns  # the stream's start: the case under test
+            assert shown.st_mtime_ns == stored_ns and shown.st_size == 9 * MiB + 4
+            with mounted(tmp_path, f"s3://{BUCKET}", env, name="other") as other:
+                assert os.stat(other.path / "pipeline" / "p" / "big").st_mtime_ns == stored_ns
+        finally:
+            if m.mounted:
+                m.umount()
+            force_unmount(m.path)
 
 
 def test_a_failed_part_costs_no_data(proxied):
