@@ -322,3 +322,22 @@ def test_ls_l_asks_acls_and_labels_once(mount):
     assert listing.count(" f") == 40 and "-rw-" in listing
     # (one of them is the status read above; ls asks the directory and its first file once each)
     assert asked <= 4, f"ls -l of 40 files sent {asked} getxattr requests"
+
+
+def test_fallocate_is_refused_and_posix_fallocate_writes_zeros(mount):
+    """pyfuse3 has no fallocate operation: fallocate(2) answers EOPNOTSUPP (from the kernel), and
+    posix_fallocate(3) falls back to writing zeros, which lands like any write."""
+    (mount.path / "pipeline" / "fa").mkdir()
+    path = mount.path / "pipeline" / "fa" / "f"
+    r = subprocess.run(["fallocate", "-l", "1M", str(path)], capture_output=True, text=True,
+                       env=dict(os.environ, LC_ALL="C"))
+    assert r.returncode != 0 and "not supported" in r.stderr
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"head")
+        os.posix_fallocate(fd, 0, 1 << 20)
+        assert os.fstat(fd).st_size == 1 << 20
+    finally:
+        os.close(fd)
+    want = b"head" + bytes((1 << 20) - 4)
+    assert path.read_bytes() == want and mount.backend.get_range("pipeline/fa/f", 0) == want
