@@ -48,8 +48,8 @@ class Uploader:
         # Called when the retry loop settled a pending upload (uploaded, or refused for good):
         # the core frees the staged file if no handle holds it any more.
         self.on_settled = lambda node, staged: None
-        # Called when an upload landed, with what the backend now holds: the core records it.
-        # An upload landed: (node, what the backend answered, the metadata the upload carried).
+        # Called when an upload landed, with what the backend now holds and the metadata the
+        # upload carried: the core records it.
         self.on_uploaded = lambda node, info, sent: None
         self.meta_for = lambda node: None  # the user metadata an upload of a node stores
         # The daemon's memory budget: checking a record reserves its memory there (set by the core).
