@@ -199,6 +199,16 @@ def _copy_requests(backend) -> list[dict]:
     return sent
 
 
+def _copy_by(backend, how: str, key: str) -> str:
+    """Copy ``key`` as ``how`` says: onto itself with new metadata (``set_meta``) or to
+    ``<key>-copy`` (``copy``, a rename's first half); the key of the copy."""
+    if how == "set_meta":
+        backend.set_meta(key, N)
+        return key
+    backend.copy(key, key + "-copy")
+    return key + "-copy"
+
+
 @pytest.mark.parametrize("copy_max", ["CopyObject", "UploadPartCopy"])
 @pytest.mark.parametrize("how", ["set_meta", "copy"])
 def test_s3_a_copied_multipart_object_reads_back_whole_with_a_valid_checksum(s3_backend, how, copy_max, monkeypatch):
@@ -220,11 +230,7 @@ def test_s3_a_copied_multipart_object_reads_back_whole_with_a_valid_checksum(s3_
     got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k("big"), ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"].endswith("-2") and got["Body"].read() == data  # composite: of the parts' checksums
     sent = _copy_requests(s3_backend)
-    key = "big" if how == "set_meta" else "big-copy"
-    if how == "set_meta":
-        s3_backend.set_meta("big", N)
-    else:
-        s3_backend.copy("big", "big-copy")
+    key = _copy_by(s3_backend, how, "big")
     assert [h.get("x-amz-checksum-algorithm") for h in sent] == ["CRC32"]
     assert b"".join(s3_backend.read_stream(key)) == data
     got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k(key), ChecksumMode="ENABLED")
@@ -242,11 +248,7 @@ def test_s3_a_copy_of_an_object_with_a_whole_checksum_asks_for_none(s3_backend, 
     data = os.urandom(1 << 20)
     s3_backend.put_bytes("one", data, meta=M)
     sent = _copy_requests(s3_backend)
-    key = "one" if how == "set_meta" else "one-copy"
-    if how == "set_meta":
-        s3_backend.set_meta("one", N)
-    else:
-        s3_backend.copy("one", "one-copy")
+    key = _copy_by(s3_backend, how, "one")
     assert len(sent) == 1 and "x-amz-checksum-algorithm" not in sent[0]
     got = s3_backend.client.get_object(Bucket=s3_backend.bucket, Key=s3_backend._k(key), ChecksumMode="ENABLED")
     assert got["Body"].read() == data and b"".join(s3_backend.read_stream(key)) == data

@@ -1,9 +1,11 @@
 """Parts of a large file uploaded while it is written, through a real S3 mount (moto behind a
 counting, fault-injecting proxy): parts go up before close, rewrites and truncates land right, a
-failed part or a crash never costs data, and no multipart upload is left open."""
+failed part or a crash never costs data, no multipart upload is left open, a streamed file copied
+for its attributes reads back whole through boto3, and it shows its stored times from its close."""
 
 import os
 import time
+from contextlib import contextmanager
 
 import boto3
 import pytest
@@ -21,19 +23,27 @@ def _client(url):
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1")
 
 
-@pytest.fixture
-def proxied(own_server, tmp_path):
-    """(mount, proxy, server): an S3 mount whose requests pass the proxy; unmounted at the end."""
+@contextmanager
+def _proxied(server, tmp_path, **env):
+    """(mount, proxy): an S3 mount (``env`` added to its environment) whose requests pass the
+    proxy; unmounted at the end."""
     require_fuse()
-    with FaultProxy(own_server.url) as proxy:
-        m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url))
+    with FaultProxy(server.url) as proxy:
+        m = make_mount(tmp_path, f"s3://{BUCKET}", dict(os.environ, AWS_ENDPOINT_URL=proxy.url, **env))
         m.mount()
         try:
-            yield m, proxy, own_server
+            yield m, proxy
         finally:
             if m.mounted:
                 m.umount()
             force_unmount(m.path)
+
+
+@pytest.fixture
+def proxied(own_server, tmp_path):
+    """(mount, proxy, server): an S3 mount whose requests pass the proxy; unmounted at the end."""
+    with _proxied(own_server, tmp_path) as (m, proxy):
+        yield m, proxy, own_server
 
 
 def _parts_sent(proxy) -> int:
@@ -141,35 +151,26 @@ def test_a_streamed_file_shows_its_stored_times_from_its_close(own_server, tmp_p
     takes the same path).  From its close this mount shows those stored times, as every other
     mount does: not the exact ones until the kernel or the mount happen to ask again (an mtime
     that moved back up to the skew a second later)."""
-    require_fuse()
-    env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url, STASHFS_STREAM_TIME_SKEW="3600")
-    with FaultProxy(own_server.url) as proxy:
-        env["AWS_ENDPOINT_URL"] = proxy.url
-        m = make_mount(tmp_path, f"s3://{BUCKET}", env)
-        m.mount()
+    with _proxied(own_server, tmp_path, STASHFS_STREAM_TIME_SKEW="3600") as (m, proxy):
+        d = m.path / "pipeline" / "p"
+        d.mkdir()
+        fd = os.open(d / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            d = m.path / "pipeline" / "p"
-            d.mkdir()
-            fd = os.open(d / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                for _ in range(9):
-                    os.write(fd, os.urandom(MiB))
-                _wait_for_parts(proxy, 1)  # the stream started: its object keeps the times of then
-                os.write(fd, b"last")
-                written = os.fstat(fd)  # the exact times, now in the kernel's attribute cache
-            finally:
-                os.close(fd)
-            shown = os.stat(d / "big")
-            stored = _client(own_server.url).head_object(Bucket=BUCKET, Key="pipeline/p/big")["Metadata"]
-            stored_ns = int(stored["mtime"]) * 10**9 + int(stored.get("mtime-nsec", 0))
-            assert stored_ns < written.st_mtime_ns  # the stream's start: the case under test
-            assert shown.st_mtime_ns == stored_ns and shown.st_size == 9 * MiB + 4
-            with mounted(tmp_path, f"s3://{BUCKET}", env, name="other") as other:
-                assert os.stat(other.path / "pipeline" / "p" / "big").st_mtime_ns == stored_ns
+            for _ in range(9):
+                os.write(fd, os.urandom(MiB))
+            _wait_for_parts(proxy, 1)  # the stream started: its object keeps the times of then
+            os.write(fd, b"last")
+            written = os.fstat(fd)  # the exact times, now in the kernel's attribute cache
         finally:
-            if m.mounted:
-                m.umount()
-            force_unmount(m.path)
+            os.close(fd)
+        shown = os.stat(d / "big")
+        stored = _client(own_server.url).head_object(Bucket=BUCKET, Key="pipeline/p/big")["Metadata"]
+        stored_ns = int(stored["mtime"]) * 10**9 + int(stored.get("mtime-nsec", 0))
+        assert stored_ns < written.st_mtime_ns  # the stream's start: the case under test
+        assert shown.st_mtime_ns == stored_ns and shown.st_size == 9 * MiB + 4
+        env = dict(os.environ, AWS_ENDPOINT_URL=own_server.url)
+        with mounted(tmp_path, f"s3://{BUCKET}", env, name="other") as other:
+            assert os.stat(other.path / "pipeline" / "p" / "big").st_mtime_ns == stored_ns
 
 
 def test_a_failed_part_costs_no_data(proxied):
