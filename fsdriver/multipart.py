@@ -25,7 +25,8 @@ What holds:
   first.  Records, scratch files and backends with local files (disk) never stream.
 - **Any failure falls back to the whole-file upload**: a background step that fails (create or a
   part) stops the stream; at close the stream is then aborted and the file uploaded by `put_file`
-  as without streaming — as are a final size at or below the threshold, a key changed by a rename,
+  as without streaming (a part that got no answer, an outage that may be over by then, is tried
+  again by the close itself with the other parts still missing: the parts done are kept) — as are a final size at or below the threshold, a key changed by a rename,
   and a completion refused for a reason other than a condition or an unreachable backend.  Data is
   never lost: the staged file stays the source of truth until an upload succeeded.
 - **The object's user metadata is the one at close, its times to within `TIME_SKEW`**: S3 fixes the
@@ -304,9 +305,11 @@ class Streams:
             return None
         for event in list(stream.busy.values()):
             await event.wait()
-        if stream.outage is not None:  # the whole file would wait for the same outage again
-            stream.abandon()
-            raise stream.outage
+        if stream.outage is not None and stream.upload_id is not None:
+            # A background part got no answer.  The outage may be over: this close uploads the
+            # parts still missing itself, its requests bounded as any close's upload's, and fails
+            # (EIO, a pending upload) only if they get no answer either.
+            stream.failed = stream.outage = None
         why = (stream.failed or ("the file was renamed" if node.key != stream.key else None)
                or ("it is now below the multipart threshold" if staged.size <= self.threshold else None)
                or ("it has more parts than S3 allows" if staged.size > MAX_PARTS * self.part_size else None)

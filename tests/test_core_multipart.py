@@ -166,9 +166,9 @@ def test_a_failed_completion_is_a_pending_upload_retried_whole(tmp_path):
 
 
 @pytest.mark.expected_log(r"upload failed")
-def test_a_part_lost_to_an_outage_makes_close_fail_at_once_and_kept(tmp_path):
-    """The backend did not answer a background part: close() does not wait for the whole file to
-    time out too; it fails (EIO), the file is a pending upload, and the retry uploads it whole."""
+def test_a_part_lost_to_an_outage_that_lasts_makes_close_fail_and_kept(tmp_path):
+    """The backend did not answer a background part, nor the close's own try of the parts still
+    missing: close() fails (EIO), the file is a pending upload, and the retry uploads it whole."""
     data = blob(4 * MiB + 3)
 
     async def body(fs, be, nursery):
@@ -176,13 +176,35 @@ def test_a_part_lost_to_an_outage_makes_close_fail_at_once_and_kept(tmp_path):
         _, fh = await new_file(fs)
         await write_all(fs, fh, data)
         await background_done(fs)
+        tried = be.calls["upload_part"]
         with pytest.raises(FSError) as e:
             await fs.flush(fh)
         assert e.value.errno == errno.EIO and be.calls["put_file"] == 0
+        assert be.calls["upload_part"] > tried  # the close tried the missing parts itself
         await fs.release(fh)
         be.heal()
         assert await fs.uploader.flush_all() == []
         assert be.contents()["pipeline/p/f"] == data
+        await background_done(fs)
+        assert be.open_uploads() == []
+
+    run_core(tmp_path, body, small_parts())
+
+
+def test_a_part_lost_to_an_outage_over_by_the_close_is_uploaded_by_the_close(tmp_path):
+    """A background part got no answer, but the backend answers again by the close: the close
+    uploads the parts still missing (not the whole file) and completes the upload; no EIO."""
+    data = blob(4 * MiB + 3)
+
+    async def body(fs, be, nursery):
+        be.fail("upload_part", Unavailable("injected outage"), times=1)
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        await fs.flush(fh)
+        assert be.contents()["pipeline/p/f"] == data
+        assert be.calls["put_file"] == 0 and fs.uploader.describe_pending() == []
+        await fs.release(fh)
         await background_done(fs)
         assert be.open_uploads() == []
 
