@@ -229,7 +229,7 @@ class Uploader:
             if info is not None:
                 return info
         if staged.behind is None:
-            return await self.backend.put_file(node.key, staged.path, meta=staged.meta, **conditions)
+            return await self._put_file(node.key, staged.path, staged.size, meta=staged.meta, **conditions)
         # A small file's content is still in memory: put from there (a memfd) in one worker thread,
         # with no staged file made for it (an inode and an unlink fewer); a journal entry, if one
         # is needed, makes the staged file (`_journal`).  Where memfds are missing, the staged file
@@ -244,6 +244,18 @@ class Uploader:
                                                 **conditions)
         finally:
             staged.settle_memory()
+
+    async def _put_file(self, key: str, path, size: int, **kwargs):
+        """`put_file` of a staged file of ``size`` bytes, the memory it maps for itself
+        (`Backend.upload_memory`: S3's part buffers) counted in the memory budget meanwhile."""
+        n = self.backend.sync.upload_memory(size) if self.budget is not None else 0
+        if n:
+            await self.budget.acquire(n)
+        try:
+            return await self.backend.put_file(key, path, **kwargs)
+        finally:
+            if n:
+                self.budget.release(n)
 
     def _failed(self, node: Node, staged: StagedFile, e: Exception):
         """A failed upload.  One that can never succeed is refused at once with its own errno;
@@ -416,7 +428,8 @@ class Uploader:
             self._orphans_busy[p.key] = done = trio.Event()
             try:
                 progress(f"uploading {p.key} left pending by a previous run")
-                await self.backend.put_file(p.key, p.path, meta=p.meta, **p.upload_conditions())
+                size = p.size if p.size is not None else p.path.stat().st_size
+                await self._put_file(p.key, p.path, size, meta=p.meta, **p.upload_conditions())
             except PreconditionFailed:
                 log.error("pending upload of %s from a previous run not stored: the key no longer holds "
                           "the version it replaces (another writer's later write, or this upload itself, "

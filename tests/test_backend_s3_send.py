@@ -3,6 +3,7 @@ whose reads are views of the caller's buffer, and botocore sends it, hashes it, 
 sends it again from its start when it retries; parts of a large file read into reused buffers
 (fsdriver/backend/partbuf.py) land intact."""
 
+import concurrent.futures
 import io
 import mmap
 import os
@@ -86,29 +87,36 @@ def test_a_part_whose_answer_was_lost_is_sent_again_whole(proxied):
     assert be.get_object("big")[0] == data
 
 
-def test_a_large_file_put_whole_reads_its_parts_into_reused_buffers_intact(s3_backend, tmp_path, monkeypatch):
-    """`put_file` of more parts than transfer threads: parts are read into buffers other parts
-    used before (5 MiB parts in these tests), every byte lands where it belongs, and no buffer is
-    kept afterwards."""
-    from fsdriver.backend import partbuf, s3
+def test_large_files_put_whole_read_their_parts_into_shared_reused_buffers_intact(s3_backend, tmp_path, monkeypatch):
+    """`put_file` of more parts than transfer threads, two files at once: parts are read into
+    buffers other parts used before (5 MiB parts in these tests), never more buffers at once than
+    the pool has threads (`upload_memory`, what the mount counts in its budget), every byte lands
+    where it belongs, and no buffer is kept afterwards."""
+    pool = s3_backend._part_buffers
+    mapped = []
+    take = pool.take
 
-    pools = []
-
-    class Recorded(partbuf.PartBuffers):
-        def __init__(self, size):
-            super().__init__(size)
-            pools.append(self)
-
-    monkeypatch.setattr(s3, "PartBuffers", Recorded)
-    parts = 3 * s3_backend.transfer_workers
-    size = parts * s3_backend.part_size - 777
-    data = os.urandom(size)
-    (tmp_path / "big").write_bytes(data)
-    assert s3_backend.put_file("big", tmp_path / "big").size == size
-    assert s3_backend.get_object("big")[0] == data
-    (pool,) = pools
-    assert pool.made <= s3_backend.transfer_workers < parts  # reused
+    def counted():
+        buf = take()
+        mapped.append(pool.out + pool.held // pool.size)
+        return buf
+    monkeypatch.setattr(pool, "take", counted)
+    workers, part = s3_backend.transfer_workers, s3_backend.part_size
+    parts = 3 * workers
+    size = parts * part - 777
+    data = {name: os.urandom(size) for name in ("a", "b")}
+    for name, content in data.items():
+        (tmp_path / name).write_bytes(content)
+    made = pool.made
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        sizes = list(ex.map(lambda name: s3_backend.put_file(name, tmp_path / name).size, data))
+    assert sizes == [size, size]
+    assert all(s3_backend.get_object(name)[0] == content for name, content in data.items())
+    assert max(mapped) <= workers and pool.made - made < 2 * parts  # reused
     assert pool.out == 0 and pool.held == 0
+    assert s3_backend.upload_memory(size) == workers * part
+    assert s3_backend.upload_memory(2 * part) == 2 * part
+    assert s3_backend.upload_memory(s3_backend.multipart_threshold) == 0  # one PUT, read in pieces
 
 
 def test_a_file_shorter_than_its_size_fails_its_put_and_leaves_no_upload(s3_backend, tmp_path, monkeypatch):

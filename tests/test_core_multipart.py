@@ -415,3 +415,40 @@ def test_a_buffer_whose_part_failed_is_not_kept_and_kept_ones_go_when_memory_is_
         assert be.contents()["pipeline/p/f"] == data
 
     run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.expected_log(r"starting the multipart upload failed")
+def test_a_file_uploaded_whole_holds_its_part_buffers_in_the_budget(tmp_path):
+    """A large file uploaded whole (its stream could not start) is read into the backend's own
+    part buffers (`Backend.upload_memory`: S3's, one per transfer thread): the memory budget
+    counts them while `put_file` runs, so the daemon stays within its limit, and gives them back
+    after."""
+    from .memcore import entered
+
+    class Buffered(MemoryBackend):
+        def upload_memory(self, size: int) -> int:
+            return 3 * MiB if size > self.multipart_threshold else 0
+
+    be = Buffered()
+    be.part_size = be.multipart_threshold = MiB
+    data = blob(5 * MiB + 1)
+
+    async def body(fs, be, nursery):
+        be.fail("create_multipart", BackendError("injected: no multipart upload"))
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        gate, closed = be.gate("put_file"), trio.Event()
+
+        async def close():
+            await fs.flush(fh)
+            closed.set()
+        nursery.start_soon(close)
+        await entered(gate)
+        assert fs.budget.used == 3 * MiB  # held while the upload runs
+        gate.open()
+        await closed.wait()
+        await fs.release(fh)
+        assert be.contents()["pipeline/p/f"] == data and fs.budget.used == 0
+
+    run_core(tmp_path, body, be)

@@ -236,6 +236,12 @@ class Backend(abc.ABC):
     ) -> ObjectInfo:
         """Store the content of the local file ``path`` at ``key``, same rules as put_bytes."""
 
+    def upload_memory(self, size: int) -> int:
+        """The most memory a `put_file` of a ``size``-byte file maps for itself (S3: the buffers
+        its parts are read into), which a caller with a memory budget counts there meanwhile; 0
+        where it reads the file in small pieces."""
+        return 0
+
     def set_meta(self, key: str, meta: "Mapping[str, str] | None", *, if_match: str | None = None,
                  if_meta: "Mapping[str, str] | None" = None) -> ObjectInfo:
         """Replace the user metadata of the object or marker ``key`` without changing its content;

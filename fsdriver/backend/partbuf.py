@@ -9,7 +9,9 @@ hands out part-sized buffers and takes back those of parts that were uploaded, f
 when no part is in flight any more, it lets them all go, so that no memory is held between
 uploads.  The mount counts every buffer in its memory budget from its mapping until it is let go
 (`fsdriver.multipart`): one kept for the next part is memory the daemon holds, given back when
-someone waits for memory (`trim`).  A new buffer is mapped with ``MAP_POPULATE``: the kernel
+someone waits for memory (`trim`).  `S3Backend` shares one `PartBuffers` among all the files it
+uploads whole, at most one buffer per thread of its pool, which the mount holds in its budget
+while such an upload runs (`Backend.upload_memory`, `Uploader._put_file`).  A new buffer is mapped with ``MAP_POPULATE``: the kernel
 fills all its pages in one call (3.5 ms per part instead of 9).
 
 A buffer whose upload did not end is never reused (`drop`): a worker thread abandoned at shutdown

@@ -197,6 +197,9 @@ class S3Backend(Backend):
         self.client.meta.events.register_last("before-call.s3", _send_small_bodies_at_once,
                                               unique_id="stashfs-small-put-expect")
         self._pool = ThreadPoolExecutor(transfer_workers, thread_name_prefix="s3-part")
+        # What the parts of files uploaded whole are read into: shared, so that all of them map at
+        # most one buffer per thread of the pool (`upload_memory`).
+        self._part_buffers = PartBuffers(part_size)
         # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
         self._streams: dict[str, tuple[str, dict, dict]] = {}
 
@@ -436,11 +439,18 @@ class S3Backend(Backend):
                 return self._multipart(key, size, f.fileno(), cond, meta)
             return self._put_object(key, f, size, cond, meta)
 
+    def upload_memory(self, size: int) -> int:
+        """A file above the multipart threshold is read into one part buffer per part in flight:
+        at most one per thread of the pool, whatever the number of files uploaded at once."""
+        if size <= self.multipart_threshold:
+            return 0
+        return min(self.transfer_workers, -(-size // self.part_size)) * self.part_size
+
     def _multipart(self, key: str, size: int, source, cond: dict, meta: dict) -> ObjectInfo:
         """Upload ``size`` bytes of ``source`` (a byte view, or a file descriptor whose parts are
         read into reused buffers, `fsdriver.backend.partbuf`) as parallel parts."""
         k = self._k(key)
-        buffers = PartBuffers(self.part_size)
+        buffers = self._part_buffers
         token = uuid.uuid4().hex
         self._check_if_match(key, cond)  # before uploading all of it for nothing
         with self._put_errors(key, {}, creates=True):
