@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Optional
 import trio
 
 from .backend.base import MULTIPART_THRESHOLD, PART_SIZE, ObjectInfo
-from .backend.partbuf import PartBuffers, read_into
+from .backend.partbuf import PartBuffers, read_into, release
 from .errors import BackendError, NotFound, PreconditionFailed, Unavailable
 from .supervise import spawn
 
@@ -257,6 +257,7 @@ class Streams:
                         budget.release(self.part_size)
                     raise
             ended = False  # nothing reads ``buf`` any more (a call that did not end may still)
+            data = None
             try:
                 data = memoryview(buf)[:length]
                 n = await trio.to_thread.run_sync(_read_into, staged.path, lo, data, limiter=up.cache.io_limiter)
@@ -268,6 +269,7 @@ class Streams:
                 etag = await up.backend.upload_part(stream.key, stream.upload_id, i + 1, data)
                 ended = True
             finally:
+                release(data)  # no view of ``buf`` left here: it can be unmapped when let go
                 freed = self.buffers.give(buf) if ended else self.buffers.drop(buf)
                 if budget is not None:
                     if budget.waiting:  # someone waits for memory: none kept for the next part

@@ -452,3 +452,29 @@ def test_a_file_uploaded_whole_holds_its_part_buffers_in_the_budget(tmp_path):
         assert be.contents()["pipeline/p/f"] == data and fs.budget.used == 0
 
     run_core(tmp_path, body, be)
+
+
+def test_part_buffers_let_go_are_unmapped_when_the_budget_gets_them_back(tmp_path):
+    """A buffer given back to the budget is really unmapped then: no view of it is left in the
+    part's upload (an mmap with a view alive cannot close, and the memory stayed mapped a while
+    after the budget counted it free)."""
+    made = []
+
+    async def body(fs, be, nursery):
+        buffers = fs.uploader.streams.buffers
+        new = buffers.new
+
+        def recorded():
+            buf = new()
+            made.append(buf)
+            return buf
+        buffers.new = recorded
+        _, fh = await new_file(fs)
+        await write_all(fs, fh, blob(4 * MiB + 5))
+        await background_done(fs)
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert made and fs.budget.used == 0
+        assert all(buf.closed for buf in made)
+
+    run_core(tmp_path, body, small_parts())

@@ -2,11 +2,14 @@
 given back serves the next part while any part is in flight, none is kept once none is, a buffer
 whose upload did not end is never handed out again, and a part is read whole."""
 
+import ctypes
+import mmap
 import os
 import threading
 
 import pytest
 
+from fsdriver.backend import partbuf
 from fsdriver.backend.partbuf import PartBuffers, read_into
 
 SIZE = 1 << 20
@@ -105,3 +108,21 @@ def test_read_into_fills_the_view_and_stops_at_the_end_of_the_file(tmp_path, len
         os.close(fd)
         del view
         bufs.give(buf)
+
+
+def test_release_lets_a_buffer_be_unmapped_and_tolerates_a_view_held_elsewhere():
+    buf = mmap.mmap(-1, 4096)
+    view = memoryview(buf)[:10]
+    partbuf.release(view)
+    buf.close()  # no view left: unmapped
+    assert buf.closed
+    other = mmap.mmap(-1, 4096)
+    view = memoryview(other)
+    held = (ctypes.c_char * 4096).from_buffer(view)  # an export of the view, held elsewhere
+    partbuf.release(view)  # no error: that buffer is unmapped once the export goes
+    with pytest.raises(BufferError):
+        other.close()
+    del held
+    view.release()
+    other.close()
+    assert other.closed

@@ -98,6 +98,18 @@ class PartBuffers:
         return free
 
 
+def release(view: "memoryview | None") -> None:
+    """Let go of a view of a buffer before the buffer is given back, so that the buffer can be
+    unmapped then (an mmap with a view alive cannot close: it would stay mapped a while after the
+    budget counted it free).  A view someone else still holds an export of stays: that buffer is
+    unmapped when the export goes."""
+    if view is not None:
+        try:
+            view.release()
+        except BufferError:
+            pass
+
+
 def _unmap(buffers: list) -> None:
     for buf in buffers:
         try:

@@ -46,7 +46,7 @@ from .base import MULTIPART_THRESHOLD, PART_SIZE, Backend, CommonPrefix, ListEnt
 from .base import RangeReader
 from .s3_body import BodyReader, EmptyReader
 from .s3_send import ViewBody
-from .partbuf import PartBuffers, read_into
+from .partbuf import PartBuffers, read_into, release
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -462,12 +462,13 @@ class S3Backend(Backend):
             if isinstance(source, memoryview):
                 return send(number, source[start:end])
             buf = buffers.take()
+            body = memoryview(buf)[:end - start]
             try:  # (the call ended in this thread, however: nothing reads ``buf`` after it)
-                body = memoryview(buf)[:end - start]
                 if read_into(source, start, body) != len(body):
                     raise OSError(f"{key}: the local file is shorter than {size} bytes")
                 return send(number, body)
             finally:
+                release(body)  # no view of ``buf`` left: it can be unmapped when let go
                 buffers.give(buf)
 
         def send(number: int, body) -> dict:
