@@ -43,7 +43,8 @@ What holds:
 - **Concurrency**: parts of all files share one `trio.CapacityLimiter` of ``max(MIN_WORKERS,
   transfer_workers)`` (boto3's `upload_file` uses 10 threads), inside the backend's own limit.
 - **No multipart upload is left behind**: each open stream is recorded in the cache dir
-  (`Cache.record_stream`) until it is completed or aborted; an abandoned stream (unlinked file,
+  (`Cache.record_stream`) until it is completed or aborted, and so is each multipart upload of a
+  file uploaded whole (`S3Backend.upload_journal`); an abandoned stream (unlinked file,
   fallback) is aborted in the background, and the next daemon aborts what a crash left (`recover`).
   A bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop when even that fails.
 """
@@ -125,6 +126,8 @@ class Streams:
         self.threshold = max(self.part_size, getattr(sync, "multipart_threshold", MULTIPART_THRESHOLD))
         self.limiter = trio.CapacityLimiter(max(MIN_WORKERS, getattr(sync, "transfer_workers", 1)))
         self.buffers = PartBuffers(self.part_size)  # what parts are read into (fsdriver.backend.partbuf)
+        if hasattr(sync, "upload_journal"):  # a file uploaded whole in parts: recorded as a stream is
+            sync.upload_journal = (uploader.cache.record_stream, uploader.cache.forget_stream)
         self._budget = None  # the memory budget whose reclaimers include the kept buffers
         self.running = 0  # background steps started and not ended
         self._idle = trio.Event()  # set (and replaced) whenever ``running`` drops to 0

@@ -134,3 +134,40 @@ def test_a_file_shorter_than_its_size_fails_its_put_and_leaves_no_upload(s3_back
         s3_backend.head("big")
     r = s3_backend.client.list_multipart_uploads(Bucket=s3_backend.bucket, Prefix=s3_backend.prefix)
     assert r.get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("end", ["completed", "aborted", "abort failed"])
+def test_a_file_put_whole_in_parts_tells_its_upload_journal_of_its_upload(s3_backend, tmp_path, monkeypatch, end):
+    """The mount records every multipart upload `put_file` opens (in its cache dir), so that the
+    next daemon aborts what a crash left; the record goes once the upload was completed or
+    aborted, and stays when the abort failed (the next daemon tries it again)."""
+    from botocore.exceptions import ClientError
+
+    from fsdriver.backend import s3
+
+    recorded, forgotten = [], []
+    s3_backend.upload_journal = (lambda key, upload_id: recorded.append((key, upload_id)) or len(recorded),
+                               forgotten.append)
+    size = 2 * s3_backend.part_size + 1
+    (tmp_path / "big").write_bytes(os.urandom(size))
+    if end != "completed":
+        real = s3.read_into
+        monkeypatch.setattr(s3, "read_into", lambda fd, start, view: real(fd, start, view) if start == 0 else 0)
+    if end == "abort failed":
+        def refuse(**kwargs):
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "AbortMultipartUpload")
+        monkeypatch.setattr(s3_backend.client, "abort_multipart_upload", refuse)
+    if end == "completed":
+        assert s3_backend.put_file("big", tmp_path / "big").size == size
+    else:
+        with pytest.raises(OSError, match="shorter"):
+            s3_backend.put_file("big", tmp_path / "big")
+    assert [key for key, _ in recorded] == ["big"]
+    open_ids = [u["UploadId"] for u in s3_backend.client.list_multipart_uploads(
+        Bucket=s3_backend.bucket, Prefix=s3_backend.prefix).get("Uploads", [])]
+    if end == "abort failed":
+        assert forgotten == [] and open_ids == [recorded[0][1]]  # left for the next daemon's abort
+        monkeypatch.undo()
+        s3_backend.abort_multipart("big", recorded[0][1])
+    else:
+        assert forgotten == [1] and open_ids == []

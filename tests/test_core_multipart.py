@@ -478,3 +478,21 @@ def test_part_buffers_let_go_are_unmapped_when_the_budget_gets_them_back(tmp_pat
         assert all(buf.closed for buf in made)
 
     run_core(tmp_path, body, small_parts())
+
+
+def test_the_backend_records_its_whole_file_multipart_uploads_where_streams_are(tmp_path):
+    """A backend that opens multipart uploads of its own in `put_file` (S3) is told to record them
+    in the cache dir with the streams: the next daemon's `recover` aborts what a crash left."""
+    class Recording(MemoryBackend):
+        upload_journal = None
+
+    be = Recording()
+
+    async def body(fs, be, nursery):
+        record, forget = be.upload_journal
+        entry = record("pipeline/p/f", "upload-1")
+        assert [(key, upload_id) for _, key, upload_id in fs.uploader.cache.streams()] == [("pipeline/p/f", "upload-1")]
+        forget(entry)
+        assert fs.uploader.cache.streams() == []
+
+    run_core(tmp_path, body, be)

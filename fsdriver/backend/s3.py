@@ -17,6 +17,7 @@
 import concurrent.futures
 import dataclasses
 import email.utils
+import logging
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import boto3
 import botocore.utils
@@ -47,6 +48,8 @@ from .base import RangeReader
 from .s3_body import BodyReader, EmptyReader
 from .s3_send import ViewBody
 from .partbuf import PartBuffers, read_into, release
+
+log = logging.getLogger("stashfs.s3")
 
 # User metadata on every object put here: a token unique to that put, so that a put whose answer
 # was lost can tell from a HEAD whether it landed.
@@ -202,6 +205,10 @@ class S3Backend(Backend):
         self._part_buffers = PartBuffers(part_size)
         # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
         self._streams: dict[str, tuple[str, dict, dict]] = {}
+        # (record(key, upload_id) -> entry, forget(entry)): told of every multipart upload that
+        # `put_file` opens, and of its end (completed, or aborted).  The mount records them in its
+        # cache dir, so that the next daemon aborts what a crash left open (`fsdriver.multipart`).
+        self.upload_journal: Optional[tuple[Callable[[str, str], object], Callable[[object], None]]] = None
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -456,6 +463,7 @@ class S3Backend(Backend):
         with self._put_errors(key, {}, creates=True):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=k, Metadata={**meta, _TOKEN: token})["UploadId"]
+        entry = self._opened(key, upload_id)
 
         def upload(number: int, start: int) -> dict:
             end = min(start + self.part_size, size)
@@ -494,6 +502,7 @@ class S3Backend(Backend):
                 info = self._landed(key, token, size)
                 if info is None:
                     raise
+                self._closed(entry)
                 return info
         except BaseException:
             for f in futures:
@@ -505,9 +514,27 @@ class S3Backend(Backend):
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
             except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
+                pass  # left recorded: the next daemon aborts it (the bucket's lifecycle rule is the backstop)
+            else:
+                self._closed(entry)
             raise
+        self._closed(entry)
         return ObjectInfo(key, size, _server_time(r), r["ETag"].strip('"'), meta=meta)
+
+    def _opened(self, key: str, upload_id: str):
+        """Tell `upload_journal` of a multipart upload `put_file` opened; its entry (None: none)."""
+        if self.upload_journal is None:
+            return None
+        try:
+            return self.upload_journal[0](key, upload_id)
+        except OSError as e:
+            log.warning("%s: cannot record multipart upload %s (%s); a crash now would leave it for "
+                        "the bucket's lifecycle rule", key, upload_id, e.strerror or e)
+            return None
+
+    def _closed(self, entry) -> None:
+        if entry is not None and self.upload_journal is not None:
+            self.upload_journal[1](entry)
 
     # -- a multipart upload driven by the caller (parts uploaded while a file is written) --------
     multipart_uploads = True
