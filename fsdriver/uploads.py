@@ -196,6 +196,18 @@ class Uploader:
             return "earlier", info
         return None
 
+    async def _orphan_there(self, p: Pending) -> bool:
+        """Whether the key holds ``p``'s own content, landed before a crash: the same size and
+        attributes (the POSIX times to the nanosecond, which another writer's file would not
+        share).  Without attributes it cannot be told."""
+        if not p.meta or p.size is None:
+            return False
+        try:
+            info = await self.backend.head(p.key)
+        except BackendError:
+            return False
+        return info.size == p.size and info.meta == p.meta
+
     @staticmethod
     def _lost_condition(node: Node, staged: StagedFile, retried: bool) -> FSError:
         """The error of an upload whose condition did not hold: its content is never stored."""
@@ -431,9 +443,14 @@ class Uploader:
                 size = p.size if p.size is not None else p.path.stat().st_size
                 await self._put_file(p.key, p.path, size, meta=p.meta, **p.upload_conditions())
             except PreconditionFailed:
-                log.error("pending upload of %s from a previous run not stored: the key no longer holds "
-                          "the version it replaces (another writer's later write, or this upload itself, "
-                          "landed before the restart); dropped, the key keeps what it holds", p.key)
+                if await self._orphan_there(p):
+                    log.info("pending upload of %s from a previous run had landed before the restart "
+                             "(the answer to it was lost)", p.key)
+                else:
+                    log.error("pending upload of %s from a previous run not stored: the key no longer "
+                              "holds the version it replaces (another writer's later write, or this "
+                              "upload itself, landed before the restart); dropped, the key keeps what "
+                              "it holds", p.key)
                 self._drop_orphan(p)
             except (BackendError, OSError) as e:
                 if isinstance(e, Unavailable):

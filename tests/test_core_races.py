@@ -4,8 +4,10 @@ A `GatedDisk` backend can hold a chosen call at a gate until the test opens it, 
 operations can be interleaved exactly the way that once lost data.
 """
 
+import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import threading
@@ -187,11 +189,11 @@ def test_leftover_from_a_crash_never_overwrites_a_newer_write(tmp_path):
     trio.run(main)
 
 
-async def close_fails(fs, be) -> tuple[int, int]:
+async def close_fails(fs, be, mode=None) -> tuple[int, int]:
     """/user/alice/k created with O_TRUNC and written; its close() fails (EIO: the backend is
     down, which it stays until the caller clears ``be.fail``).  The namespace's inode and the fh."""
     ns = (await fs.lookup((await fs.lookup(ROOT_INO, "user")).ino, "alice")).ino
-    fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC)
+    fh, _, _ = await fs.create(ns, "k", os.O_WRONLY | os.O_TRUNC, mode=mode)
     await fs.write(fh, 0, b"MINE, NEVER ACKNOWLEDGED")
     be.fail["put_file"] = Unavailable("down")
     with pytest.raises(FSError) as e:
@@ -236,6 +238,57 @@ def test_a_leftover_from_a_crash_never_replaces_another_writers_later_write(tmp_
     trio.run(restart)
     expected = b"MINE, NEVER ACKNOWLEDGED" if other == "nobody" else b"THEIRS, LATER"
     assert be.get_range("user/alice/k", 0) == expected
+
+
+@pytest.mark.expected_log("upload failed, kept as a pending upload", "pending uploads? from a previous run",
+                          "had landed before the restart")
+def test_a_leftover_whose_own_upload_landed_before_the_crash_is_dropped_quietly(tmp_path):
+    """A close() failed (EIO, kept as a pending upload) and the daemon died; its upload had landed
+    after all (the answer was lost: the same content and attributes are at the key).  The next
+    daemon drops the leftover without calling it another writer's version (no ERROR)."""
+    be = GatedDisk(tmp_path / "be")
+
+    async def crash():
+        fs = Filesystem(be, Cache(tmp_path / "cache"), Options(uid=0, gid=0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run)
+            await close_fails(fs, be, mode=0o640)  # (its attributes go with it: what tells it)
+            nursery.cancel_scope.cancel()  # the daemon dies: no release, no retry
+        fs.cache.close()
+
+    async def restart():
+        del be.fail["put_file"]
+        cache = Cache(tmp_path / "cache")
+        (left,) = cache.pending()
+        be.put_bytes("user/alice/k", left.path.read_bytes(), meta=left.meta)  # it had landed
+        fs = Filesystem(be, cache, Options(uid=0, gid=0))
+        await fs.uploader.recover()
+        assert fs.uploader.orphans == [] and list(fs.cache.pending_dir.iterdir()) == []
+        fs.cache.close()
+
+    (tmp_path / "be" / "user" / "alice").mkdir(parents=True, exist_ok=True)
+    trio.run(crash)
+    with _errors_logged() as logged:
+        trio.run(restart)
+    assert logged == []
+    assert be.get_range("user/alice/k", 0) == b"MINE, NEVER ACKNOWLEDGED"
+
+
+@contextlib.contextmanager
+def _errors_logged():
+    """The ERROR records logged by the daemon's loggers meanwhile."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.ERROR:
+                records.append(record.getMessage())
+    handler, logger = Keep(), logging.getLogger("stashfs")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.mark.expected_log("deleted since it was opened")
