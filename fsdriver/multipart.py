@@ -46,7 +46,9 @@ What holds:
   (`Cache.record_stream`) until it is completed or aborted, and so is each multipart upload of a
   file uploaded whole (`S3Backend.upload_journal`); an abandoned stream (unlinked file,
   fallback) is aborted in the background, and the next daemon aborts what a crash left (`recover`).
-  A bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop when even that fails.
+  A bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop when even that fails,
+  and for a CreateMultipartUpload whose answer was lost and that the client retried: the first
+  attempt's upload (no parts) has an id nobody learned.
 """
 
 import logging
