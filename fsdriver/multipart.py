@@ -25,9 +25,10 @@ What holds:
   first.  Records, scratch files and backends with local files (disk) never stream.
 - **Any failure falls back to the whole-file upload**: a background step that fails (create or a
   part) stops the stream; at close the stream is then aborted and the file uploaded by `put_file`
-  as without streaming (a part that got no answer, an outage that may be over by then, is tried
-  again by the close itself with the other parts still missing: the parts done are kept) — as are a final size at or below the threshold, a key changed by a rename,
-  and a completion refused for a reason other than a condition or an unreachable backend.  Data is
+  as without streaming (a part that got no answer, in an outage that may be over by then, is
+  tried again by the close itself with the other parts still missing: the parts done are kept)
+  — as are a final size at or below the threshold, a key changed by a rename, and a completion
+  refused for a reason other than a condition or an unreachable backend.  Data is
   never lost: the staged file stays the source of truth until an upload succeeded.
 - **The object's user metadata is the one at close, its times to within `TIME_SKEW`**: S3 fixes the
   metadata at CreateMultipartUpload, and every write moves the file's mtime and ctime after that.

@@ -11,8 +11,9 @@ uploads.  The mount counts every buffer in its memory budget from its mapping un
 (`fsdriver.multipart`): one kept for the next part is memory the daemon holds, given back when
 someone waits for memory (`trim`).  `S3Backend` shares one `PartBuffers` among all the files it
 uploads whole, at most one buffer per thread of its pool, which the mount holds in its budget
-while such an upload runs (`Backend.upload_memory`, `Uploader._put_file`).  A new buffer is mapped with ``MAP_POPULATE``: the kernel
-fills all its pages in one call (3.5 ms per part instead of 9).
+while such an upload runs (`Backend.upload_memory`, `Uploader._put_file`).  A new buffer is
+mapped with ``MAP_POPULATE``: the kernel fills all its pages in one call (3.5 ms per part
+instead of 9).
 
 A buffer whose upload did not end is never reused (`drop`): a worker thread abandoned at shutdown
 may still be reading it.  Thread-safe.
