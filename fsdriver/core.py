@@ -143,6 +143,8 @@ class Filesystem:
         self.uploader.on_settled = self.files.settled
         self.uploader.on_uploaded = self.files.uploaded
         self.uploader.budget = self.budget  # checking a record reserves its memory
+        # files uploaded whole read their parts into buffers held in the budget: half of it at most
+        backend.cap_upload_memory(self.budget.limit // 2)
         self.records = Records(self)  # when record handles commit (fsdriver.records)
         self.attributes = Attributes(self)  # chmod/chown/utimens and directory times, stored
         self.dirindex = DirIndex(self)  # S3: the attributes of each directory's entries, for listings

@@ -94,7 +94,9 @@ class PartStream:
         self.done: dict[int, tuple[str, int]] = {}  # part -> (etag, length): uploaded, unchanged since
         self.busy: dict[int, trio.Event] = {}  # parts being uploaded -> set when that ends
         self.failed: Optional[str] = None  # a background step failed: the whole file goes at close
-        self.outage: Optional[Unavailable] = None  # ... because the backend did not answer
+        # ... because the backend did not answer (a flag, not the exception: its traceback would
+        # keep the failed part's buffer mapped, outside the budget, for as long as the stream lives)
+        self.outage = False
         self.closed = False  # completed or abandoned: nothing more is uploaded for it
         self.on_abandon = lambda: None  # set by `Streams`: aborts it in the background
 
@@ -205,7 +207,7 @@ class Streams:
                                                           checksum=self.time_skew > 0)
         except BackendError as e:
             stream.failed = f"starting the multipart upload failed: {e}"
-            stream.outage = e if isinstance(e, Unavailable) else None
+            stream.outage = isinstance(e, Unavailable)
             log.info("%s: %s; the file is uploaded whole at close", stream.key, stream.failed)
             stream.created.set()
             return
@@ -235,7 +237,7 @@ class Streams:
         except (BackendError, OSError) as e:
             if not stream.closed:
                 stream.failed = f"part {i + 1} failed: {e}"
-                stream.outage = e if isinstance(e, Unavailable) else None
+                stream.outage = isinstance(e, Unavailable)
                 log.info("%s: %s; the file is uploaded whole at close", stream.key, stream.failed)
         finally:
             stream.busy.pop(i).set()
@@ -313,11 +315,11 @@ class Streams:
             return None
         for event in list(stream.busy.values()):
             await event.wait()
-        if stream.outage is not None and stream.upload_id is not None:
+        if stream.outage and stream.upload_id is not None:
             # A background part got no answer.  The outage may be over: this close uploads the
             # parts still missing itself, its requests bounded as any close's upload's, and fails
             # (EIO, a pending upload) only if they get no answer either.
-            stream.failed = stream.outage = None
+            stream.failed, stream.outage = None, False
         why = (stream.failed or ("the file was renamed" if node.key != stream.key else None)
                or ("it is now below the multipart threshold" if staged.size <= self.threshold else None)
                or ("it has more parts than S3 allows" if staged.size > MAX_PARTS * self.part_size else None)

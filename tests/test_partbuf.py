@@ -126,3 +126,19 @@ def test_release_lets_a_buffer_be_unmapped_and_tolerates_a_view_held_elsewhere()
     view.release()
     other.close()
     assert other.closed
+
+
+def test_a_limit_makes_take_wait_until_a_buffer_comes_back():
+    pool = PartBuffers(4096, limit=2)
+    a, b = pool.take(), pool.take()
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.take()))
+    t.start()
+    t.join(0.2)  # (a take that did not wait would have a third buffer by now; a slow thread can only hide that)
+    assert got == [] and pool.out == 2
+    pool.give(a)
+    t.join(10)
+    assert got == [a] and pool.out == 2  # the one given back, reused
+    pool.give(b)
+    pool.give(got[0])
+    assert pool.out == 0 and pool.made == 2

@@ -242,6 +242,10 @@ class Backend(abc.ABC):
         where it reads the file in small pieces."""
         return 0
 
+    def cap_upload_memory(self, most: int) -> None:
+        """Let `put_file` map at most about ``most`` bytes for itself, all uploads together (S3:
+        at least one part buffer); `upload_memory` says what it may then take."""
+
     def set_meta(self, key: str, meta: "Mapping[str, str] | None", *, if_match: str | None = None,
                  if_meta: "Mapping[str, str] | None" = None) -> ObjectInfo:
         """Replace the user metadata of the object or marker ``key`` without changing its content;

@@ -10,8 +10,9 @@ when no part is in flight any more, it lets them all go, so that no memory is he
 uploads.  The mount counts every buffer in its memory budget from its mapping until it is let go
 (`fsdriver.multipart`): one kept for the next part is memory the daemon holds, given back when
 someone waits for memory (`trim`).  `S3Backend` shares one `PartBuffers` among all the files it
-uploads whole, at most one buffer per thread of its pool, which the mount holds in its budget
-while such an upload runs (`Backend.upload_memory`, `Uploader._put_file`).  A new buffer is
+uploads whole, at most one buffer per thread of its pool and no more than the mount's cap (a
+``limit``: `take` waits), which the mount holds in its budget while such an upload runs
+(`Backend.upload_memory`, `Uploader._put_file`).  A new buffer is
 mapped with ``MAP_POPULATE``: the kernel fills all its pages in one call (3.5 ms per part
 instead of 9).
 
@@ -33,12 +34,14 @@ class PartBuffers:
     how many bytes of buffers they unmapped (or let go of), for a caller that counts them in a
     memory budget: a buffer is counted from `new` until then, in use or kept for the next part."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, limit: "int | None" = None):
         self.size = size
+        self.limit = limit  # buffers out at once, at most (None: any number): `take` waits
         self.out = 0  # buffers taken and not given back or dropped
         self.made = 0  # buffers mapped so far
         self._free: list[mmap.mmap] = []
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
 
     def reuse(self) -> "mmap.mmap | None":
         """A buffer given back, if any."""
@@ -56,7 +59,24 @@ class PartBuffers:
         return buf
 
     def take(self) -> mmap.mmap:
-        """`reuse`, else `new`."""
+        """`reuse`, else `new`; with a ``limit``, first waits (blocking the calling thread) until
+        fewer than that many are out."""
+        if self.limit is not None:
+            with self._returned:
+                self._returned.wait_for(lambda: self.out < self.limit)
+                self.out += 1  # (counted now: another thread must not pass the limit meanwhile)
+                if self._free:
+                    return self._free.pop()
+            try:
+                buf = mmap.mmap(-1, self.size, flags=_FLAGS)
+            except BaseException:
+                with self._returned:
+                    self.out -= 1
+                    self._returned.notify()
+                raise
+            with self._lock:
+                self.made += 1
+            return buf
         buf = self.reuse()
         return buf if buf is not None else self.new()
 
@@ -67,6 +87,7 @@ class PartBuffers:
             self.out -= 1
             self._free.append(buf)
             free = self._settle()
+            self._returned.notify()
         _unmap(free)
         return len(free) * self.size
 
@@ -76,6 +97,7 @@ class PartBuffers:
         with self._lock:
             self.out -= 1
             free = self._settle()
+            self._returned.notify()
         _unmap(free)
         return (len(free) + 1) * self.size
 

@@ -201,8 +201,8 @@ class S3Backend(Backend):
                                               unique_id="stashfs-small-put-expect")
         self._pool = ThreadPoolExecutor(transfer_workers, thread_name_prefix="s3-part")
         # What the parts of files uploaded whole are read into: shared, so that all of them map at
-        # most one buffer per thread of the pool (`upload_memory`).
-        self._part_buffers = PartBuffers(part_size)
+        # most one buffer per thread of the pool, or fewer (`cap_upload_memory`, `upload_memory`).
+        self._part_buffers = PartBuffers(part_size, limit=transfer_workers)
         # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
         self._streams: dict[str, tuple[str, dict, dict]] = {}
         # (record(key, upload_id) -> entry, forget(entry)): told of every multipart upload that
@@ -448,10 +448,13 @@ class S3Backend(Backend):
 
     def upload_memory(self, size: int) -> int:
         """A file above the multipart threshold is read into one part buffer per part in flight:
-        at most one per thread of the pool, whatever the number of files uploaded at once."""
+        at most one per thread of the pool, or the cap's number, for all files uploaded at once."""
         if size <= self.multipart_threshold:
             return 0
-        return min(self.transfer_workers, -(-size // self.part_size)) * self.part_size
+        return min(self._part_buffers.limit, -(-size // self.part_size)) * self.part_size
+
+    def cap_upload_memory(self, most: int) -> None:
+        self._part_buffers.limit = max(1, min(self.transfer_workers, most // self.part_size))
 
     def _multipart(self, key: str, size: int, source, cond: dict, meta: dict) -> ObjectInfo:
         """Upload ``size`` bytes of ``source`` (a byte view, or a file descriptor whose parts are
