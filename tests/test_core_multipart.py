@@ -456,6 +456,18 @@ def test_a_file_uploaded_whole_holds_its_part_buffers_in_the_budget(tmp_path):
     run_core(tmp_path, body, be)
 
 
+def _record_new_buffers(fs, keep) -> None:
+    """``keep(buf)`` for every part buffer the streams map from now on."""
+    buffers = fs.uploader.streams.buffers
+    new = buffers.new
+
+    def recorded():
+        buf = new()
+        keep(buf)
+        return buf
+    buffers.new = recorded
+
+
 def test_part_buffers_let_go_are_unmapped_when_the_budget_gets_them_back(tmp_path):
     """A buffer given back to the budget is really unmapped then: no view of it is left in the
     part's upload (an mmap with a view alive cannot close, and the memory stayed mapped a while
@@ -463,14 +475,7 @@ def test_part_buffers_let_go_are_unmapped_when_the_budget_gets_them_back(tmp_pat
     made = []
 
     async def body(fs, be, nursery):
-        buffers = fs.uploader.streams.buffers
-        new = buffers.new
-
-        def recorded():
-            buf = new()
-            made.append(buf)
-            return buf
-        buffers.new = recorded
+        _record_new_buffers(fs, made.append)
         _, fh = await new_file(fs)
         await write_all(fs, fh, blob(4 * MiB + 5))
         await background_done(fs)
@@ -509,14 +514,7 @@ def test_the_buffer_of_a_part_lost_to_an_outage_is_not_kept_mapped(tmp_path):
     made = []
 
     async def body(fs, be, nursery):
-        buffers = fs.uploader.streams.buffers
-        new = buffers.new
-
-        def recorded():
-            buf = new()
-            made.append(weakref.ref(buf))
-            return buf
-        buffers.new = recorded
+        _record_new_buffers(fs, lambda buf: made.append(weakref.ref(buf)))
         be.fail("upload_part", Unavailable("injected outage"), times=None)
         _, fh = await new_file(fs)
         await write_all(fs, fh, blob(3 * MiB))
