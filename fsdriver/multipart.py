@@ -353,6 +353,10 @@ class Streams:
                                                             **conditions)
         except BaseException:
             stream.abandon()
+            if stream.meta and stream.meta != staged.meta:
+                # A completion that landed unheard stored the stream's attributes (the times of its
+                # start), not the close's: a retry that finds them there knows it for this file's.
+                staged.attempts.append((size, dict(stream.meta)))
             raise
         stream.closed = True
         self._forget(stream)

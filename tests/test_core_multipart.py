@@ -527,3 +527,42 @@ def test_the_buffer_of_a_part_lost_to_an_outage_is_not_kept_mapped(tmp_path):
         await fs.release(fh)
 
     run_core(tmp_path, body, small_parts())
+
+
+@pytest.mark.expected_log(r"upload failed, kept as a pending upload", r"landed")
+def test_a_completion_that_landed_unheard_is_recognised_by_the_retry(tmp_path):
+    """The completion of a streamed upload lands but its answer is lost (an outage: the close
+    answers EIO, a pending upload).  The object then holds the stream's attributes (the times of
+    its start, within the skew), not the close's exact ones: the retry must still recognise it
+    as this file's own upload and store the file over it, not give it up as another writer's."""
+    class Unheard(MemoryBackend):
+        lose = True
+
+        def complete_multipart(self, *args, **kwargs):
+            info = super().complete_multipart(*args, **kwargs)
+            if self.lose:
+                self.lose = False
+                raise Unavailable("injected: the answer to a completion that landed was lost")
+            return info
+
+    be = Unheard()
+    be.part_size = be.multipart_threshold = MiB
+    data = blob(3 * MiB + 11)
+
+    async def body(fs, be, nursery):
+        _, fh = await new_file(fs, mode=0o640)
+        await write_all(fs, fh, data)
+        await background_done(fs)
+        node = fs.files.handles[fh].node
+        with pytest.raises(FSError) as e:
+            await fs.flush(fh)
+        assert e.value.errno == errno.EIO
+        assert be.contents()["pipeline/p/f"] == data  # it landed, unheard
+        assert be.head("pipeline/p/f").meta != fs.upload_meta(node)  # with the stream's times
+        await fs.release(fh)
+        assert await fs.uploader.flush_all() == []  # (a "given up" would be a WARNING: refused here)
+        assert fs.uploader.describe_pending() == []
+        assert be.contents()["pipeline/p/f"] == data
+        assert be.head("pipeline/p/f").meta == fs.upload_meta(node)  # the retry stored the file over it
+
+    run_core(tmp_path, body, be)
