@@ -203,6 +203,7 @@ class S3Backend(Backend):
         # What the parts of files uploaded whole are read into: shared, so that all of them map at
         # most one buffer per thread of the pool, or fewer (`cap_upload_memory`, `upload_memory`).
         self._part_buffers = PartBuffers(part_size, limit=transfer_workers)
+        self._part_slots = threading.Semaphore(transfer_workers)  # parts submitted, one buffer each
         # upload id -> (put token, meta, {(part, etag): CRC32}) of the uploads of `create_multipart`
         self._streams: dict[str, tuple[str, dict, dict]] = {}
         # (record(key, upload_id) -> entry, forget(entry)): told of every multipart upload that
@@ -454,7 +455,9 @@ class S3Backend(Backend):
         return min(self._part_buffers.limit, -(-size // self.part_size)) * self.part_size
 
     def cap_upload_memory(self, most: int) -> None:
+        """(Before any upload.)"""
         self._part_buffers.limit = max(1, min(self.transfer_workers, most // self.part_size))
+        self._part_slots = threading.Semaphore(self._part_buffers.limit)
 
     def _multipart(self, key: str, size: int, source, cond: dict, meta: dict) -> ObjectInfo:
         """Upload ``size`` bytes of ``source`` (a byte view, or a file descriptor whose parts are
@@ -492,7 +495,19 @@ class S3Backend(Backend):
         futures = []
         try:
             for n, start in enumerate(range(0, size, self.part_size), start=1):
-                futures.append(self._pool.submit(upload, n, start))
+                if not isinstance(source, memoryview):
+                    # a part buffer free first: the caller waits for one here, not a pool thread
+                    # (which the pool's other work, parallel range reads, would wait behind)
+                    self._part_slots.acquire()
+                    try:
+                        future = self._pool.submit(upload, n, start)
+                    except BaseException:
+                        self._part_slots.release()
+                        raise
+                    future.add_done_callback(lambda _: self._part_slots.release())  # ended or cancelled
+                else:
+                    future = self._pool.submit(upload, n, start)
+                futures.append(future)
             parts = [f.result() for f in futures]
             self._check_if_match(key, cond)
             try:
