@@ -10,7 +10,8 @@ order, so the machine's load drifts over both alike.  Each mount's object is che
 ``mountctl``/daemon runs from its version's directory (``python -m`` imports from the working
 directory first).  Prints every round (ratio, daemon CPU, parts phase and completion from the
 proxy's trace) and the medians of the ratios to the round's ``upload_file`` and of the daemon's
-CPU seconds per write.
+CPU seconds per write.  ``--floor`` adds `bench.s3writefloor` (the pyfuse3 floor) to every round,
+as a third variant in the rotation.
 """
 
 import os
@@ -23,15 +24,17 @@ from .harness import Env
 
 HERE = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
+FLOOR = "bench.s3writefloor"
 
 
 def main(argv=None) -> int:
     p = parser("python -m bench.ab_write", __doc__, rounds=8)
     p.add_argument("--write-mib", type=int, default=128)
     p.add_argument("--memory-limit", default="256M", help="--memory-limit of the mounts (default 256M)")
+    p.add_argument("--floor", action="store_true", help="also write through bench.s3writefloor in every round")
     args = p.parse_args(argv)
     env = Env(keep=False, tls=args.tls)
-    names = (args.rev, "this checkout")
+    names = (args.rev, "this checkout") + ((FLOOR,) if args.floor else ())
     ratios: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     cwd = os.getcwd()
@@ -43,16 +46,21 @@ def main(argv=None) -> int:
             env.proxy.latency = args.latency_ms / 1000
             for i in range(args.rounds):
                 raw = writes.raw_upload(env, local, f"pipeline/bench/ab-raw/w{i}.bin")
-                order = names if i % 2 == 0 else names[::-1]
+                order = names[i % len(names):] + names[:i % len(names)]
+                order = order if i % 2 == 0 else order[::-1]
                 line = []
                 for name in order:
                     print(f"ab_write: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
-                    os.chdir(other if name == args.rev else HERE)
-                    try:
-                        r = writes.mount_big_write(env, local, args.memory_limit,
-                                                   f"pipeline/bench/ab/w{i}-{names.index(name)}.bin")
-                    finally:
-                        os.chdir(cwd)
+                    key = f"pipeline/bench/ab/w{i}-{names.index(name)}.bin"
+                    if name == FLOOR:
+                        r = writes.floor_big_write(env, local, key)
+                        r["daemon"] = {"cpu_s": r["cpu_s"]}
+                    else:
+                        os.chdir(other if name == args.rev else HERE)
+                        try:
+                            r = writes.mount_big_write(env, local, args.memory_limit, key)
+                        finally:
+                            os.chdir(cwd)
                     ratios[name].append(r["mb_s"] / raw["mb_s"])
                     cpu[name].append(r["daemon"]["cpu_s"])
                     line.append(f"{name} {ratios[name][-1]:.3f} ({cpu[name][-1]:.2f} s, parts {r['parts_s']:.2f} s"

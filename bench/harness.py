@@ -273,6 +273,12 @@ class Env:
         url = self.raw.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600)
         return FloorMount(self, name + self.tag, "bench.s3floor", url, str(size))
 
+    def mount_s3_write_floor(self, name: str, prefix: str) -> FloorMount:
+        """`bench.s3writefloor` uploading the files created in it to ``prefix`` of ``env.bucket``
+        through the proxy: what any pyfuse3 daemon that uploads with boto3 costs at the least for
+        the big write."""
+        return FloorMount(self, name + self.tag, "bench.s3writefloor", self.proxy.url, self.bucket, prefix)
+
     def close(self, save_logs_to: Path | None = None) -> list[str]:
         """Tear everything down; returns problems seen (daemon tracebacks, leftover mounts).
 

@@ -115,7 +115,9 @@ def evaluate_s3(p: dict) -> dict:
         put("create_requests", c["requests_per_file"] <= 1.1, f"{c['requests_per_file']:.3f} requests per file")
     if "write_mount" in p and "write_raw" in p:
         x = _ratio(p["write_mount"]["mb_s"], p["write_raw"]["mb_s"])
-        put("big_write", x >= 1.0, f"{x:.3f}x ({p['write_mount']['mb_s']:.1f} vs {p['write_raw']['mb_s']:.1f} MB/s)")
+        fl = p.get("write_floor")
+        floor = f"; {_floor(_ratio(fl['mb_s'], p['write_raw']['mb_s']), 1.0, 'bench.s3writefloor')}" if fl else ""
+        put("big_write", x >= 1.0, f"{x:.3f}x ({p['write_mount']['mb_s']:.1f} vs {p['write_raw']['mb_s']:.1f} MB/s{floor})")
     if "ls_mount" in p and "ls_raw" in p:
         m = p["ls_mount"]
         x = _ratio(m["seconds"], p["ls_raw"]["seconds"])
@@ -179,7 +181,7 @@ def evaluate(r: dict, judged: str | None) -> dict:
 
 
 def _floor(ratio: float, target: float, floor: str = "a do-nothing pyfuse3 passthrough") -> str:
-    """What a floor daemon (`bench.floorfs`, `bench.s3floor`) reached in the same rounds."""
+    """What a floor daemon (`bench.floorfs`, `bench.s3floor`, `bench.s3writefloor`) reached in the same rounds."""
     return (f"{floor} reached {ratio:.3f}x in the same rounds"
             + ("" if ratio >= target else ", below the target too"))
 

@@ -136,6 +136,10 @@ def _writes(p: dict, t, rows: list, notes: list) -> None:
         rows.append((f"S3 write + fsync + close {w['bytes'] // MiB} MiB", f"{w['mb_s']:.1f} MB/s",
                      f"upload_file {raw['mb_s']:.1f} MB/s" if raw else "",
                      _div(w["mb_s"], raw["mb_s"], 3) if raw else "", t("big_write", ">= 1.00x")))
+        fl = p.get("write_floor")
+        if fl and raw:
+            rows.append(("  bench.s3writefloor (pyfuse3 floor)", f"{fl['mb_s']:.1f} MB/s", f"upload_file {raw['mb_s']:.1f} MB/s",
+                         _div(fl["mb_s"], raw["mb_s"], 3), "(reported)"))
         rows.append(("  requests: PUT part / POST / other", _write_kinds(w["proxy"]),
                      f"upload_file {_write_kinds(raw['proxy'])}" if raw else "", "", "(until close returned)"))
         rows.append(("  daemon peak RSS (VmHWM)", f"{w['daemon']['vm_hwm'] / MiB:.0f} MiB",
@@ -143,7 +147,8 @@ def _writes(p: dict, t, rows: list, notes: list) -> None:
                      f"{w['daemon']['vm_hwm'] / w['memory_limit']:.2f}x", "(reported)"))
         if "runs_mb_s" in w and len(w["runs_mb_s"]) > 1:
             notes.append("big write MB/s per run (median reported): mount " + ", ".join(map(str, w["runs_mb_s"]))
-                         + (f"; upload_file {', '.join(map(str, raw['runs_mb_s']))}" if raw else ""))
+                         + (f"; upload_file {', '.join(map(str, raw['runs_mb_s']))}" if raw else "")
+                         + (f"; floor {', '.join(map(str, fl['runs_mb_s']))}" if fl else ""))
         notes.append(f"big write, as the proxy saw it: parts from the first sent to the last answered {w['parts_s']:.2f} s, "
                      f"then CompleteMultipartUpload {w['completion_s']:.2f} s (mount)"
                      + (f"; {raw['parts_s']:.2f} s, then {raw['completion_s']:.2f} s (upload_file)" if raw else "")
@@ -153,7 +158,9 @@ def _writes(p: dict, t, rows: list, notes: list) -> None:
                      f"{w['seconds']:.2f} s; content checked on moto (size and SHA-256): "
                      f"{'equal' if w['content_verified'] else 'DIFFERENT'}; at unmount {kinds(w['unmount_proxy'])}; "
                      f"daemon CPU {w['daemon']['cpu_s']:.2f} s (RSS at rest {w['rss_after_mount'] / MiB:.0f} MiB)"
-                     + (f"; upload_file CPU {raw['cpu_s']:.2f} s (own process)" if raw else ""))
+                     + (f"; upload_file CPU {raw['cpu_s']:.2f} s (own process)" if raw else "")
+                     + (f"; bench.s3writefloor CPU {fl['cpu_s']:.2f} s, parts {fl['parts_s']:.2f} s, completion "
+                        f"{fl['completion_s']:.2f} s" if fl else ""))
     if "create_s3" in p:
         c, raw = p["create_s3"], p.get("create_raw")
         rows.append((f"S3 creates of {c['size'] // 1024} KiB files ({c['count']})", f"{c['files_s']:.1f} files/s",

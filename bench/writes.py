@@ -12,7 +12,9 @@ Big write: a fresh S3 mount; a process of its own (`bench.appclient`) opens a ne
 runs from ``open`` to ``close`` returning.  Requests by kind, the daemon's peak RSS (VmHWM) and
 CPU; after the unmount the object is checked straight on moto (uncounted): its size and SHA-256
 equal the local file's.  Reference: boto3 ``upload_file`` of the same local file with the default
-TransferConfig (8 MiB parts, 10 threads), in a process of its own.
+TransferConfig (8 MiB parts, 10 threads), in a process of its own.  Beside it, the same write
+through `bench.s3writefloor`: that upload fed by FUSE writes and nothing else, the least a pyfuse3
+daemon uploading with boto3 can do for the same promise: how far the target is reachable by any.
 
 Disk creates: the same creates through a disk mount, against files of the same size written,
 ``fsync``-ed and closed in a new directory of the backing filesystem directly (the durability
@@ -97,6 +99,21 @@ def server_phases(trace: list) -> dict:
                                 if kind == "POST" and "uploadId=" in target)}
 
 
+def _check_object(env: Env, key: str, local: Path) -> bool:
+    """The object at ``key`` (read straight on moto, uncounted) has ``local``'s size and SHA-256."""
+    size = local.stat().st_size
+    got = env.direct.get_object(Bucket=env.bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    n = 0
+    for chunk in got.iter_chunks(MiB):
+        digest.update(chunk)
+        n += len(chunk)
+    with open(local, "rb") as f:
+        ok = n == size and digest.hexdigest() == hashlib.file_digest(f, "sha256").hexdigest()
+    assert ok, f"the object written at {key} has {n} bytes of {size} or other content"
+    return ok
+
+
 def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRITE_KEY) -> dict:
     size = local.stat().st_size
     path_rel = Path(key)
@@ -116,19 +133,30 @@ def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRI
         before = env.proxy.snapshot()
         m.umount()
     unmount = _delta(env, before)
-    got = env.direct.get_object(Bucket=env.bucket, Key=key)["Body"]
-    digest = hashlib.sha256()
-    n = 0
-    for chunk in got.iter_chunks(MiB):
-        digest.update(chunk)
-        n += len(chunk)
-    with open(local, "rb") as f:
-        ok = n == size and digest.hexdigest() == hashlib.file_digest(f, "sha256").hexdigest()
-    assert ok, f"the object written through the mount has {n} bytes of {size} or other content"
+    ok = _check_object(env, key, local)
     return {"bytes": size, "seconds": app["seconds"], "mb_s": size / app["seconds"] / 1e6, "fsync_s": app["fsync_s"],
             "close_s": app["close_s"], "app_cpu_s": app["cpu_s"], **server_phases(trace), "proxy": proxy,
             "unmount_proxy": unmount, "content_verified": ok, "daemon": daemon, "rss_after_mount": rss0,
             "memory_limit": st["memory"]["limit"]}
+
+
+def floor_big_write(env: Env, local: Path, key: str = "pipeline/bench/floor-bigwrite/w.bin") -> dict:
+    """The same write through `bench.s3writefloor` (a fresh floor mount): the reference's upload fed
+    by FUSE writes, nothing else.  What any pyfuse3 daemon uploading with boto3 reaches at best on
+    this machine: beside the row, not a target."""
+    prefix, name = key.rsplit("/", 1)
+    with env.mount_s3_write_floor("s3writefloor", prefix) as floor:
+        cpu0 = proc_cpu(floor.proc.pid)
+        env.proxy.counts.start_trace()
+        try:  # a process of its own, as the reference
+            app = appclient.run(env, "write", floor.path / name, local)
+        finally:
+            trace = env.proxy.counts.stop_trace()
+        cpu = proc_cpu(floor.proc.pid) - cpu0
+    size = local.stat().st_size
+    _check_object(env, key, local)
+    return {"bytes": size, "seconds": app["seconds"], "mb_s": size / app["seconds"] / 1e6, "cpu_s": cpu,
+            "app_cpu_s": app["cpu_s"], **server_phases(trace)}
 
 
 def raw_upload(env: Env, local: Path, key: str = "pipeline/bench/raw-bigwrite/w.bin") -> dict:

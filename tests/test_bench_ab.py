@@ -78,11 +78,11 @@ def test_ab_ls_measures_both_versions_and_the_raw_listing(capsys, trees):
     assert _removed(made)
 
 
-def test_ab_write_measures_both_versions_against_upload_file(capsys, trees):
+def test_ab_write_measures_both_versions_and_the_floor_against_upload_file(capsys, trees):
     made = trees(ab_write)
-    assert ab_write.main(["HEAD", "--write-mib", "12", "--rounds", "1", "--latency-ms", "0"]) == 0
+    assert ab_write.main(["HEAD", "--write-mib", "12", "--rounds", "1", "--latency-ms", "0", "--floor"]) == 0
     out = capsys.readouterr().out
-    for name in ("HEAD", "this checkout"):
+    for name in ("HEAD", "this checkout", "bench.s3writefloor"):
         assert _figure(out, name, "ratio") > 0, out
     assert "upload_file" in out
     assert _removed(made)

@@ -1,14 +1,15 @@
-"""`make bench`'s pyfuse3 floors (bench/floorfs.py, bench/s3floor.py) and the rows built on them:
-a floor is a real FUSE mount through the kernel that keeps what the rows compare (bytes, fsync at
-close; the object's bytes in one GET), and each disk row shows the round whose ratio is the middle
-one, with the floor's beside it."""
+"""`make bench`'s pyfuse3 floors (bench/floorfs.py, bench/s3floor.py, bench/s3writefloor.py) and the
+rows built on them: a floor is a real FUSE mount through the kernel that keeps what the rows
+compare (bytes, fsync at close; the object's bytes in one GET; the written file's bytes in one
+multipart upload, complete when fsync returns), and each disk row shows the round whose ratio is
+the middle one, with the floor's beside it."""
 
 import errno
 import os
 
 import pytest
 
-from bench import appclient, report, scenarios, tables
+from bench import appclient, report, scenarios, tables, writes
 
 from .benchenv import env  # noqa: F401  (the fixture)
 
@@ -155,6 +156,55 @@ def test_the_disk_rows_judge_the_middle_round_and_show_its_figures():
     met = report.evaluate(dict(results, create_disk=dict(create, ratio=0.81, floor_ratio=0.9)), None)
     assert met["disk_creates"]["met"] is True
     assert "below the target" not in met["disk_creates"]["measured"]
+
+
+def test_s3_write_floor_uploads_the_file_in_parts_complete_at_fsync(env):
+    env.start()
+    part = 8 << 20
+    data = os.urandom(2 * part + (1 << 20) + 777)  # two full parts while writing, the tail at fsync
+    with env.mount_s3_write_floor("s3writefloor", "pipeline/floor") as floor:
+        before = env.proxy.snapshot()
+        fd = os.open(floor.path / "w.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for off in range(0, len(data), 1 << 20):
+                assert os.write(fd, data[off:off + (1 << 20)]) == len(data[off:off + (1 << 20)])
+            with pytest.raises(OSError) as e:  # not at the end: the floor only appends
+                os.pwrite(fd, b"x", 5)
+            assert e.value.errno == errno.EIO
+            os.fsync(fd)
+            # complete when fsync returned: the object is there, whole, before the close
+            assert env.direct.get_object(Bucket=env.bucket, Key="pipeline/floor/w.bin")["Body"].read() == data
+        finally:
+            os.close(fd)
+        got = env.proxy.counts.delta(before, env.proxy.snapshot())["requests"]
+        assert got == {"POST": 2, "PUT part": 3}, got  # create + complete; two full parts and the tail
+    assert not os.path.ismount(floor.path) and floor.proc is None
+    # the row's own measurement, on a fresh floor mount of its own; it checks the object itself
+    local = writes.make_write_file(env, 12 << 20)
+    r = writes.floor_big_write(env, local, "pipeline/floor-row/w.bin")
+    assert r["bytes"] == 12 << 20 and r["mb_s"] > 0 and r["cpu_s"] >= 0 and r["parts_s"] >= 0
+    with pytest.raises(AssertionError):  # and that check can fail
+        writes._check_object(env, "pipeline/floor/w.bin", local)
+
+
+def test_the_s3_write_row_shows_the_floor_beside_it():
+    proxy = {"requests": {"PUT part": 16, "POST": 2}, "total": 18, "bytes": 128 << 20, "errors": {}}
+    raw = {"bytes": 128 << 20, "mb_s": 150.0, "proxy": proxy, "cpu_s": 0.24, "parts_s": 0.5, "completion_s": 0.33,
+           "runs_mb_s": [150.0, 140.0, 155.0]}
+    mount = dict(raw, mb_s=135.0, seconds=0.99, fsync_s=0.4, close_s=0.0, content_verified=True, unmount_proxy=dict(proxy, requests={}, total=0),
+                 daemon={"cpu_s": 0.41, "vm_hwm": 140 << 20}, rss_after_mount=40 << 20, memory_limit=256 << 20)
+    floor = dict(raw, mb_s=144.0, cpu_s=0.32, parts_s=0.55, completion_s=0.34, runs_mb_s=[144.0, 139.0, 150.0])
+    p = {"latency_ms": 10, "write_mount": mount, "write_raw": raw, "write_floor": floor}
+    verdict = report.evaluate_s3(p)
+    assert verdict["big_write"]["met"] is False
+    assert verdict["big_write"]["measured"] == ("0.900x (135.0 vs 150.0 MB/s; bench.s3writefloor reached 0.960x in "
+                                                "the same rounds, below the target too)")
+    text = tables.s3_table(p, {"object_mib": 256}, verdict, judged=True)
+    row = next(line for line in text.splitlines() if "bench.s3writefloor (pyfuse3 floor)" in line)
+    assert "144.0 MB/s" in row and "upload_file 150.0 MB/s" in row and "0.960x" in row and "(reported)" in row
+    assert "bench.s3writefloor CPU 0.32 s, parts 0.55 s, completion 0.34 s" in text
+    assert "; floor 144.0, 139.0, 150.0" in text
+    assert "s3writefloor" not in report.evaluate_s3(dict(p, write_floor=None))["big_write"]["measured"]  # older runs
 
 
 def test_the_s3_read_row_shows_the_floor_beside_it():
