@@ -62,14 +62,19 @@ def s3_pass(env: Env, cfg: dict, args, local: Path, write_local: Path, results: 
     for i in range(cfg["repeat"]):  # interleaved too: one run of each swung from 0.6x to 1.1x
         step(f"big write {i + 1}/{cfg['repeat']}: upload_file of {cfg['write_mib']} MiB (own process)")
         runs["write_raw"].append(writes.raw_upload(env, write_local, f"pipeline/bench/raw-bigwrite/w{i}.bin"))
-        step(f"big write {i + 1}/{cfg['repeat']}: through bench.s3writefloor (the pyfuse3 floor)")
-        try:  # beside the row, not a target: a floor that fails leaves the row's runs alone
-            runs["write_floor"].append(writes.floor_big_write(env, write_local, f"pipeline/bench/floor-bigwrite/w{i}.bin"))
-        except Exception as e:
-            print(f"bench: bench.s3writefloor failed in run {i + 1}: {e}", file=sys.stderr)
-        step(f"big write {i + 1}/{cfg['repeat']}: {cfg['write_mib']} MiB write + fsync + close through a fresh S3 mount")
-        runs["write_mount"].append(writes.mount_big_write(env, write_local, args.memory_limit,
-                                                          f"pipeline/bench/bigwrite/w{i}.bin"))
+        for which in ("floor", "mount") if i % 2 == 0 else ("mount", "floor"):  # neither always right after the other
+            if which == "floor":
+                step(f"big write {i + 1}/{cfg['repeat']}: through bench.s3writefloor (the pyfuse3 floor)")
+                try:  # beside the row, not a target: a floor that fails leaves the row's runs alone
+                    runs["write_floor"].append(writes.floor_big_write(
+                        env, write_local, f"pipeline/bench/floor-bigwrite/w{i}.bin"))
+                except Exception as e:
+                    print(f"bench: bench.s3writefloor failed in run {i + 1}: {e}", file=sys.stderr)
+            else:
+                step(f"big write {i + 1}/{cfg['repeat']}: {cfg['write_mib']} MiB write + fsync + close through a "
+                     "fresh S3 mount")
+                runs["write_mount"].append(writes.mount_big_write(env, write_local, args.memory_limit,
+                                                                  f"pipeline/bench/bigwrite/w{i}.bin"))
     results.update({k: median_run(v) for k, v in runs.items() if v})
     results["write_mount"]["daemon"] = dict(results["write_mount"]["daemon"],
                                             vm_hwm=max(r["daemon"]["vm_hwm"] for r in runs["write_mount"]))

@@ -11,7 +11,7 @@ order, so the machine's load drifts over both alike.  Each mount's object is che
 directory first).  Prints every round (ratio, daemon CPU, parts phase and completion from the
 proxy's trace) and the medians of the ratios to the round's ``upload_file`` and of the daemon's
 CPU seconds per write.  ``--floor`` adds `bench.s3writefloor` (the pyfuse3 floor) to every round,
-as a third variant in the rotation.
+as a third variant: the three rotate (`round_order`).
 """
 
 import os
@@ -25,6 +25,16 @@ from .harness import Env
 HERE = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 FLOOR = "bench.s3writefloor"
+
+
+def round_order(names: tuple, i: int) -> tuple:
+    """The order of round ``i`` (0-based): two variants alternate; three rotate, each round's order
+    reversed every other round, so that each comes first, second and last as often."""
+    if len(names) == 2:
+        return names if i % 2 == 0 else names[::-1]
+    k = i % len(names)
+    order = names[k:] + names[:k]
+    return order if (i // len(names)) % 2 == 0 else order[::-1]
 
 
 def main(argv=None) -> int:
@@ -46,8 +56,7 @@ def main(argv=None) -> int:
             env.proxy.latency = args.latency_ms / 1000
             for i in range(args.rounds):
                 raw = writes.raw_upload(env, local, f"pipeline/bench/ab-raw/w{i}.bin")
-                order = names[i % len(names):] + names[:i % len(names)]
-                order = order if i % 2 == 0 else order[::-1]
+                order = round_order(names, i)
                 line = []
                 for name in order:
                     print(f"ab_write: round {i + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)

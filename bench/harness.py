@@ -275,8 +275,8 @@ class Env:
 
     def mount_s3_write_floor(self, name: str, prefix: str) -> FloorMount:
         """`bench.s3writefloor` uploading the files created in it to ``prefix`` of ``env.bucket``
-        through the proxy: what any pyfuse3 daemon that uploads with boto3 costs at the least for
-        the big write."""
+        through the proxy: what a pyfuse3 daemon that uploads as ``upload_file`` does costs at the
+        least for the big write."""
         return FloorMount(self, name + self.tag, "bench.s3writefloor", self.proxy.url, self.bucket, prefix)
 
     def close(self, save_logs_to: Path | None = None) -> list[str]:

@@ -8,13 +8,16 @@ unmounted (``fusermount3 -u``).  A file created in it is uploaded to ``PREFIX/<n
 it is created, each full 8 MiB part uploaded on a worker thread as soon as the writes filled it
 (at most 10 at once, as boto3's ``upload_file``), from the very buffers pyfuse3 handed the writes
 in (no copy: the part's body is views of them), and at ``fsync`` or the ``close`` the tail and
-CompleteMultipartUpload.  The least any pyfuse3 daemon that uploads with boto3 does for the
-promise the mount makes (durable at ``close``): FUSE's writes and the reference's upload, nothing
-else — no staged file, no memory budget, no journal, no metadata.
+CompleteMultipartUpload.  The least a pyfuse3 daemon that uploads as ``upload_file`` does (boto3,
+its part size, concurrency and checksums) does for the promise the mount makes (durable at
+``close``): FUSE's writes and the reference's upload, nothing else — no staged file, no memory
+budget, no journal, no metadata.
 
-Not a filesystem to use: writes anywhere but at the end of the file fail with EIO, nothing can be
-read back, a failed request fails the file's ``fsync``/``close`` with EIO, and a file exists only
-while it is open.
+Not a filesystem to use: writes anywhere but at the end of the file (or after its ``fsync``) fail
+with EIO, nothing can be read back, a failed request fails the file's ``fsync``/``close`` with EIO
+(and the upload is aborted at its release), a file exists only while it is open, and every byte
+written stays in memory until its part is uploaded (no bound: a writer faster than the uploads
+fills memory).
 """
 
 import errno
@@ -71,13 +74,21 @@ class ChunksBody(io.RawIOBase):
     def read(self, size: int = -1):
         if self._pos >= self._size:
             return b""
+        if size is None or size < 0:  # the rest, joined (botocore reads in sizes; this is not its path)
+            rest = []
+            while self._pos < self._size:
+                rest.append(self.read(self._size - self._pos))
+            return b"".join(rest)
         c = self._chunks[self._i]
         start = self._pos - self._starts[self._i]
-        end = len(c) if size is None or size < 0 else min(len(c), start + size)
+        end = min(len(c), start + size)
         self._pos += end - start
         if end == len(c) and self._i + 1 < len(self._chunks):
             self._i += 1
         return c[start:end]
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
     def readinto(self, b) -> int:
         chunk = self.read(len(b))
@@ -101,6 +112,8 @@ class Upload:
         self.created = trio.Event()
         self.upload_id = None
         self.failed = False
+        self.finishing = False  # fsync/close began completing it: no more writes
+        self.completion = trio.Lock()  # one completion at a time (fsync and close may race)
         self.done = False
 
 
@@ -160,7 +173,7 @@ class S3WriteFloor(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         up = self.files[fh]
-        if off != up.size or up.done:
+        if off != up.size or up.finishing:
             raise pyfuse3.FUSEError(errno.EIO)
         up.chunks.append(buf)
         up.held += len(buf)
@@ -206,21 +219,24 @@ class S3WriteFloor(pyfuse3.Operations):
                 up.idle.set()
 
     async def _finish(self, up: Upload) -> None:
-        if up.done:
-            return
-        if up.held or up.number == 0:
-            self._send(up, self._take(up, up.held))
-        await up.idle.wait()
-        if up.failed:
-            raise pyfuse3.FUSEError(errno.EIO)
-        parts = [up.parts[n] for n in sorted(up.parts)]
-        try:
-            await trio.to_thread.run_sync(lambda: self.s3.complete_multipart_upload(
-                Bucket=self.bucket, Key=up.key, UploadId=up.upload_id, MultipartUpload={"Parts": parts}))
-        except Exception as e:
-            print(f"s3writefloor: complete {up.key}: {e}", file=sys.stderr, flush=True)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        up.done = True
+        async with up.completion:
+            if up.done:
+                return
+            up.finishing = True
+            if up.held or up.number == 0:
+                self._send(up, self._take(up, up.held))
+            await up.idle.wait()
+            if up.failed:
+                raise pyfuse3.FUSEError(errno.EIO)
+            parts = [up.parts[n] for n in sorted(up.parts)]
+            try:
+                await trio.to_thread.run_sync(lambda: self.s3.complete_multipart_upload(
+                    Bucket=self.bucket, Key=up.key, UploadId=up.upload_id, MultipartUpload={"Parts": parts}))
+            except Exception as e:
+                print(f"s3writefloor: complete {up.key}: {e}", file=sys.stderr, flush=True)
+                up.failed = True
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            up.done = True
 
     async def fsync(self, fh, datasync):
         await self._finish(self.files[fh])

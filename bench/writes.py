@@ -14,7 +14,8 @@ CPU; after the unmount the object is checked straight on moto (uncounted): its s
 equal the local file's.  Reference: boto3 ``upload_file`` of the same local file with the default
 TransferConfig (8 MiB parts, 10 threads), in a process of its own.  Beside it, the same write
 through `bench.s3writefloor`: that upload fed by FUSE writes and nothing else, the least a pyfuse3
-daemon uploading with boto3 can do for the same promise: how far the target is reachable by any.
+daemon uploading as ``upload_file`` does can do for the same promise: how far the target is
+reachable by any such daemon.
 
 Disk creates: the same creates through a disk mount, against files of the same size written,
 ``fsync``-ed and closed in a new directory of the backing filesystem directly (the durability
@@ -142,8 +143,8 @@ def mount_big_write(env: Env, local: Path, memory_limit: str, key: str = BIG_WRI
 
 def floor_big_write(env: Env, local: Path, key: str = "pipeline/bench/floor-bigwrite/w.bin") -> dict:
     """The same write through `bench.s3writefloor` (a fresh floor mount): the reference's upload fed
-    by FUSE writes, nothing else.  What any pyfuse3 daemon uploading with boto3 reaches at best on
-    this machine: beside the row, not a target."""
+    by FUSE writes, nothing else.  What a pyfuse3 daemon uploading as ``upload_file`` does reaches
+    at best on this machine: beside the row, not a target."""
     prefix, name = key.rsplit("/", 1)
     with env.mount_s3_write_floor("s3writefloor", prefix) as floor:
         cpu0 = proc_cpu(floor.proc.pid)

@@ -86,3 +86,12 @@ def test_ab_write_measures_both_versions_and_the_floor_against_upload_file(capsy
         assert _figure(out, name, "ratio") > 0, out
     assert "upload_file" in out
     assert _removed(made)
+
+
+def test_ab_write_rounds_put_every_variant_in_every_place_alike():
+    two, three = ("rev", "this"), ("rev", "this", "floor")
+    assert [ab_write.round_order(two, i) for i in range(4)] == [two, two[::-1], two, two[::-1]]
+    orders = [ab_write.round_order(three, i) for i in range(6)]
+    assert sorted(orders) == sorted(set(orders)) and len(orders) == 6  # every order once in 6 rounds
+    for name in three:
+        assert sorted(o.index(name) for o in orders) == [0, 0, 1, 1, 2, 2]

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from bench import appclient, report, scenarios, tables, writes
+from bench.harness import FloorMount
 
 from .benchenv import env  # noqa: F401  (the fixture)
 
@@ -174,17 +175,39 @@ def test_s3_write_floor_uploads_the_file_in_parts_complete_at_fsync(env):
             os.fsync(fd)
             # complete when fsync returned: the object is there, whole, before the close
             assert env.direct.get_object(Bucket=env.bucket, Key="pipeline/floor/w.bin")["Body"].read() == data
+            with pytest.raises(OSError) as e:  # completed: a write now would be left out of it
+                os.write(fd, b"late")
+            assert e.value.errno == errno.EIO
         finally:
-            os.close(fd)
+            os.close(fd)  # (the completion is not sent again)
         got = env.proxy.counts.delta(before, env.proxy.snapshot())["requests"]
         assert got == {"POST": 2, "PUT part": 3}, got  # create + complete; two full parts and the tail
     assert not os.path.ismount(floor.path) and floor.proc is None
+    assert env.direct.list_multipart_uploads(Bucket=env.bucket).get("Uploads", []) == []
     # the row's own measurement, on a fresh floor mount of its own; it checks the object itself
     local = writes.make_write_file(env, 12 << 20)
     r = writes.floor_big_write(env, local, "pipeline/floor-row/w.bin")
     assert r["bytes"] == 12 << 20 and r["mb_s"] > 0 and r["cpu_s"] >= 0 and r["parts_s"] >= 0
-    with pytest.raises(AssertionError):  # and that check can fail
-        writes._check_object(env, "pipeline/floor/w.bin", local)
+    with pytest.raises(AssertionError):  # and that check can fail: other bytes of the same size
+        other = writes.make_write_file(env, 12 << 20)  # (new random bytes, same path)
+        writes._check_object(env, "pipeline/floor-row/w.bin", other)
+
+
+def test_s3_write_floor_fails_the_fsync_and_close_of_a_file_it_could_not_upload(env):
+    env.start()
+    with FloorMount(env, "s3writefloor-nobucket", "bench.s3writefloor", env.proxy.url, "no-such-bucket",
+                    "pipeline/floor") as floor:
+        fd = os.open(floor.path / "w.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, os.urandom((8 << 20) + 1))  # a full part (not uploaded: no bucket) and a byte
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.EIO
+        finally:
+            with pytest.raises(OSError) as e:
+                os.close(fd)
+            assert e.value.errno == errno.EIO
+        assert "NoSuchBucket" in floor.log()
 
 
 def test_the_s3_write_row_shows_the_floor_beside_it():
@@ -228,3 +251,25 @@ def test_the_s3_read_row_shows_the_floor_beside_it():
     below = report.evaluate_s3(dict(p, seq_floor=dict(read, mb_s=560.0)))["sequential"]["measured"]
     assert below.endswith("bench.s3floor reached 0.700x in the same rounds, below the target too)")
     assert "s3floor" not in report.evaluate_s3(dict(p, seq_floor=None))["sequential"]["measured"]  # older runs
+
+
+def test_the_write_floors_part_body_reads_its_chunks_without_copies():
+    from bench.s3writefloor import ChunksBody
+
+    chunks = [b"abc", memoryview(b"xdefgh")[1:], b"ij"]
+    body = ChunksBody(chunks)
+    assert len(body) == 10
+    got = body.read(2)
+    assert isinstance(got, memoryview) and got.obj is chunks[0]  # a view of the chunk, not a copy
+    assert bytes(got) == b"ab" and len(body) == 8 and body.tell() == 2
+    assert bytes(body.read(100)) == b"c"  # a read ends where its chunk does
+    assert bytes(body.read(100)) == b"defgh"
+    body.seek(4)
+    assert bytes(body.read(2)) == b"ef" and body.tell() == 6
+    body.seek(0)
+    assert body.read() == b"abcdefghij" and body.read(5) == b""  # the rest, and then the end
+    body.seek(-3, 2)
+    assert body.readall() == b"hij"
+    buf = bytearray(4)
+    body.seek(1)
+    assert body.readinto(buf) == 2 and buf[:2] == b"bc"
