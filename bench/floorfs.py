@@ -16,6 +16,7 @@ Not a filesystem to use: no rename, unlink, setattr or xattrs; inode numbers are
 import errno
 import functools
 import os
+import stat
 import sys
 
 import pyfuse3
@@ -138,6 +139,20 @@ class Floor(pyfuse3.Operations):
                      "f_favail", "f_namemax"):
             setattr(out, name, getattr(st, name))
         return out
+
+
+def flat_attr(inode: int, file_mode: int, size: int, timeout: float) -> pyfuse3.EntryAttributes:
+    """The attributes of the S3 floors' one directory (the root inode) or of a regular file in it
+    (``file_mode``, ``size`` bytes): `bench.s3floor`'s and `bench.s3writefloor`'s."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = inode
+    if inode == pyfuse3.ROOT_INODE:
+        a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
+    else:
+        a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | file_mode, 1, size
+    a.st_blksize = 4096
+    a.attr_timeout = a.entry_timeout = timeout
+    return a
 
 
 async def serve(operations: pyfuse3.Operations, mountpoint: str, fsname: str) -> None:

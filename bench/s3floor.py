@@ -19,14 +19,13 @@ import errno
 import http.client
 import os
 import ssl
-import stat
 import sys
 import urllib.parse
 
 import pyfuse3
 import trio
 
-from .floorfs import serve
+from .floorfs import flat_attr, serve
 
 NAME = b"object"
 INODE = pyfuse3.ROOT_INODE + 1
@@ -45,15 +44,7 @@ class S3Floor(pyfuse3.Operations):
         self.next_fh = 1
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = inode
-        if inode == pyfuse3.ROOT_INODE:
-            a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
-        else:
-            a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | 0o444, 1, self.size
-        a.st_blksize = 4096
-        a.attr_timeout = a.entry_timeout = 60
-        return a
+        return flat_attr(inode, 0o444, self.size, 60)
 
     async def lookup(self, parent_inode, name, ctx=None):
         if parent_inode != pyfuse3.ROOT_INODE or name != NAME:

@@ -23,7 +23,6 @@ fills memory).
 import errno
 import io
 import os
-import stat
 import sys
 
 import boto3
@@ -31,7 +30,7 @@ import pyfuse3
 import trio
 from botocore.config import Config
 
-from .floorfs import serve
+from .floorfs import flat_attr, serve
 
 PART = 8 << 20
 WORKERS = 10
@@ -132,15 +131,7 @@ class S3WriteFloor(pyfuse3.Operations):
         self.nursery = None
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = inode
-        if inode == pyfuse3.ROOT_INODE:
-            a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
-        else:
-            a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | 0o644, 1, self.files[inode].size
-        a.st_blksize = 4096
-        a.attr_timeout = a.entry_timeout = 0
-        return a
+        return flat_attr(inode, 0o644, self.files[inode].size if inode in self.files else 0, 0)
 
     async def lookup(self, parent_inode, name, ctx=None):
         if parent_inode != pyfuse3.ROOT_INODE or name not in self.names:
