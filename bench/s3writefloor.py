@@ -242,8 +242,8 @@ class S3WriteFloor(pyfuse3.Operations):
             try:
                 await trio.to_thread.run_sync(lambda: self.s3.abort_multipart_upload(
                     Bucket=self.bucket, Key=up.key, UploadId=up.upload_id))
-            except Exception:
-                pass
+            except Exception as e:  # (a bench's server is thrown away: said, not retried)
+                print(f"s3writefloor: abort {up.key}: {e}", file=sys.stderr, flush=True)
 
     async def opendir(self, inode, ctx):
         return inode
