@@ -427,11 +427,15 @@ class Filesystem:
         await self.dirindex.removed(node)  # no index write of it may make its marker again
         if node.is_store:
             await self.backend.delete_prefix(node.prefix + kvnames.EXPIRES)
-        await self.backend.delete(node.prefix)
+        # No round storing directory times runs meanwhile (as for a directory rename): one in
+        # flight would store the removed directory's times after its delete and fail; once it is
+        # removed (unlinked), the next round skips it.
+        async with self.attributes.held():
+            await self.backend.delete(node.prefix)
+            self.inodes.remove(node)
         if node.depth == 2 and node.path[0] == "pipeline":  # an empty pipeline is gone for good
             await self.backend.run(owners.remove, self.sync_backend, name)
             self.namespaces.forget_pipeline(name)
-        self.inodes.remove(node)
         self.names.listed(parent, name, None)
         self.attributes.touch_dir(parent)
         await self.names.keep_parent(parent)
