@@ -76,5 +76,6 @@ class MemoryBudget:
     def release(self, n: int) -> None:
         self.used -= n
         assert self.used >= 0, "memory budget released more than it acquired"
-        self._freed.set()  # wake every waiter; each re-checks
-        self._freed = trio.Event()
+        if self.waiting:
+            self._freed.set()  # wake every waiter; each re-checks
+            self._freed = trio.Event()

@@ -5,15 +5,17 @@
 - A read at offset 0, or the second read in a row that continues the one before it (one adjacent
   read alone is not a stream: random readers hit neighbours by chance), starts a `Stream`: ONE
   GET from that offset to the end of the object (a plain GET of the whole object from offset 0),
-  whose body is read ahead in chunks into a bounded buffer that the following reads consume.
-  Its first chunk is just above the kernel's readahead (1 MiB + 128 KiB), so a small file (up to
-  that size) comes whole with its one request; chunks then double up to ``part_size``, each no
-  larger than the stream's depth (below); on S3 the body is read on the event loop, elsewhere
-  one worker thread call per chunk.  Its reach (how far beyond what it received a read is still
-  its own) starts at that first window and grows to twice as far as the reads served have got,
-  up to ``max_window``; by itself it reads only as deep as one piece (1 MiB) beyond the kernel's
-  read-ahead ahead of the reads, at least 2 MiB (`MIN_DEPTH`; and no deeper than its reach):
-  reads further ahead pull it there.  On S3, as on a
+  whose body goes into a bounded buffer that the following reads consume.  Its first chunk,
+  read with the request, is just above the kernel's readahead (1 MiB + 128 KiB), so a small file
+  (up to that size) comes whole with its one request.  On S3 the rest of the body is read on
+  the event loop by the reads themselves, each up to the end of the piece (1 MiB) it needs: the
+  socket's receive buffer is the read-ahead.  Elsewhere a pump reads it ahead, one worker
+  thread call per chunk, chunks doubling up to ``part_size``, each no larger than the stream's
+  depth (below).  Its reach (how far beyond what it received a read is still its own) starts at
+  that first window and grows to twice as far as the reads served have got, up to
+  ``max_window``; the pump reads by itself only as deep as one piece (1 MiB) beyond the
+  kernel's read-ahead ahead of the reads, at least 2 MiB (`MIN_DEPTH`; and no deeper than its
+  reach): reads further ahead pull the stream there, in chunks of the depth.  On S3, as on a
   server that copies the whole object for every GET (moto), a sequential reader costs one
   request however large the object; a body that breaks off is resumed from where it stopped.
 - The kernel's read-ahead sends a sequential reader's reads concurrently, out of order and up
@@ -37,7 +39,9 @@
   reads from a seek start a new stream at their second read in a row, which replaces the old
   one, unless they are behind it by no more than it holds: they catch up with it by exact GETs
   (the kernel reading again a run of pages it dropped; a new stream would download what the old
-  one holds again).  A random reader downloads what it reads, whatever the kernel's read-ahead.
+  one holds again).  An S3 stream, whose reads read its body, holds next to nothing beyond the
+  furthest read: such reads replace it from their second (what its socket had received is
+  dropped with it).  A random reader downloads what it reads, whatever the kernel's read-ahead.
 - Every request is pinned to the etag the file was opened at (If-Match), so a reader never mixes
   two versions of an object: a change underneath gives ESTALE when the next request is made (a
   body already streaming keeps serving the version it started with).
@@ -65,6 +69,20 @@ from .stream import PIECE, Stream
 import trio
 
 log = logging.getLogger("stashfs.prefetch")
+
+
+class _Releasing:
+    """Releases a `trio.Lock` taken before the block, at its end."""
+
+    def __init__(self, lock: trio.Lock):
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
 
 KERNEL_READAHEAD = 128 * 1024
 INITIAL_WINDOW = (1 << 20) + KERNEL_READAHEAD
@@ -128,7 +146,13 @@ class Prefetcher:
     async def _read(self, off: int, end: int) -> bytes:
         gave_way = False
         while True:
-            async with self._lock:
+            # Taken without a schedule point when free (`async with` yields even then: a task
+            # switch per read); the FUSE loop yields between requests anyway.
+            try:
+                self._lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._lock.acquire()
+            with _Releasing(self._lock):
                 if self.stream is not None and self.stream.covers(off):
                     pass  # inside the stream (or within its reach)
                 elif off == self.last_end and (off == 0 or self._adjacent) and not self._catching_up(off):

@@ -2,18 +2,26 @@
 
 A `Stream` covers ``[start, end)`` of one version of an object (If-Match on its etag).  A
 background task, the *pump*, makes one request (`AsyncBackend.open_range`: a plain GET from
-offset 0, else an open range) and reads its body in chunks, one worker thread call per chunk
-(on the event loop instead where the body can be polled: S3, `AsyncBackend.read_range`): the
-first chunk is ``first`` bytes (the request and a small object's whole content in one thread
-hop), each next one twice the last, up to ``max_chunk`` (and the depth, below).  A chunk is
-read into buffers that the pump allocates on the trio thread, cut at multiples of `PIECE` of the
+offset 0, else an open range) and reads its first chunk, ``first`` bytes, with it (the request
+and a small object's whole content in one thread hop).  Then:
+
+- A body that can be polled on the event loop (`RangeReader.pollable`: S3) is read by the reads
+  themselves (`_pull`), on their own task: a read that needs bytes not received yet reads the
+  body up to the end of the piece it needs (the kernel's 1 MiB reads: that read's own piece),
+  and nothing beyond; the socket's receive buffer holds what has arrived meanwhile (TCP keeps
+  the body coming up to that buffer's size).  No task switch to a pump per read, no read-ahead
+  buffer: the pump only waits for the stream's end to close the body.
+- Any other body is read ahead by the pump in chunks, one worker thread call per chunk, each
+  twice the last, up to ``max_chunk`` (and the depth, below).
+
+A chunk is read into buffers allocated on the trio thread, cut at multiples of `PIECE` of the
 object's offsets (pieces); a read is served from them: a read that is one whole piece is that
 piece itself, a bytearray (the kernel's aligned 1 MiB reads: no copy), otherwise a copy of what
 it asks for (bytes).
 
-Flow control: the pump reads ahead while it is less than its *depth* beyond the furthest end of
-a read served, with memory it takes only if free (`MemoryBudget.try_acquire`); it waits
-otherwise.  A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may
+Flow control (the pump of a body read in a thread): it reads ahead while it is less than its
+*depth* beyond the furthest end of a read served, with memory it takes only if free
+(`MemoryBudget.try_acquire`); it waits otherwise.  A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may
 reclaim), the whole next chunk if memory is free, else just what the read needs.  ``ahead`` grows
 to twice how far reads have got (the furthest end served, from ``start``), up to ``max_ahead``:
 it is how far beyond what was received a read is still the stream's (`covers`).  The depth is
@@ -22,10 +30,11 @@ beyond how far ahead of each other reads arrive (the kernel's read-ahead), so a 
 shortly before the read that takes it, while it is still in the CPU's cache, and the heap reuses
 the same few pieces (a 64 MiB depth made every sequential read fault in and miss the cache on
 64 MiB of pieces; the socket's receive buffer already absorbs the body's bursts).  The pump goes
-on once a piece of the depth is free when its body is read on the event loop
-(`RangeReader.pollable`: S3), else once half of it is (a thread hop per chunk), so it stays
-between the depth less a piece (or half the depth) and the depth ahead.  A read beyond the depth (within the reach)
-is no different from any read that waits: it pulls the pump there.
+on once half of the depth is free (a thread hop per chunk), so it stays between half the depth
+and the depth ahead.  A read beyond the depth (within the reach) is no different from any read
+that waits: it pulls the pump there.  A polled body's read beyond what arrived (within the
+reach) reads the bytes up to it itself, in chunks no larger than the depth (each taken from the
+budget as the pump's are), and they are kept for the reads that come for them.
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
 reads (up to its read-ahead, which the stream does not need to know) concurrently.  So a piece is
@@ -37,12 +46,14 @@ served while one before it was not waits for that one; a read below the buffer i
 stream's.
 
 `cancel` ends it: the buffer is released at once, the pump stops after the chunk it is reading
-(its memory is held until it lands), and the body is closed (the connection is dropped).
+(its memory is held until it lands; a read reading a polled body stops likewise), and the body
+is closed (the connection is dropped).  A read cancelled amid a polled body (its task, not the
+stream) cancels the stream: the bytes it had taken are lost, and the body cannot go on from there.
 `reclaim` gives memory back under pressure: with no read in progress everything, else what lies
 below the read (pieces no read took yet: the stream goes on, their reads become exact ranged
 GETs) and beyond it; dropping beyond cancels the stream, since a streamed body cannot skip a gap.
 A body that breaks off is resumed with a new request from where it stopped (`RESUMES` times in a
-row, only when pinned to an etag).  An error of the request or of the body is kept and raised by the
+row, only when pinned to an etag), by the pump or by the read that found it broken.  An error of the request or of the body is kept and raised by the
 next read that needs more bytes; a body that ends before ``end`` (no version pin, the object
 shrank) gives short reads.
 """
@@ -53,7 +64,7 @@ from collections import deque
 import trio
 
 from . import allocator
-from .backend.aio import AsyncBackend
+from .backend.aio import AsyncBackend, without_request_deadline
 from .backend.base import RangeReader
 from .errors import Unavailable
 from .memory import MemoryBudget
@@ -66,9 +77,9 @@ from .supervise import spawn
 # fault in again for every piece (a quarter of the daemon's CPU time per GiB read).
 PIECE = 1 << 20
 
-# Freed pieces stay in the heap for the next ones; once nothing is held any more (the budget is
-# idle) after at least this much was freed, the heap's free pages go back to the kernel, so the
-# daemon's RSS returns to its size at rest when its files are closed.
+# Freed pieces stay in the heap for the next ones; when a stream ends with nothing held any more
+# (the budget is idle) after at least this much was freed, the heap's free pages go back to the
+# kernel, so the daemon's RSS returns to its size at rest when its files are closed.
 TRIM_AFTER = 16 << 20
 _freed_since_trim = 0
 
@@ -77,6 +88,13 @@ def _give_back(budget: MemoryBudget, n: int) -> None:
     global _freed_since_trim
     budget.release(n)
     _freed_since_trim += n
+
+
+def _trim_if_idle(budget: MemoryBudget) -> None:
+    """At the end of a stream: trim the heap if nothing is held any more and enough was freed.
+    Not while a stream goes on: its reads may take and free all of their memory at each read
+    (a polled body), and every trim would make the next pieces fault in again."""
+    global _freed_since_trim
     if budget.used == 0 and _freed_since_trim >= TRIM_AFTER:
         _freed_since_trim = 0
         _trim_heap()
@@ -145,6 +163,11 @@ class Stream:
         self._arrived = trio.Event()  # wakes the reader: bytes, an error or the end arrived
         self._wake = trio.Event()  # wakes the pump: a read wants bytes, memory freed, cancelled
         self._quiet = trio.Event()  # set while the pump waits without a request in flight
+        # A polled body, once its request and first chunk are in: the reads read it themselves
+        # (`_pull`); the pump only waits for the stream's end to close it.
+        self._body: RangeReader | None = None
+        self._pulling = False  # a read is reading the body
+        self._resumed = 0  # new requests made since the body last delivered bytes
 
     # -- the reader's side (trio thread; reads of one stream are serialised by their caller) ------
 
@@ -164,8 +187,13 @@ class Stream:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
         if end > self.pos:
             self.wanted = end
-            self._poke()
             while end > self.pos and self.error is None and not self.finished and not self.cancelled:
+                if self._body is not None:
+                    await self._pull(end)
+                    if self.pos >= self.end:
+                        break  # the body ended (early: short reads)
+                    continue
+                self._poke()
                 self._arrived = trio.Event()
                 await self._arrived.wait()
             if end > self.pos and self.error is not None:
@@ -175,7 +203,8 @@ class Stream:
         end = min(end, self.pos)
         self.read_end = max(self.read_end, end)
         self.ahead = min(max(self.ahead, 2 * (self.read_end - self.start)), self.max_ahead)
-        self._poke()  # the pump may read ahead again
+        if self._body is None:
+            self._poke()  # the pump may read ahead again
         out = []
         for cstart, data in self.chunks:
             cend = cstart + len(data)
@@ -193,7 +222,60 @@ class Stream:
         self._consume()  # (a whole piece returned is released: nothing else refers to it)
         return data
 
+    async def _pull(self, end: int) -> None:
+        """Read the next bytes of a polled body on this task: through the piece that holds
+        ``end - 1``, in a chunk no larger than the pump's (the depth, cut where a piece ends).
+        The bytes go into the buffer as the pump's would; the budget, the bound, the new request
+        after a break and the error kept for the reads are the pump's."""
+        step = max(self.ahead if self.depth is None else min(self.ahead, self.depth), PIECE)
+        stop = min(self.end, -(-end // PIECE) * PIECE, (self.pos + step) // PIECE * PIECE)
+        n = stop - self.pos
+        if not self.budget.try_acquire(n):
+            await self.budget.acquire(n)  # (may reclaim: this stream too, which cancels it)
+        if self.cancelled or self._body is None:
+            _give_back(self.budget, n)
+            return
+        self._pulling = True
+        self.in_flight = credit = n
+        settled = False  # the body is where ``self.pos`` says, or the stream failed
+        try:
+            # The stream's work, bound as the pump's is (each call by the backend's bound), not by
+            # this read's request deadline: reads queued behind one another (the kernel's
+            # read-ahead) would find theirs spent, and a stall would end the stream, not resume it.
+            with without_request_deadline():
+                buffers = self._buffers(n)
+                try:
+                    got = await self.backend.read_range(self._body, buffers)
+                    if got:
+                        self._resumed = 0  # the limit is per failure streak, not per stream
+                except Unavailable:  # the body broke off (a reset, the bound): ask again from here
+                    if self.cancelled or not self.etag or self._resumed >= RESUMES:
+                        raise  # (without a version pin, a new request could mix versions)
+                    self._resumed += 1
+                    body, self._body = self._body, None
+                    body.close()
+                    buffers = self._buffers(n)  # never those the abandoned read may still fill
+                    self._body, got = await self.backend.open_range(
+                        self.key, self.pos, None, into=buffers, if_match=self.etag)
+            credit = self._deliver(buffers, got, n)
+            settled = True
+        except Exception as e:  # kept for the reads that need these bytes
+            self.error = e
+            settled = True
+        finally:
+            if credit:
+                _give_back(self.budget, credit)
+            self.in_flight = 0
+            self._pulling = False
+            if not settled:  # cancelled amid the body: the bytes it took are lost, so it ends
+                self.cancel()
+            elif self.cancelled or self.error is not None or self.pos >= self.end:
+                self._poke()  # the stream is over: the pump closes the body
+
     def _mark_served(self, cstart: int, lo: int, hi: int) -> None:
+        if cstart not in self.served:  # (the usual case: one read per piece)
+            self.served[cstart] = [(lo, hi)]
+            return
         merged: list[tuple[int, int]] = []
         for a, b in sorted(self.served.get(cstart, []) + [(lo, hi)]):
             if merged and a <= merged[-1][1]:
@@ -228,6 +310,7 @@ class Stream:
         self.served.clear()
         self._poke()
         self._arrived.set()
+        _trim_if_idle(self.budget)
 
     def reclaim(self, keep_below: int, drop_before: int = 0) -> int:
         """Drop the chunks that end at or below ``drop_before`` (bytes below the read in progress
@@ -263,10 +346,12 @@ class Stream:
         self.cancel()
         while self.chunks:
             self._release(len(self.chunks.pop()[1]))
+        _trim_if_idle(self.budget)
 
     async def quiet(self) -> None:
         """Wait until the pump has no request in flight (for tests: nothing more is fetched
-        until a read or a cancel wakes it)."""
+        until a read or a cancel wakes it).  A read reading a polled body (`_pull`) is not the
+        pump: its request ends with the read."""
         while not self.finished and not self._quiet.is_set():
             await self._quiet.wait()
 
@@ -278,7 +363,6 @@ class Stream:
     async def _pump(self) -> None:
         reader: RangeReader | None = None
         credit = 0  # budget taken for the chunk being read
-        resumed = 0  # new requests made since the body last delivered bytes
         try:
             credit = await self._credit()
             if credit:
@@ -288,7 +372,10 @@ class Stream:
                 buffers = self._buffers(credit)
                 reader, n = await self.backend.open_range(self.key, self.start, end, into=buffers, **cond)
                 self._polled = reader.pollable
+                if self._polled:  # the reads read the rest themselves (`_pull`)
+                    self._body, reader = reader, None
                 credit = self._deliver(buffers, n, credit)
+                await self._lend()
             while reader is not None and credit == 0 and self.pos < self.end and not self.cancelled:
                 credit = await self._credit()
                 if credit and not self.cancelled:
@@ -296,11 +383,11 @@ class Stream:
                     try:
                         n = await self.backend.read_range(reader, buffers)
                         if n:
-                            resumed = 0  # the limit is per failure streak, not per stream
+                            self._resumed = 0  # the limit is per failure streak, not per stream
                     except Unavailable:  # the body broke off (a reset, a timeout): ask again
-                        if not self.etag or resumed >= RESUMES:
+                        if not self.etag or self._resumed >= RESUMES:
                             raise  # (without a version pin, a new request could mix versions)
-                        resumed += 1
+                        self._resumed += 1
                         reader.close()  # (a read abandoned at the bound still runs: it closes it)
                         reader = None
                         buffers = self._buffers(credit)  # never those that read may still fill
@@ -319,6 +406,21 @@ class Stream:
             self._arrived.set()
             if reader is not None:
                 reader.close()  # drops the connection unless the body was read to its end
+            if self._body is not None:
+                self._body.close()
+                self._body = None
+            _trim_if_idle(self.budget)
+
+    async def _lend(self) -> None:
+        """While the reads read the body (`_pull`): wait until no read is reading it any more (it
+        may be waiting for its socket, or making a new request) and the stream is over (read to
+        its end, failed or cancelled); the pump then closes it.  A read that ends a stream wakes
+        the pump (`_poke`); others do not."""
+        while self._pulling or (self._body is not None and not (
+                self.cancelled or self.pos >= self.end or self.error is not None)):
+            self._wake = trio.Event()
+            self._quiet.set()
+            await self._wake.wait()
 
     def _buffers(self, n: int) -> list[bytearray]:
         """Buffers for the next ``n`` bytes, cut at multiples of `PIECE` of the object's offsets,

@@ -2,18 +2,21 @@
 backend (S3's semantics), whose call counters count requests (``open_range`` is one GET)."""
 
 import os
+import socket
 import threading
 
 import pytest
 import trio
 import trio.testing
 
+from fsdriver.backend import aio
 from fsdriver.backend.aio import AsyncBackend
 from fsdriver.backend.memory import MemoryBackend
 from fsdriver.errors import PreconditionFailed, Unavailable
 from fsdriver.memory import MemoryBudget
 from fsdriver.prefetch import INITIAL_WINDOW, Prefetcher
 from fsdriver.stats import Stats
+from fsdriver import stream as stream_module
 
 MiB = 1 << 20
 
@@ -182,33 +185,49 @@ def test_a_changed_object_never_mixes_versions():
     run(body)
 
 
+def polled(reader):
+    """A memory body read as S3's is, on the event loop (`RangeReader.pollable`): every byte has
+    arrived already, so a poll never waits."""
+    def poll_into(view, need=None):
+        data = reader.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    reader.pollable, reader.poll_into = True, poll_into
+    return reader
+
+
 class BreakingBodies(MemoryBackend):
-    """The first ``breaks`` streamed bodies break after their first read (a connection reset)."""
+    """The first ``breaks`` streamed bodies break after their first read (a connection reset);
+    read on the event loop if ``pollable``."""
 
     breaks = 1
 
+    def __init__(self, pollable: bool = False):
+        super().__init__()
+        self.pollable = pollable
+
     def open_range(self, key, start, end=None, **cond):
         reader = super().open_range(key, start, end, **cond)
-        if self.breaks <= 0:
-            return reader
-        self.breaks -= 1
-        read, reads = reader.read, []
+        if self.breaks > 0:
+            self.breaks -= 1
+            read, reads = reader.read, []
 
-        def breaking(n):
-            reads.append(n)
-            if len(reads) > 1:
-                raise Unavailable("connection reset (test)")
-            return read(n)
+            def breaking(n):
+                reads.append(n)
+                if len(reads) > 1:
+                    raise Unavailable("connection reset (test)")
+                return read(n)
 
-        reader.read = breaking
-        return reader
+            reader.read = breaking
+        return polled(reader) if self.pollable else reader
 
 
-@pytest.mark.parametrize("when", ["open", "body"])
+@pytest.mark.parametrize("when", ["open", "body", "polled body"])
 def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
     be = MemoryBackend()
-    if when == "body":
-        be = BreakingBodies()
+    if when != "open":
+        be = BreakingBodies(pollable=when == "polled body")
         be.breaks = 3  # the body, then both requests that resume it
     data = os.urandom(32 * MiB)
     be.put_bytes("obj", data)
@@ -219,7 +238,7 @@ def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
             be.fail("open_range", Unavailable("down"))
             with pytest.raises(Unavailable):
                 await p.read(0, MiB)
-        else:
+        else:  # (a polled body: resumed by the reads, `Stream._pull`)
             with pytest.raises(Unavailable):  # the body, resumed twice, breaks a third time
                 for off in range(0, len(data), MiB):
                     assert await p.read(off, MiB) == data[off : off + MiB]
@@ -231,8 +250,9 @@ def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
     run(body)
 
 
-def test_a_body_that_breaks_off_is_resumed_where_it_stopped():
-    be = BreakingBodies()
+@pytest.mark.parametrize("polled", [False, True], ids=["thread", "polled"])
+def test_a_body_that_breaks_off_is_resumed_where_it_stopped(polled):
+    be = BreakingBodies(polled)
     data = os.urandom(16 * MiB)
     be.put_bytes("obj", data)
 
@@ -405,6 +425,46 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
         for stream in streams:  # a chunk in flight holds its memory until it lands
             await stream.quiet()
         assert budget.used == 0
+
+    run(body)
+
+
+def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way():
+    """The same with a body the reads read themselves: the far read reads the bytes up to it in
+    chunks of the depth, each taken from the budget, and keeps them for the reads queued behind
+    it; once the budget is full, its wait for memory reclaims the pieces below it that no read
+    took (their reads become exact ranged GETs) instead of waiting for ever."""
+    be = PolledBodies(True)
+    data = os.urandom(32 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(8 * MiB)
+        p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
+        for n in range(4):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        stream = p.stream
+        assert stream.covers(12 * MiB) and stream.pos == 4 * MiB  # nothing read ahead
+        got = {}
+
+        async def one(n):
+            got[n] = await p.read(n * MiB, MiB)
+
+        with trio.fail_after(60):  # a bound for the failure only: it is served at once
+            async with trio.open_nursery() as readers:
+                readers.start_soon(one, 12)
+                await trio.testing.wait_all_tasks_blocked()  # it holds the file's reads
+                for n in range(4, 12):
+                    readers.start_soon(one, n)
+        assert got == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
+        # the pieces below it were given up: read again (exact GETs, or a stream of their own once
+        # two of them in a row find the stream's start too far ahead: it holds next to nothing)
+        assert be.calls["get_range"] + be.calls["open_range"] > 1 and budget.peak <= 8 * MiB
+        last = p.stream
+        p.close()
+        for s in (stream, last):
+            await s.quiet()
+        assert stream.finished and budget.used == 0
 
     run(body)
 
@@ -617,29 +677,21 @@ class PolledBodies(MemoryBackend):
             backend.sizes.append(n)
             return read(n)
 
-        def poll_into(view, need=None):
-            data = recorded(len(view))
-            view[:len(data)] = data
-            return len(data)
-
         reader.read = recorded
-        if self.pollable:
-            reader.pollable, reader.poll_into = True, poll_into
-        return reader
+        return polled(reader) if self.pollable else reader
 
 
-@pytest.mark.parametrize("polled", [False, True], ids=["thread", "polled"])
 @pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
-def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth, polled):
-    """Its depth: one piece (1 MiB) beyond the kernel's read-ahead, at least 2 MiB, however far
-    its reach has grown (up to 64 MiB here).  A body read on the loop is read on once a piece is
-    free (it stays at least the kernel's read-ahead ahead), else once half the depth is (a thread
-    hop per chunk).  A read beyond the depth but within the reach (the kernel's reads arrive out
-    of order) is still the stream's: it pulls the pump there, in chunks no larger than the depth."""
-    be = PolledBodies(polled)
+def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth):
+    """A body read in a worker thread: its depth is one piece (1 MiB) beyond the kernel's
+    read-ahead, at least 2 MiB, however far its reach has grown (up to 64 MiB here); it is read
+    on once half the depth is free (a thread hop per chunk).  A read beyond the depth but within
+    the reach (the kernel's reads arrive out of order) is still the stream's: it pulls the pump
+    there, in chunks no larger than the depth."""
+    be = PolledBodies(False)
     data = os.urandom(60 * MiB)
     be.put_bytes("obj", data)
-    least = depth - MiB if polled else depth // 2
+    least = depth // 2
 
     async def body(nursery):
         p, budget, stats = counted(be, nursery, kernel_readahead=lambda: readahead)
@@ -662,5 +714,266 @@ def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahea
         assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
         assert stats.bytes_down == len(data)
         p.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
+def test_a_polled_body_is_read_by_the_reads_themselves(readahead, depth):
+    """A body read on the event loop (S3's), once its request and first chunk are in, is read by
+    the reads, on their own task: no pump woken per read and nothing fetched beyond the piece a
+    read needs (the socket's receive buffer holds what has arrived).  A read beyond what arrived
+    but within the reach (the kernel's reads arrive out of order) reads the bytes up to it into
+    the buffer, kept for the reads that come for them, in chunks no larger than the depth."""
+    be = PolledBodies(True)
+    data = os.urandom(60 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, stats = counted(be, nursery, kernel_readahead=lambda: readahead)
+        for n in range(30):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+            await p.stream.quiet()
+            # the first chunk (the request's) went a little further; nothing since
+            assert p.stream.pos == max((n + 1) * MiB, INITIAL_WINDOW), n
+            assert budget.used == p.stream.pos - (n + 1) * MiB, n
+        assert p.stream.ahead == 60 * MiB  # (the reach went on growing)
+        assert max(be.sizes[1:]) <= MiB  # (after the request's first chunk) a piece per poll at most
+        polls = stats.backend["read_range"]
+        far = 30 * MiB + depth + 3 * MiB  # beyond the depth, within the reach
+        assert await p.read(far, MiB) == data[far:far + MiB]
+        assert p.stream.pos == far + MiB and budget.used == far + MiB - 30 * MiB  # kept for the reads between
+        assert stats.backend["read_range"] - polls == -(-(far + MiB - 30 * MiB) // depth)  # chunks of the depth
+        for n in (n for n in range(30, 60) if n * MiB != far):  # the reads between, then on
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
+        assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
+        assert stats.bytes_down == len(data) and budget.used == 0
+        stream = p.stream
+        p.close()
+        await stream.quiet()
+        assert stream.finished and stream._body is None  # closed by the pump
+
+    run(body)
+
+
+class GatedBodies(MemoryBackend):
+    """Polled bodies whose bytes after the request's first chunk have not arrived until `let_go`:
+    a poll finds none and the read waits for its socket.  Records every body and whether it was
+    closed, and the request deadline each poll ran under.  ``breaks``: that many bodies break
+    (a connection reset) at their first poll; ``hold_resume`` (a threading.Event): a request after
+    the first waits in its thread until it is set (``resuming`` is set meanwhile)."""
+
+    def __init__(self, breaks: int = 0, hold_resume: "threading.Event | None" = None):
+        super().__init__()
+        self.quiet_end, self.other_end = socket.socketpair()
+        self.arrived, self.breaks, self.hold_resume = False, breaks, hold_resume
+        self.resuming = threading.Event()
+        self.bodies, self.deadlines = [], []
+
+    def open_range(self, key, start, end=None, **cond):
+        if self.bodies and self.hold_resume is not None:
+            self.resuming.set()
+            assert self.hold_resume.wait(60)
+        reader = super().open_range(key, start, end, **cond)
+        reader.closed, close = False, reader.close
+        breaking = self.breaks > 0
+        self.breaks -= 1
+
+        def closing():
+            reader.closed = True
+            close()
+
+        def poll_into(view, need=None):
+            self.deadlines.append(aio._request_deadline.get())
+            if breaking:
+                raise Unavailable("connection reset (test)")
+            if not self.arrived:
+                return None
+            data = reader.read(len(view))
+            view[:len(data)] = data
+            return len(data)
+
+        reader.close, reader.pollable, reader.poll_into = closing, True, poll_into
+        reader.wait_fd, reader.wants_write = self.quiet_end.fileno, False
+        self.bodies.append(reader)
+        return reader
+
+    def let_go(self):
+        self.arrived = True
+        self.other_end.send(b"x")
+
+    def close_sockets(self):
+        self.quiet_end.close()
+        self.other_end.close()
+
+
+def gated(fn, be):
+    try:
+        run(fn)
+    finally:
+        be.close_sockets()
+
+
+def test_a_read_cancelled_amid_a_polled_body_ends_the_stream():
+    """The bytes a cancelled read had taken from the body are lost with it: the stream must not go
+    on from where the body stands (the next bytes would be the wrong ones), so it ends, and the
+    next read is served from a new request."""
+    be = GatedBodies()
+    data = os.urandom(8 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, _ = counted(be, nursery)
+        assert await p.read(0, MiB) == data[:MiB]  # the request's first chunk
+        stream = p.stream
+        scope = trio.CancelScope()
+
+        async def reading():  # (the stream itself: the prefetcher would end it on any failure)
+            with scope:
+                await stream.read(MiB, 2 * MiB)
+
+        nursery.start_soon(reading)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream._pulling  # (waiting for the socket)
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.cancelled and not stream._pulling
+        assert stream.finished and stream._body is None and be.bodies[0].closed and budget.used == 0
+        be.let_go()
+        assert await p.read(MiB, MiB) == data[MiB:2 * MiB]  # from a new request: the right bytes
+        assert be.calls["open_range"] + be.calls["get_range"] == 2
+        p.close()
+
+    gated(body, be)
+
+
+def test_a_stream_cancelled_while_a_read_reads_its_body_closes_it_once_the_read_is_done():
+    """The pump must not close the body under a read that waits for its socket, and must close it
+    (and end) once that read is done, though the read neither failed nor reached the end."""
+    be = GatedBodies()
+    data = os.urandom(8 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, _ = counted(be, nursery)
+        assert await p.read(0, MiB) == data[:MiB]
+        stream = p.stream
+        done = trio.Event()
+
+        async def reading():
+            with pytest.raises(Unavailable):  # its bytes arrive, but the stream was cancelled
+                await p.read(MiB, MiB)
+            done.set()
+
+        nursery.start_soon(reading)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream._pulling
+        stream.cancel()  # (what `reclaim` does under pressure, or the end of the file's last handle)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not be.bodies[0].closed and not stream.finished  # the read still waits on it
+        be.let_go()
+        await done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.finished and stream._body is None and be.bodies[0].closed and budget.used == 0
+
+    gated(body, be)
+
+
+def test_a_stream_cancelled_while_a_read_makes_a_new_request_closes_the_new_body():
+    """A read finds the body broken and makes a new request (a thread); the stream is cancelled
+    meanwhile.  The pump waits for that read, then closes the body the request opened."""
+    hold = threading.Event()
+    be = GatedBodies(breaks=1, hold_resume=hold)
+    data = os.urandom(8 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, _ = counted(be, nursery)
+        assert await p.read(0, MiB) == data[:MiB]
+        stream = p.stream
+        done = trio.Event()
+
+        async def reading():
+            with pytest.raises(Unavailable):
+                await p.read(MiB, MiB)
+            done.set()
+
+        nursery.start_soon(reading)
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(be.resuming.wait)
+        stream.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stream.finished  # the pump waits for the read's request
+        hold.set()
+        with trio.fail_after(60):
+            await done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(be.bodies) == 2 and be.bodies[0].closed and be.bodies[1].closed
+        assert stream.finished and stream._body is None and budget.used == 0
+
+    gated(body, be)
+
+
+def test_a_read_reads_the_body_without_its_requests_deadline():
+    """The body is the stream's: a read reading it is bound as the pump would be (each call by the
+    backend's bound), not by its own request's deadline, which for reads queued behind one
+    another (the kernel's read-ahead) may be nearly spent.  A read whose deadline passes while
+    the body is slow keeps waiting for it; the stream goes on."""
+    be = GatedBodies()
+    data = os.urandom(8 * MiB)
+    be.put_bytes("obj", data)
+    clock = trio.testing.MockClock()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            p = Prefetcher(AsyncBackend(be, timeout=100.0), MemoryBudget(512 * MiB), nursery, lambda: "obj",
+                           len(data), be.head("obj").etag, Stats())
+            assert await p.read(0, MiB) == data[:MiB]
+            stream = p.stream
+            result = []
+
+            async def reading():
+                with aio.request_deadline(1.0):
+                    result.append(await p.read(MiB, MiB))
+
+            nursery.start_soon(reading)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream._pulling and be.deadlines and set(be.deadlines) == {None}
+            clock.jump(10)  # the read's request deadline is long past; the backend's bound is not
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream._pulling and stream.error is None and not stream.cancelled
+            be.let_go()
+            await trio.testing.wait_all_tasks_blocked()
+            assert result == [data[MiB:2 * MiB]] and be.calls["open_range"] == 1
+            p.close()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main, clock=clock)
+    finally:
+        be.close_sockets()
+
+
+def test_the_heap_is_trimmed_when_a_stream_ends_not_while_its_reads_go_on(monkeypatch):
+    """A polled body's reads take and give back all their memory at each read: a trim each time
+    the budget is idle would make every next piece fault in again."""
+    trims = []
+    monkeypatch.setattr(stream_module, "_trim_heap", lambda: trims.append("trim"))
+    monkeypatch.setattr(stream_module, "_freed_since_trim", 0)
+    be = PolledBodies(True)
+    data = os.urandom(3 * stream_module.TRIM_AFTER)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        p, budget, _ = counted(be, nursery)
+        for off in range(0, len(data), MiB):
+            assert trims == [], off  # 16 MiB and more were freed, the budget idle after each read
+            assert await p.read(off, MiB) == data[off:off + MiB]
+            assert budget.used == 0 or off == 0
+        stream = p.stream
+        await stream.quiet()
+        assert stream.finished and trims == ["trim"]  # the body was read to its end: the stream ended
+        p.close()
+        assert trims == ["trim"] and budget.used == 0
 
     run(body)

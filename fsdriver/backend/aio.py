@@ -20,7 +20,6 @@ ways (``timeout``, the daemon's ``--backend-timeout``, 30 s by default):
   and what they upload stays journaled as pending for the next mount.
 """
 
-import contextlib
 import contextvars
 import functools
 import os
@@ -42,14 +41,27 @@ READ_ONLY = frozenset({"head", "get_range", "list", "lookup", "store_expiries", 
 _request_deadline: contextvars.ContextVar = contextvars.ContextVar("stashfs_request_deadline", default=None)
 
 
-@contextlib.contextmanager
-def request_deadline(seconds: float | None):
-    """Within this block (one FUSE request), read-only calls share one deadline ``seconds`` away."""
-    token = _request_deadline.set(None if seconds is None else trio.current_time() + seconds)
-    try:
-        yield
-    finally:
-        _request_deadline.reset(token)
+class request_deadline:
+    """Within this block (one FUSE request), read-only calls share one deadline ``seconds`` away.
+    (A class, not a generator: it wraps every FUSE request.)"""
+
+    __slots__ = ("seconds", "token")
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        self.token = _request_deadline.set(None if self.seconds is None else trio.current_time() + self.seconds)
+
+    def __exit__(self, *exc) -> None:
+        _request_deadline.reset(self.token)
+
+
+def without_request_deadline() -> request_deadline:
+    """Within this block, calls have their own bound only, not the request's deadline: a request
+    doing the work of something that outlives it (a read reading a stream's body, as the stream's
+    own task would)."""
+    return request_deadline(None)
 
 
 def extend_request_deadline(seconds: float) -> None:
@@ -221,33 +233,38 @@ class AsyncBackend:
         bound = self._probe if self.unresponsive else self.timeout
         own = trio.current_time() + bound if bound is not None else float("inf")
         done, total = 0, sum(map(len, into))
-        with trio.move_on_at(min(own, _request_deadline.get() or float("inf"))):
-            for buf in into:
-                got = 0
-                with memoryview(buf) as view:  # (released: a short last piece is trimmed)
-                    while got < len(buf):
-                        try:
-                            k = reader.poll_into(view[got:], total - done - got)
-                        except NoAnswer:
-                            if self.timeout is not None:
-                                self.unresponsive = True
-                            raise
-                        if k is None:
-                            wait = trio.lowlevel.wait_writable if reader.wants_write else trio.lowlevel.wait_readable
-                            await wait(reader.wait_fd())
-                        elif k == 0:
-                            break  # the end of the body
-                        else:
-                            got += k
-                done += got
-                if got < len(buf):
-                    break
+        deadline = None  # (a cancel scope only around a wait: bytes that arrived take none)
+        for i, buf in enumerate(into):
+            if i:
                 await trio.lowlevel.checkpoint()  # (bytes that keep arriving never hold the loop)
-            self.unresponsive = False
-            return done
-        if trio.current_time() >= own:
-            self.unresponsive = True
-        raise Unavailable(f"the backend did not answer within {self.timeout:g}s (read_range)")
+            got = 0
+            with memoryview(buf) as view:  # (released: a short last piece is trimmed)
+                while got < len(buf):
+                    try:
+                        k = reader.poll_into(view[got:], total - done - got)
+                    except NoAnswer:
+                        if self.timeout is not None:
+                            self.unresponsive = True
+                        raise
+                    if k is None:
+                        if deadline is None:
+                            deadline = min(own, _request_deadline.get() or float("inf"))
+                        wait = trio.lowlevel.wait_writable if reader.wants_write else trio.lowlevel.wait_readable
+                        with trio.move_on_at(deadline) as scope:
+                            await wait(reader.wait_fd())
+                        if scope.cancelled_caught:
+                            if trio.current_time() >= own:
+                                self.unresponsive = True
+                            raise Unavailable(f"the backend did not answer within {self.timeout:g}s (read_range)")
+                    elif k == 0:
+                        break  # the end of the body
+                    else:
+                        got += k
+            done += got
+            if got < len(buf):
+                break
+        self.unresponsive = False
+        return done
 
     # put_bytes/put_file pass ``if_match``, ``if_none_match`` and ``meta`` through ``cond``.
     async def put_bytes(self, key: str, data: bytes, **cond) -> ObjectInfo:
