@@ -10,6 +10,7 @@ targets are missed.  See docs/performance.md.
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -32,6 +33,10 @@ def median_run(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["mb_s"])
     out = dict(ordered[(len(ordered) - 1) // 2])
     out["runs_mb_s"] = [round(r["mb_s"], 1) for r in runs]
+    timed = [r["trace"] for r in runs if "first_byte_ms" in r.get("trace", {})]
+    if timed:  # the GET's wait for its answer, then its body: medians of the runs
+        out["first_byte_ms"] = statistics.median(t["first_byte_ms"] for t in timed)
+        out["body_ms"] = statistics.median(t["body_ms"] for t in timed)
     if "memory" in out:
         out["memory"] = dict(out["memory"], vm_hwm=max(r["memory"]["vm_hwm"] for r in runs),
                              budget_peak=max(r["memory"]["budget_peak"] for r in runs))

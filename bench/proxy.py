@@ -74,14 +74,18 @@ class Counts:
         self.errors: Counter = Counter()  # "GET 404" -> count: responses with status >= 400
         self.not_found: Counter = Counter()  # "GET /bucket/key" -> count of 404 answers
         self.not_found_log: list[tuple[float, str]] = []  # (perf_counter at the answer, "GET /bucket/key")
-        self.trace: list | None = None  # (start, end, kind, Range header, body bytes) while tracing
+        # (start, end, kind, Range header, body bytes, target, answered) while tracing; answered:
+        # when the server's answer (its status and headers) reached the proxy, None without one
+        self.trace: list | None = None
         self.expect_100: Counter = Counter()  # kind -> requests that waited for "100 Continue"
 
-    def record(self, start: float, kind: str, rng: str | None, nbytes: int, target: str = "") -> None:
-        """One finished request, kept while tracing: (start, end, kind, Range, body bytes, target)."""
+    def record(self, start: float, kind: str, rng: str | None, nbytes: int, target: str = "",
+               answered: float | None = None) -> None:
+        """One finished request, kept while tracing: (start, end, kind, Range, body bytes, target,
+        answered)."""
         with self._lock:
             if self.trace is not None:
-                self.trace.append((start, time.perf_counter(), kind, rng, nbytes, target))
+                self.trace.append((start, time.perf_counter(), kind, rng, nbytes, target, answered))
 
     def add_status(self, kind: str, status: int, method: str = "", target: str = "") -> None:
         if status >= 400:
@@ -200,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self):
         self._recorded, self._sent, self._responded = False, 0, False  # (also for _FaultHandler's own paths)
+        self._answered = None  # when the server's answer came (its headers)
         try:
             self._forward_one()
         finally:
@@ -211,7 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._recorded:
             self._recorded = True
             self.server.counts.record(self._start, classify(self.command, self.path, self.headers),
-                                      self.headers.get("Range"), getattr(self, "_sent", 0), self.path)
+                                      self.headers.get("Range"), getattr(self, "_sent", 0), self.path,
+                                      getattr(self, "_answered", None))
 
     def _forward_one(self):
         body = self._read_body()
@@ -232,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             conn = self._upstream(fresh=True)  # the kept-alive upstream connection went away
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
+        self._answered = time.perf_counter()
         self._responded = True
         self.server.counts.add_status(kind, resp.status, self.command, self.path)
         self.send_response_only(resp.status, resp.reason)

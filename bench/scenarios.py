@@ -4,6 +4,7 @@ Every S3 figure, the mount's and the raw boto3 reference's, goes through the sam
 the same moto server; the proxy's counters give requests by kind and bytes downloaded.
 """
 
+import contextlib
 import os
 import random
 import shutil
@@ -56,8 +57,9 @@ def _read_figures(seconds: float, size: int, proxy: dict, cpu_s: float) -> dict:
 
 def raw_single_get(env: Env, size: int) -> dict:
     """One plain GET of the whole object (body read in 1 MiB chunks), in a process of its own."""
-    r = rawclient.run(env, "get", BIG_KEY, size)
-    return dict(_read_figures(r["seconds"], size, r["proxy"], r["cpu_s"]), max_rss=r["max_rss"])
+    with traced(env) as t:
+        r = rawclient.run(env, "get", BIG_KEY, size)
+    return dict(_read_figures(r["seconds"], size, r["proxy"], r["cpu_s"]), max_rss=r["max_rss"], trace=t["trace"])
 
 
 def raw_parallel_get(env: Env, size: int, part: int = 8 * MiB, threads: int = 8) -> dict:
@@ -69,14 +71,34 @@ def raw_parallel_get(env: Env, size: int, part: int = 8 * MiB, threads: int = 8)
 
 
 def trace_summary(trace: list) -> dict:
-    """GETs of a traced run: how many, their sizes in order, and how many were in flight at most."""
-    gets = sorted(t for t in trace if t[2].startswith("GET"))
+    """GETs of a traced run: how many, their sizes in order, how many were in flight at most, and
+    for the largest, how long its answer took to begin (``first_byte_ms``: from the request's
+    arrival at the proxy to the server's answer, the proxy's latency included) and how long its
+    body then took to pass (``body_ms``)."""
+    gets = sorted((t for t in trace if t[2].startswith("GET")), key=lambda t: t[:2])
     events = sorted([(t[0], 1) for t in gets] + [(t[1], -1) for t in gets])
     in_flight = peak = 0
     for _, step in events:
         in_flight += step
         peak = max(peak, in_flight)
-    return {"gets": len(gets), "sizes_mib": [round(t[4] / MiB, 2) for t in gets], "max_in_flight": peak}
+    out = {"gets": len(gets), "sizes_mib": [round(t[4] / MiB, 2) for t in gets], "max_in_flight": peak}
+    big = max(gets, key=lambda t: t[4], default=None)
+    if big is not None and len(big) > 6 and big[6] is not None:
+        out["first_byte_ms"] = (big[6] - big[0]) * 1000
+        out["body_ms"] = (big[1] - big[6]) * 1000
+    return out
+
+
+@contextlib.contextmanager
+def traced(env: Env):
+    """The proxy's trace of the requests made in the block: ``with traced(env) as t: ...``, then
+    ``t["trace"]`` (`trace_summary`)."""
+    out: dict = {}
+    env.proxy.counts.start_trace()
+    try:
+        yield out
+    finally:
+        out["trace"] = trace_summary(env.proxy.counts.stop_trace())
 
 
 def floor_sequential(env: Env, size: int, name: str = "s3floor") -> dict:
@@ -88,11 +110,12 @@ def floor_sequential(env: Env, size: int, name: str = "s3floor") -> dict:
         os.stat(path)
         cpu0 = proc_cpu(floor.proc.pid)
         before = env.proxy.snapshot()
-        app = appclient.run(env, "read", path, size)  # a process of its own, as the reference
+        with traced(env) as t:
+            app = appclient.run(env, "read", path, size)  # a process of its own, as the reference
         proxy = _delta(env, before)
         cpu = proc_cpu(floor.proc.pid) - cpu0
     assert app["bytes"] == size, f"bench.s3floor gave {app['bytes']} bytes of {size}"
-    return {**_read_figures(app["seconds"], size, proxy, cpu), "app_cpu_s": app["cpu_s"]}
+    return {**_read_figures(app["seconds"], size, proxy, cpu), "app_cpu_s": app["cpu_s"], "trace": t["trace"]}
 
 
 def mount_sequential(env: Env, size: int, memory_limit: str, name: str = "seq") -> dict:

@@ -110,6 +110,15 @@ def _sequential(p: dict, cfg: dict, t, rows: list, notes: list) -> None:
                  + (f"; one GET: {kinds(single['proxy'])}, CPU {single['cpu_s']:.2f} s (own process), "
                     f"parallel: {kinds(par['proxy'])}, CPU {par['cpu_s']:.2f} s" if single and par else "")
                  + (f"; bench.s3floor: {kinds(fl['proxy'])}, CPU {fl['cpu_s']:.2f} s" if fl else ""))
+    phases = [(name, r) for name, r in (("one GET", single), ("bench.s3floor", fl), ("the mount", m))
+              if r and "first_byte_ms" in r]
+    if phases:
+        notes.append("the GET's answer, then its body (medians of the runs; from the request's arrival at the "
+                     "proxy, its latency included): "
+                     + ", ".join(f"{name} {r['first_byte_ms']:.0f} + {r['body_ms']:.0f} ms" for name, r in phases)
+                     + ". moto answers a GET of a large object only once it has copied it: that wait is the "
+                       "same for every reader and a large share of the one GET's time, which pulls every "
+                       "ratio of this row toward 1.0x; the body's time is what the reader sets")
     if "runs_mb_s" in m and len(m["runs_mb_s"]) > 1:
         notes.append("sequential MB/s per run (median reported): mount " + ", ".join(map(str, m["runs_mb_s"]))
                      + (f"; one GET {', '.join(map(str, single['runs_mb_s']))}" if single else "")

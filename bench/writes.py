@@ -96,7 +96,7 @@ def server_phases(trace: list) -> dict:
     write's time, for both sides)."""
     parts = [(start, end) for start, end, kind, *_ in trace if kind == "PUT part"]
     return {"parts_s": max(e for _, e in parts) - min(s for s, _ in parts) if parts else 0.0,
-            "completion_s": sum(end - start for start, end, kind, _rng, _n, target in trace
+            "completion_s": sum(end - start for start, end, kind, _rng, _n, target, *_ in trace
                                 if kind == "POST" and "uploadId=" in target)}
 
 

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from bench import ab_ls, ab_read, ab_write
+from bench.abrun import paired
 from bench.harness import REPO
 
 
@@ -66,7 +67,16 @@ def test_ab_read_measures_both_versions_and_the_floor(capsys, trees, tls):
     assert ("over https" if tls else "over http ") in out
     for name in ("HEAD", "this checkout", "bench.s3floor"):
         assert _figure(out, name, "ratio") > 0, out
+    assert "this checkout - HEAD, paired by round: ratio" in out and "bench.s3floor - HEAD, paired" in out
     assert _removed(made)
+
+
+def test_paired_differences_are_taken_round_by_round():
+    # a is 0.1 ahead in every round however much the rounds differ: no spread at all
+    assert paired([0.9, 0.5, 0.7], [0.8, 0.4, 0.6]) == pytest.approx((0.1, 0.0, 3))
+    mean, se, ahead = paired([1.0, 0.0], [0.0, 0.5])
+    assert (mean, ahead) == (pytest.approx(0.25), 1) and se == pytest.approx(0.75)
+    assert paired([0.8], [0.7]) == pytest.approx((0.1, 0.0, 1))
 
 
 def test_ab_ls_measures_both_versions_and_the_raw_listing(capsys, trees):

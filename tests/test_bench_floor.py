@@ -70,6 +70,7 @@ def test_s3_floor_streams_the_object_in_one_get_per_open(env):
     r = scenarios.floor_sequential(env, len(data), "s3floor-row")
     assert r["proxy"]["requests"] == {"GET": 1} and r["bytes_per_byte"] == pytest.approx(1.0, abs=0.01)
     assert r["mb_s"] > 0 and r["cpu_s"] >= 0
+    assert r["trace"]["gets"] == 1 and r["trace"]["first_byte_ms"] > 0 and r["trace"]["body_ms"] >= 0
     with env.mount_s3_floor("s3floor-missing", "no/such/key", 10) as floor:
         with pytest.raises(OSError) as e:  # the GET answers 404: the open fails, not a read of nothing
             (floor.path / "object").read_bytes()
@@ -238,7 +239,8 @@ def test_the_s3_read_row_shows_the_floor_beside_it():
                  fuse_reads=256, fuse_read_kib=1024, daemon_cpu_s=0.18,
                  memory={"limit": 256 << 20, "vm_hwm": 100 << 20, "budget_peak": 70 << 20,
                          "rss_after_mount": 40 << 20, "rss_end": 50 << 20})
-    p = {"latency_ms": 10, "seq_mount": mount, "seq_raw_single": dict(read, mb_s=800.0),
+    p = {"latency_ms": 10, "seq_mount": dict(mount, first_byte_ms=153.2, body_ms=245.0),
+         "seq_raw_single": dict(read, mb_s=800.0, first_byte_ms=149.0, body_ms=136.4),
          "seq_floor": dict(read, mb_s=660.0, cpu_s=0.1, runs_mb_s=[660.0, 650.0, 700.0])}
     verdict = report.evaluate_s3(p)
     assert verdict["sequential"]["met"] is False
@@ -248,6 +250,7 @@ def test_the_s3_read_row_shows_the_floor_beside_it():
     row = next(line for line in text.splitlines() if "bench.s3floor (pyfuse3 floor)" in line)
     assert "660.0 MB/s" in row and "one GET 800.0 MB/s" in row and "0.825x" in row and "(reported)" in row
     assert "bench.s3floor: GET 1, CPU 0.10 s" in text and "; floor 660.0, 650.0, 700.0" in text
+    assert "then its body (medians of the runs" in text and "one GET 149 + 136 ms, the mount 153 + 245 ms." in text
     below = report.evaluate_s3(dict(p, seq_floor=dict(read, mb_s=560.0)))["sequential"]["measured"]
     assert below.endswith("bench.s3floor reached 0.700x in the same rounds, below the target too)")
     assert "s3floor" not in report.evaluate_s3(dict(p, seq_floor=None))["sequential"]["measured"]  # older runs
@@ -273,3 +276,26 @@ def test_the_write_floors_part_body_reads_its_chunks_without_copies():
     buf = bytearray(4)
     body.seek(1)
     assert body.readinto(buf) == 2 and buf[:2] == b"bc"
+
+
+def test_the_trace_times_the_largest_gets_answer_and_body():
+    MiB = 1 << 20
+    trace = [(1.0, 1.5, "GET", None, 256 * MiB, "/b/big", 1.15),  # (start, end, kind, range, bytes, target, answered)
+             (0.9, 0.95, "HEAD", None, 0, "/b/big", 0.94),
+             (1.2, 1.25, "GET range", "bytes=0-9", 10, "/b/big", 1.21)]
+    t = scenarios.trace_summary(trace)
+    assert t["gets"] == 2 and t["sizes_mib"] == [256.0, 0.0] and t["max_in_flight"] == 2
+    assert t["first_byte_ms"] == pytest.approx(150.0) and t["body_ms"] == pytest.approx(350.0)
+    assert "first_byte_ms" not in scenarios.trace_summary([(1.0, 1.5, "GET", None, 5, "/b/k", None)])  # no answer
+    assert scenarios.trace_summary([])["gets"] == 0
+
+
+def test_a_rows_runs_give_the_median_answer_and_body_times():
+    from bench.__main__ import median_run
+
+    runs = [{"mb_s": m, "trace": {"first_byte_ms": f, "body_ms": b}}
+            for m, f, b in ((700.0, 150.0, 240.0), (650.0, 160.0, 250.0), (720.0, 140.0, 230.0))]
+    out = median_run(runs)
+    assert out["mb_s"] == 700.0 and out["runs_mb_s"] == [700.0, 650.0, 720.0]
+    assert out["first_byte_ms"] == 150.0 and out["body_ms"] == 240.0
+    assert "first_byte_ms" not in median_run([{"mb_s": 1.0, "trace": {"gets": 1}}])
