@@ -1,5 +1,7 @@
 """Sequential reads as one streamed GET, without the kernel: the prefetcher over the in-memory
-backend (S3's semantics), whose call counters count requests (``open_range`` is one GET)."""
+backend (S3's semantics), whose call counters count requests (``open_range`` is one GET), with
+bodies read in a thread (read ahead by the stream's pump) and with bodies read on the event loop
+as S3's are (read by the reads themselves): every test with both, unless marked `one_kind`."""
 
 import os
 import socket
@@ -19,6 +21,30 @@ from fsdriver.stats import Stats
 from fsdriver import stream as stream_module
 
 MiB = 1 << 20
+
+
+# Every test runs with both kinds of streamed body: read in a worker thread, where a pump reads
+# it ahead ("thread"), and read on the event loop as S3's is, where the reads read it themselves
+# (`Stream._pull`; "polled"), unless it makes its bodies itself or checks one kind's own
+# behaviour (`one_kind`): it then runs once.
+def one_kind(test):
+    test.one_kind = True
+    return test
+
+
+def pytest_generate_tests(metafunc):
+    if "bodies" in metafunc.fixturenames and not getattr(metafunc.function, "one_kind", False):
+        metafunc.parametrize("bodies", ["thread", "polled"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def bodies(request, monkeypatch):
+    """Memory bodies as the parameter says (`polled`: as S3's are; none: as the test makes them)."""
+    kind = getattr(request, "param", None)
+    if kind == "polled":
+        open_range = MemoryBackend.open_range
+        monkeypatch.setattr(MemoryBackend, "open_range", lambda self, *a, **kw: polled(open_range(self, *a, **kw)))
+    return kind
 
 
 def run(fn):
@@ -223,6 +249,7 @@ class BreakingBodies(MemoryBackend):
         return polled(reader) if self.pollable else reader
 
 
+@one_kind
 @pytest.mark.parametrize("when", ["open", "body", "polled body"])
 def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
     be = MemoryBackend()
@@ -250,6 +277,7 @@ def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
     run(body)
 
 
+@one_kind
 @pytest.mark.parametrize("polled", [False, True], ids=["thread", "polled"])
 def test_a_body_that_breaks_off_is_resumed_where_it_stopped(polled):
     be = BreakingBodies(polled)
@@ -265,6 +293,8 @@ def test_a_body_that_breaks_off_is_resumed_where_it_stopped(polled):
     run(body)
 
 
+# (the pump's read-ahead: a polled body's stream holds nothing beyond its reads)
+@one_kind
 def test_an_idle_stream_gives_its_memory_to_a_reader_and_then_goes_on():
     be = MemoryBackend()
     data = os.urandom(24 * MiB)
@@ -387,6 +417,7 @@ def test_a_burst_of_reads_whose_furthest_comes_first_is_one_get():
     run(body)
 
 
+@one_kind
 def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
     """A read far ahead (the kernel's read-ahead) waits for the pump while the budget is full of
     the pieces below it, whose reads queue behind it: `reclaim` drops those pieces (their reads
@@ -429,6 +460,7 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
     run(body)
 
 
+@one_kind
 def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way():
     """The same with a body the reads read themselves: the far read reads the bytes up to it in
     chunks of the depth, each taken from the budget, and keeps them for the reads queued behind
@@ -590,6 +622,8 @@ class HeldBodies(MemoryBackend):
         return reader
 
 
+# (the pump's chunk: a polled body is read only by reads)
+@one_kind
 def test_the_chunk_in_flight_of_an_idle_file_is_given_to_a_read_waiting_for_memory():
     """A file read to the end of what its stream received, its pump reading the next chunk: the
     memory of that chunk in flight is all another file's read needs.  Reclaimed, the stream is
@@ -628,6 +662,8 @@ def test_the_chunk_in_flight_of_an_idle_file_is_given_to_a_read_waiting_for_memo
     run(body)
 
 
+# (what the pump read ahead: a polled body's stream holds next to nothing, and is replaced)
+@one_kind
 def test_a_run_of_reads_behind_the_stream_catches_up_with_it_while_the_gap_is_what_it_holds():
     """The kernel reading again a run of pages it dropped (or a short seek back, then reads on):
     exact GETs up to the stream, which goes on; it holds more than the gap, so a new stream
@@ -681,6 +717,7 @@ class PolledBodies(MemoryBackend):
         return polled(reader) if self.pollable else reader
 
 
+@one_kind
 @pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
 def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahead(readahead, depth):
     """A body read in a worker thread: its depth is one piece (1 MiB) beyond the kernel's
@@ -718,6 +755,7 @@ def test_the_stream_reads_ahead_by_itself_one_piece_beyond_the_kernels_read_ahea
     run(body)
 
 
+@one_kind
 @pytest.mark.parametrize("readahead, depth", [(0, 2 * MiB), (MiB, 2 * MiB), (16 * MiB, 17 * MiB)])
 def test_a_polled_body_is_read_by_the_reads_themselves(readahead, depth):
     """A body read on the event loop (S3's), once its request and first chunk are in, is read by
@@ -814,6 +852,7 @@ def gated(fn, be):
         be.close_sockets()
 
 
+@one_kind
 def test_a_read_cancelled_amid_a_polled_body_ends_the_stream():
     """The bytes a cancelled read had taken from the body are lost with it: the stream must not go
     on from where the body stands (the next bytes would be the wrong ones), so it ends, and the
@@ -847,6 +886,7 @@ def test_a_read_cancelled_amid_a_polled_body_ends_the_stream():
     gated(body, be)
 
 
+@one_kind
 def test_a_stream_cancelled_while_a_read_reads_its_body_closes_it_once_the_read_is_done():
     """The pump must not close the body under a read that waits for its socket, and must close it
     (and end) once that read is done, though the read neither failed nor reached the end."""
@@ -879,6 +919,7 @@ def test_a_stream_cancelled_while_a_read_reads_its_body_closes_it_once_the_read_
     gated(body, be)
 
 
+@one_kind
 def test_a_stream_cancelled_while_a_read_makes_a_new_request_closes_the_new_body():
     """A read finds the body broken and makes a new request (a thread); the stream is cancelled
     meanwhile.  The pump waits for that read, then closes the body the request opened."""
@@ -914,6 +955,7 @@ def test_a_stream_cancelled_while_a_read_makes_a_new_request_closes_the_new_body
     gated(body, be)
 
 
+@one_kind
 def test_a_read_reads_the_body_without_its_requests_deadline():
     """The body is the stream's: a read reading it is bound as the pump would be (each call by the
     backend's bound), not by its own request's deadline, which for reads queued behind one
@@ -954,6 +996,7 @@ def test_a_read_reads_the_body_without_its_requests_deadline():
         be.close_sockets()
 
 
+@one_kind
 def test_the_heap_is_trimmed_when_a_stream_ends_not_while_its_reads_go_on(monkeypatch):
     """A polled body's reads take and give back all their memory at each read: a trim each time
     the budget is idle would make every next piece fault in again."""
