@@ -21,8 +21,9 @@ it asks for (bytes).
 
 Flow control (the pump of a body read in a thread): it reads ahead while it is less than its
 *depth* beyond the furthest end of a read served, with memory it takes only if free
-(`MemoryBudget.try_acquire`); it waits otherwise.  A reader waiting for bytes makes it fetch them with `MemoryBudget.acquire` (which may
-reclaim), the whole next chunk if memory is free, else just what the read needs.  ``ahead`` grows
+(`MemoryBudget.try_acquire`); it waits otherwise.  A reader waiting for bytes makes it fetch
+them with `MemoryBudget.acquire` (which may reclaim), the whole next chunk if memory is free,
+else just what the read needs.  ``ahead`` grows
 to twice how far reads have got (the furthest end served, from ``start``), up to ``max_ahead``:
 it is how far beyond what was received a read is still the stream's (`covers`).  The depth is
 ``ahead``, capped at ``depth`` when given, and no chunk is larger than it: the caller sets it just
@@ -53,9 +54,9 @@ stream) cancels the stream: the bytes it had taken are lost, and the body cannot
 below the read (pieces no read took yet: the stream goes on, their reads become exact ranged
 GETs) and beyond it; dropping beyond cancels the stream, since a streamed body cannot skip a gap.
 A body that breaks off is resumed with a new request from where it stopped (`RESUMES` times in a
-row, only when pinned to an etag), by the pump or by the read that found it broken.  An error of the request or of the body is kept and raised by the
-next read that needs more bytes; a body that ends before ``end`` (no version pin, the object
-shrank) gives short reads.
+row, only when pinned to an etag), by the pump or by the read that found it broken.  An error
+of the request or of the body is kept and raised by the next read that needs more bytes; a body
+that ends before ``end`` (no version pin, the object shrank) gives short reads.
 """
 
 import ctypes
