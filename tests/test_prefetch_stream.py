@@ -417,6 +417,23 @@ def test_a_burst_of_reads_whose_furthest_comes_first_is_one_get():
     run(body)
 
 
+async def far_read_then_the_reads_below(p) -> dict:
+    """A read at 12 MiB first, then, once it holds the file's reads, those of 4 to 11 MiB (the
+    kernel's read-ahead, out of order): MiB -> the bytes each read got."""
+    got = {}
+
+    async def one(n):
+        got[n] = await p.read(n * MiB, MiB)
+
+    with trio.fail_after(60):  # a bound for the failure only: it is served at once
+        async with trio.open_nursery() as readers:
+            readers.start_soon(one, 12)
+            await trio.testing.wait_all_tasks_blocked()  # it holds the file's reads
+            for n in range(4, 12):
+                readers.start_soon(one, n)
+    return got
+
+
 @one_kind
 def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
     """A read far ahead (the kernel's read-ahead) waits for the pump while the budget is full of
@@ -440,18 +457,7 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         await p.stream.quiet()  # read ahead as far as the budget lets it
         assert p.stream.covers(12 * MiB) and p.stream.pos < 13 * MiB
-        got = {}
-
-        async def one(n):
-            got[n] = await p.read(n * MiB, MiB)
-
-        with trio.fail_after(60):  # a bound for the failure only: it is served at once
-            async with trio.open_nursery() as readers:
-                readers.start_soon(one, 12)
-                await trio.testing.wait_all_tasks_blocked()  # it holds the file's reads
-                for n in range(4, 12):
-                    readers.start_soon(one, n)
-        assert got == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
+        assert await far_read_then_the_reads_below(p) == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
         p.close()
         for stream in streams:  # a chunk in flight holds its memory until it lands
             await stream.quiet()
@@ -477,18 +483,7 @@ def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way(
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         stream = p.stream
         assert stream.covers(12 * MiB) and stream.pos == 4 * MiB  # nothing read ahead
-        got = {}
-
-        async def one(n):
-            got[n] = await p.read(n * MiB, MiB)
-
-        with trio.fail_after(60):  # a bound for the failure only: it is served at once
-            async with trio.open_nursery() as readers:
-                readers.start_soon(one, 12)
-                await trio.testing.wait_all_tasks_blocked()  # it holds the file's reads
-                for n in range(4, 12):
-                    readers.start_soon(one, n)
-        assert got == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
+        assert await far_read_then_the_reads_below(p) == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
         # the pieces below it were given up: read again (exact GETs, or a stream of their own once
         # two of them in a row find the stream's start too far ahead: it holds next to nothing)
         assert be.calls["get_range"] + be.calls["open_range"] > 1 and budget.peak <= 8 * MiB
@@ -836,6 +831,13 @@ class GatedBodies(MemoryBackend):
         self.bodies.append(reader)
         return reader
 
+    @classmethod
+    def holding(cls, size: int, **kw) -> "tuple[GatedBodies, bytes]":
+        """A backend of such bodies holding ``obj``, ``size`` random bytes; and the bytes."""
+        be, data = cls(**kw), os.urandom(size)
+        be.put_bytes("obj", data)
+        return be, data
+
     def let_go(self):
         self.arrived = True
         self.other_end.send(b"x")
@@ -857,9 +859,7 @@ def test_a_read_cancelled_amid_a_polled_body_ends_the_stream():
     """The bytes a cancelled read had taken from the body are lost with it: the stream must not go
     on from where the body stands (the next bytes would be the wrong ones), so it ends, and the
     next read is served from a new request."""
-    be = GatedBodies()
-    data = os.urandom(8 * MiB)
-    be.put_bytes("obj", data)
+    be, data = GatedBodies.holding(8 * MiB)
 
     async def body(nursery):
         p, budget, _ = counted(be, nursery)
@@ -886,26 +886,31 @@ def test_a_read_cancelled_amid_a_polled_body_ends_the_stream():
     gated(body, be)
 
 
+def second_read_failing(nursery, p) -> trio.Event:
+    """A read of the second MiB, started in ``nursery``, that must fail with Unavailable (its
+    stream is cancelled meanwhile); the event is set once it did."""
+    done = trio.Event()
+
+    async def reading():
+        with pytest.raises(Unavailable):
+            await p.read(MiB, MiB)
+        done.set()
+
+    nursery.start_soon(reading)
+    return done
+
+
 @one_kind
 def test_a_stream_cancelled_while_a_read_reads_its_body_closes_it_once_the_read_is_done():
     """The pump must not close the body under a read that waits for its socket, and must close it
     (and end) once that read is done, though the read neither failed nor reached the end."""
-    be = GatedBodies()
-    data = os.urandom(8 * MiB)
-    be.put_bytes("obj", data)
+    be, data = GatedBodies.holding(8 * MiB)
 
     async def body(nursery):
         p, budget, _ = counted(be, nursery)
         assert await p.read(0, MiB) == data[:MiB]
         stream = p.stream
-        done = trio.Event()
-
-        async def reading():
-            with pytest.raises(Unavailable):  # its bytes arrive, but the stream was cancelled
-                await p.read(MiB, MiB)
-            done.set()
-
-        nursery.start_soon(reading)
+        done = second_read_failing(nursery, p)  # its bytes arrive, but the stream was cancelled
         await trio.testing.wait_all_tasks_blocked()
         assert stream._pulling
         stream.cancel()  # (what `reclaim` does under pressure, or the end of the file's last handle)
@@ -924,22 +929,13 @@ def test_a_stream_cancelled_while_a_read_makes_a_new_request_closes_the_new_body
     """A read finds the body broken and makes a new request (a thread); the stream is cancelled
     meanwhile.  The pump waits for that read, then closes the body the request opened."""
     hold = threading.Event()
-    be = GatedBodies(breaks=1, hold_resume=hold)
-    data = os.urandom(8 * MiB)
-    be.put_bytes("obj", data)
+    be, data = GatedBodies.holding(8 * MiB, breaks=1, hold_resume=hold)
 
     async def body(nursery):
         p, budget, _ = counted(be, nursery)
         assert await p.read(0, MiB) == data[:MiB]
         stream = p.stream
-        done = trio.Event()
-
-        async def reading():
-            with pytest.raises(Unavailable):
-                await p.read(MiB, MiB)
-            done.set()
-
-        nursery.start_soon(reading)
+        done = second_read_failing(nursery, p)
         with trio.fail_after(60):
             await trio.to_thread.run_sync(be.resuming.wait)
         stream.cancel()
@@ -961,9 +957,7 @@ def test_a_read_reads_the_body_without_its_requests_deadline():
     backend's bound), not by its own request's deadline, which for reads queued behind one
     another (the kernel's read-ahead) may be nearly spent.  A read whose deadline passes while
     the body is slow keeps waiting for it; the stream goes on."""
-    be = GatedBodies()
-    data = os.urandom(8 * MiB)
-    be.put_bytes("obj", data)
+    be, data = GatedBodies.holding(8 * MiB)
     clock = trio.testing.MockClock()
 
     async def main():
