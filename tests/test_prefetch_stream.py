@@ -417,6 +417,18 @@ def test_a_burst_of_reads_whose_furthest_comes_first_is_one_get():
     run(body)
 
 
+def recording_streams(p) -> list:
+    """Every stream `p` starts from now on, in order (one may be dropped before the test ends)."""
+    streams, start = [], p._start_stream
+
+    def recorded(off):
+        start(off)
+        streams.append(p.stream)
+
+    p._start_stream = recorded
+    return streams
+
+
 async def far_read_then_the_reads_below(p) -> dict:
     """A read at 12 MiB first, then, once it holds the file's reads, those of 4 to 11 MiB (the
     kernel's read-ahead, out of order): MiB -> the bytes each read got."""
@@ -446,13 +458,7 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
     async def body(nursery):
         budget = MemoryBudget(8 * MiB)
         p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
-        streams, start = [], p._start_stream
-
-        def recorded(off):
-            start(off)
-            streams.append(p.stream)
-
-        p._start_stream = recorded
+        streams = recording_streams(p)
         for n in range(4):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         await p.stream.quiet()  # read ahead as far as the budget lets it
@@ -479,6 +485,7 @@ def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way(
     async def body(nursery):
         budget = MemoryBudget(8 * MiB)
         p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
+        streams = recording_streams(p)
         for n in range(4):
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
         stream = p.stream
@@ -487,9 +494,8 @@ def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way(
         # the pieces below it were given up: read again (exact GETs, or a stream of their own once
         # two of them in a row find the stream's start too far ahead: it holds next to nothing)
         assert be.calls["get_range"] + be.calls["open_range"] > 1 and budget.peak <= 8 * MiB
-        last = p.stream
-        p.close()
-        for s in (stream, last):
+        p.close()  # the last stream may be gone already: a wait for memory reclaimed it
+        for s in streams:
             await s.quiet()
         assert stream.finished and budget.used == 0
 
