@@ -34,8 +34,10 @@ the same few pieces (a 64 MiB depth made every sequential read fault in and miss
 on once half of the depth is free (a thread hop per chunk), so it stays between half the depth
 and the depth ahead.  A read beyond the depth (within the reach) is no different from any read
 that waits: it pulls the pump there.  A polled body's read beyond what arrived (within the
-reach) reads the bytes up to it itself, in chunks no larger than the depth (each taken from the
-budget as the pump's are), and they are kept for the reads that come for them.
+reach) reads the bytes up to it itself, in chunks no larger than the pump's (each taken from the
+budget as the pump's are), and they are kept for the reads that come for them.  When memory is
+short, a read that waits for it (pump or pull) takes the rest of one piece at a time: a whole
+chunk might never fit beside what others hold for good (an open record's content).
 
 Reads may come out of order and far ahead of each other: the kernel's async read-ahead sends its
 reads (up to its read-ahead, which the stream does not need to know) concurrently.  So a piece is
@@ -53,8 +55,9 @@ stream) cancels the stream: the bytes it had taken are lost, and the body cannot
 `reclaim` gives memory back under pressure: with no read in progress everything, else what lies
 below the read (pieces no read took yet: the stream goes on, their reads become exact ranged
 GETs) and beyond it; dropping beyond cancels the stream, since a streamed body cannot skip a gap.
-A body that breaks off is resumed with a new request from where it stopped (`RESUMES` times in a
-row, only when pinned to an etag), by the pump or by the read that found it broken.  An error
+A body that breaks off is resumed with a new request from where it stopped (only when pinned to
+an etag; at most `RESUMES` new requests in a row that delivered no byte), by the pump or by the
+read that found it broken; a new request that fails ends the stream.  An error
 of the request or of the body is kept and raised by the next read that needs more bytes; a body
 that ends before ``end`` (no version pin, the object shrank) gives short reads.
 """
@@ -120,7 +123,8 @@ _malloc_trim = None
 
 
 # A body that breaks off (Unavailable) is resumed by a new request from where it stopped, pinned to
-# the same etag, at most this many times per stream (botocore retries requests, not bodies).
+# the same etag, at most this many times in a row without a byte delivered in between (botocore
+# retries requests, not bodies; a body that breaks after each few megabytes still makes progress).
 RESUMES = 2
 
 
@@ -225,14 +229,20 @@ class Stream:
 
     async def _pull(self, end: int) -> None:
         """Read the next bytes of a polled body on this task: through the piece that holds
-        ``end - 1``, in a chunk no larger than the pump's (the depth, cut where a piece ends).
+        ``end - 1``, in a chunk no larger than the pump's (the depth and ``max_chunk``, cut where
+        a piece ends; the rest of one piece when memory is short).
         The bytes go into the buffer as the pump's would; the budget, the bound, the new request
         after a break and the error kept for the reads are the pump's."""
-        step = max(self.ahead if self.depth is None else min(self.ahead, self.depth), PIECE)
+        step = max(min(self.ahead if self.depth is None else min(self.ahead, self.depth), self.max_chunk), PIECE)
         stop = min(self.end, -(-end // PIECE) * PIECE, (self.pos + step) // PIECE * PIECE)
         n = stop - self.pos
         if not self.budget.try_acquire(n):
-            await self.budget.acquire(n)  # (may reclaim: this stream too, which cancels it)
+            # Memory is short: the rest of the next piece alone, waited for (it may reclaim: the
+            # pieces below the read, or this stream, which cancels it).  Never more at once: what
+            # others hold for good (an open record's `try_hold`) may leave less free than the
+            # whole step for ever, and a read far ahead gets there piece by piece.
+            n = min(n, (self.pos // PIECE + 1) * PIECE - self.pos)
+            await self.budget.acquire(n)
         if self.cancelled or self._body is None:
             _give_back(self.budget, n)
             return
@@ -247,8 +257,6 @@ class Stream:
                 buffers = self._buffers(n)
                 try:
                     got = await self.backend.read_range(self._body, buffers)
-                    if got:
-                        self._resumed = 0  # the limit is per failure streak, not per stream
                 except Unavailable:  # the body broke off (a reset, the bound): ask again from here
                     if self.cancelled or not self.etag or self._resumed >= RESUMES:
                         raise  # (without a version pin, a new request could mix versions)
@@ -258,6 +266,8 @@ class Stream:
                     buffers = self._buffers(n)  # never those the abandoned read may still fill
                     self._body, got = await self.backend.open_range(
                         self.key, self.pos, None, into=buffers, if_match=self.etag)
+                if got:  # (the new request's first bytes too: a body that breaks after
+                    self._resumed = 0  # delivering goes on; the limit is per failure streak)
             credit = self._deliver(buffers, got, n)
             settled = True
         except Exception as e:  # kept for the reads that need these bytes
@@ -270,8 +280,9 @@ class Stream:
             self._pulling = False
             if not settled:  # cancelled amid the body: the bytes it took are lost, so it ends
                 self.cancel()
-            elif self.cancelled or self.error is not None or self.pos >= self.end:
-                self._poke()  # the stream is over: the pump closes the body
+            if self.cancelled or self.error is not None or self.pos >= self.end:
+                self._poke()  # the stream is over: the pump closes the body (also when it was
+                # cancelled before: the pump, woken then, found this read pulling and waits)
 
     def _mark_served(self, cstart: int, lo: int, hi: int) -> None:
         if cstart not in self.served:  # (the usual case: one read per piece)
@@ -383,8 +394,6 @@ class Stream:
                     buffers = self._buffers(credit)
                     try:
                         n = await self.backend.read_range(reader, buffers)
-                        if n:
-                            self._resumed = 0  # the limit is per failure streak, not per stream
                     except Unavailable:  # the body broke off (a reset, a timeout): ask again
                         if not self.etag or self._resumed >= RESUMES:
                             raise  # (without a version pin, a new request could mix versions)
@@ -395,6 +404,8 @@ class Stream:
                         reader, n = await self.backend.open_range(
                             self.key, self.pos, None, into=buffers, if_match=self.etag)
                         self._polled = reader.pollable
+                    if n:  # (as in `_pull`: the limit is per failure streak, not per stream)
+                        self._resumed = 0
                     credit = self._deliver(buffers, n, credit)
         except Exception as e:  # handed to the reader that needs the bytes
             self.error = e
@@ -490,8 +501,8 @@ class Stream:
                 self._busy()
                 self.in_flight = size
                 return size
-            if waiting:
-                need = min(self.wanted - self.pos, size)
+            if waiting:  # memory is short: what the read needs, at most the rest of a piece
+                need = min(self.wanted - self.pos, size, (self.pos // PIECE + 1) * PIECE - self.pos)
                 self._busy()
                 await self.budget.acquire(need)
                 self.in_flight = need

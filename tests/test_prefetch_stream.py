@@ -254,8 +254,7 @@ class BreakingBodies(MemoryBackend):
 def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
     be = MemoryBackend()
     if when != "open":
-        be = BreakingBodies(pollable=when == "polled body")
-        be.breaks = 3  # the body, then both requests that resume it
+        be = BreakingBodies(pollable=when == "polled body")  # (it breaks after its first read)
     data = os.urandom(32 * MiB)
     be.put_bytes("obj", data)
 
@@ -265,11 +264,14 @@ def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
             be.fail("open_range", Unavailable("down"))
             with pytest.raises(Unavailable):
                 await p.read(0, MiB)
-        else:  # (a polled body: resumed by the reads, `Stream._pull`)
-            with pytest.raises(Unavailable):  # the body, resumed twice, breaks a third time
-                for off in range(0, len(data), MiB):
+        else:  # the body breaks off, and the request that would resume it fails (a polled
+            # body: resumed by the reads, `Stream._pull`)
+            assert await p.read(0, MiB) == data[:MiB]
+            be.fail("open_range", Unavailable("down"))
+            with pytest.raises(Unavailable):
+                for off in range(MiB, len(data), MiB):
                     assert await p.read(off, MiB) == data[off : off + MiB]
-            assert off < len(data) - MiB and be.calls["open_range"] == 3
+            assert off < len(data) - MiB and be.calls["open_range"] == 2
         assert p.stream is None
         assert await read_all(p, 0, len(data), MiB) == data  # new requests
         p.close()
@@ -279,15 +281,19 @@ def test_a_failed_stream_raises_and_the_next_read_starts_again(when):
 
 @one_kind
 @pytest.mark.parametrize("polled", [False, True], ids=["thread", "polled"])
-def test_a_body_that_breaks_off_is_resumed_where_it_stopped(polled):
+@pytest.mark.parametrize("breaks", [1, 4])
+def test_a_body_that_breaks_off_is_resumed_where_it_stopped(polled, breaks):
+    """Also when every new request breaks off too after its first bytes: each delivered bytes,
+    so the stream goes on (`RESUMES` bounds only new requests in a row that delivered none)."""
     be = BreakingBodies(polled)
+    be.breaks = breaks
     data = os.urandom(16 * MiB)
     be.put_bytes("obj", data)
 
     async def body(nursery):
         p = prefetcher(be, nursery)
         assert await read_all(p, 0, len(data), MiB) == data
-        assert be.calls["open_range"] == 2 and be.calls["get_range"] == 0
+        assert be.calls["open_range"] == breaks + 1 and be.calls["get_range"] == 0
         p.close()
 
     run(body)
@@ -499,6 +505,33 @@ def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way(
         for s in streams:
             await s.quiet()
         assert stream.finished and budget.used == 0
+
+    run(body)
+
+
+def test_a_far_read_is_served_while_an_open_record_holds_memory_no_reclaim_frees():
+    """A read far ahead within the stream's reach needs every byte up to it, more than the budget
+    has free while a quarter of it is held for good (an open record's content: `try_hold`).  The
+    bytes are then fetched a piece at a time (the pieces below the read may be reclaimed), not
+    waited for in one request that could never fit."""
+    be = MemoryBackend()
+    data = os.urandom(40 * MiB)
+    be.put_bytes("obj", data)
+
+    async def body(nursery):
+        budget = MemoryBudget(16 * MiB)
+        assert budget.try_hold(4 * MiB)
+        p = prefetcher(be, nursery, budget=budget, kernel_readahead=lambda: 16 * MiB)
+        for n in range(8):
+            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        assert p.stream.covers(22 * MiB) and p.stream.pos < 22 * MiB
+        with trio.fail_after(60):  # a bound for the failure only: it is served at once
+            assert await p.read(22 * MiB, MiB) == data[22 * MiB:23 * MiB]
+        assert budget.peak <= 16 * MiB
+        p.close()
+        await trio.testing.wait_all_tasks_blocked()
+        budget.drop_hold(4 * MiB)
+        assert budget.used == 0
 
     run(body)
 
@@ -764,7 +797,8 @@ def test_a_polled_body_is_read_by_the_reads_themselves(readahead, depth):
     the reads, on their own task: no pump woken per read and nothing fetched beyond the piece a
     read needs (the socket's receive buffer holds what has arrived).  A read beyond what arrived
     but within the reach (the kernel's reads arrive out of order) reads the bytes up to it into
-    the buffer, kept for the reads that come for them, in chunks no larger than the depth."""
+    the buffer, kept for the reads that come for them, in chunks no larger than the depth (nor
+    than the pump's largest, the part size)."""
     be = PolledBodies(True)
     data = os.urandom(60 * MiB)
     be.put_bytes("obj", data)
@@ -783,7 +817,8 @@ def test_a_polled_body_is_read_by_the_reads_themselves(readahead, depth):
         far = 30 * MiB + depth + 3 * MiB  # beyond the depth, within the reach
         assert await p.read(far, MiB) == data[far:far + MiB]
         assert p.stream.pos == far + MiB and budget.used == far + MiB - 30 * MiB  # kept for the reads between
-        assert stats.backend["read_range"] - polls == -(-(far + MiB - 30 * MiB) // depth)  # chunks of the depth
+        chunk = min(depth, p.part_size)  # (the pump's largest chunk)
+        assert stats.backend["read_range"] - polls == -(-(far + MiB - 30 * MiB) // chunk)  # chunks of the depth
         for n in (n for n in range(30, 60) if n * MiB != far):  # the reads between, then on
             assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB], n
         assert be.calls["open_range"] == 1 and be.calls["get_range"] == 0
@@ -925,6 +960,35 @@ def test_a_stream_cancelled_while_a_read_reads_its_body_closes_it_once_the_read_
         assert not be.bodies[0].closed and not stream.finished  # the read still waits on it
         be.let_go()
         await done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.finished and stream._body is None and be.bodies[0].closed and budget.used == 0
+
+    gated(body, be)
+
+
+@one_kind
+def test_a_stream_cancelled_and_then_its_pulling_reads_task_cancelled_closes_the_body():
+    """The stream is cancelled while a read waits for its body's socket (the pump, woken, finds
+    the read still reading and waits for it); then the read's own task is cancelled: the pump
+    must be woken again, end, and close the body."""
+    be, data = GatedBodies.holding(8 * MiB)
+
+    async def body(nursery):
+        p, budget, _ = counted(be, nursery)
+        assert await p.read(0, MiB) == data[:MiB]
+        stream, scope = p.stream, trio.CancelScope()
+
+        async def reading():
+            with scope:
+                await p.read(MiB, MiB)
+
+        nursery.start_soon(reading)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream._pulling
+        stream.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stream.finished  # the pump waits for the read
+        scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
         assert stream.finished and stream._body is None and be.bodies[0].closed and budget.used == 0
 
