@@ -906,7 +906,8 @@ class Filesystem:
             **self.stats.as_dict(),
             "open_files": len(self.files.handles),
             "pending_uploads": self.uploader.describe_pending(),
-            "memory": {"limit": self.budget.limit, "in_use": self.budget.used, "peak": self.budget.peak},
+            "memory": {"limit": self.budget.limit, "in_use": self.budget.used, "peak": self.budget.peak,
+                       "overdrawn": self.budget.overdrawn},
             "kernel_readahead": self.kernel_readahead(),
         }
 

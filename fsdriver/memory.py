@@ -6,6 +6,12 @@ reclaimers (prefetchers) to drop everything no read in progress needs, and other
 memory is released: I/O slows down instead of the daemon growing.  Prefetchers also give their
 memory back at the end of a read while anyone is waiting, so idle open files never hold memory
 others need.  A single request larger than the whole budget is let through alone.
+
+A read that waits for memory may hold some already that it cannot give back before it gets more
+(the first pieces of what it reads: ``holding``).  When everything in use is held so, by the
+waiters or for good (`try_hold`), nothing will ever be released: the request is then let through
+beyond the limit instead of every waiter waiting for ever.  Readers ask for at most the rest of
+one piece (1 MiB) when they wait, so the excess is at most a piece per read waiting.
 """
 
 from typing import Callable
@@ -22,6 +28,8 @@ class MemoryBudget:
         self._reclaimers: set[Callable[[], int]] = set()
         self.waiting = 0  # tasks blocked in acquire: idle holders should give memory back
         self.held = 0  # of ``used``: taken by `try_hold` (kept until a handle closes, not reclaimable)
+        self.stuck = 0  # of ``used``: held by the tasks waiting in `acquire` (their ``holding``)
+        self.overdrawn = 0  # requests let through beyond the limit (nothing would be released)
 
     def add_reclaimer(self, fn: Callable[[], int]) -> None:
         self._reclaimers.add(fn)
@@ -59,18 +67,25 @@ class MemoryBudget:
         self.held -= n
         self.release(n)
 
-    async def acquire(self, n: int) -> None:
+    async def acquire(self, n: int, holding: int = 0) -> None:
+        """Take ``n`` bytes, waiting until they fit.  ``holding``: bytes of ``used`` that the
+        caller holds and cannot give back before this is granted."""
         while self.used + n > self.limit and self.used > 0:
             for reclaim in list(self._reclaimers):
                 reclaim()
                 if self.used == 0 or self.used + n <= self.limit:  # (larger than the whole: alone)
                     break
             else:
+                if self.used <= self.held + self.stuck + holding:  # nothing will be released
+                    self.overdrawn += 1
+                    break
                 self.waiting += 1
+                self.stuck += holding
                 try:
                     await self._freed.wait()
                 finally:
                     self.waiting -= 1
+                    self.stuck -= holding
         self._take(n)
 
     def release(self, n: int) -> None:

@@ -157,6 +157,7 @@ class Stream:
         # another: a piece is done only once every byte of it was served)
         self.served: dict[int, list[tuple[int, int]]] = {}
         self.wanted = start  # a read in progress waits for the bytes up to here
+        self._wanted_from = start  # ... from here (what of the buffer it holds while it waits)
         self.chunk = max(first, 1)
         self.max_chunk = max(max_chunk, first, 1)
         self.ahead, self.max_ahead = ahead, max(max_ahead, ahead)
@@ -191,10 +192,10 @@ class Stream:
     async def read(self, off: int, end: int) -> bytes:
         """Bytes ``[off, end)`` (``end`` at most ``self.end``; fewer if the body ended early)."""
         if end > self.pos:
-            self.wanted = end
+            self.wanted, self._wanted_from = end, off
             while end > self.pos and self.error is None and not self.finished and not self.cancelled:
                 if self._body is not None:
-                    await self._pull(end)
+                    await self._pull(off, end)
                     if self.pos >= self.end:
                         break  # the body ended (early: short reads)
                     continue
@@ -227,7 +228,11 @@ class Stream:
         self._consume()  # (a whole piece returned is released: nothing else refers to it)
         return data
 
-    async def _pull(self, end: int) -> None:
+    def _holding(self, off: int) -> int:
+        """The bytes of the buffer a read from ``off`` needs (it holds them while it waits)."""
+        return sum(len(data) for cstart, data in self.chunks if cstart + len(data) > off)
+
+    async def _pull(self, off: int, end: int) -> None:
         """Read the next bytes of a polled body on this task: through the piece that holds
         ``end - 1``, in a chunk no larger than the pump's (the depth and ``max_chunk``, cut where
         a piece ends; the rest of one piece when memory is short).
@@ -242,7 +247,7 @@ class Stream:
             # others hold for good (an open record's `try_hold`) may leave less free than the
             # whole step for ever, and a read far ahead gets there piece by piece.
             n = min(n, (self.pos // PIECE + 1) * PIECE - self.pos)
-            await self.budget.acquire(n)
+            await self.budget.acquire(n, holding=self._holding(off))
         if self.cancelled or self._body is None:
             _give_back(self.budget, n)
             return
@@ -504,7 +509,7 @@ class Stream:
             if waiting:  # memory is short: what the read needs, at most the rest of a piece
                 need = min(self.wanted - self.pos, size, (self.pos // PIECE + 1) * PIECE - self.pos)
                 self._busy()
-                await self.budget.acquire(need)
+                await self.budget.acquire(need, holding=self._holding(self._wanted_from))
                 self.in_flight = need
                 return need
             self._wake = trio.Event()

@@ -216,6 +216,7 @@ def test_status_prometheus(tmp_path):
         assert f'stashfs_up{{{mine},backend="file://{tmp_path / "be"}"}} 1' in lines
         assert f'stashfs_requests_total{{{mine},op="mkdir"}} 1' in lines
         assert f'stashfs_memory_limit_bytes{{{mine}}} {512 << 20}' in lines
+        assert f'stashfs_memory_overdrawn_total{{{mine}}} 0' in lines
         if os.geteuid() == 0:  # the daemon set it (--readahead's default) and reads it back
             assert f'stashfs_kernel_readahead_bytes{{{mine}}} {1 << 20}' in lines
             assert "kernel read-ahead 1.0 MiB" in mountctl("status", env=m.env, timeout=TIMEOUT).stdout

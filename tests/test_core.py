@@ -174,6 +174,40 @@ def test_memory_budget_waits_and_reclaims():
     trio.run(main)
 
 
+def test_memory_budget_lets_a_request_through_when_only_waiters_and_holds_hold_memory():
+    """Two reads each hold memory they cannot give back before they get more, and a record holds
+    some for good: nothing would ever be released, so one of them is let through beyond the
+    limit (`overdrawn`); once it gave its memory back the other fits.  While anything else
+    holds memory (it will be released), a request waits as before."""
+    async def main():
+        budget = MemoryBudget(100)
+        assert budget.try_hold(20)  # an open record's content
+        assert budget.try_acquire(40) and budget.try_acquire(30)  # what reads A and B hold
+        assert budget.try_acquire(10)  # other work in progress (released later)
+        got = []
+
+        async def read(name, holding, n):
+            await budget.acquire(n, holding=holding)
+            got.append(name)
+            budget.release(holding + n)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, "A", 40, 30)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(read, "B", 30, 30)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and budget.stuck == 70  # the other work will give back its 10
+            assert budget.overdrawn == 0
+            budget.release(10)  # 90 of 100 in use, all held by the waiters or for good
+            await trio.testing.wait_all_tasks_blocked()
+        # the first woken was let through (120 in use); once it gave back, the other fitted
+        assert sorted(got) == ["A", "B"] and budget.overdrawn == 1 and budget.peak == 120
+        assert budget.used == 20 and budget.stuck == 0 and budget.waiting == 0
+        budget.drop_hold(20)
+
+    trio.run(main)
+
+
 def test_staged_file_fetches_only_edges(tmp_path, rec):
     origin = os.urandom(5 * BLOCK + 10)
     rec.put_bytes("o", origin)

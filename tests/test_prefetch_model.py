@@ -133,9 +133,9 @@ async def play(be: UnevenBodies, size: int, budget: MemoryBudget, plan: list, **
     largest = [0]
     acquire = budget.acquire
 
-    async def recorded(n):
+    async def recorded(n, **kw):
         largest[0] = max(largest[0], n)
-        await acquire(n)
+        await acquire(n, **kw)
 
     budget.acquire = recorded
     streams = []
@@ -182,7 +182,9 @@ async def play(be: UnevenBodies, size: int, budget: MemoryBudget, plan: list, **
                 await s.quiet()
             nursery.cancel_scope.cancel()
     assert all(s.finished for s in streams)
-    assert budget.peak <= max(budget.limit, largest[0]), (budget.peak, largest[0])
+    # (a request is let through beyond the limit only when all in use is held by waiters or for
+    # good: `overdrawn`; each such request of a read is at most the rest of a piece)
+    assert budget.peak <= max(budget.limit, largest[0]) + budget.overdrawn * MiB, (budget.peak, largest[0])
     return streams
 
 
@@ -190,7 +192,7 @@ async def play(be: UnevenBodies, size: int, budget: MemoryBudget, plan: list, **
 @settings(max_examples=int(os.environ.get("STASHFS_MODEL_EXAMPLES", 60)), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(size=st.one_of(st.integers(0, 3 * MiB), st.integers(3 * MiB, len(OBJECT))),
-       limit=st.sampled_from([8 * MiB, 9 * MiB, 16 * MiB, 64 * MiB]),  # (--memory-limit >= 8 MiB)
+       limit=st.sampled_from([2 * MiB, 4 * MiB, 9 * MiB, 64 * MiB]),
        max_window=st.sampled_from([4 * MiB, 16 * MiB]),
        readahead=st.sampled_from([0, 128 * KiB, MiB, 4 * MiB, 16 * MiB]),
        held=st.booleans(),
