@@ -435,6 +435,17 @@ def recording_streams(p) -> list:
     return streams
 
 
+async def the_first_4_mib(be, data: bytes, nursery) -> tuple:
+    """A prefetcher of ``obj`` on an 8 MiB budget, once it served the first 4 MiB in 1 MiB reads:
+    (the prefetcher, the budget, every stream it started)."""
+    budget = MemoryBudget(8 * MiB)
+    p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
+    streams = recording_streams(p)
+    for n in range(4):
+        assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+    return p, budget, streams
+
+
 async def far_read_then_the_reads_below(p) -> dict:
     """A read at 12 MiB first, then, once it holds the file's reads, those of 4 to 11 MiB (the
     kernel's read-ahead, out of order): MiB -> the bytes each read got."""
@@ -462,11 +473,7 @@ def test_a_far_read_waiting_for_the_pump_with_the_budget_full_is_served():
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget = MemoryBudget(8 * MiB)
-        p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
-        streams = recording_streams(p)
-        for n in range(4):
-            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        p, budget, streams = await the_first_4_mib(be, data, nursery)
         await p.stream.quiet()  # read ahead as far as the budget lets it
         assert p.stream.covers(12 * MiB) and p.stream.pos < 13 * MiB
         assert await far_read_then_the_reads_below(p) == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
@@ -490,11 +497,7 @@ def test_a_far_read_of_a_polled_body_is_served_when_the_budget_fills_on_its_way(
     be.put_bytes("obj", data)
 
     async def body(nursery):
-        budget = MemoryBudget(8 * MiB)
-        p = prefetcher(be, nursery, budget=budget, max_window=16 * MiB)
-        streams = recording_streams(p)
-        for n in range(4):
-            assert await p.read(n * MiB, MiB) == data[n * MiB:(n + 1) * MiB]
+        p, budget, streams = await the_first_4_mib(be, data, nursery)
         stream = p.stream
         assert stream.covers(12 * MiB) and stream.pos == 4 * MiB  # nothing read ahead
         assert await far_read_then_the_reads_below(p) == {n: data[n * MiB:(n + 1) * MiB] for n in range(4, 13)}
