@@ -101,7 +101,7 @@ bursts = st.lists(
     min_size=1, max_size=14)
 
 
-def offsets(where: str, distance: int, last_end: int, size: int) -> int:
+def burst_start(where: str, distance: int, last_end: int, size: int) -> int:
     if where == "next":
         return last_end
     if where == "seek":
@@ -133,9 +133,9 @@ async def play(be: UnevenBodies, size: int, budget: MemoryBudget, plan: list, **
     largest = [0]
     acquire = budget.acquire
 
-    async def recorded(n, **kw):
+    async def recorded(n, **opts):
         largest[0] = max(largest[0], n)
-        await acquire(n, **kw)
+        await acquire(n, **opts)
 
     budget.acquire = recorded
     streams = []
@@ -157,7 +157,7 @@ async def play(be: UnevenBodies, size: int, budget: MemoryBudget, plan: list, **
             p, other, other_at = prefetcher("obj", nursery), prefetcher("other", nursery), [0]
             last_end = 0
             for where, distance, count, step, order_seed, squeeze in plan:
-                first = offsets(where, distance, last_end, size)
+                first = burst_start(where, distance, last_end, size)
                 rest = [(first + i * step, step) for i in range(1, count)]
                 random.Random(order_seed).shuffle(rest)
                 reads = [(first, step), *rest]  # the first is sent first, the rest in any order
