@@ -688,31 +688,38 @@ async def directory_with_times_to_store(fs, ns) -> tuple[int, float]:
     return d, (await fs.getattr(d)).mtime
 
 
+async def while_the_round_stores_times(fs, be, nursery, op) -> None:
+    """Runs ``op()`` while the background round is storing a directory's times (held at its
+    `set_meta`), lets the round go on once ``op`` waits for it (or is done), then waits for ``op``
+    and runs one more round."""
+    stored, release = be.gate("set_meta")
+    done = trio.Event()
+    nursery.start_soon(fs.flush_metadata)
+    await entered(stored)  # the round is storing the times
+
+    async def run_op():
+        await op()
+        done.set()
+
+    nursery.start_soon(run_op)
+    while not done.is_set():  # until op waits for the round, or is done
+        await trio.testing.wait_all_tasks_blocked()
+        if fs.attributes._flushing.statistics().tasks_waiting:
+            break
+        with trio.move_on_after(0.05):
+            await done.wait()
+    release.set()
+    await done.wait()
+    await fs.flush_metadata()
+
+
 def test_a_directory_renamed_while_its_times_are_stored_keeps_them(tmp_path):
     """Disk: the background round storing a directory's times (in its own metadata, at its path)
     in flight when the directory is renamed: they land on the directory, never tried at its old
     path after the move (which failed, logged "directory times not stored": the log guard)."""
     async def body(fs, be, ns, nursery):
         d, moved_at = await directory_with_times_to_store(fs, ns)
-        stored, release = be.gate("set_meta")
-        renamed = trio.Event()
-        nursery.start_soon(fs.flush_metadata)
-        await entered(stored)  # the round is storing d's times
-
-        async def rename():
-            await fs.rename(ns, "d", ns, "e", 0)
-            renamed.set()
-
-        nursery.start_soon(rename)
-        while not renamed.is_set():  # until the rename waits for the round, or is done
-            await trio.testing.wait_all_tasks_blocked()
-            if fs.attributes._flushing.statistics().tasks_waiting:
-                break
-            with trio.move_on_after(0.05):
-                await renamed.wait()
-        release.set()
-        await renamed.wait()
-        await fs.flush_metadata()
+        await while_the_round_stores_times(fs, be, nursery, lambda: fs.rename(ns, "d", ns, "e", 0))
         assert (await fs.getattr(d)).mtime == moved_at
         meta = be.head("user/alice/e/").meta
         assert float(meta["mtime"]) + int(meta.get("mtime-nsec", 0)) / 1e9 == pytest.approx(moved_at, abs=1e-6)
@@ -732,25 +739,7 @@ def test_a_directory_removed_while_its_times_are_stored_goes_without_a_warning(t
         fh, _, _ = await fs.create(d, "g", os.O_WRONLY | os.O_CREAT, mode=0o644)
         await fs.release(fh)
         await fs.unlink(d, "g")  # times to store again, and empty
-        stored, release = be.gate("set_meta")
-        removed = trio.Event()
-        nursery.start_soon(fs.flush_metadata)
-        await entered(stored)  # the round is storing d's times
-
-        async def rmdir():
-            await fs.rmdir(ns, "d")
-            removed.set()
-
-        nursery.start_soon(rmdir)
-        while not removed.is_set():  # until the rmdir waits for the round, or is done
-            await trio.testing.wait_all_tasks_blocked()
-            if fs.attributes._flushing.statistics().tasks_waiting:
-                break
-            with trio.move_on_after(0.05):
-                await removed.wait()
-        release.set()
-        await removed.wait()
-        await fs.flush_metadata()
+        await while_the_round_stores_times(fs, be, nursery, lambda: fs.rmdir(ns, "d"))
         with pytest.raises(NotFound):
             be.head("user/alice/d/")
         with pytest.raises(FSError) as e:
